@@ -1,0 +1,194 @@
+"""The quality benchmark of the MNIST reference bundle (issue #2's acceptance numbers).
+
+Scores the evaluation split and its shifted versions with the annoy and the exact backend of the
+same bundle, then reports accuracy, credibility, AUROC (credibility vs softmax max-probability),
+conformal validity and Annoy recall@k per layer. Prints a table; saves JSON and Markdown.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from tqdm import tqdm
+
+from agent.bench.shifts import EvalSet, shifted_sets
+from agent.datasets import load_mnist
+from agent.dknn import DkNN, ScoreBatch
+from agent.errors import ConfigError
+from agent.reference import calibration_split
+
+VALIDITY_TAUS = (0.05, 0.1, 0.2)
+
+
+@dataclass(frozen=True)
+class QualityOptions:
+    artifacts: Path
+    data_dir: Path | None = None
+    out_dir: Path = Path("docs/results")
+    limit: int | None = None
+    epsilon: float = 0.25
+    seed: int = 0
+    batch_size: int = 512
+
+
+@dataclass(frozen=True)
+class SetScores:
+    """What the benchmark keeps from scoring one set with one backend."""
+
+    credibility: np.ndarray
+    prediction: np.ndarray
+    p_values: np.ndarray
+    model_prediction: np.ndarray
+    softmax_max: np.ndarray
+    neighbor_ids: np.ndarray
+
+
+def score_set(scorer: DkNN, data: EvalSet, batch_size: int, label: str) -> SetScores:
+    parts: list[ScoreBatch] = []
+    for start in tqdm(range(0, len(data.x), batch_size), desc=label, unit="batch", leave=False):
+        parts.append(scorer.score(data.x[start : start + batch_size]))
+
+    def cat(field: str) -> np.ndarray:
+        return np.concatenate([getattr(part, field) for part in parts])
+
+    logits = torch.as_tensor(cat("model_outputs"))
+    return SetScores(
+        credibility=cat("credibility"),
+        prediction=cat("prediction"),
+        p_values=cat("p_values"),
+        model_prediction=cat("model_prediction"),
+        softmax_max=torch.softmax(logits, dim=1).max(dim=1).values.numpy(),
+        neighbor_ids=cat("neighbor_ids"),
+    )
+
+
+def auroc(in_distribution: np.ndarray, shifted: np.ndarray) -> float:
+    """AUROC of a score meant to be high in distribution and low under shift."""
+    labels = np.r_[np.ones(len(in_distribution)), np.zeros(len(shifted))]
+    return float(roc_auc_score(labels, np.r_[in_distribution, shifted]))
+
+
+def recall_at_k(approximate: np.ndarray, exact: np.ndarray) -> list[float]:
+    """Per layer: the fraction of exact k-NN ids that the approximate search also returned."""
+    n, layers, k = exact.shape
+    recalls = []
+    for layer in range(layers):
+        hits = sum(len(np.intersect1d(approximate[i, layer], exact[i, layer])) for i in range(n))
+        recalls.append(hits / (n * k))
+    return recalls
+
+
+def set_metrics(data: EvalSet, scores: SetScores) -> dict:
+    metrics = {"n": len(data.x), "mean_credibility": float(scores.credibility.mean())}
+    if data.y is not None:
+        correct = scores.prediction == data.y
+        metrics |= {
+            "dknn_accuracy": float(correct.mean()),
+            "model_accuracy": float((scores.model_prediction == data.y).mean()),
+            "mean_credibility_correct": float(scores.credibility[correct].mean()) if correct.any() else None,
+        }
+    return metrics
+
+
+def validity(data: EvalSet, scores: SetScores) -> dict[str, float]:
+    """Fraction of points whose true-label p-value is ≤ τ; conformal validity wants ≲ τ."""
+    true_p = scores.p_values[np.arange(len(data.y)), data.y]
+    return {f"{tau}": float((true_p <= tau).mean()) for tau in VALIDITY_TAUS}
+
+
+def run_quality(options: QualityOptions) -> dict:
+    mnist = load_mnist(options.data_dir)
+    backends = {name: DkNN.from_bundle(options.artifacts, backend=name) for name in ("annoy", "exact")}
+    manifest = backends["annoy"].manifest
+    if manifest.calibration.source != "mnist:t10k" or not manifest.calibration.source_indices:
+        raise ConfigError(f"{options.artifacts}: not an MNIST reference bundle (calibration source unknown)")
+    rows = calibration_split(manifest, len(mnist.x_test)).evaluation
+    if options.limit is not None and options.limit < len(rows):  # a random subset: MNIST's halves differ
+        rows = np.sort(np.random.default_rng(options.seed).choice(rows, size=options.limit, replace=False))
+    clean = EvalSet("clean", mnist.x_test[rows], mnist.y_test[rows])
+    sets = [clean, *shifted_sets(backends["annoy"].tap.model, clean, options.epsilon, options.seed)]
+
+    scores = {
+        backend: {data.name: score_set(scorer, data, options.batch_size, f"{backend}:{data.name}") for data in sets}
+        for backend, scorer in backends.items()
+    }
+    result = {
+        "benchmark": "quality",
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "bundle": {"path": str(options.artifacts), "model": manifest.model.name, "version": manifest.model.version,
+                   "k": manifest.k, "layers": {layer.name: layer.preprocessing for layer in manifest.layers},
+                   "n_trees": manifest.index.n_trees, "search_k": manifest.index.search_k,
+                   "calibration_size": manifest.calibration.size},
+        "epsilon": options.epsilon,
+        "backends": {},
+    }
+    for backend, by_set in scores.items():
+        clean_scores = by_set["clean"]
+        result["backends"][backend] = {
+            "sets": {data.name: set_metrics(data, by_set[data.name]) for data in sets},
+            "auroc_credibility": {
+                data.name: auroc(clean_scores.credibility, by_set[data.name].credibility) for data in sets[1:]
+            },
+            "auroc_softmax": {
+                data.name: auroc(clean_scores.softmax_max, by_set[data.name].softmax_max) for data in sets[1:]
+            },
+            "validity": validity(clean, clean_scores),
+        }
+    result["recall_at_k"] = {
+        data.name: dict(zip(manifest.layer_names,
+                            recall_at_k(scores["annoy"][data.name].neighbor_ids, scores["exact"][data.name].neighbor_ids)))
+        for data in sets
+    }
+    write_results(result, options.out_dir)
+    return result
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# Quality: {result['bundle']['model']} {result['bundle']['version']}", "",
+             f"k={result['bundle']['k']}, layers {result['bundle']['layers']}, "
+             f"Annoy n_trees={result['bundle']['n_trees']} search_k={result['bundle']['search_k']}, "
+             f"{result['bundle']['calibration_size']} calibration points, FGSM ε={result['epsilon']}.", "",
+             "| backend | set | n | model acc | DkNN acc | mean cred | mean cred (correct) | AUROC cred | AUROC softmax |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for backend, body in result["backends"].items():
+        for name, metrics in body["sets"].items():
+            lines.append("| " + " | ".join([
+                backend, name, str(metrics["n"]), _pct(metrics.get("model_accuracy")), _pct(metrics.get("dknn_accuracy")),
+                _num(metrics["mean_credibility"]), _num(metrics.get("mean_credibility_correct")),
+                _num(body["auroc_credibility"].get(name)), _num(body["auroc_softmax"].get(name)),
+            ]) + " |")
+    lines += ["", "Validity (fraction of clean evaluation points with true-label p ≤ τ):", "",
+              "| backend | " + " | ".join(f"τ={tau}" for tau in VALIDITY_TAUS) + " |",
+              "|---|" + "---|" * len(VALIDITY_TAUS)]
+    for backend, body in result["backends"].items():
+        lines.append(f"| {backend} | " + " | ".join(_num(body["validity"][str(tau)]) for tau in VALIDITY_TAUS) + " |")
+    layers = list(result["bundle"]["layers"])
+    lines += ["", f"Annoy recall@{result['bundle']['k']} against exact search, per layer:", "",
+              "| set | " + " | ".join(layers) + " |", "|---|" + "---|" * len(layers)]
+    for name, per_layer in result["recall_at_k"].items():
+        lines.append(f"| {name} | " + " | ".join(_num(per_layer[layer]) for layer in layers) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(result: dict, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"quality-{result['bundle']['model']}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    text = markdown(result)
+    stem.with_suffix(".md").write_text(text)
+    print(text)
+    print(f"saved {stem}.json and {stem}.md")
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.2f}%"
+
+
+def _num(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"

@@ -1,0 +1,42 @@
+"""Shifted versions of an evaluation set: what a monitor must flag."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from torch import nn
+
+from agent.attacks import fgsm
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Inputs plus the labels they should carry (None where no label is meaningful, e.g. noise)."""
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray | None
+
+
+def uniform_noise(n: int, shape: tuple[int, ...], seed: int) -> EvalSet:
+    x = np.random.default_rng(seed).uniform(0.0, 1.0, size=(n, *shape)).astype(np.float32)
+    return EvalSet("noise", x, None)
+
+
+def rotated(clean: EvalSet) -> EvalSet:
+    """Digits turned 90° counter-clockwise: still strokes, no longer the digits the model knows."""
+    return EvalSet("rotated", np.ascontiguousarray(np.rot90(clean.x, k=1, axes=(-2, -1))), clean.y)
+
+
+def fgsm_set(model: nn.Module, clean: EvalSet, epsilon: float) -> EvalSet:
+    assert clean.y is not None
+    return EvalSet(f"fgsm", fgsm(model, clean.x, clean.y, epsilon), clean.y)
+
+
+def shifted_sets(model: nn.Module, clean: EvalSet, epsilon: float, seed: int) -> list[EvalSet]:
+    return [
+        uniform_noise(len(clean.x), clean.x.shape[1:], seed),
+        rotated(clean),
+        fgsm_set(model, clean, epsilon),
+    ]

@@ -1,0 +1,66 @@
+"""Shared fixtures: a tiny synthetic classification problem and a bundle fitted on it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from agent.fit import Dataset, FitOptions, fit_bundle
+from agent.manifest import ModelSpec
+from agent.models.tiny import build_model
+from agent.training import TrainOptions, train_classifier
+
+TINY_FACTORY = "agent.models.tiny:build_model"
+TINY_LAYERS = {"relu1": "none", "relu2": "l2", "logits": "pca:2"}
+
+
+@dataclass(frozen=True)
+class TinyProblem:
+    train: Dataset
+    calibration: Dataset
+    test: Dataset
+    weights: Path
+
+
+def blobs(n: int, seed: int, num_classes: int = 3, dim: int = 8) -> Dataset:
+    """Well-separated Gaussian blobs: easy enough that the tiny MLP is nearly always right."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(1234).normal(0.0, 4.0, size=(num_classes, dim))
+    y = rng.integers(0, num_classes, size=n)
+    x = centres[y] + rng.normal(0.0, 1.0, size=(n, dim))
+    return Dataset(x=x.astype(np.float32), y=y.astype(np.int64), source=f"blobs:seed{seed}")
+
+
+@pytest.fixture(scope="session")
+def tiny_problem(tmp_path_factory: pytest.TempPathFactory) -> TinyProblem:
+    torch.manual_seed(0)
+    train, calibration, test = blobs(600, seed=1), blobs(200, seed=2), blobs(100, seed=3)
+    model = train_classifier(build_model(), train.x, train.y, TrainOptions(epochs=15, batch_size=32, progress=False))
+    weights = tmp_path_factory.mktemp("tiny") / "model.pt"
+    torch.save(model.state_dict(), weights)
+    return TinyProblem(train=train, calibration=calibration, test=test, weights=weights)
+
+
+def fit_tiny(problem: TinyProblem, out: Path, **options) -> Path:
+    model = build_model()
+    model.load_state_dict(torch.load(problem.weights, weights_only=True))
+    fit_bundle(
+        model=model,
+        model_spec=ModelSpec(name="tiny", version="1", factory=TINY_FACTORY, num_classes=3),
+        layers=TINY_LAYERS,
+        train=problem.train,
+        calibration=problem.calibration,
+        out=out,
+        options=FitOptions(k=10, n_trees=10, progress=False, **options),
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_problem: TinyProblem, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle fitted once per session; tests that corrupt a bundle copy it first."""
+    return fit_tiny(tiny_problem, tmp_path_factory.mktemp("bundle") / "tiny")

@@ -1,0 +1,83 @@
+"""Preprocessing chains, the two neighbour backends and activation taps on small inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from agent.errors import BundleError, ConfigError
+from agent.index import AnnoyBackend, AnnoyBuilder, ExactBackend
+from agent.models.tiny import build_model
+from agent.preprocess import Preprocessor, parse_spec
+from agent.taps import ActivationTap
+
+
+@pytest.mark.parametrize("spec", ["pca", "pca:0", "pca:x", "l3", "l2:4", "pca:2+pca:3"])
+def test_bad_preprocessing_specs_are_config_errors(spec: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_spec(spec)
+
+
+def test_pca_then_l2_roundtrip_through_arrays() -> None:
+    rng = np.random.default_rng(0)
+    data = (rng.normal(size=(500, 3)) @ rng.normal(size=(3, 20))).astype(np.float32)  # rank 3 in 20 dims
+    pre = Preprocessor("pca:3+l2", input_dim=20).fit(data)
+    out = pre.transform(data)
+    assert out.shape == (500, 3) and pre.output_dim == 3
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    # rank-3 data: distances after PCA (before l2) equal the original distances
+    pca_only = Preprocessor("pca:3", input_dim=20).fit(data)
+    projected = pca_only.transform(data)
+    np.testing.assert_allclose(np.linalg.norm(projected[0] - projected[1]), np.linalg.norm(data[0] - data[1]), rtol=1e-3)
+
+    restored = Preprocessor.from_arrays("pca:3+l2", 20, pre.arrays())
+    np.testing.assert_allclose(restored.transform(data), out, atol=1e-6)
+    with pytest.raises(BundleError, match="shapes"):
+        Preprocessor.from_arrays("pca:4", 20, pre.arrays())
+
+
+def test_exact_backend_matches_numpy_brute_force() -> None:
+    rng = np.random.default_rng(1)
+    items, queries = rng.normal(size=(300, 5)).astype(np.float32), rng.normal(size=(17, 5)).astype(np.float32)
+    ids = ExactBackend(items).query(queries, k=7)
+    expected = np.argsort(((queries[:, None, :] - items[None, :, :]) ** 2).sum(-1), axis=1)[:, :7]
+    np.testing.assert_array_equal(ids, expected)
+
+
+def test_annoy_backend_recall_and_item_vectors(tmp_path) -> None:
+    rng = np.random.default_rng(2)
+    items = rng.normal(size=(400, 6)).astype(np.float32)
+    builder = AnnoyBuilder(dim=6, seed=0)
+    builder.add(items[:150])
+    builder.add(items[150:])
+    builder.save(tmp_path / "layer.ann", n_trees=20)
+    annoy = AnnoyBackend(tmp_path / "layer.ann", dim=6, search_k=5000, threads=2)
+    assert annoy.n_items == 400
+    np.testing.assert_allclose(annoy.item_vectors(), items, atol=1e-6)
+    queries = rng.normal(size=(30, 6)).astype(np.float32)
+    found, exact = annoy.query(queries, 10), ExactBackend(items).query(queries, 10)
+    recall = np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(found, exact)])
+    assert recall >= 0.95
+
+
+def test_tap_captures_named_layers_flattened() -> None:
+    model = build_model(in_features=8, hidden=16, num_classes=3)
+    tap = ActivationTap(model, ["relu1", "logits"])
+    acts = tap(np.zeros((5, 8), dtype=np.float32))
+    assert acts.layers["relu1"].shape == (5, 16) and acts.layers["logits"].shape == (5, 3)
+    np.testing.assert_allclose(acts.layers["logits"], acts.outputs)
+    tap.close()
+    assert not any(module._forward_hooks for module in model.modules())
+
+
+def test_tap_rejects_unknown_layer_naming_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match="relu1"):
+        ActivationTap(build_model(), ["conv9"])
+
+
+def test_tap_runs_without_gradients() -> None:
+    tap = ActivationTap(build_model(), ["relu2"])
+    with torch.enable_grad():
+        acts = tap(np.ones((2, 8), dtype=np.float32))
+    assert acts.layers["relu2"].dtype == np.float32
