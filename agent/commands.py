@@ -67,6 +67,8 @@ def _register_train_reference(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     parser.add_argument("--epochs", type=int, default=10, help="training epochs (default: 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed for training, split and index (default: 0)")
+    parser.add_argument("--shift-px", type=int, default=2,
+                        help="augment training with random translations of up to N pixels (default: 2; 0 = off)")
     add_index_options(parser)
     parser.set_defaults(handler=_train_reference)
 
@@ -75,12 +77,12 @@ def _train_reference(args: argparse.Namespace) -> int:
     from agent.reference import train_reference_mnist
     from agent.training import TrainOptions
 
-    if args.epochs < 1:
-        raise ConfigError("--epochs must be at least 1")
+    if args.epochs < 1 or args.shift_px < 0:
+        raise ConfigError("--epochs must be at least 1 and --shift-px at least 0")
     manifest = train_reference_mnist(
         out=args.out,
         data_dir=args.data,
-        train_options=TrainOptions(epochs=args.epochs, seed=args.seed, progress=not args.quiet),
+        train_options=TrainOptions(epochs=args.epochs, seed=args.seed, shift_px=args.shift_px, progress=not args.quiet),
         fit_options=fit_options(args),
         force=args.force,
     )

@@ -62,16 +62,19 @@ class Preprocessor:
         return self.components is not None
 
     def fit(self, sample: np.ndarray, seed: int = 0) -> "Preprocessor":
-        """Fits the pca step (if any) on a sample of training activations `(n, input_dim)`."""
+        """Fits the pca step (if any) on a sample of training activations `(n, input_dim)`,
+        after whatever steps precede it in the chain."""
+        current = np.asarray(sample, dtype=np.float32)
         for name, dim in self.steps:
-            if name != "pca":
+            if name == "l2":
+                current = _unit_rows(current)
                 continue
             assert dim is not None
-            if dim > min(sample.shape):
+            if dim > min(current.shape):
                 raise ConfigError(
-                    f"pca:{dim} needs at least {dim} samples and features, got {sample.shape}"
+                    f"pca:{dim} needs at least {dim} samples and features, got {current.shape}"
                 )
-            data = torch.as_tensor(sample, dtype=torch.float32)
+            data = torch.as_tensor(current)
             mean = data.mean(dim=0)
             generator_state = torch.random.get_rng_state()
             torch.manual_seed(seed)
@@ -81,6 +84,7 @@ class Preprocessor:
                 torch.random.set_rng_state(generator_state)
             self.mean = mean.numpy()
             self.components = np.ascontiguousarray(v[:, :dim].numpy())
+            current = (current - self.mean) @ self.components
         return self
 
     def transform(self, x: np.ndarray) -> np.ndarray:
@@ -91,7 +95,7 @@ class Preprocessor:
                     raise BundleError(f"preprocessing {self.spec!r} used before it was fitted")
                 out = (out - self.mean) @ self.components
             else:
-                out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), _EPS)
+                out = _unit_rows(out)
         return np.ascontiguousarray(out, dtype=np.float32)
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -118,3 +122,7 @@ class Preprocessor:
         pre.mean = mean.astype(np.float32)
         pre.components = components.astype(np.float32)
         return pre
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), _EPS)

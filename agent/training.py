@@ -16,6 +16,7 @@ class TrainOptions:
     batch_size: int = 128
     learning_rate: float = 1e-3
     seed: int = 0
+    shift_px: int = 0  # random translation of up to this many pixels per image (data augmentation)
     progress: bool = True
 
 
@@ -36,12 +37,24 @@ def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, options: Tr
         for start in bar:
             rows = order[start : start + options.batch_size]
             optimiser.zero_grad(set_to_none=True)
-            loss = loss_fn(model(inputs[rows]), labels[rows])
+            batch = random_shift(inputs[rows], options.shift_px) if options.shift_px else inputs[rows]
+            loss = loss_fn(model(batch), labels[rows])
             loss.backward()
             optimiser.step()
             schedule.step()
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
     return model.eval()
+
+
+def random_shift(images: torch.Tensor, max_px: int) -> torch.Tensor:
+    """Translates each image of `(B, C, H, W)` by up to `max_px` pixels, filling with zeros."""
+    b, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (max_px, max_px, max_px, max_px))
+    dy = torch.randint(0, 2 * max_px + 1, (b, 1, 1))
+    dx = torch.randint(0, 2 * max_px + 1, (b, 1, 1))
+    rows = dy + torch.arange(h).view(1, h, 1)
+    cols = dx + torch.arange(w).view(1, 1, w)
+    return padded[torch.arange(b).view(b, 1, 1), :, rows, cols].permute(0, 3, 1, 2)
 
 
 @torch.no_grad()
