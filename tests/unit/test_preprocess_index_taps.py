@@ -81,3 +81,23 @@ def test_tap_runs_without_gradients() -> None:
     with torch.enable_grad():
         acts = tap(np.ones((2, 8), dtype=np.float32))
     assert acts.layers["relu2"].dtype == np.float32
+
+
+def test_pca_after_l2_is_fitted_on_normalised_vectors() -> None:
+    rng = np.random.default_rng(3)
+    data = (rng.normal(size=(400, 10)) * rng.uniform(1, 50, size=(400, 1))).astype(np.float32)
+    out = Preprocessor("l2+pca:4", input_dim=10).fit(data).transform(data)
+    # PCA centres what it was fitted on, so its output over the fitting data has mean ~0
+    np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-4)
+
+
+def test_random_shift_translates_and_keeps_shape() -> None:
+    from agent.training import random_shift
+
+    images = torch.zeros(64, 1, 7, 7)
+    images[:, 0, 3, 3] = 1.0
+    shifted = random_shift(images, 2)
+    assert shifted.shape == images.shape and torch.equal(shifted.sum(dim=(1, 2, 3)), torch.ones(64))
+    positions = {tuple(torch.nonzero(image[0])[0].tolist()) for image in shifted}
+    assert len(positions) > 5 and all(1 <= r <= 5 and 1 <= c <= 5 for r, c in positions)
+    assert torch.equal(random_shift(images, 0), images)

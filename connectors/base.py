@@ -1,0 +1,163 @@
+"""The two small interfaces the pipeline talks to: a `Source` of records and a `Sink` for them.
+
+Why interfaces at all: the pipeline must run unchanged against a real Kafka cluster, a JSONL
+file (the embedded default and the replay tool) and in-memory fakes in unit tests. Keeping the
+surface this small (poll / commit / close, send / flush / close) is what makes the at-least-once
+rule of DESIGN.md §5 checkable in one place:
+
+- the pipeline owns offsets; a source never commits on its own;
+- `Sink.flush` returning normally is the broker's (or the disk's) confirmation that everything
+  sent since the previous flush is durable; only then does the pipeline call `Source.commit`;
+- when a partition is revoked (rebalance, close) the source tells the pipeline through the
+  `on_revoke` hooks so it can drop in-flight state for it: another consumer now owns it and will
+  replay everything after the last commit.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from agent.errors import DknnError
+
+log = logging.getLogger(__name__)
+
+TopicPartition = tuple[str, int]
+"""(topic, partition): plain tuples so nothing outside `connectors.kafka` sees client types."""
+
+Offsets = Mapping[TopicPartition, int]
+"""Next offset to read per partition, i.e. last processed offset + 1 (Kafka's convention)."""
+
+Headers = Sequence[tuple[str, bytes]]
+
+RebalanceHook = Callable[[set[TopicPartition]], None]
+"""Called with the partitions gained (on_assign) or lost (on_revoke)."""
+
+
+class ConnectorError(DknnError):
+    """A source or sink failed: broker unreachable, delivery not confirmed, disk full.
+
+    `retriable` says whether the same call may succeed later (a broker hiccup) or not (a bad
+    setting, an authorisation failure). Either way nothing has been committed for the failed
+    work, so a restart replays it.
+    """
+
+    def __init__(self, message: str, *, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.retriable = retriable
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One message as it came off the source, with its position so outputs can cite it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+    timestamp_ms: int | None = None
+
+    @property
+    def position(self) -> TopicPartition:
+        return (self.topic, self.partition)
+
+
+def next_offsets(records: Iterable[Record]) -> dict[TopicPartition, int]:
+    """The offsets to commit once every one of `records` has been fully handled."""
+    out: dict[TopicPartition, int] = {}
+    for r in records:
+        if r.offset + 1 > out.get(r.position, -1):
+            out[r.position] = r.offset + 1
+    return out
+
+
+class Source(ABC):
+    """Where records come from. Not thread-safe: one pipeline thread polls and commits.
+
+    Rebalance hooks may run on a client-owned thread while `poll` or `close` is blocked in the
+    calling thread (kafka-python 3 drives the group protocol on its IO thread), so they must be
+    quick and must not call back into the source.
+    """
+
+    def __init__(self) -> None:
+        self._assign_hooks: list[RebalanceHook] = []
+        self._revoke_hooks: list[RebalanceHook] = []
+
+    def on_assign(self, hook: RebalanceHook) -> None:
+        """Register a hook called with the partitions this source has just been given."""
+        self._assign_hooks.append(hook)
+
+    def on_revoke(self, hook: RebalanceHook) -> None:
+        """Register a hook called with the partitions taken away (rebalance, eviction, close)."""
+        self._revoke_hooks.append(hook)
+
+    def _fire(self, hooks: list[RebalanceHook], partitions: set[TopicPartition]) -> None:
+        for hook in hooks:
+            try:
+                hook(set(partitions))
+            except Exception:  # a broken hook must not wedge the consumer group protocol
+                log.exception("rebalance hook %r failed for %s", hook, sorted(partitions))
+
+    @abstractmethod
+    def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Record]:
+        """Up to `max_records` records, waiting at most `timeout_s` for the first; [] if none.
+
+        Records of one partition come in offset order.
+        """
+
+    @abstractmethod
+    def commit(self, offsets: Offsets) -> None:
+        """Durably record `offsets` (next offset to read) so a restart resumes after them.
+
+        Offsets for partitions no longer assigned are skipped: their new owner decides.
+        Raises `ConnectorError` when the commit is not confirmed.
+        """
+
+    @abstractmethod
+    def assignment(self) -> set[TopicPartition]:
+        """Partitions currently owned; empty before the first rebalance completes."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Leave the group (fires `on_revoke`) and release resources; never commits."""
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class Sink(ABC):
+    """Where records go. `send` may buffer; only `flush` promises durability."""
+
+    @abstractmethod
+    def send(self, topic: str, value: bytes, key: bytes | None = None, headers: Headers = ()) -> None:
+        """Queue one message; raises `ConnectorError` only if it cannot even be queued."""
+
+    @abstractmethod
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Block until everything sent since the last flush is confirmed.
+
+        Raises `ConnectorError` if any of it failed or was not confirmed within `timeout_s`;
+        the caller must then not commit the source offsets those messages belong to.
+        """
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release resources. Does not flush: unconfirmed messages are the caller's decision."""
+
+    def __enter__(self) -> Sink:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,317 @@
+"""Kafka source and sink on kafka-python; the only module in the project that imports it.
+
+Why the settings are what they are:
+- `KafkaSource` never auto-commits. The pipeline commits explicit offsets after its sinks have
+  confirmed every output for them (DESIGN.md §5), so a crash replays at most the uncommitted tail.
+- `KafkaSink` is idempotent with acks=all: broker-side retries cannot duplicate or reorder a
+  partition, and `flush` is the delivery confirmation the pipeline waits on before committing.
+- Security settings are passed through untouched so SASL/TLS clusters need no code change.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import errors as kafka_errors
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.structs import MemberState
+from kafka.producer.future import FutureRecordMetadata
+from kafka.structs import OffsetAndMetadata
+from kafka.structs import TopicPartition as KafkaTopicPartition
+
+from connectors.base import ConnectorError, Headers, Offsets, Record, Sink, Source, TopicPartition
+
+log = logging.getLogger(__name__)
+
+_TOPIC_EXISTS = kafka_errors.TopicAlreadyExistsError.errno
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """Client security settings, passed to kafka-python as-is (its option names and values).
+
+    `security_protocol` is one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL; `sasl_mechanism` one
+    of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER, GSSAPI. The password is kept out of repr
+    so logging a source never leaks it.
+    """
+
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_check_hostname: bool = True
+
+    def client_config(self) -> dict[str, Any]:
+        """The non-empty settings as kafka-python keyword arguments."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def _wrap(exc: BaseException, what: str) -> ConnectorError:
+    retriable = bool(getattr(exc, "retriable", False)) or isinstance(exc, kafka_errors.KafkaConnectionError)
+    return ConnectorError(f"{what}: {exc}", retriable=retriable)
+
+
+class _Listener(ConsumerRebalanceListener):
+    """Bridges kafka-python's listener to the Source hooks, translating partition types."""
+
+    def __init__(self, source: KafkaSource) -> None:
+        self._source = source
+
+    def on_partitions_revoked(self, revoked: Iterable[KafkaTopicPartition]) -> None:
+        parts = {(tp.topic, tp.partition) for tp in revoked}
+        if parts:
+            log.info("partitions revoked: %s", sorted(parts))
+            self._source._fire(self._source._revoke_hooks, parts)
+
+    def on_partitions_assigned(self, assigned: Iterable[KafkaTopicPartition]) -> None:
+        parts = {(tp.topic, tp.partition) for tp in assigned}
+        log.info("partitions assigned: %s", sorted(parts))
+        self._source._fire(self._source._assign_hooks, parts)
+
+
+class KafkaSource(Source):
+    """A consumer-group member that hands out batches and commits only what it is told to.
+
+    `auto_offset_reset="earliest"`: a new group starts at the beginning of the topic, because a
+    monitor that silently skips the backlog it was deployed to watch is surprising.
+    `session_timeout_ms=10000` (the client's default is 45 s): a killed agent's partitions move
+    to the survivors within seconds instead of sitting unread for most of a minute.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str | list[str],
+        topics: Iterable[str],
+        group_id: str,
+        *,
+        max_poll_records: int = 500,
+        auto_offset_reset: str = "earliest",
+        session_timeout_ms: int = 10_000,
+        max_poll_interval_ms: int = 300_000,
+        commit_timeout_s: float = 30.0,
+        client_id: str = "dknn-agent",
+        security: KafkaSecurity | None = None,
+        extra_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self._commit_timeout_ms = int(commit_timeout_s * 1000)
+        config: dict[str, Any] = dict(
+            bootstrap_servers=bootstrap_servers,
+            group_id=group_id,
+            client_id=client_id,
+            enable_auto_commit=False,
+            auto_offset_reset=auto_offset_reset,
+            max_poll_records=max_poll_records,
+            session_timeout_ms=session_timeout_ms,
+            heartbeat_interval_ms=max(1000, session_timeout_ms // 3),
+            max_poll_interval_ms=max_poll_interval_ms,
+            allow_auto_create_topics=False,
+            **(security or KafkaSecurity()).client_config(),
+        )
+        config.update(extra_config or {})
+        topics, self._group_id = list(topics), group_id
+        what = f"cannot join consumer group {group_id!r} at {bootstrap_servers}"
+        try:
+            self._consumer = KafkaConsumer(**config)
+        except kafka_errors.KafkaError as exc:
+            raise _wrap(exc, what) from exc
+        try:
+            # Learn the partitions before the first JoinGroup. Without this the first generation is
+            # assigned nothing, and the metadata-triggered second one can hang (see _unstick_join).
+            missing = [t for t in topics if not self._consumer.partitions_for_topic(t)]
+            if missing:
+                raise ConnectorError(f"topics do not exist (or are not visible): {missing}")
+            self._consumer.subscribe(topics=topics, listener=_Listener(self))
+        except BaseException as exc:
+            self._consumer.close(autocommit=False)
+            if isinstance(exc, kafka_errors.KafkaError):
+                raise _wrap(exc, what) from exc
+            raise
+
+    def _unstick_join(self) -> None:
+        """Work around a kafka-python 3.0.12 hang in the group protocol.
+
+        When a poll's timer runs out while a leader's JoinGroup/SyncGroup round trip is in flight,
+        and that round trip was started because the topic metadata changed (not by an explicit
+        rejoin request), the finished round trip is never picked up: the consumer stays in
+        REBALANCING with heartbeats off and no partitions, for ever. Asking for a rejoin lets the
+        next poll run a fresh round. Reaches into client internals, hence every getattr.
+        """
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        join_task = getattr(coordinator, "_join_task", None)
+        if (
+            join_task is not None
+            and getattr(join_task, "is_done", False)
+            and getattr(coordinator, "state", None) == MemberState.REBALANCING
+            and not coordinator.need_rejoin()
+        ):
+            log.warning("consumer group %r: finished rebalance was never applied; rejoining", self._group_id)
+            coordinator.request_rejoin()
+
+    def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Record]:
+        try:
+            batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        except kafka_errors.KafkaError as exc:
+            raise _wrap(exc, f"poll failed for group {self._group_id!r}") from exc
+        if not batches:
+            self._unstick_join()
+        out: list[Record] = []
+        for tp, messages in batches.items():
+            for m in messages:
+                out.append(
+                    Record(
+                        topic=tp.topic,
+                        partition=tp.partition,
+                        offset=m.offset,
+                        key=m.key,
+                        value=m.value if m.value is not None else b"",  # a tombstone is empty data
+                        headers=[(k, v if v is not None else b"") for k, v in (m.headers or [])],
+                        timestamp_ms=m.timestamp,
+                    )
+                )
+        return out
+
+    def commit(self, offsets: Offsets) -> None:
+        owned = self.assignment()
+        skipped = sorted(tp for tp in offsets if tp not in owned)
+        if skipped:
+            log.info("not committing %s: no longer assigned", skipped)
+        to_commit = {
+            KafkaTopicPartition(t, p): OffsetAndMetadata(off, "", -1)
+            for (t, p), off in offsets.items()
+            if (t, p) in owned
+        }
+        if not to_commit:
+            return
+        try:
+            self._consumer.commit(offsets=to_commit, timeout_ms=self._commit_timeout_ms)
+        except kafka_errors.KafkaError as exc:
+            raise _wrap(exc, f"commit failed for group {self._group_id!r}") from exc
+
+    def committed(self, partition: TopicPartition) -> int | None:
+        """The group's committed offset for a partition (None if never committed); for checks."""
+        return self._consumer.committed(KafkaTopicPartition(*partition))
+
+    def assignment(self) -> set[TopicPartition]:
+        return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)
+
+
+class KafkaSink(Sink):
+    """An idempotent producer that remembers what it sent until `flush` confirms it."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str | list[str],
+        *,
+        linger_ms: int = 5,
+        delivery_timeout_ms: int = 120_000,
+        max_block_ms: int = 30_000,
+        compression_type: str | None = None,
+        client_id: str = "dknn-agent",
+        security: KafkaSecurity | None = None,
+        extra_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        config: dict[str, Any] = dict(
+            bootstrap_servers=bootstrap_servers,
+            client_id=client_id,
+            acks="all",
+            enable_idempotence=True,
+            retries=2**31 - 1,  # bounded in time by delivery_timeout_ms, not by count
+            delivery_timeout_ms=delivery_timeout_ms,
+            linger_ms=linger_ms,
+            max_block_ms=max_block_ms,
+            compression_type=compression_type,
+            allow_auto_create_topics=False,
+            **(security or KafkaSecurity()).client_config(),
+        )
+        config.update(extra_config or {})
+        try:
+            self._producer = KafkaProducer(**config)
+        except kafka_errors.KafkaError as exc:
+            raise _wrap(exc, f"cannot connect producer to {bootstrap_servers}") from exc
+        self._pending: list[tuple[str, FutureRecordMetadata]] = []
+
+    def send(self, topic: str, value: bytes, key: bytes | None = None, headers: Headers = ()) -> None:
+        try:
+            future = self._producer.send(topic, value=value, key=key, headers=list(headers))
+        except kafka_errors.KafkaError as exc:
+            raise _wrap(exc, f"cannot queue a message for {topic!r}") from exc
+        self._pending.append((topic, future))
+
+    @property
+    def pending(self) -> int:
+        """Messages sent but not yet confirmed by a flush."""
+        return len(self._pending)
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        try:
+            self._producer.flush(timeout=timeout_s)
+        except kafka_errors.KafkaTimeoutError:
+            pass  # reported below, per message, together with any failures
+        unconfirmed = [(t, f) for t, f in self._pending if not f.is_done]
+        failed = [(t, f) for t, f in self._pending if f.failed()]
+        # Finished futures are settled either way; unfinished ones stay for the next flush.
+        self._pending = unconfirmed
+        if failed:
+            topic, first = failed[0]
+            raise ConnectorError(
+                f"{len(failed)} of the messages sent since the last flush were not delivered "
+                f"(first: {topic!r}: {first.exception})",
+                retriable=True,
+            )
+        if unconfirmed:
+            raise ConnectorError(
+                f"{len(unconfirmed)} messages not confirmed within {timeout_s:g}s", retriable=True
+            )
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self._producer.close(timeout=timeout_s)
+
+
+def ensure_topics(
+    bootstrap_servers: str | list[str],
+    names: Iterable[str],
+    partitions: int = 1,
+    *,
+    replication_factor: int = 1,
+    security: KafkaSecurity | None = None,
+    timeout_s: float = 30.0,
+) -> None:
+    """Create the topics that do not exist yet and wait until every partition has a leader.
+
+    Existing topics are left as they are (partition count included): the operator owns them.
+    The local broker runs with auto.create.topics.enable=false, so tests and the demo call this.
+    """
+    names = list(dict.fromkeys(names))
+    if not names:
+        return
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap_servers,
+            client_id="dknn-agent-admin",
+            **(security or KafkaSecurity()).client_config(),
+        )
+    except kafka_errors.KafkaError as exc:
+        raise _wrap(exc, f"cannot reach {bootstrap_servers} to create topics") from exc
+    try:
+        spec = {n: {"num_partitions": partitions, "replication_factor": replication_factor} for n in names}
+        result = admin.create_topics(spec, timeout_ms=int(timeout_s * 1000), raise_errors=False)
+        errors = [t for t in result["topics"] if t["error_code"] not in (0, _TOPIC_EXISTS)]
+        if errors:
+            detail = "; ".join(f"{t['name']}: {t['error_message'] or t['error_code']}" for t in errors)
+            raise ConnectorError(f"cannot create topics: {detail}")
+        admin.wait_for_topics(names, timeout_ms=int(timeout_s * 1000))
+    except kafka_errors.KafkaError as exc:
+        raise _wrap(exc, f"creating topics {names}") from exc
+    finally:
+        admin.close()

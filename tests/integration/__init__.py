@@ -1,0 +1,1 @@
+"""Integration tests: real Apache Kafka (and later Prometheus), started by session fixtures."""
