@@ -17,11 +17,13 @@ from agent.index import BACKENDS
 def register_all(commands: argparse._SubParsersAction) -> None:
     from agent.bench import register as register_bench
     from agent.demo import register as register_demo
+    from agent.stream_commands import register as register_stream
 
     _register_train_reference(commands)
     _register_fit(commands)
     _register_score(commands)
     _register_info(commands)
+    register_stream(commands)
     register_bench(commands)
     register_demo(commands)
 

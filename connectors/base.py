@@ -118,6 +118,11 @@ class Source(ABC):
         Raises `ConnectorError` when the commit is not confirmed.
         """
 
+    @property
+    def exhausted(self) -> bool:
+        """True when a finite source has nothing more to give; a stream never is."""
+        return False
+
     @abstractmethod
     def assignment(self) -> set[TopicPartition]:
         """Partitions currently owned; empty before the first rebalance completes."""

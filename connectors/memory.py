@@ -1,0 +1,58 @@
+"""In-memory Source and Sink: for unit tests and examples, never for production traffic."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from connectors.base import ConnectorError, Headers, Offsets, Record, Sink, Source, TopicPartition
+
+
+class MemorySource(Source):
+    """Serves a fixed list of records from one partition; `commit` records the offsets."""
+
+    def __init__(self, values: list[bytes], topic: str = "memory", partition: int = 0) -> None:
+        super().__init__()
+        self.records = [Record(topic, partition, offset, None, value) for offset, value in enumerate(values)]
+        self.committed: dict[TopicPartition, int] = {}
+        self._next = 0
+
+    def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Record]:
+        batch = self.records[self._next : self._next + max_records]
+        self._next += len(batch)
+        return batch
+
+    @property
+    def exhausted(self) -> bool:
+        return self._next >= len(self.records)
+
+    def commit(self, offsets: Offsets) -> None:
+        self.committed.update(offsets)
+
+    def assignment(self) -> set[TopicPartition]:
+        return {(self.records[0].topic, self.records[0].partition)} if self.records else set()
+
+    def close(self) -> None:
+        pass
+
+
+class MemorySink(Sink):
+    """Keeps confirmed messages per topic; `fail_next_flushes` simulates unconfirmed deliveries."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[str, bytes, bytes | None, Headers]] = []
+        self.topics: dict[str, list[tuple[bytes, bytes | None, Headers]]] = defaultdict(list)
+        self.fail_next_flushes = 0
+
+    def send(self, topic: str, value: bytes, key: bytes | None = None, headers: Headers = ()) -> None:
+        self.pending.append((topic, value, key, list(headers)))
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        batch, self.pending = self.pending, []
+        if self.fail_next_flushes:
+            self.fail_next_flushes -= 1
+            raise ConnectorError("simulated delivery failure", retriable=True)
+        for topic, value, key, headers in batch:
+            self.topics[topic].append((value, key, headers))
+
+    def close(self) -> None:
+        pass

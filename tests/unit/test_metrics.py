@@ -1,0 +1,184 @@
+"""Telemetry: metric names and values as Prometheus sees them over real HTTP, health endpoints."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent.manifest import IndexSpec, InputSpec, LayerSpec, Manifest, ModelSpec, SplitSpec
+from agent.metrics import STAGES, WINDOWS, MetricsServer, Telemetry
+
+ALLOWED_LABELS = {"verdict", "reason", "stage", "label", "topic", "partition", "window", "le",
+                  "model", "version", "k", "layers", "index", "calibration_size", "python"}
+
+
+def manifest() -> Manifest:
+    return Manifest(
+        created_at="2025-01-01T00:00:00Z",
+        model=ModelSpec(name="tiny", version="7", factory="agent.models.tiny:build_model", num_classes=3),
+        input=InputSpec(shape=(8,)),
+        layers=(LayerSpec(name="relu1", input_dim=16, dim=16, index_file="layers/relu1.ann"),
+                LayerSpec(name="logits", input_dim=3, dim=2, preprocessing="pca:2", index_file="layers/logits.ann")),
+        k=10,
+        index=IndexSpec(n_trees=10, search_k=-1),
+        train=SplitSpec(size=600),
+        calibration=SplitSpec(size=200),
+        libraries={},
+        files={},
+    )
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[Telemetry, MetricsServer]]:
+    telemetry = Telemetry()
+    server = MetricsServer(telemetry, host="127.0.0.1", port=0)
+    try:
+        yield telemetry, server
+    finally:
+        server.close()
+
+
+def get(server: MetricsServer, path: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}", timeout=5) as reply:
+            return reply.status, reply.headers["Content-Type"], reply.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers["Content-Type"], error.read().decode()
+
+
+def scrape(server: MetricsServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, content_type, body = get(server, "/metrics")
+    assert status == 200 and content_type.startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+    }
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+def test_counters_histograms_and_gauges_over_http(served: tuple[Telemetry, MetricsServer]) -> None:
+    telemetry, server = served
+    telemetry.set_bundle(manifest())
+    telemetry.consumed(7)
+    telemetry.scored(
+        credibility=np.array([0.03, 0.5, 0.9, 0.08, 0.6]),
+        confidence=np.array([0.99, 0.8, 0.95, 0.5, 0.7]),
+        prediction=np.array([0, 1, 1, 2, 1]),
+        model_prediction=np.array([0, 1, 2, 0, 1]),
+        quarantined=np.array([True, False, False, True, False]),
+    )
+    telemetry.dead_lettered("shape")
+    telemetry.dead_lettered("bad_json", n=2)
+    telemetry.dead_lettered("something-new")
+    telemetry.observe_latency(np.array([0.02, 0.3, -1.0]))
+    with telemetry.stage("knn"):
+        time.sleep(0.002)
+    telemetry.set_lag("inference-events", 3, 42)
+    telemetry.set_shift(1.5, alarm=False)
+
+    s = scrape(server)
+    assert value(s, "dknn_events_consumed_total") == 7
+    assert value(s, "dknn_events_scored_total", verdict="quarantined") == 2
+    assert value(s, "dknn_events_scored_total", verdict="accepted") == 3
+    assert value(s, "dknn_events_dead_lettered_total", reason="shape") == 1
+    assert value(s, "dknn_events_dead_lettered_total", reason="bad_json") == 2
+    assert value(s, "dknn_events_dead_lettered_total", reason="other") == 1
+    assert value(s, "dknn_events_dead_lettered_total", reason="too_large") == 0  # pre-created
+    assert value(s, "dknn_credibility_count") == 5
+    assert value(s, "dknn_credibility_bucket", le="0.1") == 2
+    assert value(s, "dknn_credibility_sum") == pytest.approx(2.11)
+    assert value(s, "dknn_confidence_bucket", le="0.9") == 3
+    assert [value(s, "dknn_predictions_total", label=str(c)) for c in range(3)] == [1, 3, 1]
+    assert value(s, "dknn_model_disagreements_total") == 2
+    assert value(s, "dknn_event_latency_seconds_count") == 3
+    assert value(s, "dknn_event_latency_seconds_bucket", le="0.005") == 1  # negative clamped to 0
+    assert value(s, "dknn_stage_duration_seconds_count", stage="knn") == 1
+    assert value(s, "dknn_stage_duration_seconds_sum", stage="knn") >= 0.002
+    assert value(s, "dknn_consumer_lag_messages", topic="inference-events", partition="3") == 42
+    assert value(s, "dknn_shift_martingale_log10") == 1.5
+    assert value(s, "dknn_shift_alarm") == 0
+    assert value(s, "dknn_low_credibility_ratio", window="100") == pytest.approx(0.4)
+    info = value(s, "dknn_bundle_info", model="tiny", version="7", k="10", layers="relu1,logits",
+                 index="annoy", calibration_size="200")
+    assert info == 1
+    assert any(name == "dknn_build_info" for name, _ in s)
+
+    telemetry.clear_lag("inference-events", 3)
+    telemetry.clear_lag("inference-events", 99)  # unknown: harmless
+    telemetry.set_shift(2.3, alarm=True)
+    s = scrape(server)
+    assert not any(name == "dknn_consumer_lag_messages" for name, _ in s)
+    assert value(s, "dknn_shift_alarm") == 1
+
+
+def test_low_credibility_windows_roll() -> None:
+    telemetry = Telemetry()
+    ones, zeros = np.ones(150, dtype=bool), np.zeros(950, dtype=bool)
+    for batch in (ones, zeros):  # 150 low, then 950 fine: window 100 is clean, 1000 holds 50 low
+        telemetry.scored(np.full(len(batch), 0.5), np.full(len(batch), 0.5), np.zeros(len(batch)),
+                         np.zeros(len(batch)), batch)
+    ratios = {w: telemetry.registry.get_sample_value("dknn_low_credibility_ratio", {"window": str(w)})
+              for w in WINDOWS}
+    assert ratios == {100: 0.0, 1000: pytest.approx(0.05)}
+    telemetry.scored(np.zeros(3), np.zeros(3), np.zeros(3), np.zeros(3), np.ones(3, dtype=bool))
+    assert telemetry.registry.get_sample_value("dknn_low_credibility_ratio", {"window": "100"}) == pytest.approx(0.03)
+
+
+def test_health_and_readiness(served: tuple[Telemetry, MetricsServer]) -> None:
+    telemetry, server = served
+    assert get(server, "/healthz")[0] == 200
+    assert get(server, "/readyz")[0] == 503
+    telemetry.set_ready(True)
+    assert get(server, "/readyz")[0] == 200
+    telemetry.set_ready(False)
+    assert get(server, "/readyz")[0] == 503
+    assert get(server, "/nope")[0] == 404
+    assert get(server, "/metrics?name[]=x")[0] == 200
+
+
+def test_only_bounded_labels_and_prometheus_naming(served: tuple[Telemetry, MetricsServer]) -> None:
+    telemetry, server = served
+    telemetry.set_bundle(manifest())
+    for i in range(50):  # many distinct events must not create per-event series
+        telemetry.scored(np.array([0.5]), np.array([0.9]), np.array([i % 3]), np.array([i % 3]), np.array([False]))
+    _, _, body = get(server, "/metrics")
+    families = list(text_string_to_metric_families(body))
+    assert all(f.name.startswith("dknn_") for f in families)
+    for family in families:
+        if family.type == "counter":
+            assert all(s.name.endswith(("_total", "_created")) for s in family.samples)
+        for sample in family.samples:
+            assert set(sample.labels) <= ALLOWED_LABELS, sample
+    series = sum(len(f.samples) for f in families)
+    telemetry.scored(np.array([0.5]), np.array([0.9]), np.array([1]), np.array([1]), np.array([False]))
+    _, _, body = get(server, "/metrics")
+    assert sum(len(f.samples) for f in text_string_to_metric_families(body)) == series
+
+
+def test_stage_rejects_unknown_names_and_times_failures() -> None:
+    telemetry = Telemetry()
+    with pytest.raises(ValueError):
+        with telemetry.stage("event-1234"):
+            pass
+    with pytest.raises(RuntimeError):
+        with telemetry.stage("score"):
+            raise RuntimeError("boom")
+    assert telemetry.registry.get_sample_value("dknn_stage_duration_seconds_count", {"stage": "score"}) == 1
+    assert set(STAGES) >= {"decode", "activations", "knn", "score", "produce"}
+
+
+def test_many_registries_coexist() -> None:
+    first, second = Telemetry(), Telemetry()
+    first.consumed(3)
+    assert b"dknn_events_consumed_total 3.0" in first.exposition()
+    assert b"dknn_events_consumed_total 0.0" in second.exposition()

@@ -1,0 +1,100 @@
+"""The pipeline's routing and delivery rules with in-memory connectors and the tiny bundle."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.dknn import DkNN
+from agent.events import encode_event
+from agent.metrics import Telemetry
+from agent.pipeline import Pipeline, PipelineOptions, Topics
+from agent.shift import ShiftDetector
+from connectors.base import ConnectorError
+from connectors.memory import MemorySink, MemorySource
+from tests.conftest import TinyProblem
+
+TOPICS = Topics(quarantine="q", dead_letter="dlq", scores="scores")
+
+
+def build(bundle: Path, values: list[bytes], **options) -> tuple[Pipeline, MemorySource, MemorySink]:
+    scorer = DkNN.from_bundle(bundle)
+    source, sink = MemorySource(values, topic="in"), MemorySink()
+    pipeline = Pipeline(scorer, source, sink, TOPICS, Telemetry(), ShiftDetector(scorer.calibration_label_free),
+                        PipelineOptions(batch_size=16, retry_budget_s=5, **options))
+    return pipeline, source, sink
+
+
+def mixed_events(problem: TinyProblem) -> tuple[list[bytes], set[int]]:
+    """Valid events, plus malformed ones at known offsets."""
+    values = [encode_event(f"e{i}", x, "tiny", "1") for i, x in enumerate(problem.test.x[:40])]
+    # in between the classes: low credibility expected for some
+    values += [encode_event(f"mid{i}", np.full(8, 0.0, np.float32) + i * 0.1, "tiny", "1") for i in range(10)]
+    bad = {3: b"{not json", 11: encode_event("x", np.zeros(9, np.float32), "tiny", "1"),
+           20: encode_event("y", np.zeros(8, np.float32), "other-model", "1"), 33: b"\xff\xfe"}
+    for offset, value in sorted(bad.items()):
+        values.insert(offset, value)
+    return values, set(bad)
+
+
+def drain(pipeline: Pipeline, source: MemorySource) -> None:
+    while records := source.poll(pipeline.options.batch_size):
+        pipeline.process(records)
+
+
+def test_every_offset_is_accounted_for(tiny_bundle: Path, tiny_problem: TinyProblem) -> None:
+    values, bad = mixed_events(tiny_problem)
+    pipeline, source, sink = build(tiny_bundle, values)
+    drain(pipeline, source)
+
+    assert source.committed == {("in", 0): len(values)}
+    dead = sink.topics["dlq"]
+    assert [value for value, _, _ in dead] == [values[i] for i in sorted(bad)]  # original bytes untouched
+    assert {dict(h)["dknn.source.offset"] for _, _, h in dead} == {str(i).encode() for i in bad}
+    scores = [json.loads(value) for value, _, _ in sink.topics["scores"]]
+    assert {s["source"]["offset"] for s in scores} == set(range(len(values))) - bad
+    quarantined = {s["event_id"] for s in scores if s["verdict"] == "quarantined"}
+    assert all(s["credibility"] < 0.1 for s in scores if s["event_id"] in quarantined)
+    held = [json.loads(value) for value, _, _ in sink.topics["q"]]
+    assert {q["event"]["event_id"] for q in held} == quarantined
+    assert all(len(q["dknn"]["neighbors"]["relu1"]["ids"]) == 5 and q["dknn"]["reason"] for q in held)
+    assert pipeline.stats.dead_lettered == len(bad) and pipeline.stats.scored == len(values) - len(bad)
+
+
+def test_unconfirmed_delivery_is_retried_before_commit(tiny_bundle: Path, tiny_problem: TinyProblem) -> None:
+    values = [encode_event(f"e{i}", x, "tiny", "1") for i, x in enumerate(tiny_problem.test.x[:10])]
+    pipeline, source, sink = build(tiny_bundle, values)
+    sink.fail_next_flushes = 2
+    drain(pipeline, source)
+    assert source.committed == {("in", 0): 10}
+    assert {json.loads(v)["event_id"] for v, _, _ in sink.topics["scores"]} == {f"e{i}" for i in range(10)}
+
+
+def test_permanent_delivery_failure_commits_nothing(tiny_bundle: Path, tiny_problem: TinyProblem) -> None:
+    values = [encode_event("e", tiny_problem.test.x[0], "tiny", "1")]
+    pipeline, source, sink = build(tiny_bundle, values)
+
+    def refuse(timeout_s: float = 30.0) -> None:
+        raise ConnectorError("not authorised", retriable=False)
+
+    sink.flush = refuse  # type: ignore[method-assign]
+    with pytest.raises(ConnectorError):
+        drain(pipeline, source)
+    assert source.committed == {}
+
+
+def test_run_stops_when_asked_and_marks_ready(tiny_bundle: Path, tiny_problem: TinyProblem) -> None:
+    values = [encode_event(f"e{i}", x, "tiny", "1") for i, x in enumerate(tiny_problem.test.x[:5])]
+    pipeline, source, sink = build(tiny_bundle, values)
+    stop = threading.Event()
+    thread = threading.Thread(target=pipeline.run, args=(stop,))
+    thread.start()
+    while pipeline.stats.scored < 5:
+        thread.join(0.05)
+    stop.set()
+    thread.join(5)
+    assert not thread.is_alive() and source.committed == {("in", 0): 5}
