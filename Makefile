@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BUNDLE ?= artifacts/mnist-cnn
 
-.PHONY: setup test demo bench-quality clean
+.PHONY: setup test demo demo-table bench-quality bench-stream clean
 
 setup: $(STAMP)
 
@@ -22,11 +22,22 @@ test: setup
 $(BUNDLE)/manifest.json: | setup
 	$(BIN)/dknn-agent train-reference mnist --out $(BUNDLE)
 
+# The streaming demo: local Kafka broker, the agent (metrics on :9108) and a demo producer.
 demo: setup $(BUNDLE)/manifest.json
+	bash deploy/local/demo.sh $(BUNDLE)
+
+# Offline: accuracy and credibility on clean and shifted MNIST, one table.
+demo-table: setup $(BUNDLE)/manifest.json
 	$(BIN)/dknn-agent demo --artifacts $(BUNDLE)
 
 bench-quality: setup $(BUNDLE)/manifest.json
 	$(BIN)/dknn-agent bench quality --artifacts $(BUNDLE) --out docs/results
+
+bench-stream: setup $(BUNDLE)/manifest.json
+	bash deploy/local/kafka.sh fetch >/dev/null
+	bootstrap=$$(bash deploy/local/kafka.sh start --data-dir /tmp/dknn-bench-kafka | sed -n 's/^BOOTSTRAP=//p'); \
+	  $(BIN)/dknn-agent bench stream --artifacts $(BUNDLE) --bootstrap-servers $$bootstrap --out docs/results; \
+	  status=$$?; bash deploy/local/kafka.sh stop --data-dir /tmp/dknn-bench-kafka --purge >/dev/null; exit $$status
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache .hypothesis

@@ -6,6 +6,8 @@ nonconformity and p-values (DESIGN.md §2); see `agent.conformal` for the exact 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +47,13 @@ class ScoreBatch:
 
     def __len__(self) -> int:
         return len(self.prediction)
+
+
+StageTimer = Callable[[str], AbstractContextManager]
+
+
+def _untimed(_stage: str) -> AbstractContextManager:
+    return nullcontext()
 
 
 class DkNN:
@@ -119,15 +128,19 @@ class DkNN:
     def label_neighbors(self, neighbor_ids: np.ndarray) -> np.ndarray:
         return np.where(neighbor_ids >= 0, self.train_labels[np.maximum(neighbor_ids, 0)], -1)
 
-    def score(self, x: np.ndarray) -> ScoreBatch:
-        """Scores one batch (validated first); the caller chooses the batch size."""
+    def score(self, x: np.ndarray, stage: StageTimer = _untimed) -> ScoreBatch:
+        """Scores one batch (validated first); the caller chooses the batch size. `stage` times
+        the activations / knn / score phases (the agent passes its Prometheus histogram)."""
         self.check_input(x)
-        activations = self.tap(x)
-        ids = self.neighbors(activations)
-        labels = self.label_neighbors(ids)
-        alpha = conformal.nonconformity(labels, self.num_classes)
-        p = conformal.p_values(alpha, self.calibration_alpha)
-        verdicts = conformal.summarise(alpha, p)
+        with stage("activations"):
+            activations = self.tap(x)
+        with stage("knn"):
+            ids = self.neighbors(activations)
+        with stage("score"):
+            labels = self.label_neighbors(ids)
+            alpha = conformal.nonconformity(labels, self.num_classes)
+            p = conformal.p_values(alpha, self.calibration_alpha)
+            verdicts = conformal.summarise(alpha, p)
         return ScoreBatch(
             prediction=verdicts.prediction,
             credibility=verdicts.credibility,

@@ -31,7 +31,7 @@ from agent.manifest import Manifest
 
 NAMESPACE = "dknn"
 VERDICTS = ("accepted", "quarantined")
-STAGES = ("poll", "decode", "activations", "knn", "score", "route", "produce", "commit")
+STAGES = ("poll", "decode", "activations", "knn", "score", "produce", "commit")
 DEAD_LETTER_REASONS = (*REASONS, "other")
 WINDOWS = (100, 1000)
 PROBABILITY_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)

@@ -89,15 +89,19 @@ class Pipeline:
         self.shift = shift
         self.options = options
         self.stats = PipelineStats()
+        source.on_revoke(lambda partitions: [telemetry.clear_lag(*tp) for tp in partitions])
 
     def run(self, stop: threading.Event) -> None:
         """Processes batches until `stop` is set or a finite source runs dry; the batch in hand is
         always finished (routed, confirmed, committed) first."""
         while not stop.is_set():
-            records = self.source.poll(self.options.batch_size, self.options.max_batch_wait_s)
+            with self.telemetry.stage("poll"):
+                records = self.source.poll(self.options.batch_size, self.options.max_batch_wait_s)
             self.telemetry.set_ready(bool(self.source.assignment()))
             if records:
                 self.process(records)
+                for (topic, partition), lag in self.source.lag().items():
+                    self.telemetry.set_lag(topic, partition, lag)
             elif self.source.exhausted:
                 return
 
@@ -107,7 +111,8 @@ class Pipeline:
         self.stats.consumed += len(records)
         self._retrying(lambda: self._route(records), "route and flush")
         offsets = next_offsets(records)
-        self._retrying(lambda: self.source.commit(offsets), "commit")
+        with self.telemetry.stage("commit"):
+            self._retrying(lambda: self.source.commit(offsets), "commit")
 
     def _route(self, records: list[Record]) -> None:
         valid: list[tuple[Record, DecodedEvent]] = []
@@ -132,8 +137,7 @@ class Pipeline:
 
     def _score_and_route(self, valid: list[tuple[Record, DecodedEvent]]) -> None:
         x = np.stack([event.x for _, event in valid])
-        with self.telemetry.stage("score"):
-            scores = self.scorer.score(x)
+        scores = self.scorer.score(x, stage=self.telemetry.stage)
         verdict = verdicts(scores.credibility, self.options.threshold)
         quarantined = verdict == QUARANTINED
         self.telemetry.scored(scores.credibility, scores.confidence, scores.prediction, scores.model_prediction,

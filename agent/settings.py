@@ -1,6 +1,6 @@
 """The agent's one settings model: CLI flags > `DKNN_*` environment > YAML file > defaults.
 
-Why one frozen model: every knob is named, typed, unit-suffixed (`commit_interval_s`) and
+Why one frozen model: every knob is named, typed, unit-suffixed (`max_batch_wait_s`) and
 validated once at start-up, so a typo or a bad value fails the process before it consumes a
 single event, with a one-line `ConfigError` naming the field, instead of surfacing mid-stream.
 Settings hold *references* (paths, topic names); the loaders that open them run at start-up.
@@ -87,7 +87,6 @@ class AgentSettings(BaseSettings):
     batch_size: int = Field(64, ge=1, le=100_000)
     max_batch_wait_s: float = Field(0.2, ge=0.0, le=60.0)
     max_event_bytes: int = Field(1_048_576, ge=64, le=64 * 1_048_576)
-    commit_interval_s: float = Field(1.0, gt=0.0, le=3600.0)
     index: Literal["annoy", "exact"] = "annoy"
     search_k: int | None = Field(None, ge=-1, description="Annoy search_k; None = the bundle's")
     shift_lambda: float = Field(100.0, gt=1.0, description="Ville threshold: false-alarm rate ≤ 1/λ")

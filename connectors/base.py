@@ -118,6 +118,11 @@ class Source(ABC):
         Raises `ConnectorError` when the commit is not confirmed.
         """
 
+    def lag(self) -> dict[TopicPartition, int]:
+        """Messages behind the end of each owned partition, as far as the source knows without a
+        round trip (for the consumer-lag gauge); empty where it cannot tell."""
+        return {}
+
     @property
     def exhausted(self) -> bool:
         """True when a finite source has nothing more to give; a stream never is."""

@@ -117,6 +117,7 @@ class KafkaSource(Source):
         )
         config.update(extra_config or {})
         topics, self._group_id = list(topics), group_id
+        self._next_offsets: dict[TopicPartition, int] = {}
         what = f"cannot join consumer group {group_id!r} at {bootstrap_servers}"
         try:
             self._consumer = KafkaConsumer(**config)
@@ -164,6 +165,8 @@ class KafkaSource(Source):
             self._unstick_join()
         out: list[Record] = []
         for tp, messages in batches.items():
+            if messages:
+                self._next_offsets[(tp.topic, tp.partition)] = messages[-1].offset + 1
             for m in messages:
                 out.append(
                     Record(
@@ -176,6 +179,15 @@ class KafkaSource(Source):
                         timestamp_ms=m.timestamp,
                     )
                 )
+        return out
+
+    def lag(self) -> dict[TopicPartition, int]:
+        """High-water mark (from the last fetch response) minus the next offset to hand out."""
+        out = {}
+        for tp in self._consumer.assignment():
+            highwater, next_offset = self._consumer.highwater(tp), self._next_offsets.get((tp.topic, tp.partition))
+            if highwater is not None and next_offset is not None:
+                out[(tp.topic, tp.partition)] = max(0, highwater - next_offset)
         return out
 
     def commit(self, offsets: Offsets) -> None:

@@ -26,10 +26,34 @@ def register(commands: argparse._SubParsersAction) -> None:
     quality.add_argument("--batch-size", type=int, default=512)
     quality.set_defaults(handler=_quality)
 
+    stream = kinds.add_parser(
+        "stream",
+        help="events/s and p50/p99 event latency through a real Kafka broker",
+        description="Publish MNIST events to a fresh topic, drain them with one in-process agent (throughput), "
+        "then publish at half that rate and measure each event's latency from its timestamp to its score record.",
+    )
+    stream.add_argument("--artifacts", type=Path, required=True, help="bundle to score with")
+    stream.add_argument("--bootstrap-servers", required=True, help="Kafka broker (deploy/local/kafka.sh start prints one)")
+    stream.add_argument("--count", type=int, default=5000, help="events for the throughput phase (default: 5000)")
+    stream.add_argument("--latency-count", type=int, default=2000, help="events for the latency phase (default: 2000)")
+    stream.add_argument("--latency-rate", type=float, default=None, help="events/s in the latency phase (default: half the throughput)")
+    stream.add_argument("--batch-size", type=int, default=64)
+    stream.add_argument("--out", type=Path, default=Path("docs/results"))
+    stream.set_defaults(handler=_stream)
+
 
 def _quality(args: argparse.Namespace) -> int:
     from agent.bench.quality import QualityOptions, run_quality
 
     run_quality(QualityOptions(artifacts=args.artifacts, data_dir=args.data, out_dir=args.out, limit=args.limit,
                                epsilon=args.epsilon, seed=args.seed, batch_size=args.batch_size))
+    return 0
+
+
+def _stream(args: argparse.Namespace) -> int:
+    from agent.bench.stream import StreamOptions, run_stream
+
+    run_stream(StreamOptions(artifacts=args.artifacts, bootstrap_servers=args.bootstrap_servers, count=args.count,
+                             latency_count=args.latency_count, latency_rate=args.latency_rate,
+                             batch_size=args.batch_size, out_dir=args.out))
     return 0

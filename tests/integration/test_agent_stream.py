@@ -94,3 +94,6 @@ def test_ten_thousand_mixed_events_are_all_accounted_for(
     assert metric_sum(metrics, "dknn_events_scored_total") == len(scored)
     assert metric_sum(metrics, "dknn_events_scored_total", "verdict=quarantined") == len(held)
     assert metric_sum(metrics, "dknn_events_dead_lettered_total") == len(dead)
+    lags = {k: v for k, v in metrics.items() if k.startswith("dknn_consumer_lag_messages{")}
+    assert len(lags) == 3 and set(lags.values()) == {0.0}, lags
+    assert metric_sum(metrics, "dknn_stage_duration_seconds_count", "stage=knn") > 0

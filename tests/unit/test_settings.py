@@ -31,7 +31,7 @@ def test_defaults() -> None:
     assert (s.input_topic, s.quarantine_topic, s.dead_letter_topic) == (
         "inference-events", "inference-quarantine", "inference-dead-letter")
     assert (s.scores_topic, s.group_id, s.metrics_port, s.threshold) == (None, "dknn-agent", 9108, 0.1)
-    assert (s.batch_size, s.max_batch_wait_s, s.max_event_bytes, s.commit_interval_s) == (64, 0.2, 1_048_576, 1.0)
+    assert (s.batch_size, s.max_batch_wait_s, s.max_event_bytes) == (64, 0.2, 1_048_576)
     assert (s.index, s.search_k, s.shift_lambda, s.source, s.sink) == ("annoy", None, 100.0, None, None)
     assert s.kafka_security.security_protocol == "PLAINTEXT"
     with pytest.raises(Exception):
