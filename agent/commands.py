@@ -71,6 +71,12 @@ def _register_train_reference(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for training, split and index (default: 0)")
     parser.add_argument("--shift-px", type=int, default=2,
                         help="augment training with random translations of up to N pixels (default: 2; 0 = off)")
+    parser.add_argument("--snnl-weight", type=float, default=0.0,
+                        help="train with CE − W × Σ SNNL over --snnl-layers; W > 0 entangles classes (default: 0, off)")
+    parser.add_argument("--snnl-temperature", type=float, default=100.0, help="SNNL temperature (default: 100)")
+    parser.add_argument("--snnl-learn-temperature", action="store_true",
+                        help="let the temperature follow argmin_T SNNL per batch instead of staying fixed")
+    parser.add_argument("--snnl-layers", default="relu1,relu2,relu3", help="layers the SNNL term acts on")
     add_index_options(parser)
     parser.set_defaults(handler=_train_reference)
 
@@ -84,7 +90,12 @@ def _train_reference(args: argparse.Namespace) -> int:
     manifest = train_reference_mnist(
         out=args.out,
         data_dir=args.data,
-        train_options=TrainOptions(epochs=args.epochs, seed=args.seed, shift_px=args.shift_px, progress=not args.quiet),
+        train_options=TrainOptions(
+            epochs=args.epochs, seed=args.seed, shift_px=args.shift_px, progress=not args.quiet,
+            snnl_weight=args.snnl_weight, snnl_temperature=args.snnl_temperature,
+            snnl_learn_temperature=args.snnl_learn_temperature,
+            snnl_layers=tuple(filter(None, (name.strip() for name in args.snnl_layers.split(",")))),
+        ),
         fit_options=fit_options(args),
         force=args.force,
     )

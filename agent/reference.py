@@ -58,7 +58,8 @@ def train_reference_mnist(
         model=model,
         model_spec=ModelSpec(
             name="mnist-cnn",
-            version=f"seed{train_options.seed}-e{train_options.epochs}",
+            version=f"seed{train_options.seed}-e{train_options.epochs}"
+            + (f"-snnl{train_options.snnl_weight:g}" if train_options.snnl_weight else ""),
             factory="agent.models.mnist:build_model",
             num_classes=10,
         ),

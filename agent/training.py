@@ -17,6 +17,14 @@ class TrainOptions:
     learning_rate: float = 1e-3
     seed: int = 0
     shift_px: int = 0  # random translation of up to this many pixels per image (data augmentation)
+    # Soft nearest-neighbour loss (Frosst et al. 2019): total = CE − snnl_weight × Σ_layers SNNL, so a
+    # positive weight entangles the classes in those hidden layers. The temperature is fixed unless
+    # snnl_learn_temperature, which makes it follow argmin_T SNNL batch by batch (agent.snnl) — note
+    # that on well-separated classes that minimiser runs to T → 0, where SNNL and its gradient vanish.
+    snnl_weight: float = 0.0
+    snnl_temperature: float = 100.0
+    snnl_learn_temperature: bool = False
+    snnl_layers: tuple[str, ...] = ()
     progress: bool = True
 
 
@@ -29,6 +37,7 @@ def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, options: Tr
     steps_per_epoch = -(-len(inputs) // options.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=options.epochs * steps_per_epoch)
     loss_fn = nn.CrossEntropyLoss()
+    snnl = _SnnlTerm(model, options) if options.snnl_weight and options.snnl_layers else None
     model.train()
     for epoch in range(options.epochs):
         order = torch.as_tensor(rng.permutation(len(inputs)))
@@ -39,11 +48,46 @@ def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, options: Tr
             optimiser.zero_grad(set_to_none=True)
             batch = random_shift(inputs[rows], options.shift_px) if options.shift_px else inputs[rows]
             loss = loss_fn(model(batch), labels[rows])
+            if snnl is not None:
+                loss = loss - options.snnl_weight * snnl.total(labels[rows])
             loss.backward()
             optimiser.step()
             schedule.step()
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    if snnl is not None:
+        snnl.close()
     return model.eval()
+
+
+class _SnnlTerm:
+    """Captures the chosen layers' activations (with gradients) and sums their SNNL per batch."""
+
+    def __init__(self, model: nn.Module, options: TrainOptions) -> None:
+        from agent.snnl import SoftNearestNeighborLoss
+
+        modules = dict(model.named_modules())
+        missing = [name for name in options.snnl_layers if name not in modules]
+        if missing:
+            from agent.errors import ConfigError
+
+            raise ConfigError(f"--snnl-layers: model has no layer(s) {missing}")
+        self.captured: dict[str, torch.Tensor] = {}
+        self.losses = {name: SoftNearestNeighborLoss(options.snnl_temperature, learn_temperature=options.snnl_learn_temperature)
+                       for name in options.snnl_layers}
+        self.handles = [modules[name].register_forward_hook(self._capture(name)) for name in options.snnl_layers]
+
+    def _capture(self, name: str):
+        def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+            self.captured[name] = output
+
+        return hook
+
+    def total(self, labels: torch.Tensor) -> torch.Tensor:
+        return sum(loss(self.captured[name].flatten(1), labels) for name, loss in self.losses.items())
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
 
 
 def random_shift(images: torch.Tensor, max_px: int) -> torch.Tensor:

@@ -184,3 +184,4 @@ def test_pgd_rejects_bad_arguments(trained: Trained, bad: dict[str, float]) -> N
     arguments = {"epsilon": 0.1, "steps": 3} | bad
     with pytest.raises(ValueError):
         pgd(trained.model, trained.x[:4], trained.y[:4], **arguments)  # type: ignore[arg-type]
+
