@@ -4,7 +4,10 @@ Delivery is at-least-once (DESIGN.md §5): each polled batch is fully routed, ev
 confirmed by the sink's `flush`, and only then are the batch's offsets committed. Nothing is held
 across polls, so a rebalance or a crash can only replay the uncommitted batch, never skip it.
 A low-credibility event is a normal result (routed to quarantine); a malformed one is data
-(routed to the dead-letter topic with its original bytes); only faults raise.
+(routed to the dead-letter topic with its original bytes); only faults raise. The one exception to
+"original bytes": a value the sink refuses outright (over the producer's or broker's size limit
+once the dead-letter headers are added) is dead-lettered empty with a `dknn.value.omitted: <bytes>`
+header, rather than crash-looping the agent on it.
 """
 
 from __future__ import annotations
@@ -131,7 +134,21 @@ class Pipeline:
             self.sink.flush(self.options.flush_timeout_s)
 
     def _dead_letter(self, record: Record, error: EventError) -> None:
-        self.sink.send(self.topics.dead_letter, record.value, key=record.key, headers=dead_letter_headers(record, error))
+        headers = dead_letter_headers(record, error)
+        try:
+            self.sink.send(self.topics.dead_letter, record.value, key=record.key, headers=headers)
+        except ConnectorError as refused:
+            if refused.retriable:
+                raise
+            # The sink refuses these bytes outright: an input value near the broker's size limit
+            # plus our headers is over it. A replay would be refused again, for ever (a poison
+            # pill), so this one dead letter goes without its value and says so; the original
+            # stays on the input topic at the position the headers cite.
+            log.warning("dead letter for %s[%d]@%d sent without its %d-byte value: %s",
+                        record.topic, record.partition, record.offset, len(record.value), refused)
+            key = record.key if record.key is None or len(record.key) <= 1024 else None
+            self.sink.send(self.topics.dead_letter, b"", key=key,
+                           headers=[*headers, ("dknn.value.omitted", str(len(record.value)).encode())])
         self.telemetry.dead_lettered(error.reason)
         self.stats.dead_lettered += 1
 

@@ -13,6 +13,7 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +26,7 @@ from agent.events import encode_event
 from agent.metrics import Telemetry
 from agent.pipeline import Pipeline, PipelineOptions, Topics
 from agent.shift import ShiftDetector
+from connectors.base import Record
 from connectors.kafka import KafkaSink, KafkaSource, ensure_topics
 
 
@@ -59,15 +61,17 @@ def _paced_events(data, n: int, rate: float, bootstrap: str, topic: str) -> None
         sink.flush(120)
 
 
-def _score_timestamps(bootstrap: str, topic: str, prefix: str, expected: int, timeout_s: float = 300) -> dict[str, int]:
+def _latency_stamps(bootstrap: str, topic: str, expected: int, stamp: Callable[[Record], int | None],
+                    timeout_s: float = 300) -> dict[str, int]:
+    """event_id -> stamp(record) for the latency-phase events ("lat-" ids) found on `topic`."""
     found: dict[str, int] = {}
     deadline = time.monotonic() + timeout_s
     with KafkaSource(bootstrap, [topic], f"bench-reader-{uuid.uuid4().hex[:8]}") as source:
         while len(found) < expected and time.monotonic() < deadline:
             for record in source.poll(2000, 0.5):
                 event_id = json.loads(record.value)["event_id"]
-                if event_id.startswith(prefix) and record.timestamp_ms is not None:
-                    found.setdefault(event_id, record.timestamp_ms)
+                if event_id.startswith("lat-") and (value := stamp(record)) is not None:
+                    found.setdefault(event_id, value)
     return found
 
 
@@ -100,14 +104,16 @@ def run_stream(options: StreamOptions) -> dict:
         throughput = options.count / (time.monotonic() - started)
         rate = options.latency_rate or max(1.0, throughput / 2)
         _paced_events(data, options.latency_count, rate, options.bootstrap_servers, topics["input"])
-        stamps = _score_timestamps(options.bootstrap_servers, topics["scores"], "lat-", options.latency_count)
+        scored = _latency_stamps(options.bootstrap_servers, topics["scores"], options.latency_count,
+                                 lambda record: record.timestamp_ms)
     finally:
         stop.set()
         agent.join(60)
         source.close()
         sink.close()
-    sent = _event_timestamps(options.bootstrap_servers, topics["input"], options.latency_count)
-    latencies_ms = np.array([stamps[e] - sent[e] for e in stamps if e in sent], dtype=float)
+    sent = _latency_stamps(options.bootstrap_servers, topics["input"], options.latency_count,
+                           lambda record: json.loads(record.value)["timestamp_ms"])
+    latencies_ms = np.array([scored[e] - sent[e] for e in scored if e in sent], dtype=float)
     result = {
         "benchmark": "stream",
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -123,18 +129,6 @@ def run_stream(options: StreamOptions) -> dict:
     }
     _write(result, options.out_dir)
     return result
-
-
-def _event_timestamps(bootstrap: str, topic: str, expected: int) -> dict[str, int]:
-    found: dict[str, int] = {}
-    deadline = time.monotonic() + 120
-    with KafkaSource(bootstrap, [topic], f"bench-reader-{uuid.uuid4().hex[:8]}") as source:
-        while len(found) < expected and time.monotonic() < deadline:
-            for record in source.poll(2000, 0.5):
-                event = json.loads(record.value)
-                if event["event_id"].startswith("lat-"):
-                    found[event["event_id"]] = event["timestamp_ms"]
-    return found
 
 
 def _write(result: dict, out_dir: Path) -> None:

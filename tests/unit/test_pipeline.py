@@ -98,3 +98,22 @@ def test_run_stops_when_asked_and_marks_ready(tiny_bundle: Path, tiny_problem: T
     stop.set()
     thread.join(5)
     assert not thread.is_alive() and source.committed == {("in", 0): 5}
+
+
+def test_dead_letter_the_sink_refuses_goes_without_its_value(tiny_bundle: Path) -> None:
+    """A malformed event the sink will not take (over its size limit) must not crash-loop the agent."""
+    values = [b"x" * 5000, b"{}"]
+    pipeline, source, sink = build(tiny_bundle, values, max_event_bytes=4096)
+    original_send = sink.send
+
+    def refuse_big(topic, value, key=None, headers=()):
+        if len(value) > 4096:
+            raise ConnectorError("message too large", retriable=False)
+        original_send(topic, value, key, headers)
+
+    sink.send = refuse_big  # type: ignore[method-assign]
+    drain(pipeline, source)
+    dead = sink.topics["dlq"]
+    assert [value for value, _, _ in dead] == [b"", b"{}"]
+    assert dict(dead[0][2])["dknn.value.omitted"] == b"5000" and dict(dead[0][2])["dknn.error.class"] == b"too_large"
+    assert source.committed == {("in", 0): 2}
