@@ -1,4 +1,4 @@
-"""`dknn-agent`: train a reference model, fit a bundle, score inputs, inspect, benchmark.
+"""`dknn-agent`: run the monitoring agent; train, fit, score, inspect and benchmark bundles.
 
 Every deliberate failure (bad file, wrong shape, bad option) prints one line and exits 2.
 """
@@ -18,6 +18,7 @@ EXIT_USAGE = 2
 
 EPILOG = """\
 examples:
+  dknn-agent run --artifacts artifacts/mnist-cnn --bootstrap-servers localhost:9092
   dknn-agent train-reference mnist --out artifacts/mnist-cnn
   dknn-agent info artifacts/mnist-cnn
   dknn-agent score --artifacts artifacts/mnist-cnn --input x.npy --output scores.jsonl

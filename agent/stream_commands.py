@@ -64,6 +64,7 @@ def _run(args: argparse.Namespace) -> int:
     from agent.settings import load_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # the client's INFO lines are per-connection chatter
     overrides = {flag.replace("-", "_"): getattr(args, flag.replace("-", "_")) for flag, _, _ in RUN_FLAGS}
     settings = load_settings(args.config, {k: v for k, v in overrides.items() if v is not None})
     return run_agent(settings, summary_every_s=args.summary_every)
