@@ -24,6 +24,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     quality.add_argument("--epsilon", type=float, default=0.25, help="FGSM step (default: 0.25)")
     quality.add_argument("--seed", type=int, default=0, help="seed for the noise inputs (default: 0)")
     quality.add_argument("--batch-size", type=int, default=512)
+    quality.add_argument("--extended", action="store_true",
+                         help="also Gaussian noise, inverted digits, BIM and PGD; softmax, Mahalanobis and deep-kNN "
+                         "baselines with AUROC and FPR@95%%TPR; a reliability diagram and credibility histograms (PNG)")
     quality.set_defaults(handler=_quality)
 
     stream = kinds.add_parser(
@@ -46,7 +49,8 @@ def _quality(args: argparse.Namespace) -> int:
     from agent.bench.quality import QualityOptions, run_quality
 
     run_quality(QualityOptions(artifacts=args.artifacts, data_dir=args.data, out_dir=args.out, limit=args.limit,
-                               epsilon=args.epsilon, seed=args.seed, batch_size=args.batch_size))
+                               epsilon=args.epsilon, seed=args.seed, batch_size=args.batch_size,
+                               extended=args.extended))
     return 0
 
 

@@ -17,7 +17,9 @@ import torch
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from agent.bench.shifts import EvalSet, shifted_sets
+from agent.bench.detectors import detector_scores, fit_detectors, fpr_at_95_tpr
+from agent.bench.plots import credibility_histograms, reliability_diagram
+from agent.bench.shifts import EvalSet, gaussian_noise, inverted, iterative_attack_sets, shifted_sets
 from agent.datasets import load_mnist
 from agent.dknn import DkNN, ScoreBatch
 from agent.errors import ConfigError
@@ -35,6 +37,7 @@ class QualityOptions:
     epsilon: float = 0.25
     seed: int = 0
     batch_size: int = 512
+    extended: bool = False  # + Gaussian noise, inverted digits, BIM, PGD, baseline detectors, plots
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,11 @@ def run_quality(options: QualityOptions) -> dict:
     if options.limit is not None and options.limit < len(rows):  # a random subset: MNIST's halves differ
         rows = np.sort(np.random.default_rng(options.seed).choice(rows, size=options.limit, replace=False))
     clean = EvalSet("clean", mnist.x_test[rows], mnist.y_test[rows])
-    sets = [clean, *shifted_sets(backends["annoy"].tap.model, clean, options.epsilon, options.seed)]
+    model = backends["annoy"].tap.model
+    sets = [clean, *shifted_sets(model, clean, options.epsilon, options.seed)]
+    if options.extended:
+        sets += [gaussian_noise(len(clean.x), clean.x.shape[1:], options.seed), inverted(clean),
+                 *iterative_attack_sets(model, clean, options.epsilon, options.seed)]
 
     scores = {
         backend: {data.name: score_set(scorer, data, options.batch_size, f"{backend}:{data.name}") for data in sets}
@@ -161,8 +168,41 @@ def run_quality(options: QualityOptions) -> dict:
                             recall_at_k(scores["annoy"][data.name].neighbor_ids, scores["exact"][data.name].neighbor_ids)))
         for data in sets
     }
+    result["extended"] = options.extended
+    if options.extended:
+        result["detectors"] = compare_detectors(backends["annoy"], mnist, sets, scores["annoy"], options.batch_size)
+        draw_figures(result, sets, scores["annoy"], options.out_dir)
     write_results(result, options.out_dir)
     return result
+
+
+def compare_detectors(scorer: DkNN, mnist, sets: list[EvalSet], by_set: dict[str, SetScores],
+                      batch_size: int) -> dict:
+    """AUROC and FPR at 95% TPR of every detector, clean evaluation points against each set."""
+    detectors = fit_detectors(scorer, mnist.x_train, mnist.y_train, batch_size)
+    per_set = {data.name: detector_scores(detectors, scorer, data.x, by_set[data.name].credibility,
+                                          by_set[data.name].softmax_max, batch_size) for data in sets}
+    clean = per_set["clean"]
+    return {
+        "layer": detectors.layer,
+        "sets": {
+            data.name: {
+                name: {"auroc": auroc(clean[name], values), "fpr_at_95_tpr": fpr_at_95_tpr(clean[name], values)}
+                for name, values in per_set[data.name].items()
+            }
+            for data in sets[1:]
+        },
+    }
+
+
+def draw_figures(result: dict, sets: list[EvalSet], by_set: dict[str, SetScores], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = _stem(result)
+    clean = by_set["clean"]
+    title = f"{result['bundle']['model']} {result['bundle']['version']}"
+    reliability_diagram(clean.credibility, clean.prediction == sets[0].y, out_dir / f"{stem}-reliability.png", title)
+    credibility_histograms({data.name: by_set[data.name].credibility for data in sets},
+                           out_dir / f"{stem}-credibility.png", title)
 
 
 def markdown(result: dict) -> str:
@@ -193,12 +233,27 @@ def markdown(result: dict) -> str:
               "| set | " + " | ".join(layers) + " |", "|---|" + "---|" * len(layers)]
     for name, per_layer in result["recall_at_k"].items():
         lines.append(f"| {name} | " + " | ".join(_num(per_layer[layer]) for layer in layers) + " |")
+    if "detectors" in result:
+        names = list(next(iter(result["detectors"]["sets"].values())))
+        lines += ["", f"Detectors (annoy backend; baselines on layer {result['detectors']['layer']}): "
+                  "AUROC / FPR at 95% TPR, clean evaluation points as positives:", "",
+                  "| set | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for set_name, per_detector in result["detectors"]["sets"].items():
+            lines.append(f"| {set_name} | " + " | ".join(
+                f"{_num(per_detector[n]['auroc'])} / {_num(per_detector[n]['fpr_at_95_tpr'])}" for n in names) + " |")
+        stem = _stem(result)
+        lines += ["", f"![reliability]({stem}-reliability.png) ![credibility]({stem}-credibility.png)"]
     return "\n".join(lines) + "\n"
+
+
+def _stem(result: dict) -> str:
+    suffix = f"-{result['bundle']['version']}-extended" if result.get("extended") else ""
+    return f"quality-{result['bundle']['model']}{suffix}"
 
 
 def write_results(result: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"quality-{result['bundle']['model']}"
+    stem = out_dir / _stem(result)
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     text = markdown(result)
     stem.with_suffix(".md").write_text(text)
