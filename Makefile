@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BUNDLE ?= artifacts/mnist-cnn
 
-.PHONY: setup test demo demo-table bench-quality bench-stream clean
+.PHONY: setup test demo demo-table bench-quality bench-snnl bench-stream clean
 
 setup: $(STAMP)
 
@@ -30,8 +30,13 @@ demo: setup $(BUNDLE)/manifest.json
 demo-table: setup $(BUNDLE)/manifest.json
 	$(BIN)/dknn-agent demo --artifacts $(BUNDLE)
 
+# Accuracy, credibility, AUROC / FPR@95%TPR against baselines, validity, Annoy recall, plots.
 bench-quality: setup $(BUNDLE)/manifest.json
-	$(BIN)/dknn-agent bench quality --artifacts $(BUNDLE) --out docs/results
+	$(BIN)/dknn-agent bench quality --artifacts $(BUNDLE) --out docs/results --extended
+
+# Does entangling help? Reference models with and without SNNL, three seeds (trains six bundles).
+bench-snnl: setup
+	$(BIN)/dknn-agent bench snnl --seeds 0,1,2 --out docs/results
 
 bench-stream: setup $(BUNDLE)/manifest.json
 	bash deploy/local/kafka.sh fetch >/dev/null

@@ -76,6 +76,9 @@ def _register_train_reference(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--snnl-temperature", type=float, default=100.0, help="SNNL temperature (default: 100)")
     parser.add_argument("--snnl-learn-temperature", action="store_true",
                         help="let the temperature follow argmin_T SNNL per batch instead of staying fixed")
+    parser.add_argument("--snnl-distance", choices=["euclidean", "cosine"], default="euclidean",
+                        help="pairwise distance inside the SNNL: squared Euclidean (the paper's) or cosine, "
+                        "which is scale invariant (default: euclidean)")
     parser.add_argument("--snnl-layers", default="relu1,relu2,relu3", help="layers the SNNL term acts on")
     add_index_options(parser)
     parser.set_defaults(handler=_train_reference)
@@ -93,7 +96,7 @@ def _train_reference(args: argparse.Namespace) -> int:
         train_options=TrainOptions(
             epochs=args.epochs, seed=args.seed, shift_px=args.shift_px, progress=not args.quiet,
             snnl_weight=args.snnl_weight, snnl_temperature=args.snnl_temperature,
-            snnl_learn_temperature=args.snnl_learn_temperature,
+            snnl_learn_temperature=args.snnl_learn_temperature, snnl_distance=args.snnl_distance,
             snnl_layers=tuple(filter(None, (name.strip() for name in args.snnl_layers.split(",")))),
         ),
         fit_options=fit_options(args),

@@ -43,6 +43,18 @@ def draw_split(test_size: int, seed: int, calibration_size: int = CALIBRATION_SI
     return Split(calibration=rows, evaluation=np.setdiff1d(np.arange(test_size), rows))
 
 
+def reference_version(options: TrainOptions) -> str:
+    """The manifest's model version: names the training configuration, so bundles trained differently
+    never pass for one another (the SNNL study reuses a cached bundle only on an exact match)."""
+    version = f"seed{options.seed}-e{options.epochs}"
+    if options.shift_px != 2:
+        version += f"-shift{options.shift_px}"
+    if options.snnl_weight:
+        temperature = "learned" if options.snnl_learn_temperature else f"{options.snnl_temperature:g}"
+        version += f"-snnl{options.snnl_weight:g}-{options.snnl_distance}-T{temperature}-{'+'.join(options.snnl_layers)}"
+    return version
+
+
 def train_reference_mnist(
     out: Path,
     data_dir: Path | None = None,
@@ -58,8 +70,7 @@ def train_reference_mnist(
         model=model,
         model_spec=ModelSpec(
             name="mnist-cnn",
-            version=f"seed{train_options.seed}-e{train_options.epochs}"
-            + (f"-snnl{train_options.snnl_weight:g}" if train_options.snnl_weight else ""),
+            version=reference_version(train_options),
             factory="agent.models.mnist:build_model",
             num_classes=10,
         ),

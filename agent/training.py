@@ -24,6 +24,9 @@ class TrainOptions:
     snnl_weight: float = 0.0
     snnl_temperature: float = 100.0
     snnl_learn_temperature: bool = False
+    # Cosine distance is scale invariant, so with a fixed temperature the network cannot raise the
+    # SNNL just by shrinking its activations (with squared Euclidean distance it can: D/T scales as s²).
+    snnl_distance: str = "euclidean"
     snnl_layers: tuple[str, ...] = ()
     progress: bool = True
 
@@ -72,7 +75,8 @@ class _SnnlTerm:
 
             raise ConfigError(f"--snnl-layers: model has no layer(s) {missing}")
         self.captured: dict[str, torch.Tensor] = {}
-        self.losses = {name: SoftNearestNeighborLoss(options.snnl_temperature, learn_temperature=options.snnl_learn_temperature)
+        self.losses = {name: SoftNearestNeighborLoss(options.snnl_temperature, learn_temperature=options.snnl_learn_temperature,
+                                                     distance=options.snnl_distance)
                        for name in options.snnl_layers}
         self.handles = [modules[name].register_forward_hook(self._capture(name)) for name in options.snnl_layers]
 

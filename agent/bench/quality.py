@@ -38,6 +38,7 @@ class QualityOptions:
     seed: int = 0
     batch_size: int = 512
     extended: bool = False  # + Gaussian noise, inverted digits, BIM, PGD, baseline detectors, plots
+    backends: tuple[str, ...] = ("annoy", "exact")  # recall@k needs both; the SNNL study scores annoy only
 
 
 @dataclass(frozen=True)
@@ -120,16 +121,19 @@ def validity(data: EvalSet, scores: SetScores) -> dict[str, float]:
 
 
 def run_quality(options: QualityOptions) -> dict:
+    if not options.backends or not set(options.backends) <= {"annoy", "exact"}:
+        raise ConfigError(f"backends must be a non-empty subset of annoy, exact; got {options.backends}")
     mnist = load_mnist(options.data_dir)
-    backends = {name: DkNN.from_bundle(options.artifacts, backend=name) for name in ("annoy", "exact")}
-    manifest = backends["annoy"].manifest
+    backends = {name: DkNN.from_bundle(options.artifacts, backend=name) for name in options.backends}
+    first = next(iter(backends.values()))
+    manifest = first.manifest
     if manifest.calibration.source != "mnist:t10k" or not manifest.calibration.source_indices:
         raise ConfigError(f"{options.artifacts}: not an MNIST reference bundle (calibration source unknown)")
     rows = calibration_split(manifest, len(mnist.x_test)).evaluation
     if options.limit is not None and options.limit < len(rows):  # a random subset: MNIST's halves differ
         rows = np.sort(np.random.default_rng(options.seed).choice(rows, size=options.limit, replace=False))
     clean = EvalSet("clean", mnist.x_test[rows], mnist.y_test[rows])
-    model = backends["annoy"].tap.model
+    model = first.tap.model
     sets = [clean, *shifted_sets(model, clean, options.epsilon, options.seed)]
     if options.extended:
         sets += [gaussian_noise(len(clean.x), clean.x.shape[1:], options.seed), inverted(clean),
@@ -163,15 +167,18 @@ def run_quality(options: QualityOptions) -> dict:
             "auroc_softmax_model_wrong": model_wrong_aurocs(sets[1:], by_set, "softmax_max"),
             "validity": validity(clean, clean_scores),
         }
-    result["recall_at_k"] = {
-        data.name: dict(zip(manifest.layer_names,
-                            recall_at_k(scores["annoy"][data.name].neighbor_ids, scores["exact"][data.name].neighbor_ids)))
-        for data in sets
-    }
+    if len(backends) == 2:
+        result["recall_at_k"] = {
+            data.name: dict(zip(manifest.layer_names, recall_at_k(scores["annoy"][data.name].neighbor_ids,
+                                                                   scores["exact"][data.name].neighbor_ids)))
+            for data in sets
+        }
     result["extended"] = options.extended
     if options.extended:
-        result["detectors"] = compare_detectors(backends["annoy"], mnist, sets, scores["annoy"], options.batch_size)
-        draw_figures(result, sets, scores["annoy"], options.out_dir)
+        name = next(iter(backends))
+        result["detectors"] = compare_detectors(backends[name], mnist, sets, scores[name], options.batch_size)
+        result["detectors"]["backend"] = name
+        draw_figures(result, sets, scores[name], options.out_dir)
     write_results(result, options.out_dir)
     return result
 
@@ -229,13 +236,14 @@ def markdown(result: dict) -> str:
     for backend, body in result["backends"].items():
         lines.append(f"| {backend} | " + " | ".join(_num(body["validity"][str(tau)]) for tau in VALIDITY_TAUS) + " |")
     layers = list(result["bundle"]["layers"])
-    lines += ["", f"Annoy recall@{result['bundle']['k']} against exact search, per layer:", "",
-              "| set | " + " | ".join(layers) + " |", "|---|" + "---|" * len(layers)]
-    for name, per_layer in result["recall_at_k"].items():
-        lines.append(f"| {name} | " + " | ".join(_num(per_layer[layer]) for layer in layers) + " |")
+    if "recall_at_k" in result:
+        lines += ["", f"Annoy recall@{result['bundle']['k']} against exact search, per layer:", "",
+                  "| set | " + " | ".join(layers) + " |", "|---|" + "---|" * len(layers)]
+        for name, per_layer in result["recall_at_k"].items():
+            lines.append(f"| {name} | " + " | ".join(_num(per_layer[layer]) for layer in layers) + " |")
     if "detectors" in result:
         names = list(next(iter(result["detectors"]["sets"].values())))
-        lines += ["", f"Detectors (annoy backend; baselines on layer {result['detectors']['layer']}): "
+        lines += ["", f"Detectors ({result['detectors']['backend']} backend; baselines on layer {result['detectors']['layer']}): "
                   "AUROC / FPR at 95% TPR, clean evaluation points as positives:", "",
                   "| set | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
         for set_name, per_detector in result["detectors"]["sets"].items():

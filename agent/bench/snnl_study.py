@@ -1,0 +1,214 @@
+"""Does entangling help? The reference model trained with and without the SNNL term, seed by seed.
+
+For every seed the study trains two MNIST reference bundles with the same budget (epochs, data
+augmentation, calibration split, index settings) that differ only in the SNNL term, runs the
+extended quality benchmark on each (annoy backend) and compares what the SNNL paper says should
+improve: how well DkNN credibility separates clean inputs from out-of-distribution and adversarial
+ones (AUROC, FPR at 95% TPR), next to the cost in clean accuracy. It also reports the SNNL each
+trained model actually reaches on clean evaluation points, so a reader can see the term did
+entangle the representations rather than being ignored.
+
+Bundles are cached under the work directory and reused when their manifest names the same
+training configuration; ``--retrain`` rebuilds them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agent.bench.quality import QualityOptions, run_quality
+from agent.datasets import load_mnist
+from agent.bundle import read_manifest
+from agent.dknn import DkNN
+from agent.errors import BundleError
+from agent.reference import calibration_split, reference_version, train_reference_mnist
+from agent.snnl import snnl_of_layers
+from agent.training import TrainOptions
+
+CONDITIONS = ("baseline", "snnl")
+SNNL_PROBE_SIZE = 1000  # clean evaluation points the per-layer SNNL is measured on
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    seeds: tuple[int, ...] = (0, 1, 2)
+    training: TrainOptions = TrainOptions(shift_px=2, snnl_weight=1.0, snnl_temperature=0.1,
+                                          snnl_distance="cosine", snnl_layers=("relu1", "relu2", "relu3"))
+    work_dir: Path = Path("artifacts/snnl-study")
+    out_dir: Path = Path("docs/results")
+    data_dir: Path | None = None
+    limit: int | None = None
+    retrain: bool = False
+
+
+def condition_options(options: StudyOptions, condition: str, seed: int) -> TrainOptions:
+    """The same training budget for both conditions; only the SNNL weight differs."""
+    weight = options.training.snnl_weight if condition == "snnl" else 0.0
+    return replace(options.training, seed=seed, snnl_weight=weight)
+
+
+def ensure_bundle(path: Path, training: TrainOptions, options: StudyOptions, mnist) -> None:
+    """Train and fit unless `path` already holds a bundle of exactly this training configuration."""
+    if not options.retrain and (path / "manifest.json").is_file():
+        try:
+            if read_manifest(path).model.version == reference_version(training):
+                return
+        except BundleError:
+            pass
+    train_reference_mnist(path, train_options=training, force=True, data=mnist)
+
+
+def measured_snnl(bundle: Path, mnist, training: TrainOptions) -> dict[str, float]:
+    """SNNL per hidden layer on a fixed sample of clean evaluation points, with the study's distance
+    and temperature: higher means more entangled classes."""
+    scorer = DkNN.from_bundle(bundle)
+    rows = calibration_split(scorer.manifest, len(mnist.x_test)).evaluation
+    rows = np.sort(np.random.default_rng(0).choice(rows, size=SNNL_PROBE_SIZE, replace=False))
+    layers = next(iter(scorer.tap.batches(mnist.x_test[rows], SNNL_PROBE_SIZE))).layers
+    labels = torch.as_tensor(mnist.y_test[rows], dtype=torch.long)
+    probe_layers = {name: torch.as_tensor(layers[name]) for name in training.snnl_layers or ("relu1", "relu2", "relu3")}
+    values = snnl_of_layers(probe_layers, labels, training.snnl_temperature, distance=training.snnl_distance)
+    return {name: float(value) for name, value in values.items()}
+
+
+def summarise_run(quality: dict) -> dict:
+    """The numbers the comparison needs from one extended quality run."""
+    body = quality["backends"]["annoy"]
+    clean = body["sets"]["clean"]
+    return {
+        "model_accuracy": clean["model_accuracy"],
+        "dknn_accuracy": clean["dknn_accuracy"],
+        "mean_credibility_correct": clean["mean_credibility_correct"],
+        "sets": {
+            name: {
+                "auroc_credibility": per_detector["dknn_credibility"]["auroc"],
+                "fpr95_credibility": per_detector["dknn_credibility"]["fpr_at_95_tpr"],
+                "auroc_softmax": per_detector["softmax"]["auroc"],
+                "mean_credibility": body["sets"][name]["mean_credibility"],
+                "model_accuracy": body["sets"][name].get("model_accuracy"),
+            }
+            for name, per_detector in quality["detectors"]["sets"].items()
+        },
+    }
+
+
+def run_study(options: StudyOptions) -> dict:
+    if not options.seeds:
+        raise ValueError("the study needs at least one seed")
+    mnist = load_mnist(options.data_dir)
+    runs: dict[str, dict[str, dict]] = {condition: {} for condition in CONDITIONS}
+    for seed in options.seeds:
+        for condition in CONDITIONS:
+            training = condition_options(options, condition, seed)
+            bundle = options.work_dir / f"{condition}-seed{seed}"
+            print(f"== {condition}, seed {seed}: {bundle}", flush=True)
+            ensure_bundle(bundle, training, options, mnist)
+            quality = run_quality(QualityOptions(artifacts=bundle, data_dir=options.data_dir,
+                                                 out_dir=options.out_dir / "snnl-study",
+                                                 limit=options.limit, seed=seed, extended=True,
+                                                 backends=("annoy",)))
+            runs[condition][str(seed)] = summarise_run(quality) | {
+                "bundle_version": quality["bundle"]["version"],
+                "snnl": measured_snnl(bundle, mnist, options.training),
+            }
+    result = {
+        "benchmark": "snnl-study",
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seeds": list(options.seeds),
+        "limit": options.limit,
+        "training": {key: value for key, value in options.training.__dict__.items() if key not in ("seed", "progress")},
+        "runs": runs,
+        "comparison": compare(runs, options.seeds),
+    }
+    write_study(result, options.out_dir)
+    return result
+
+
+def compare(runs: dict[str, dict[str, dict]], seeds: tuple[int, ...]) -> dict:
+    """Per set: mean and standard deviation over seeds of each condition, the mean paired difference
+    (snnl − baseline) and on how many seeds SNNL came out ahead."""
+    def series(condition: str, pick) -> np.ndarray:
+        return np.array([pick(runs[condition][str(seed)]) for seed in seeds], dtype=float)
+
+    def paired(pick, higher_is_better: bool = True) -> dict:
+        base, snnl = series("baseline", pick), series("snnl", pick)
+        better = (snnl > base) if higher_is_better else (snnl < base)
+        return {"baseline_mean": float(base.mean()), "baseline_sd": float(base.std(ddof=1)) if len(base) > 1 else 0.0,
+                "snnl_mean": float(snnl.mean()), "snnl_sd": float(snnl.std(ddof=1)) if len(snnl) > 1 else 0.0,
+                "difference": float((snnl - base).mean()), "snnl_better_seeds": int(better.sum())}
+
+    sets = list(runs["baseline"][str(seeds[0])]["sets"])
+    return {
+        "model_accuracy": paired(lambda run: run["model_accuracy"]),
+        "dknn_accuracy": paired(lambda run: run["dknn_accuracy"]),
+        "mean_credibility_correct": paired(lambda run: run["mean_credibility_correct"]),
+        "sets": {
+            name: {
+                "auroc_credibility": paired(lambda run, n=name: run["sets"][n]["auroc_credibility"]),
+                "fpr95_credibility": paired(lambda run, n=name: run["sets"][n]["fpr95_credibility"], higher_is_better=False),
+                "mean_credibility": paired(lambda run, n=name: run["sets"][n]["mean_credibility"], higher_is_better=False),
+                "auroc_softmax": paired(lambda run, n=name: run["sets"][n]["auroc_softmax"]),
+            }
+            for name in sets
+        },
+    }
+
+
+def markdown(result: dict) -> str:
+    seeds = result["seeds"]
+    training = result["training"]
+    comparison = result["comparison"]
+    n = len(seeds)
+    lines = [
+        "# Does entangling help? MNIST reference model with and without SNNL", "",
+        f"Seeds {', '.join(map(str, seeds))}; {training['epochs']} epochs each, shift augmentation "
+        f"{training['shift_px']} px; SNNL condition: loss = CE − {training['snnl_weight']:g} × Σ SNNL over "
+        f"{', '.join(training['snnl_layers'])} ({training['snnl_distance']} distance, T = {training['snnl_temperature']:g}"
+        f"{', learned' if training['snnl_learn_temperature'] else ''}). "
+        f"Evaluation: {'all 9,250' if result['limit'] is None else result['limit']} evaluation points per seed, "
+        "annoy backend. Mean ± standard deviation over seeds; Δ = mean paired difference (SNNL − baseline); "
+        f"'SNNL ahead' counts the seeds (of {n}) where SNNL did better.", "",
+        "| metric | baseline | SNNL | Δ | SNNL ahead |", "|---|---|---|---|---|",
+    ]
+    for label, key, scale in (("model accuracy", "model_accuracy", 100), ("DkNN accuracy", "dknn_accuracy", 100),
+                              ("mean credibility, correct", "mean_credibility_correct", 1)):
+        lines.append(_row(label, comparison[key], scale, n))
+    lines += ["", "DkNN credibility, clean evaluation points against each set (softmax max-probability AUROC "
+              "for reference):", "",
+              "| set | metric | baseline | SNNL | Δ | SNNL ahead |", "|---|---|---|---|---|---|"]
+    for name, metrics in comparison["sets"].items():
+        for label, key in (("AUROC credibility", "auroc_credibility"), ("FPR@95%TPR credibility", "fpr95_credibility"),
+                           ("mean credibility", "mean_credibility"), ("AUROC softmax", "auroc_softmax")):
+            lines.append(_row(f"{name} | {label}", metrics[key], 1, n))
+    layers = list(next(iter(result["runs"]["baseline"].values()))["snnl"])
+    lines += ["", f"SNNL measured on {SNNL_PROBE_SIZE} clean evaluation points (same distance and temperature; "
+              "higher = more entangled):", "",
+              "| condition | seed | " + " | ".join(layers) + " |", "|---|---|" + "---|" * len(layers)]
+    for condition, by_seed in result["runs"].items():
+        for seed, run in by_seed.items():
+            lines.append(f"| {condition} | {seed} | " + " | ".join(f"{run['snnl'][layer]:.3f}" for layer in layers) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _row(label: str, stats: dict, scale: float, n: int) -> str:
+    def fmt(mean: float, sd: float) -> str:
+        return f"{scale * mean:.3f} ± {scale * sd:.3f}" if n > 1 else f"{scale * mean:.3f}"
+
+    return (f"| {label} | {fmt(stats['baseline_mean'], stats['baseline_sd'])} | {fmt(stats['snnl_mean'], stats['snnl_sd'])} "
+            f"| {scale * stats['difference']:+.3f} | {stats['snnl_better_seeds']}/{n} |")
+
+
+def write_study(result: dict, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / "snnl-study"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    text = markdown(result)
+    stem.with_suffix(".md").write_text(text)
+    print(text)
+    print(f"saved {stem}.json and {stem}.md")
