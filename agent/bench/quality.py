@@ -261,12 +261,13 @@ def _stem(result: dict) -> str:
 
 def write_results(result: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / _stem(result)
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    stem = out_dir / _stem(result)  # not with_suffix: a version such as "T0.1" contains a dot
+    json_path, markdown_path = stem.parent / f"{stem.name}.json", stem.parent / f"{stem.name}.md"
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
     text = markdown(result)
-    stem.with_suffix(".md").write_text(text)
+    markdown_path.write_text(text)
     print(text)
-    print(f"saved {stem}.json and {stem}.md")
+    print(f"saved {json_path} and {markdown_path}")
 
 
 def _pct(value: float | None) -> str:
