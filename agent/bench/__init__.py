@@ -35,8 +35,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="For each seed, train the MNIST reference model twice with the same budget — plain "
         "cross-entropy, and cross-entropy − W × SNNL — fit both bundles, run the extended quality benchmark "
         "on each (annoy backend) and compare DkNN credibility's AUROC and FPR@95%TPR on every shifted and "
-        "adversarial set. Bundles are cached in --work-dir and reused when their configuration matches. "
-        "Per-model tables and plots go to OUT/snnl-study/, the comparison to OUT/snnl-study.{json,md}.",
+        "adversarial set. Bundles are cached in --work-dir, one per training configuration, and reused. "
+        "Per-model tables and plots go to OUT/NAME/, the comparison to OUT/NAME.{json,md}.",
     )
     study.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default: 0,1,2)")
     study.add_argument("--epochs", type=int, default=10, help="training epochs for both conditions (default: 10)")
@@ -50,6 +50,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     study.add_argument("--out", type=Path, default=Path("docs/results"))
     study.add_argument("--limit", type=int, default=None, help="evaluation points per model (default: all 9,250)")
     study.add_argument("--retrain", action="store_true", help="ignore cached bundles")
+    study.add_argument("--name", default="snnl-study",
+                       help="results name: OUT/NAME.{json,md} and OUT/NAME/ (default: snnl-study)")
     study.set_defaults(handler=_snnl_study)
 
     stream = kinds.add_parser(
@@ -93,7 +95,7 @@ def _snnl_study(args: argparse.Namespace) -> int:
                             snnl_temperature=args.snnl_temperature, snnl_distance=args.snnl_distance,
                             snnl_layers=layers)
     run_study(StudyOptions(seeds=seeds, training=training, work_dir=args.work_dir, out_dir=args.out,
-                           data_dir=args.data, limit=args.limit, retrain=args.retrain))
+                           data_dir=args.data, limit=args.limit, retrain=args.retrain, name=args.name))
     return 0
 
 

@@ -8,8 +8,9 @@ ones (AUROC, FPR at 95% TPR), next to the cost in clean accuracy. It also report
 trained model actually reaches on clean evaluation points, so a reader can see the term did
 entangle the representations rather than being ignored.
 
-Bundles are cached under the work directory and reused when their manifest names the same
-training configuration; ``--retrain`` rebuilds them.
+Bundles are cached under the work directory, one directory per training configuration (named by
+its manifest version), and reused when the manifest matches; ``--retrain`` rebuilds them. So the
+baselines are trained once and shared by studies of different SNNL settings.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class StudyOptions:
     data_dir: Path | None = None
     limit: int | None = None
     retrain: bool = False
+    name: str = "snnl-study"  # OUT/NAME.{json,md} and OUT/NAME/ for the per-model results
 
 
 def condition_options(options: StudyOptions, condition: str, seed: int) -> TrainOptions:
@@ -106,11 +108,11 @@ def run_study(options: StudyOptions) -> dict:
     for seed in options.seeds:
         for condition in CONDITIONS:
             training = condition_options(options, condition, seed)
-            bundle = options.work_dir / f"{condition}-seed{seed}"
+            bundle = options.work_dir / reference_version(training)  # one directory per configuration
             print(f"== {condition}, seed {seed}: {bundle}", flush=True)
             ensure_bundle(bundle, training, options, mnist)
             quality = run_quality(QualityOptions(artifacts=bundle, data_dir=options.data_dir,
-                                                 out_dir=options.out_dir / "snnl-study",
+                                                 out_dir=options.out_dir / options.name,
                                                  limit=options.limit, seed=seed, extended=True,
                                                  backends=("annoy",)))
             runs[condition][str(seed)] = summarise_run(quality) | {
@@ -126,7 +128,7 @@ def run_study(options: StudyOptions) -> dict:
         "runs": runs,
         "comparison": compare(runs, options.seeds),
     }
-    write_study(result, options.out_dir)
+    write_study(result, options.out_dir, options.name)
     return result
 
 
@@ -204,11 +206,11 @@ def _row(label: str, stats: dict, scale: float, n: int) -> str:
             f"| {scale * stats['difference']:+.3f} | {stats['snnl_better_seeds']}/{n} |")
 
 
-def write_study(result: dict, out_dir: Path) -> None:
+def write_study(result: dict, out_dir: Path, name: str) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / "snnl-study"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    json_path, markdown_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
     text = markdown(result)
-    stem.with_suffix(".md").write_text(text)
+    markdown_path.write_text(text)
     print(text)
-    print(f"saved {stem}.json and {stem}.md")
+    print(f"saved {json_path} and {markdown_path}")
