@@ -74,7 +74,7 @@ def measured_snnl(bundle: Path, mnist, training: TrainOptions) -> dict[str, floa
     rows = np.sort(np.random.default_rng(0).choice(rows, size=SNNL_PROBE_SIZE, replace=False))
     layers = next(iter(scorer.tap.batches(mnist.x_test[rows], SNNL_PROBE_SIZE))).layers
     labels = torch.as_tensor(mnist.y_test[rows], dtype=torch.long)
-    probe_layers = {name: torch.as_tensor(layers[name]) for name in training.snnl_layers or ("relu1", "relu2", "relu3")}
+    probe_layers = {name: torch.as_tensor(layers[name]) for name in training.snnl_layers}
     values = snnl_of_layers(probe_layers, labels, training.snnl_temperature, distance=training.snnl_distance)
     return {name: float(value) for name, value in values.items()}
 
