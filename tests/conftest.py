@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,3 +65,12 @@ def fit_tiny(problem: TinyProblem, out: Path, **options) -> Path:
 def tiny_bundle(tiny_problem: TinyProblem, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bundle fitted once per session; tests that corrupt a bundle copy it first."""
     return fit_tiny(tiny_problem, tmp_path_factory.mktemp("bundle") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread() -> Iterator[None]:
+    """For modules of tiny tensors: intra-op threads only add spin-wait contention on a busy 2-core box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
