@@ -56,10 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def split_list(text: str) -> tuple[str, ...]:
+    """`a, b,,c` -> ("a", "b", "c"): a comma-separated option, blanks and empty items dropped."""
+    return tuple(filter(None, (part.strip() for part in text.split(","))))
+
+
 def parse_layers(text: str) -> dict[str, str]:
     """`relu1=pca:128,relu2,logits=l2` -> {"relu1": "pca:128", "relu2": "none", "logits": "l2"}."""
     layers: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
+    for item in split_list(text):
         name, _, spec = item.partition("=")
         if name in layers:
             raise ConfigError(f"layer {name!r} given twice in --layers")

@@ -97,7 +97,7 @@ def _train_reference(args: argparse.Namespace) -> int:
             epochs=args.epochs, seed=args.seed, shift_px=args.shift_px, progress=not args.quiet,
             snnl_weight=args.snnl_weight, snnl_temperature=args.snnl_temperature,
             snnl_learn_temperature=args.snnl_learn_temperature, snnl_distance=args.snnl_distance,
-            snnl_layers=tuple(filter(None, (name.strip() for name in args.snnl_layers.split(",")))),
+            snnl_layers=split_list(args.snnl_layers),
         ),
         fit_options=fit_options(args),
         force=args.force,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.cli import split_list
 from agent.errors import ConfigError
 from agent.events import encode_event
 
@@ -24,7 +25,7 @@ KINDS = ("clean", "noise", "rotated", "fgsm", "malformed")
 def parse_mix(text: str) -> dict[str, float]:
     """`clean=0.7,noise=0.1,...` -> normalised weights; unknown kinds are a ConfigError."""
     weights: dict[str, float] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
+    for item in split_list(text):
         kind, _, value = item.partition("=")
         if kind not in KINDS:
             raise ConfigError(f"--mix: unknown kind {kind!r}; use {', '.join(KINDS)}")

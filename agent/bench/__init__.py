@@ -81,14 +81,15 @@ def _quality(args: argparse.Namespace) -> int:
 
 def _snnl_study(args: argparse.Namespace) -> int:
     from agent.bench.snnl_study import StudyOptions, run_study
+    from agent.cli import split_list
     from agent.errors import ConfigError
     from agent.training import TrainOptions
 
     try:
-        seeds = tuple(int(seed) for seed in args.seeds.split(","))
+        seeds = tuple(int(seed) for seed in split_list(args.seeds))
     except ValueError:
         raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
-    layers = tuple(filter(None, (name.strip() for name in args.snnl_layers.split(","))))
+    layers = split_list(args.snnl_layers)
     if args.epochs < 1 or args.snnl_weight <= 0 or args.snnl_temperature <= 0 or not layers:
         raise ConfigError("--epochs ≥ 1, --snnl-weight > 0, --snnl-temperature > 0 and at least one --snnl-layers")
     training = TrainOptions(epochs=args.epochs, shift_px=2, snnl_weight=args.snnl_weight,

@@ -260,11 +260,15 @@ def _stem(result: dict) -> str:
 
 
 def write_results(result: dict, out_dir: Path) -> None:
+    save_report(result, markdown(result), out_dir, _stem(result))
+
+
+def save_report(result: dict, text: str, out_dir: Path, stem: str) -> None:
+    """Writes OUT/STEM.json and OUT/STEM.md and prints the Markdown. Names are joined, not made with
+    Path.with_suffix: a stem such as "…-T0.1-relu1" contains a dot that is not a suffix."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / _stem(result)  # not with_suffix: a version such as "T0.1" contains a dot
-    json_path, markdown_path = stem.parent / f"{stem.name}.json", stem.parent / f"{stem.name}.md"
+    json_path, markdown_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
     json_path.write_text(json.dumps(result, indent=2) + "\n")
-    text = markdown(result)
     markdown_path.write_text(text)
     print(text)
     print(f"saved {json_path} and {markdown_path}")

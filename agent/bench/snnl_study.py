@@ -15,7 +15,6 @@ baselines are trained once and shared by studies of different SNNL settings.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agent.bench.quality import QualityOptions, run_quality
+from agent.bench.quality import QualityOptions, run_quality, save_report
 from agent.datasets import load_mnist
 from agent.bundle import read_manifest
 from agent.dknn import DkNN
@@ -128,7 +127,7 @@ def run_study(options: StudyOptions) -> dict:
         "runs": runs,
         "comparison": compare(runs, options.seeds),
     }
-    write_study(result, options.out_dir, options.name)
+    save_report(result, markdown(result), options.out_dir, options.name)
     return result
 
 
@@ -205,12 +204,3 @@ def _row(label: str, stats: dict, scale: float, n: int) -> str:
     return (f"| {label} | {fmt(stats['baseline_mean'], stats['baseline_sd'])} | {fmt(stats['snnl_mean'], stats['snnl_sd'])} "
             f"| {scale * stats['difference']:+.3f} | {stats['snnl_better_seeds']}/{n} |")
 
-
-def write_study(result: dict, out_dir: Path, name: str) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, markdown_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
-    text = markdown(result)
-    markdown_path.write_text(text)
-    print(text)
-    print(f"saved {json_path} and {markdown_path}")
