@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BUNDLE ?= artifacts/mnist-cnn
 
-.PHONY: setup test demo demo-table bench-quality bench-snnl bench-stream clean
+.PHONY: setup test lint test-unit test-e2e demo demo-table bench-quality bench-snnl bench-stream clean
 
 setup: $(STAMP)
 
@@ -16,8 +16,24 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	touch $(STAMP)
 
-test: setup
-	$(BIN)/python -m pytest -q
+# Everything CI runs: the static checks first (seconds), then the fast unit suite, then the
+# slow groups — end-to-end commands as a user types them, and the real Kafka broker.
+test: lint test-unit test-e2e
+
+# Undefined names, dead imports, formatting, types, and the layering of docs/design.md §7.
+lint: setup
+	$(BIN)/ruff check agent connectors tests
+	$(BIN)/ruff format --check agent connectors tests
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test-unit: setup
+	$(BIN)/python -m pytest -q tests/unit
+
+# README commands as subprocesses (train-reference on a small budget, make demo, ...) and the
+# agent against a real Kafka 4 broker started by deploy/local/kafka.sh.
+test-e2e: setup
+	$(BIN)/python -m pytest -q tests/e2e tests/integration
 
 $(BUNDLE)/manifest.json: | setup
 	$(BIN)/dknn-agent train-reference mnist --out $(BUNDLE)
@@ -45,4 +61,4 @@ bench-stream: setup $(BUNDLE)/manifest.json
 	  status=$$?; bash deploy/local/kafka.sh stop --data-dir /tmp/dknn-bench-kafka --purge >/dev/null; exit $$status
 
 clean:
-	rm -rf $(VENV) artifacts .pytest_cache .hypothesis
+	rm -rf $(VENV) artifacts .pytest_cache .hypothesis .mypy_cache .ruff_cache .import_linter_cache

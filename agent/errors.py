@@ -1,11 +1,25 @@
-"""One root error class for faults, so callers can catch everything the agent raises on purpose.
+"""Every error the agent raises on purpose, in one tree, so callers can catch as much as they mean.
 
-A low-credibility input is a normal result, never an exception. Exceptions are for faults:
-a corrupted bundle, an input of the wrong shape, a bad setting. `retriable` tells a supervisor
-whether trying again can help (a broker hiccup) or not (a corrupted file).
+    DknnError                 root; its message is one line for a human; `retriable` says
+    │                         whether trying the same thing again can help
+    ├── ConfigError           a setting or command-line option is invalid
+    ├── DataError             a data file (.npy, .npz, MNIST IDX) is missing, unreadable or inconsistent
+    ├── BundleError           the artifact bundle is missing, corrupted or inconsistent; names the file
+    ├── FitError              fitting a bundle failed on data that was readable (e.g. a layer too
+    │                         small for the requested PCA)
+    ├── InputError            an input array does not fit the bundle's model (dtype, shape, NaN)
+    │   └── EventError        one inference event cannot be scored; `reason` is a bounded label
+    └── ConnectorError        a source or sink failed (broker unreachable, delivery not confirmed,
+                              disk full); nothing has been committed for the failed work
+
+A low-credibility input is a normal result, never an exception. `agent.cli` turns every
+`DknnError` into one line on stderr and exit code 2; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
+
+# Why an event was dead-lettered: a Prometheus label and a header value, so the set is closed.
+EVENT_ERROR_REASONS = ("too_large", "bad_json", "schema", "unknown_model", "dtype", "shape", "non_finite")
 
 
 class DknnError(Exception):
@@ -14,13 +28,48 @@ class DknnError(Exception):
     retriable: bool = False
 
 
+class ConfigError(DknnError):
+    """A setting or command-line option is invalid."""
+
+
+class DataError(DknnError):
+    """A data file is missing, unreadable, or holds arrays of the wrong kind."""
+
+
 class BundleError(DknnError):
     """The artifact bundle is missing, corrupted or inconsistent; names the offending file."""
 
 
+class FitError(DknnError):
+    """Fitting a bundle failed although its inputs were readable."""
+
+
 class InputError(DknnError):
-    """An input array or file does not match what the bundle's model expects."""
+    """An input array does not match what the bundle's model expects."""
 
 
-class ConfigError(DknnError):
-    """A setting or command-line option is invalid."""
+class EventError(InputError):
+    """An event that cannot be scored; `reason` is one of `EVENT_ERROR_REASONS`."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        if reason not in EVENT_ERROR_REASONS:
+            raise ValueError(f"unknown event error reason {reason!r}")
+        one_line = " ".join(str(message).split())
+        super().__init__(one_line[:300])
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[EventError], tuple[str, str]]:  # survives pickling
+        return (type(self), (self.reason, str(self)))
+
+
+class ConnectorError(DknnError):
+    """A source or sink failed.
+
+    `retriable` says whether the same call may succeed later (a broker hiccup) or not (a bad
+    setting, an authorisation failure). Either way nothing has been committed for the failed
+    work, so a restart replays it.
+    """
+
+    def __init__(self, message: str, *, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.retriable = retriable

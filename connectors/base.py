@@ -1,9 +1,9 @@
 """The two small interfaces the pipeline talks to: a `Source` of records and a `Sink` for them.
 
 Why interfaces at all: the pipeline must run unchanged against a real Kafka cluster, a JSONL
-file (the embedded default and the replay tool) and in-memory fakes in unit tests. Keeping the
+file (runs without a broker, replays) and in-memory fakes in unit tests. Keeping the
 surface this small (poll / commit / close, send / flush / close) is what makes the at-least-once
-rule of DESIGN.md §5 checkable in one place:
+rule of docs/design.md §5 checkable in one place:
 
 - the pipeline owns offsets; a source never commits on its own;
 - `Sink.flush` returning normally is the broker's (or the disk's) confirmation that everything
@@ -21,8 +21,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from agent.errors import DknnError
-
 log = logging.getLogger(__name__)
 
 TopicPartition = tuple[str, int]
@@ -35,19 +33,6 @@ Headers = Sequence[tuple[str, bytes]]
 
 RebalanceHook = Callable[[set[TopicPartition]], None]
 """Called with the partitions gained (on_assign) or lost (on_revoke)."""
-
-
-class ConnectorError(DknnError):
-    """A source or sink failed: broker unreachable, delivery not confirmed, disk full.
-
-    `retriable` says whether the same call may succeed later (a broker hiccup) or not (a bad
-    setting, an authorisation failure). Either way nothing has been committed for the failed
-    work, so a restart replays it.
-    """
-
-    def __init__(self, message: str, *, retriable: bool = False) -> None:
-        super().__init__(message)
-        self.retriable = retriable
 
 
 @dataclass(frozen=True, slots=True)

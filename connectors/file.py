@@ -1,4 +1,4 @@
-"""JSONL source and sink: the embedded default (no broker needed) and the basis of a replay tool.
+"""JSONL source and sink: runs without a broker (replays, air-gapped checks) and the basis of a replay tool.
 
 FileSource reads one event per line. The "offset" of a record is its 0-based line number, and a
 commit writes the next line number to a sidecar file (`<file>.offset`), so a restarted agent
@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from connectors.base import ConnectorError, Headers, Offsets, Record, Sink, Source, TopicPartition
+from agent.errors import ConnectorError
+from connectors.base import Headers, Offsets, Record, Sink, Source, TopicPartition
 
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")  # Kafka's rule; also keeps paths inside the dir
 

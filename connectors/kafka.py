@@ -2,7 +2,7 @@
 
 Why the settings are what they are:
 - `KafkaSource` never auto-commits. The pipeline commits explicit offsets after its sinks have
-  confirmed every output for them (DESIGN.md §5), so a crash replays at most the uncommitted tail.
+  confirmed every output for them (docs/design.md §5), so a crash replays at most the uncommitted tail.
 - `KafkaSink` is idempotent with acks=all: broker-side retries cannot duplicate or reorder a
   partition, and `flush` is the delivery confirmation the pipeline waits on before committing.
 - Security settings are passed through untouched so SASL/TLS clusters need no code change.
@@ -12,45 +12,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from contextlib import suppress
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka import errors as kafka_errors
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.structs import MemberState
 from kafka.producer.future import FutureRecordMetadata
-from kafka.structs import OffsetAndMetadata
+from kafka.structs import MemberState, OffsetAndMetadata
 from kafka.structs import TopicPartition as KafkaTopicPartition
 
-from connectors.base import ConnectorError, Headers, Offsets, Record, Sink, Source, TopicPartition
+from agent.errors import ConnectorError
+from connectors.base import Headers, Offsets, Record, Sink, Source, TopicPartition
+from connectors.kafka_security import KafkaSecurity
 
 log = logging.getLogger(__name__)
 
 _TOPIC_EXISTS = kafka_errors.TopicAlreadyExistsError.errno
-
-
-@dataclass(frozen=True)
-class KafkaSecurity:
-    """Client security settings, passed to kafka-python as-is (its option names and values).
-
-    `security_protocol` is one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL; `sasl_mechanism` one
-    of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER, GSSAPI. The password is kept out of repr
-    so logging a source never leaks it.
-    """
-
-    security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str | None = None
-    sasl_plain_username: str | None = None
-    sasl_plain_password: str | None = field(default=None, repr=False)
-    ssl_cafile: str | None = None
-    ssl_certfile: str | None = None
-    ssl_keyfile: str | None = None
-    ssl_check_hostname: bool = True
-
-    def client_config(self) -> dict[str, Any]:
-        """The non-empty settings as kafka-python keyword arguments."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 def _wrap(exc: BaseException, what: str) -> ConnectorError:
@@ -58,7 +36,7 @@ def _wrap(exc: BaseException, what: str) -> ConnectorError:
     return ConnectorError(f"{what}: {exc}", retriable=retriable)
 
 
-class _Listener(ConsumerRebalanceListener):
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python ships no types
     """Bridges kafka-python's listener to the Source hooks, translating partition types."""
 
     def __init__(self, source: KafkaSource) -> None:
@@ -148,7 +126,8 @@ class KafkaSource(Source):
         coordinator = getattr(self._consumer, "_coordinator", None)
         join_task = getattr(coordinator, "_join_task", None)
         if (
-            join_task is not None
+            coordinator is not None
+            and join_task is not None
             and getattr(join_task, "is_done", False)
             and getattr(coordinator, "state", None) == MemberState.REBALANCING
             and not coordinator.need_rejoin()
@@ -260,16 +239,9 @@ class KafkaSink(Sink):
             raise _wrap(exc, f"cannot queue a message for {topic!r}") from exc
         self._pending.append((topic, future))
 
-    @property
-    def pending(self) -> int:
-        """Messages sent but not yet confirmed by a flush."""
-        return len(self._pending)
-
     def flush(self, timeout_s: float = 30.0) -> None:
-        try:
+        with suppress(kafka_errors.KafkaTimeoutError):  # reported below, per message, with any failures
             self._producer.flush(timeout=timeout_s)
-        except kafka_errors.KafkaTimeoutError:
-            pass  # reported below, per message, together with any failures
         unconfirmed = [(t, f) for t, f in self._pending if not f.is_done]
         failed = [(t, f) for t, f in self._pending if f.failed()]
         # Finished futures are settled either way; unfinished ones stay for the next flush.
@@ -282,9 +254,7 @@ class KafkaSink(Sink):
                 retriable=True,
             )
         if unconfirmed:
-            raise ConnectorError(
-                f"{len(unconfirmed)} messages not confirmed within {timeout_s:g}s", retriable=True
-            )
+            raise ConnectorError(f"{len(unconfirmed)} messages not confirmed within {timeout_s:g}s", retriable=True)
 
     def close(self, timeout_s: float = 5.0) -> None:
         self._producer.close(timeout=timeout_s)

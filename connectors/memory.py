@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from connectors.base import ConnectorError, Headers, Offsets, Record, Sink, Source, TopicPartition
+from agent.errors import ConnectorError
+from connectors.base import Headers, Offsets, Record, Sink, Source, TopicPartition
 
 
 class MemorySource(Source):

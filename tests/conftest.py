@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from agent.fit import Dataset, FitOptions, fit_bundle
-from agent.manifest import ModelSpec
-from agent.models.tiny import build_model
-from agent.training import TrainOptions, train_classifier
+from agent.engine.fit import Dataset, FitOptions, fit_bundle
+from agent.engine.manifest import ModelSpec
+from agent.research.models.tiny import build_model
+from agent.research.training import TrainOptions, train_classifier
 
-TINY_FACTORY = "agent.models.tiny:build_model"
+TINY_FACTORY = "agent.research.models.tiny:build_model"
 TINY_LAYERS = {"relu1": "none", "relu2": "l2", "logits": "pca:2"}
 
 

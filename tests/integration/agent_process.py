@@ -27,19 +27,45 @@ def free_port() -> int:
 class AgentProcess:
     """One agent replica: started with flags, readiness awaited over HTTP, stopped by signal."""
 
-    def __init__(self, bundle: Path, bootstrap: str, topics: dict[str, str], group: str, log_path: Path,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        bundle: Path,
+        bootstrap: str,
+        topics: dict[str, str],
+        group: str,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
-        self.args = [sys.executable, "-m", "agent.cli", "run", "--artifacts", str(bundle),
-                     "--bootstrap-servers", bootstrap, "--input-topic", topics["input"],
-                     "--quarantine-topic", topics["quarantine"], "--dead-letter-topic", topics["dead_letter"],
-                     "--scores-topic", topics["scores"], "--group-id", group,
-                     "--metrics-port", str(self.port), "--batch-size", "64"]
+        self.args = [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "run",
+            "--artifacts",
+            str(bundle),
+            "--bootstrap-servers",
+            bootstrap,
+            "--input-topic",
+            topics["input"],
+            "--quarantine-topic",
+            topics["quarantine"],
+            "--dead-letter-topic",
+            topics["dead_letter"],
+            "--scores-topic",
+            topics["scores"],
+            "--group-id",
+            group,
+            "--metrics-port",
+            str(self.port),
+            "--batch-size",
+            "64",
+        ]
         self.log_path = log_path
         self.extra_env = dict(env or {})
         self.process: subprocess.Popen | None = None
 
-    def start(self, wait_ready_s: float = 90) -> "AgentProcess":
+    def start(self, wait_ready_s: float = 90) -> AgentProcess:
         log = self.log_path.open("ab")
         env = {**os.environ, "DKNN_METRICS_HOST": "127.0.0.1", **self.extra_env}
         self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -84,8 +110,12 @@ class AgentProcess:
         status, text = self.http("/metrics")
         if status != 200:
             return None
-        return sum(sample.value for family in text_string_to_metric_families(text)
-                   for sample in family.samples if sample.name == "dknn_events_consumed_total")
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "dknn_events_consumed_total"
+        )
 
     def wait_consumed(self, at_least: float, timeout_s: float) -> float:
         """Waits until this run has consumed `at_least` records; returns the count seen."""
@@ -201,7 +231,7 @@ class OutputFollower:
     def close(self) -> None:
         self._source.close()
 
-    def __enter__(self) -> "OutputFollower":
+    def __enter__(self) -> OutputFollower:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -13,26 +13,13 @@ import re
 import subprocess
 import time
 import uuid
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-# kafka-python 3.0 loads its protocol schemas through the legacy importlib.resources API at import
-# time: about 200 DeprecationWarnings that say nothing about this project.
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import connectors.kafka  # noqa: F401
-
 KAFKA_SH = Path(__file__).resolve().parents[2] / "deploy" / "local" / "kafka.sh"
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "integration: talks to a real broker started by a session fixture")
-    # (see the import above; this covers schemas loaded lazily later)
-    config.addinivalue_line("filterwarnings", r"ignore:.*is deprecated. Use files\(\) instead:DeprecationWarning")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The agent under faults, against the real broker: SIGKILL and restart, a second replica dying,
 hostile input found by hypothesis, and the broker itself restarting mid-stream.
 
-The delivery rule under test is DESIGN.md §5: at-least-once, nothing lost. Every input offset must
+The delivery rule under test is docs/design.md §5: at-least-once, nothing lost. Every input offset must
 show up in the scores topic or the dead-letter topic at least once; duplicates are allowed (and
 counted, so a regression that replays far more than the uncommitted tail is visible in the output).
 The broker-restart test stops the shared session broker, so it is the last test in this file and
@@ -24,9 +24,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.events import REASONS, EventError, decode_event, encode_event
-from agent.manifest import InputSpec
-from connectors.base import ConnectorError, Record
+from agent.engine.manifest import InputSpec
+from agent.errors import EVENT_ERROR_REASONS, ConnectorError, EventError
+from agent.runtime.events import decode_event, encode_event
+from connectors.base import Record
 from connectors.kafka import KafkaSink, ensure_topics
 from tests.conftest import blobs
 from tests.integration.agent_process import (
@@ -60,7 +61,7 @@ class Ledger:
 
     def update(self, follower: OutputFollower) -> Ledger:
         for topic in (self.scores, self.dead_letter, self.quarantine):
-            new = follower.records[topic][self._seen[topic]:]
+            new = follower.records[topic][self._seen[topic] :]
             self._seen[topic] += len(new)
             for record in new:
                 if topic == self.scores:
@@ -121,8 +122,13 @@ def assert_accounted(ledger: Ledger, inputs: dict[Position, bytes]) -> None:
     assert ledger.quarantined_by_score, "the mixed stream should quarantine some between-class points"
 
 
-def follow_until_covered(follower: OutputFollower, ledger: Ledger, inputs: dict[Position, bytes],
-                         agents: list[AgentProcess], timeout_s: float) -> None:
+def follow_until_covered(
+    follower: OutputFollower,
+    ledger: Ledger,
+    inputs: dict[Position, bytes],
+    agents: list[AgentProcess],
+    timeout_s: float,
+) -> None:
     """Reads outputs until every input offset is accounted for; every agent must stay alive."""
 
     def alive() -> None:
@@ -186,8 +192,10 @@ def test_sigkill_three_times_mid_stream_loses_nothing(
         if agent is not None:
             agent.stop()
 
-    print(f"\nSIGKILL after (s drawn, consumed): {[(round(s, 2), c) for s, c in kills]}; final run consumed "
-          f"{final_consumed}; {ledger.duplicates} duplicate outputs for {n} inputs")
+    print(
+        f"\nSIGKILL after (s drawn, consumed): {[(round(s, 2), c) for s, c in kills]}; final run consumed "
+        f"{final_consumed}; {ledger.duplicates} duplicate outputs for {n} inputs"
+    )
     # The stream was fully published before the first start, so work left for the last replica
     # means every kill landed mid-stream.
     assert final_consumed and final_consumed > 0
@@ -244,9 +252,11 @@ def test_second_replica_takes_over_a_killed_ones_partitions(
         b.stop()
 
     in_b = sum(1 for p, _ in inputs if p in b_partitions)
-    print(f"\nb owned partitions {sorted(b_partitions)} ({in_b} events) and consumed {b_consumed} before "
-          f"SIGKILL; a consumed {a_consumed}; all accounted {takeover_s:.1f}s after the kill; "
-          f"{ledger.duplicates} duplicate outputs for {n} inputs")
+    print(
+        f"\nb owned partitions {sorted(b_partitions)} ({in_b} events) and consumed {b_consumed} before "
+        f"SIGKILL; a consumed {a_consumed}; all accounted {takeover_s:.1f}s after the kill; "
+        f"{ledger.duplicates} duplicate outputs for {n} inputs"
+    )
     assert b_consumed and 0 < b_consumed < in_b, "b must die with work left on its partitions"
     assert a_final == partitions, f"survivor's last assignment {sorted(a_final)}"
     assert_accounted(ledger, inputs)
@@ -268,8 +278,12 @@ class Case:
 
 
 def _document(event_id: str, x_b64_or_values: dict, model: str = "tiny") -> bytes:
-    doc = {"schema": "dknn.inference.v1", "event_id": event_id, "model": {"name": model, "version": "1"},
-           "input": x_b64_or_values}
+    doc = {
+        "schema": "dknn.inference.v1",
+        "event_id": event_id,
+        "model": {"name": model, "version": "1"},
+        "input": x_b64_or_values,
+    }
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -296,8 +310,9 @@ def wrong_shape(draw: st.DrawFn) -> Case:
 def b64_length_mismatch(draw: st.DrawFn) -> Case:  # declares [8] but carries another number of floats
     n = draw(st.integers(0, 20).filter(lambda k: k != 8))
     b64 = base64.b64encode(np.zeros(n, "<f4").tobytes()).decode()
-    return Case("b64_length", _document(draw(event_ids), {"dtype": "float32", "shape": [8], "b64": b64}),
-                frozenset({"shape"}))
+    return Case(
+        "b64_length", _document(draw(event_ids), {"dtype": "float32", "shape": [8], "b64": b64}), frozenset({"shape"})
+    )
 
 
 @st.composite
@@ -305,8 +320,9 @@ def wrong_dtype(draw: st.DrawFn) -> Case:
     named = st.sampled_from([">f4", "float64", "f8", "int32", "uint8", "float16", "bfloat16", "complex64"])
     dtype = draw(named | st.text(min_size=1, max_size=16).filter(lambda t: t not in ("float32", "<f4", "f4")))
     b64 = base64.b64encode(np.zeros(8, "<f4").tobytes()).decode()
-    return Case("wrong_dtype", _document(draw(event_ids), {"dtype": dtype, "shape": [8], "b64": b64}),
-                frozenset({"dtype"}))
+    return Case(
+        "wrong_dtype", _document(draw(event_ids), {"dtype": dtype, "shape": [8], "b64": b64}), frozenset({"dtype"})
+    )
 
 
 @st.composite
@@ -320,11 +336,18 @@ def non_finite(draw: st.DrawFn) -> Case:
     values = [float(v) for v in x]
     if form == "values_overflow":  # finite in JSON and float64, infinite as float32
         values = [draw(st.floats(3.5e38, 1e300)) if i in bad else v for i, v in enumerate(values)]
-        return Case("float32_overflow", _document(draw(event_ids), {"dtype": "float32", "shape": [8],
-                                                                     "values": values}), frozenset({"non_finite"}))
+        return Case(
+            "float32_overflow",
+            _document(draw(event_ids), {"dtype": "float32", "shape": [8], "values": values}),
+            frozenset({"non_finite"}),
+        )
     # json.dumps writes NaN / Infinity, which strict JSON (and the agent) does not accept
-    doc = {"schema": "dknn.inference.v1", "event_id": draw(event_ids), "model": {"name": "tiny", "version": "1"},
-           "input": {"dtype": "float32", "shape": [8], "values": values}}
+    doc = {
+        "schema": "dknn.inference.v1",
+        "event_id": draw(event_ids),
+        "model": {"name": "tiny", "version": "1"},
+        "input": {"dtype": "float32", "shape": [8], "values": values},
+    }
     return Case("nan_literal", json.dumps(doc).encode(), frozenset({"bad_json"}))
 
 
@@ -340,8 +363,7 @@ def huge(draw: st.DrawFn) -> Case:
 @st.composite
 def wrong_model(draw: st.DrawFn) -> Case:
     name = draw(st.text(min_size=1, max_size=20).filter(lambda s: s != "tiny"))
-    return Case("unknown_model", encode_event(draw(event_ids), draw(good_x), name, "1"),
-                frozenset({"unknown_model"}))
+    return Case("unknown_model", encode_event(draw(event_ids), draw(good_x), name, "1"), frozenset({"unknown_model"}))
 
 
 json_values = st.recursive(
@@ -384,9 +406,12 @@ def draw_malformed_corpus(examples_per_kind: int) -> list[Case]:
     corpus: list[Case] = []
     for strategy in MALFORMED.values():
 
-        @settings(max_examples=examples_per_kind, deadline=None, database=None,
-                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                         HealthCheck.filter_too_much])
+        @settings(
+            max_examples=examples_per_kind,
+            deadline=None,
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+        )
         @given(strategy)
         def collect(case: Case) -> None:
             with pytest.raises(EventError) as raised:
@@ -425,8 +450,14 @@ def test_hypothesis_malformed_events_all_reach_the_dead_letter_topic(
         # identical payloads (hypothesis repeats minimal examples) share a fate, so any will do
         expected[position] = cases[0]
 
-    agent = AgentProcess(tiny_bundle, kafka_bootstrap, topics, f"{unique_name}-agent", tmp_path / "agent.log",
-                         env={"DKNN_MAX_EVENT_BYTES": str(LIMIT)})
+    agent = AgentProcess(
+        tiny_bundle,
+        kafka_bootstrap,
+        topics,
+        f"{unique_name}-agent",
+        tmp_path / "agent.log",
+        env={"DKNN_MAX_EVENT_BYTES": str(LIMIT)},
+    )
     try:
         agent.start()
         follower, ledger = follower_for(kafka_bootstrap, topics, f"{unique_name}-out")
@@ -441,13 +472,16 @@ def test_hypothesis_malformed_events_all_reach_the_dead_letter_topic(
     finally:
         agent.stop()
 
-    print(f"\nhypothesis corpus: {len(corpus)} malformed events {dict(sorted(kinds.items()))}, "
-          f"{len(valid)} valid interleaved; {ledger.duplicates} duplicates")
+    print(
+        f"\nhypothesis corpus: {len(corpus)} malformed events {dict(sorted(kinds.items()))}, "
+        f"{len(valid)} valid interleaved; {ledger.duplicates} duplicates"
+    )
     bad_positions = {p for p, case in expected.items() if case is not None}
     good_positions = set(expected) - bad_positions
     assert set(dead_records) == bad_positions, (
         f"malformed not dead-lettered: {[expected[p].kind for p in bad_positions - set(dead_records)][:10]}; "
-        f"valid dead-lettered: {[dict(dead_records[p][0].headers) for p in set(dead_records) - bad_positions][:3]}")
+        f"valid dead-lettered: {[dict(dead_records[p][0].headers) for p in set(dead_records) - bad_positions][:3]}"
+    )
     assert set(ledger.scored) == good_positions
     for position, records in dead_records.items():
         case = expected[position]
@@ -456,7 +490,11 @@ def test_hypothesis_malformed_events_all_reach_the_dead_letter_topic(
             headers = dict(record.headers)
             assert record.value == inputs[position] == case.payload, f"{case.kind}: dead letter bytes changed"
             error_class = headers["dknn.error.class"].decode()
-            assert error_class in REASONS and error_class in case.reasons, (case.kind, error_class, case.payload[:200])
+            assert error_class in EVENT_ERROR_REASONS and error_class in case.reasons, (
+                case.kind,
+                error_class,
+                case.payload[:200],
+            )
             assert headers["dknn.error.message"]
             assert headers["dknn.source.topic"].decode() == topics["input"]
     # the agent's counters agree with the topics (one run, no faults: nothing replayed)
@@ -510,8 +548,10 @@ def test_malformed_events_at_the_size_limit_reach_the_dead_letter_topic(
         assert agent.terminate() == 0
     finally:
         agent.stop()
-    print(f"\nlargest publishable value {largest} bytes; dead letters "
-          f"{ {p: (len(r.value), dict(r.headers).get('dknn.value.omitted')) for p, r in dead.items()} }")
+    print(
+        f"\nlargest publishable value {largest} bytes; dead letters "
+        f"{ {p: (len(r.value), dict(r.headers).get('dknn.value.omitted')) for p, r in dead.items()} }"
+    )
     assert set(dead) == {(0, 1), (0, 11), (0, 12)}
     assert set(ledger.scored) == set(inputs) - set(dead)
     assert dead[(0, 12)].value == inputs[(0, 12)] and dict(dead[(0, 12)].headers)["dknn.error.class"] == b"bad_json"
@@ -579,8 +619,10 @@ def test_agent_survives_a_broker_restart_mid_stream(
 
     log = agent.log_path.read_text(errors="replace")
     retries = log.count("retrying in")
-    print(f"\nbroker down {down_s:.1f}s (stop at {consumed_at_stop} consumed); every offset accounted "
-          f"{recovered_s:.1f}s after the stop; agent consumed {consumed} in all, {retries} retried "
-          f"route/commit calls; {ledger.duplicates} duplicate outputs for {n} inputs")
+    print(
+        f"\nbroker down {down_s:.1f}s (stop at {consumed_at_stop} consumed); every offset accounted "
+        f"{recovered_s:.1f}s after the stop; agent consumed {consumed} in all, {retries} retried "
+        f"route/commit calls; {ledger.duplicates} duplicate outputs for {n} inputs"
+    )
     assert consumed is not None and consumed >= n
     assert_accounted(ledger, inputs)

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.events import encode_event
+from agent.runtime.events import encode_event
 from connectors.kafka import KafkaSink, ensure_topics
-from tests.conftest import TinyProblem, blobs
+from tests.conftest import blobs
 from tests.integration.agent_process import AgentProcess, read_all
 
 pytestmark = pytest.mark.integration
@@ -32,12 +32,15 @@ def mixed_stream(n: int, seed: int) -> list[bytes]:
         elif roll < 0.92:
             values.append(encode_event(f"b{i}", rng.normal(0, 0.5, 8).astype(np.float32), "tiny", "1"))
         else:
-            values.append([
-                b"{truncated", bytes(rng.integers(0, 256, 40, dtype=np.uint8)),
-                encode_event(f"s{i}", np.zeros(7, np.float32), "tiny", "1"),
-                encode_event(f"m{i}", np.zeros(8, np.float32), "someone-else", "1"),
-                encode_event(f"n{i}", np.full(8, np.nan, np.float32), "tiny", "1"),
-            ][int(rng.integers(5))])
+            values.append(
+                [
+                    b"{truncated",
+                    bytes(rng.integers(0, 256, 40, dtype=np.uint8)),
+                    encode_event(f"s{i}", np.zeros(7, np.float32), "tiny", "1"),
+                    encode_event(f"m{i}", np.zeros(8, np.float32), "someone-else", "1"),
+                    encode_event(f"n{i}", np.full(8, np.nan, np.float32), "tiny", "1"),
+                ][int(rng.integers(5))]
+            )
     return values
 
 
@@ -78,12 +81,19 @@ def test_ten_thousand_mixed_events_are_all_accounted_for(
     assert len(positions) == 10_000
     scored = [json.loads(r.value) for r in scores]
     scored_positions = {(s["source"]["partition"], s["source"]["offset"]) for s in scored}
-    dead_positions = {(int(dict(r.headers)["dknn.source.partition"]), int(dict(r.headers)["dknn.source.offset"]))
-                      for r in dead}
+    dead_positions = {
+        (int(dict(r.headers)["dknn.source.partition"]), int(dict(r.headers)["dknn.source.offset"])) for r in dead
+    }
     assert scored_positions | dead_positions == positions and not scored_positions & dead_positions
     by_position = {(r.partition, r.offset): r.value for r in inputs}
-    assert all(r.value == by_position[p] for r, p in zip(dead, [
-        (int(dict(r.headers)["dknn.source.partition"]), int(dict(r.headers)["dknn.source.offset"])) for r in dead]))
+    assert all(
+        r.value == by_position[p]
+        for r, p in zip(
+            dead,
+            [(int(dict(r.headers)["dknn.source.partition"]), int(dict(r.headers)["dknn.source.offset"])) for r in dead],
+            strict=True,
+        )
+    )
 
     held = {json.loads(r.value)["event"]["event_id"] for r in quarantine}
     assert held == {s["event_id"] for s in scored if s["verdict"] == "quarantined"}

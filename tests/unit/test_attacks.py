@@ -9,13 +9,18 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
-from agent.attacks import fgsm, pgd
-from agent.models.tiny import build_model
-from agent.training import TrainOptions, accuracy, train_classifier
-
+from agent.research.attacks import fgsm, pgd
+from agent.research.models.tiny import build_model
+from agent.research.training import TrainOptions, train_classifier
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    return float((model.eval()(torch.as_tensor(x)).argmax(1).numpy() == y).mean())
 
 
 @dataclass(frozen=True)
@@ -80,8 +85,16 @@ def test_pgd_stays_in_the_epsilon_ball_and_value_range(
     y = rng.integers(0, 3, size=20)
     model = untrained_model(seed)
     adversarial = pgd(
-        model, x, y, epsilon, step_size=step_scale * epsilon, steps=steps,
-        random_start=random_start, seed=seed, value_range=value_range, batch_size=7,
+        model,
+        x,
+        y,
+        epsilon,
+        step_size=step_scale * epsilon,
+        steps=steps,
+        random_start=random_start,
+        seed=seed,
+        value_range=value_range,
+        batch_size=7,
     )
     assert_within(adversarial, x, epsilon, value_range)
 
@@ -177,4 +190,3 @@ def test_pgd_rejects_bad_arguments(trained: Trained, bad: dict[str, float]) -> N
     arguments = {"epsilon": 0.1, "steps": 3} | bad
     with pytest.raises(ValueError):
         pgd(trained.model, trained.x[:4], trained.y[:4], **arguments)  # type: ignore[arg-type]
-

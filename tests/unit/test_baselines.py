@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.baselines import DeepKnnScorer, MahalanobisScorer, softmax_max
 from agent.errors import ConfigError, InputError
+from agent.research.baselines import DeepKnnScorer, MahalanobisScorer, softmax_max
 
 
 def test_softmax_max_matches_direct_computation() -> None:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.bench.detectors import fpr_at_95_tpr
-from agent.bench.plots import credibility_histograms, reliability_diagram
-from agent.bench.quality import auroc, recall_at_k, write_results
-from agent.bench.shifts import EvalSet, gaussian_noise, inverted
+from agent.research.bench.detectors import fpr_at_95_tpr
+from agent.research.bench.perturbations import EvalSet, gaussian_noise, inverted
+from agent.research.bench.plots import credibility_histograms, reliability_diagram
+from agent.research.bench.quality import auroc, recall_at_k, write_results
 
 
 def test_fpr_at_95_tpr_and_auroc() -> None:
@@ -44,9 +44,22 @@ def test_figures_are_written_as_png(tmp_path: Path) -> None:
 
 def test_results_keep_a_dotted_version_in_their_file_names(tmp_path: Path) -> None:
     """A version like "…-T0.1-relu1" must not lose its tail to a file-suffix replacement."""
-    result = {"bundle": {"model": "m", "version": "seed0-snnl1-T0.1-relu1", "k": 3, "layers": {"a": "none"},
-                         "n_trees": 1, "search_k": -1, "calibration_size": 5},
-              "epsilon": 0.25, "extended": True, "backends": {}}
+    result = {
+        "bundle": {
+            "model": "m",
+            "version": "seed0-snnl1-T0.1-relu1",
+            "k": 3,
+            "layers": {"a": "none"},
+            "n_trees": 1,
+            "search_k": -1,
+            "calibration_size": 5,
+        },
+        "epsilon": 0.25,
+        "extended": True,
+        "backends": {},
+    }
     write_results(result, tmp_path)
     assert sorted(path.name for path in tmp_path.iterdir()) == [
-        "quality-m-seed0-snnl1-T0.1-relu1-extended.json", "quality-m-seed0-snnl1-T0.1-relu1-extended.md"]
+        "quality-m-seed0-snnl1-T0.1-relu1-extended.json",
+        "quality-m-seed0-snnl1-T0.1-relu1-extended.md",
+    ]

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.bundle import verify_bundle
-from agent.dknn import DkNN
+from agent.engine.bundle import verify_bundle
+from agent.engine.dknn import DkNN
 from agent.errors import BundleError, ConfigError, InputError
 from tests.conftest import TINY_LAYERS, TinyProblem, fit_tiny
 

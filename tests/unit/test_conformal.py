@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from agent import conformal
+from agent.engine import conformal
 
 
 def test_hand_computed_example() -> None:
@@ -42,8 +42,9 @@ def test_p_value_ties_break_prediction_by_alpha() -> None:
     assert conformal.summarise(alpha, p).prediction.tolist() == [1]
 
 
-label_arrays = arrays(np.int64, st.tuples(st.integers(1, 6), st.integers(1, 4), st.integers(1, 9)),
-                      elements=st.integers(-1, 4))
+label_arrays = arrays(
+    np.int64, st.tuples(st.integers(1, 6), st.integers(1, 4), st.integers(1, 9)), elements=st.integers(-1, 4)
+)
 
 
 @given(labels=label_arrays, calibration=arrays(np.int64, st.integers(1, 40), elements=st.integers(0, 40)))

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.datasets import default_mnist_dir, load_mnist, read_idx
-from agent.errors import ConfigError
+from agent.errors import DataError
+from agent.research.datasets import default_mnist_dir, load_mnist, read_idx
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -26,17 +26,17 @@ def test_read_idx_roundtrip(tmp_path: Path) -> None:
 
 def test_read_idx_rejects_bad_magic_and_truncation(tmp_path: Path) -> None:
     (tmp_path / "bad").write_bytes(b"\x01\x02\x03\x04rest")
-    with pytest.raises(ConfigError, match="bad magic"):
+    with pytest.raises(DataError, match="bad magic"):
         read_idx(tmp_path / "bad")
     write_idx(tmp_path / "a.gz", np.zeros((4, 4)))
     raw = gzip.decompress((tmp_path / "a.gz").read_bytes())[:-3]
     (tmp_path / "short").write_bytes(raw)
-    with pytest.raises(ConfigError, match="truncated"):
+    with pytest.raises(DataError, match="truncated"):
         read_idx(tmp_path / "short")
 
 
 def test_missing_mnist_dir_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="missing MNIST file"):
+    with pytest.raises(DataError, match="missing MNIST file"):
         load_mnist(tmp_path)
 
 
@@ -45,6 +45,6 @@ def test_shared_mnist_matches_the_published_split() -> None:
     assert root is not None, "the shared MNIST copy is expected beside the repository"
     mnist = load_mnist(root)
     assert mnist.x_train.shape == (60_000, 1, 28, 28) and mnist.x_test.shape == (10_000, 1, 28, 28)
-    assert mnist.x_train.dtype == np.float32 and 0.0 <= mnist.x_test.min() and mnist.x_test.max() <= 1.0
+    assert mnist.x_train.dtype == np.float32 and mnist.x_test.min() >= 0.0 and mnist.x_test.max() <= 1.0
     counts = np.bincount(mnist.y_test, minlength=10).tolist()
     assert counts == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

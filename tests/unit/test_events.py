@@ -5,17 +5,16 @@ from __future__ import annotations
 import base64
 import json
 import pickle
-import time
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import events
-from agent.errors import DknnError, InputError
-from agent.events import REASONS, DecodedEvent, EventError, decode_event, encode_event
-from agent.manifest import InputSpec
+from agent.engine.manifest import InputSpec
+from agent.errors import EVENT_ERROR_REASONS, DknnError, EventError, InputError
+from agent.runtime import events
+from agent.runtime.events import DecodedEvent, decode_event, encode_event
 
 SPEC = InputSpec(shape=(1, 3, 4), dtype="float32", value_range=(0.0, 1.0))
 MODEL = "mnist-cnn"
@@ -45,8 +44,16 @@ def reason_of(payload: bytes, **kwargs: object) -> str:
 
 def test_round_trip_b64() -> None:
     x = sample(1)
-    payload = encode_event("abc", x, MODEL, "3", timestamp_ms=12, served_label=4, scores=[0.1, 0.9],
-                           attributes={"tenant": "a", "shard": 2, "canary": True, "w": 0.5})
+    payload = encode_event(
+        "abc",
+        x,
+        MODEL,
+        "3",
+        timestamp_ms=12,
+        served_label=4,
+        scores=[0.1, 0.9],
+        attributes={"tenant": "a", "shard": 2, "canary": True, "w": 0.5},
+    )
     event = decode_event(payload, SPEC, MODEL)
     assert isinstance(event, DecodedEvent)
     assert (event.event_id, event.model_name, event.model_version) == ("abc", MODEL, "3")
@@ -145,9 +152,7 @@ def test_oversize_is_rejected_before_parsing(monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setattr(events, "_parse_json", no_parsing)
     huge = b'{"event_id": "' + b"x" * 10_000_000 + b'"}'
-    start = time.perf_counter()
-    assert reason_of(huge) == "too_large"
-    assert time.perf_counter() - start < 0.05
+    assert reason_of(huge) == "too_large"  # `no_parsing` proves the JSON parser never saw it
     assert reason_of(b"{}" + b" " * 100, max_bytes=64) == "too_large"
 
 
@@ -170,7 +175,7 @@ def assert_only_event_errors(payload: bytes) -> None:
     try:
         decode_event(payload, SPEC, MODEL)
     except EventError as exc:
-        assert exc.reason in REASONS
+        assert exc.reason in EVENT_ERROR_REASONS
 
 
 @FAST
@@ -202,9 +207,11 @@ def test_random_json_only_raises_event_error(value: object) -> None:
 
 
 @FAST
-@given(st.sampled_from(["schema", "event_id", "model", "timestamp_ms", "input", "prediction", "attributes"]),
-       st.sampled_from([None, "input.shape", "input.values", "input.b64", "input.dtype", "model.name"]),
-       json_values)
+@given(
+    st.sampled_from(["schema", "event_id", "model", "timestamp_ms", "input", "prediction", "attributes"]),
+    st.sampled_from([None, "input.shape", "input.values", "input.b64", "input.dtype", "model.name"]),
+    json_values,
+)
 def test_mutated_valid_events_only_raise_event_error(field: str, nested: str | None, value: object) -> None:
     doc = valid_doc()
     if nested is None:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from connectors.base import ConnectorError, next_offsets
+from agent.errors import ConnectorError
+from connectors.base import next_offsets
 from connectors.file import FileSink, FileSource, read_sink_file
 
 

@@ -11,20 +11,38 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.manifest import IndexSpec, InputSpec, LayerSpec, Manifest, ModelSpec, SplitSpec
-from agent.metrics import STAGES, WINDOWS, MetricsServer, Telemetry
+from agent.engine.manifest import IndexSpec, InputSpec, LayerSpec, Manifest, ModelSpec, SplitSpec
+from agent.runtime.http_server import MetricsServer
+from agent.runtime.telemetry import STAGES, WINDOWS, Telemetry
 
-ALLOWED_LABELS = {"verdict", "reason", "stage", "label", "topic", "partition", "window", "le",
-                  "model", "version", "k", "layers", "index", "calibration_size", "python"}
+ALLOWED_LABELS = {
+    "verdict",
+    "reason",
+    "stage",
+    "label",
+    "topic",
+    "partition",
+    "window",
+    "le",
+    "model",
+    "version",
+    "k",
+    "layers",
+    "index",
+    "calibration_size",
+    "python",
+}
 
 
 def manifest() -> Manifest:
     return Manifest(
         created_at="2025-01-01T00:00:00Z",
-        model=ModelSpec(name="tiny", version="7", factory="agent.models.tiny:build_model", num_classes=3),
+        model=ModelSpec(name="tiny", version="7", factory="agent.research.models.tiny:build_model", num_classes=3),
         input=InputSpec(shape=(8,)),
-        layers=(LayerSpec(name="relu1", input_dim=16, dim=16, index_file="layers/relu1.ann"),
-                LayerSpec(name="logits", input_dim=3, dim=2, preprocessing="pca:2", index_file="layers/logits.ann")),
+        layers=(
+            LayerSpec(name="relu1", input_dim=16, dim=16, index_file="layers/relu1.ann"),
+            LayerSpec(name="logits", input_dim=3, dim=2, preprocessing="pca:2", index_file="layers/logits.ann"),
+        ),
         k=10,
         index=IndexSpec(n_trees=10, search_k=-1),
         train=SplitSpec(size=600),
@@ -108,8 +126,16 @@ def test_counters_histograms_and_gauges_over_http(served: tuple[Telemetry, Metri
     assert value(s, "dknn_shift_martingale_log10") == 1.5
     assert value(s, "dknn_shift_alarm") == 0
     assert value(s, "dknn_low_credibility_ratio", window="100") == pytest.approx(0.4)
-    info = value(s, "dknn_bundle_info", model="tiny", version="7", k="10", layers="relu1,logits",
-                 index="annoy", calibration_size="200")
+    info = value(
+        s,
+        "dknn_bundle_info",
+        model="tiny",
+        version="7",
+        k="10",
+        layers="relu1,logits",
+        index="annoy",
+        calibration_size="200",
+    )
     assert info == 1
     assert any(name == "dknn_build_info" for name, _ in s)
 
@@ -125,10 +151,10 @@ def test_low_credibility_windows_roll() -> None:
     telemetry = Telemetry()
     ones, zeros = np.ones(150, dtype=bool), np.zeros(950, dtype=bool)
     for batch in (ones, zeros):  # 150 low, then 950 fine: window 100 is clean, 1000 holds 50 low
-        telemetry.scored(np.full(len(batch), 0.5), np.full(len(batch), 0.5), np.zeros(len(batch)),
-                         np.zeros(len(batch)), batch)
-    ratios = {w: telemetry.registry.get_sample_value("dknn_low_credibility_ratio", {"window": str(w)})
-              for w in WINDOWS}
+        telemetry.scored(
+            np.full(len(batch), 0.5), np.full(len(batch), 0.5), np.zeros(len(batch)), np.zeros(len(batch)), batch
+        )
+    ratios = {w: telemetry.registry.get_sample_value("dknn_low_credibility_ratio", {"window": str(w)}) for w in WINDOWS}
     assert ratios == {100: 0.0, 1000: pytest.approx(0.05)}
     telemetry.scored(np.zeros(3), np.zeros(3), np.zeros(3), np.zeros(3), np.ones(3, dtype=bool))
     assert telemetry.registry.get_sample_value("dknn_low_credibility_ratio", {"window": "100"}) == pytest.approx(0.03)
@@ -167,12 +193,10 @@ def test_only_bounded_labels_and_prometheus_naming(served: tuple[Telemetry, Metr
 
 def test_stage_rejects_unknown_names_and_times_failures() -> None:
     telemetry = Telemetry()
-    with pytest.raises(ValueError):
-        with telemetry.stage("event-1234"):
-            pass
-    with pytest.raises(RuntimeError):
-        with telemetry.stage("score"):
-            raise RuntimeError("boom")
+    with pytest.raises(ValueError), telemetry.stage("event-1234"):
+        pass
+    with pytest.raises(RuntimeError), telemetry.stage("score"):
+        raise RuntimeError("boom")
     assert telemetry.registry.get_sample_value("dknn_stage_duration_seconds_count", {"stage": "score"}) == 1
     assert set(STAGES) >= {"decode", "activations", "knn", "score", "produce"}
 
@@ -180,5 +204,5 @@ def test_stage_rejects_unknown_names_and_times_failures() -> None:
 def test_many_registries_coexist() -> None:
     first, second = Telemetry(), Telemetry()
     first.consumed(3)
-    assert b"dknn_events_consumed_total 3.0" in first.exposition()
-    assert b"dknn_events_consumed_total 0.0" in second.exposition()
+    assert b"dknn_events_consumed_total 3.0" in first.exposition()[0]
+    assert b"dknn_events_consumed_total 0.0" in second.exposition()[0]

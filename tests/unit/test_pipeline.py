@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from agent.dknn import DkNN
-from agent.events import encode_event
-from agent.metrics import Telemetry
-from agent.pipeline import Pipeline, PipelineOptions, Topics
-from agent.shift import ShiftDetector
-from connectors.base import ConnectorError
+from agent.engine.dknn import DkNN
+from agent.errors import EVENT_ERROR_REASONS, ConnectorError
+from agent.runtime.drift import ShiftDetector
+from agent.runtime.events import encode_event
+from agent.runtime.pipeline import Pipeline, PipelineOptions, Topics
+from agent.runtime.routing import VERDICTS
+from agent.runtime.telemetry import Telemetry
 from connectors.memory import MemorySink, MemorySource
 from tests.conftest import TinyProblem
 
@@ -24,8 +26,15 @@ TOPICS = Topics(quarantine="q", dead_letter="dlq", scores="scores")
 def build(bundle: Path, values: list[bytes], **options) -> tuple[Pipeline, MemorySource, MemorySink]:
     scorer = DkNN.from_bundle(bundle)
     source, sink = MemorySource(values, topic="in"), MemorySink()
-    pipeline = Pipeline(scorer, source, sink, TOPICS, Telemetry(), ShiftDetector(scorer.calibration_label_free),
-                        PipelineOptions(batch_size=16, retry_budget_s=5, **options))
+    pipeline = Pipeline(
+        scorer,
+        source,
+        sink,
+        TOPICS,
+        Telemetry(),
+        ShiftDetector(scorer.calibration_label_free),
+        PipelineOptions(batch_size=16, retry_budget_s=5, **options),
+    )
     return pipeline, source, sink
 
 
@@ -34,8 +43,12 @@ def mixed_events(problem: TinyProblem) -> tuple[list[bytes], set[int]]:
     values = [encode_event(f"e{i}", x, "tiny", "1") for i, x in enumerate(problem.test.x[:40])]
     # in between the classes: low credibility expected for some
     values += [encode_event(f"mid{i}", np.full(8, 0.0, np.float32) + i * 0.1, "tiny", "1") for i in range(10)]
-    bad = {3: b"{not json", 11: encode_event("x", np.zeros(9, np.float32), "tiny", "1"),
-           20: encode_event("y", np.zeros(8, np.float32), "other-model", "1"), 33: b"\xff\xfe"}
+    bad = {
+        3: b"{not json",
+        11: encode_event("x", np.zeros(9, np.float32), "tiny", "1"),
+        20: encode_event("y", np.zeros(8, np.float32), "other-model", "1"),
+        33: b"\xff\xfe",
+    }
     for offset, value in sorted(bad.items()):
         values.insert(offset, value)
     return values, set(bad)
@@ -74,6 +87,27 @@ def test_unconfirmed_delivery_is_retried_before_commit(tiny_bundle: Path, tiny_p
     assert {json.loads(v)["event_id"] for v, _, _ in sink.topics["scores"]} == {f"e{i}" for i in range(10)}
 
 
+def test_a_retried_flush_counts_and_detects_each_event_once(tiny_bundle: Path, tiny_problem: TinyProblem) -> None:
+    """Two failed flushes re-send the batch three times; metrics, detector and stats see it once."""
+    values = [encode_event(f"e{i}", x, "tiny", "1") for i, x in enumerate(tiny_problem.test.x[:10])]
+    values += [b"{broken", b"\xff"]
+    pipeline, source, sink = build(tiny_bundle, values)
+    sink.fail_next_flushes = 2
+    drain(pipeline, source)
+
+    registry = pipeline.telemetry.registry
+    scored = sum(registry.get_sample_value("dknn_events_scored_total", {"verdict": v}) for v in VERDICTS)
+    dead = sum(registry.get_sample_value("dknn_events_dead_lettered_total", {"reason": r}) for r in EVENT_ERROR_REASONS)
+    assert scored == 10 and dead == 2
+    assert registry.get_sample_value("dknn_credibility_count") == 10
+    assert registry.get_sample_value("dknn_events_consumed_total") == 12
+    assert pipeline.shift.p_values_seen == 10 and pipeline.shift.reference_size == 10 + len(
+        pipeline.scorer.calibration_label_free
+    )
+    assert (pipeline.stats.scored, pipeline.stats.dead_lettered, pipeline.stats.consumed) == (10, 2, 12)
+    assert source.committed == {("in", 0): 12}
+
+
 def test_permanent_delivery_failure_commits_nothing(tiny_bundle: Path, tiny_problem: TinyProblem) -> None:
     values = [encode_event("e", tiny_problem.test.x[0], "tiny", "1")]
     pipeline, source, sink = build(tiny_bundle, values)
@@ -93,8 +127,10 @@ def test_run_stops_when_asked_and_marks_ready(tiny_bundle: Path, tiny_problem: T
     stop = threading.Event()
     thread = threading.Thread(target=pipeline.run, args=(stop,))
     thread.start()
-    while pipeline.stats.scored < 5:
+    deadline = time.monotonic() + 60
+    while pipeline.stats.scored < 5 and thread.is_alive() and time.monotonic() < deadline:
         thread.join(0.05)
+    assert pipeline.stats.scored == 5, "the pipeline thread died or stalled before scoring every event"
     stop.set()
     thread.join(5)
     assert not thread.is_alive() and source.committed == {("in", 0): 5}

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from agent.engine.index import AnnoyBackend, AnnoyBuilder, ExactBackend
+from agent.engine.preprocess import Preprocessor, parse_spec
+from agent.engine.taps import ActivationTap
 from agent.errors import BundleError, ConfigError
-from agent.index import AnnoyBackend, AnnoyBuilder, ExactBackend
-from agent.models.tiny import build_model
-from agent.preprocess import Preprocessor, parse_spec
-from agent.taps import ActivationTap
+from agent.research.models.tiny import build_model
 
 
 @pytest.mark.parametrize("spec", ["pca", "pca:0", "pca:x", "l3", "l2:4", "pca:2+pca:3"])
@@ -29,7 +29,9 @@ def test_pca_then_l2_roundtrip_through_arrays() -> None:
     # rank-3 data: distances after PCA (before l2) equal the original distances
     pca_only = Preprocessor("pca:3", input_dim=20).fit(data)
     projected = pca_only.transform(data)
-    np.testing.assert_allclose(np.linalg.norm(projected[0] - projected[1]), np.linalg.norm(data[0] - data[1]), rtol=1e-3)
+    np.testing.assert_allclose(
+        np.linalg.norm(projected[0] - projected[1]), np.linalg.norm(data[0] - data[1]), rtol=1e-3
+    )
 
     restored = Preprocessor.from_arrays("pca:3+l2", 20, pre.arrays())
     np.testing.assert_allclose(restored.transform(data), out, atol=1e-6)
@@ -57,7 +59,7 @@ def test_annoy_backend_recall_and_item_vectors(tmp_path) -> None:
     np.testing.assert_allclose(annoy.item_vectors(), items, atol=1e-6)
     queries = rng.normal(size=(30, 6)).astype(np.float32)
     found, exact = annoy.query(queries, 10), ExactBackend(items).query(queries, 10)
-    recall = np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(found, exact)])
+    recall = np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(found, exact, strict=True)])
     assert recall >= 0.95
 
 
@@ -92,7 +94,7 @@ def test_pca_after_l2_is_fitted_on_normalised_vectors() -> None:
 
 
 def test_random_shift_translates_and_keeps_shape() -> None:
-    from agent.training import random_shift
+    from agent.research.training import random_shift
 
     images = torch.zeros(64, 1, 7, 7)
     images[:, 0, 3, 3] = 1.0

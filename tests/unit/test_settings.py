@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from agent.errors import ConfigError
-from agent.settings import AgentSettings, load_settings, masked_dump
+from agent.runtime.settings import AgentSettings, load_settings, masked_dump
 
 
 @pytest.fixture(autouse=True)
@@ -29,18 +30,23 @@ def test_defaults() -> None:
     s = load_settings(None, {"artifacts": "bundle", "bootstrap_servers": "k:9092"})
     assert s.artifacts == Path("bundle")
     assert (s.input_topic, s.quarantine_topic, s.dead_letter_topic) == (
-        "inference-events", "inference-quarantine", "inference-dead-letter")
+        "inference-events",
+        "inference-quarantine",
+        "inference-dead-letter",
+    )
     assert (s.scores_topic, s.group_id, s.metrics_port, s.threshold) == (None, "dknn-agent", 9108, 0.1)
     assert (s.batch_size, s.max_batch_wait_s, s.max_event_bytes) == (64, 0.2, 1_048_576)
     assert (s.index, s.search_k, s.shift_lambda, s.source, s.sink) == ("annoy", None, 100.0, None, None)
     assert s.kafka_security.security_protocol == "PLAINTEXT"
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         s.threshold = 0.5  # frozen
 
 
 def test_precedence_cli_over_env_over_yaml_over_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = write(tmp_path, "artifacts: /from/yaml\nbootstrap-servers: yaml:9092\nthreshold: 0.2\n"
-                             "batch_size: 16\ngroup_id: yaml-group\n")
+    config = write(
+        tmp_path,
+        "artifacts: /from/yaml\nbootstrap-servers: yaml:9092\nthreshold: 0.2\nbatch_size: 16\ngroup_id: yaml-group\n",
+    )
     monkeypatch.setenv("DKNN_THRESHOLD", "0.3")
     monkeypatch.setenv("DKNN_BATCH_SIZE", "32")
     s = load_settings(config, {"threshold": 0.4, "batch_size": None, "scores_topic": None})
@@ -52,8 +58,11 @@ def test_precedence_cli_over_env_over_yaml_over_defaults(tmp_path: Path, monkeyp
 
 
 def test_nested_env_merges_with_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = write(tmp_path, "artifacts: b\nbootstrap_servers: k:9093\n"
-                             "kafka_security:\n  security_protocol: SASL_SSL\n  ssl_cafile: /ca.pem\n")
+    config = write(
+        tmp_path,
+        "artifacts: b\nbootstrap_servers: k:9093\n"
+        "kafka_security:\n  security_protocol: SASL_SSL\n  ssl_cafile: /ca.pem\n",
+    )
     monkeypatch.setenv("DKNN_KAFKA_SECURITY__SASL_MECHANISM", "SCRAM-SHA-512")
     monkeypatch.setenv("DKNN_KAFKA_SECURITY__SASL_PLAIN_PASSWORD", "hunter2")
     monkeypatch.setenv("DKNN_TEST_KAFKA", "localhost:1")  # not a setting: ignored
@@ -84,7 +93,7 @@ def test_plain_environment_without_a_file(monkeypatch: pytest.MonkeyPatch) -> No
         ("artifacts: b\nbootstrap_servers: k\nbatch_size: many\n", {}, "batch_size"),
         ("artifacts: b\nbootstrap_servers: k\n", {"input_topic": "bad topic!"}, "input_topic"),
         ("artifacts: b\nbootstrap_servers: k\n", {"index": "faiss"}, "index"),
-        ("artifacts: b\nbootstrap_servers: k\n", {"source": "kafka://x"}, "source"),
+        ("artifacts: b\nbootstrap_servers: k\n", {"source": "ftp://x"}, "source"),
         ("artifacts: b\nbootstrap_servers: k\n", {"shift_lambda": 1.0}, "shift_lambda"),
         ("artifacts: b\nbootstrap_servers: k\n", {"no_such_flag": 1}, "no_such_flag"),
         ("artifacts: b\nbootstrap_servers: k\nkafka_security: {security_protocol: SASL_SSL}\n", {}, "sasl_mechanism"),
@@ -92,7 +101,9 @@ def test_plain_environment_without_a_file(monkeypatch: pytest.MonkeyPatch) -> No
         ("bootstrap_servers: k\n", {}, "artifacts"),
     ],
 )
-def test_bad_configuration_is_one_config_error_line(tmp_path: Path, yaml_text: str, overrides: dict, needle: str) -> None:
+def test_bad_configuration_is_one_config_error_line(
+    tmp_path: Path, yaml_text: str, overrides: dict, needle: str
+) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(write(tmp_path, yaml_text), overrides)
     message = str(info.value)
@@ -111,9 +122,18 @@ def test_empty_yaml_is_all_defaults(tmp_path: Path) -> None:
 
 def test_secrets_are_masked_in_the_dump_and_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DKNN_KAFKA_SECURITY__SASL_PLAIN_PASSWORD", "hunter2")
-    s = load_settings(None, {"artifacts": "b", "bootstrap_servers": "k",
-                             "kafka_security": {"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN",
-                                                "sasl_plain_username": "agent"}})
+    s = load_settings(
+        None,
+        {
+            "artifacts": "b",
+            "bootstrap_servers": "k",
+            "kafka_security": {
+                "security_protocol": "SASL_SSL",
+                "sasl_mechanism": "PLAIN",
+                "sasl_plain_username": "agent",
+            },
+        },
+    )
     dump = masked_dump(s)
     assert dump["kafka_security"]["sasl_plain_password"] == "**********"
     assert dump["kafka_security"]["sasl_plain_username"] == "agent"
@@ -121,5 +141,9 @@ def test_secrets_are_masked_in_the_dump_and_repr(monkeypatch: pytest.MonkeyPatch
     assert "hunter2" not in repr(dump) and "hunter2" not in repr(s) and "hunter2" not in str(s)
     assert dump["kafka_security"]["security_protocol"] == "SASL_SSL"  # CLI dict merged with env password
     monkeypatch.delenv("DKNN_KAFKA_SECURITY__SASL_PLAIN_PASSWORD")
-    assert masked_dump(load_settings(None, {"artifacts": "b", "bootstrap_servers": "k"}))[
-        "kafka_security"]["sasl_plain_password"] is None
+    assert (
+        masked_dump(load_settings(None, {"artifacts": "b", "bootstrap_servers": "k"}))["kafka_security"][
+            "sasl_plain_password"
+        ]
+        is None
+    )

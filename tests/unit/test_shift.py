@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from agent.errors import ConfigError, InputError
-from agent.shift import ShiftDetector, conformal_p_values
+from agent.runtime.drift import ShiftDetector, conformal_p_values
 
 N_CAL = 750
 
@@ -20,7 +20,7 @@ def dknn_like(rng: np.random.Generator, n: int, rate: float = 0.05) -> np.ndarra
 
 def brute_force_online(cal: np.ndarray, stream: np.ndarray, u: np.ndarray) -> np.ndarray:
     bag, out = list(cal), []
-    for s, ui in zip(stream, u):
+    for s, ui in zip(stream, u, strict=True):
         b = np.asarray(bag)
         out.append(((b > s).sum() + ui * ((b == s).sum() + 1)) / (len(b) + 1))
         bag.append(s)

@@ -6,23 +6,34 @@ from pathlib import Path
 
 import pytest
 
-from agent.bench.quality import QualityOptions, run_quality
-from agent.bench.snnl_study import compare, condition_options, markdown, StudyOptions
 from agent.errors import ConfigError
+from agent.research.bench.quality import QualityOptions, run_quality
+from agent.research.bench.snnl_study import StudyOptions, compare, condition_options, markdown
 
 
 def run(auroc: float, accuracy: float) -> dict:
     return {
-        "model_accuracy": accuracy, "dknn_accuracy": accuracy - 0.001, "mean_credibility_correct": 0.6,
-        "sets": {"fgsm": {"auroc_credibility": auroc, "fpr95_credibility": 1 - auroc, "auroc_softmax": 0.9,
-                          "mean_credibility": 0.1, "model_accuracy": 0.2}},
+        "model_accuracy": accuracy,
+        "dknn_accuracy": accuracy - 0.001,
+        "mean_credibility_correct": 0.6,
+        "sets": {
+            "fgsm": {
+                "auroc_credibility": auroc,
+                "fpr95_credibility": 1 - auroc,
+                "auroc_softmax": 0.9,
+                "mean_credibility": 0.1,
+                "model_accuracy": 0.2,
+            }
+        },
         "snnl": {"relu1": 0.5, "relu2": 0.4},
     }
 
 
 def test_compare_pairs_seeds_and_counts_wins() -> None:
-    runs = {"baseline": {"0": run(0.90, 0.99), "1": run(0.92, 0.99)},
-            "snnl": {"0": run(0.95, 0.98), "1": run(0.91, 0.985)}}
+    runs = {
+        "baseline": {"0": run(0.90, 0.99), "1": run(0.92, 0.99)},
+        "snnl": {"0": run(0.95, 0.98), "1": run(0.91, 0.985)},
+    }
     comparison = compare(runs, (0, 1))
     fgsm = comparison["sets"]["fgsm"]
     assert fgsm["auroc_credibility"]["difference"] == pytest.approx(((0.95 - 0.90) + (0.91 - 0.92)) / 2)
@@ -30,9 +41,21 @@ def test_compare_pairs_seeds_and_counts_wins() -> None:
     assert fgsm["fpr95_credibility"]["snnl_better_seeds"] == 1  # lower FPR is better
     assert comparison["model_accuracy"]["snnl_better_seeds"] == 0
     assert comparison["model_accuracy"]["baseline_sd"] == pytest.approx(0.0)
-    result = {"seeds": [0, 1], "limit": 500, "runs": runs, "comparison": comparison,
-              "training": {"epochs": 10, "shift_px": 2, "snnl_weight": 1.0, "snnl_layers": ["relu1", "relu2"],
-                           "snnl_distance": "cosine", "snnl_temperature": 0.1, "snnl_learn_temperature": False}}
+    result = {
+        "seeds": [0, 1],
+        "limit": 500,
+        "runs": runs,
+        "comparison": comparison,
+        "training": {
+            "epochs": 10,
+            "shift_px": 2,
+            "snnl_weight": 1.0,
+            "snnl_layers": ["relu1", "relu2"],
+            "snnl_distance": "cosine",
+            "snnl_temperature": 0.1,
+            "snnl_learn_temperature": False,
+        },
+    }
     text = markdown(result)
     assert "| fgsm | AUROC credibility | 0.910 ± 0.014 | 0.930 ± 0.028 | +0.020 | 1/2 |" in text
     assert "| snnl | 1 | 0.500 | 0.400 |" in text

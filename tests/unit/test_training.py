@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from agent.engine.taps import ActivationTap
 from agent.errors import ConfigError
-from agent.models.tiny import build_model
-from agent.reference import reference_version
-from agent.snnl import soft_nearest_neighbor_loss
-from agent.taps import ActivationTap
-from agent.training import TrainOptions, train_classifier
+from agent.research.models.tiny import build_model
+from agent.research.reference import reference_version
+from agent.research.snnl import soft_nearest_neighbor_loss
+from agent.research.training import TrainOptions, train_classifier
 from tests.conftest import blobs
 
 
@@ -18,8 +18,15 @@ def hidden_snnl(weight: float, distance: str = "euclidean", temperature: float =
     data = blobs(400, seed=5)
     torch.manual_seed(0)
     model = build_model()
-    options = TrainOptions(epochs=8, batch_size=64, progress=False, snnl_weight=weight, snnl_temperature=temperature,
-                           snnl_distance=distance, snnl_layers=("relu1",))
+    options = TrainOptions(
+        epochs=8,
+        batch_size=64,
+        progress=False,
+        snnl_weight=weight,
+        snnl_temperature=temperature,
+        snnl_distance=distance,
+        snnl_layers=("relu1",),
+    )
     train_classifier(model, data.x, data.y, options)
     hidden = torch.as_tensor(ActivationTap(model, ["relu1"])(data.x).layers["relu1"])
     value = soft_nearest_neighbor_loss(hidden, torch.as_tensor(data.y), temperature=temperature, distance=distance)
@@ -43,18 +50,43 @@ def test_cosine_snnl_entangles_too() -> None:
 
 def test_reference_version_names_the_training_configuration() -> None:
     plain = TrainOptions(seed=3, epochs=10, shift_px=2)
-    snnl = TrainOptions(seed=3, epochs=10, shift_px=2, snnl_weight=1.0, snnl_temperature=0.1, snnl_distance="cosine",
-                        snnl_layers=("relu1", "relu2"))
+    snnl = TrainOptions(
+        seed=3,
+        epochs=10,
+        shift_px=2,
+        snnl_weight=1.0,
+        snnl_temperature=0.1,
+        snnl_distance="cosine",
+        snnl_layers=("relu1", "relu2"),
+    )
     assert reference_version(plain) == "seed3-e10"
     assert reference_version(snnl) == "seed3-e10-snnl1-cosine-T0.1-relu1+relu2"
-    variants = {reference_version(options) for options in (
-        plain, snnl, TrainOptions(seed=3, epochs=10, shift_px=0), TrainOptions(seed=3, epochs=10, shift_px=2,
-        snnl_weight=1.0, snnl_temperature=0.1, snnl_distance="euclidean", snnl_layers=("relu1", "relu2")))}
+    variants = {
+        reference_version(options)
+        for options in (
+            plain,
+            snnl,
+            TrainOptions(seed=3, epochs=10, shift_px=0),
+            TrainOptions(
+                seed=3,
+                epochs=10,
+                shift_px=2,
+                snnl_weight=1.0,
+                snnl_temperature=0.1,
+                snnl_distance="euclidean",
+                snnl_layers=("relu1", "relu2"),
+            ),
+        )
+    }
     assert len(variants) == 4
 
 
 def test_unknown_snnl_layer_is_a_config_error() -> None:
     data = blobs(50, seed=1)
     with pytest.raises(ConfigError, match="conv9"):
-        train_classifier(build_model(), data.x, data.y,
-                         TrainOptions(epochs=1, progress=False, snnl_weight=1.0, snnl_layers=("conv9",)))
+        train_classifier(
+            build_model(),
+            data.x,
+            data.y,
+            TrainOptions(epochs=1, progress=False, snnl_weight=1.0, snnl_layers=("conv9",)),
+        )

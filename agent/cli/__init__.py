@@ -1,0 +1,59 @@
+"""`dknn-agent`: run the monitoring agent; train, fit, score, inspect and benchmark bundles.
+
+This package only parses arguments and calls the engine, runtime and research layers; nothing
+imports it. Every deliberate failure (bad file, wrong shape, bad option) prints one line and
+exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from agent import __version__
+from agent.errors import DknnError
+
+EXIT_USAGE = 2
+
+EPILOG = """\
+examples:
+  dknn-agent run --artifacts artifacts/mnist-cnn --bootstrap-servers localhost:9092
+  dknn-agent train-reference mnist --out artifacts/mnist-cnn
+  dknn-agent info artifacts/mnist-cnn
+  dknn-agent score --artifacts artifacts/mnist-cnn --input x.npy --output scores.jsonl
+  dknn-agent bench quality --artifacts artifacts/mnist-cnn --out docs/results
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except DknnError as exc:
+        print(f"dknn-agent: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("dknn-agent: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from agent.cli import bench_commands, bundle_commands, demo_commands, stream_commands
+
+    parser = argparse.ArgumentParser(
+        prog="dknn-agent",
+        description="Deep k-Nearest-Neighbours credibility for a deployed classifier: fit per-layer "
+        "nearest-neighbour indexes of its training data, then score how much the training data "
+        "agrees, layer by layer, with the label of every new input.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    stream_commands.register(commands)
+    bundle_commands.register(commands)
+    bench_commands.register(commands)
+    demo_commands.register(commands)
+    return parser

@@ -1,0 +1,7 @@
+"""`python -m agent.cli` is `dknn-agent`."""
+
+import sys
+
+from agent.cli import main
+
+sys.exit(main())

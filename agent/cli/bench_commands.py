@@ -1,0 +1,159 @@
+"""`dknn-agent bench ...`: benchmarks that print their numbers and save them as JSON + Markdown."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from agent.cli.options import parse_seeds, split_list
+from agent.errors import ConfigError
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    bench = commands.add_parser(
+        "bench",
+        help="quality and performance benchmarks",
+        description="Benchmarks print their numbers and save them as JSON and Markdown.",
+    )
+    kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
+    quality = kinds.add_parser(
+        "quality",
+        help="DkNN accuracy, credibility, AUROC, validity and Annoy recall on MNIST",
+        description="Score the evaluation split of a bundle's calibration source (MNIST test minus the "
+        "calibration rows) and shifted versions of it (uniform noise, digits rotated 90°, FGSM ε=0.25 "
+        "against the bundle's model) with both the annoy and exact backends.",
+    )
+    quality.add_argument("--artifacts", type=Path, required=True, help="MNIST reference bundle")
+    quality.add_argument("--data", type=Path, default=None, help="MNIST IDX directory (default: the shared copy)")
+    quality.add_argument("--out", type=Path, default=Path("docs/results"), help="where to write JSON + Markdown")
+    quality.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="score a seeded random subset of N evaluation points (default: all 9,250)",
+    )
+    quality.add_argument("--epsilon", type=float, default=0.25, help="FGSM step (default: 0.25)")
+    quality.add_argument("--seed", type=int, default=0, help="seed for the noise inputs (default: 0)")
+    quality.add_argument("--batch-size", type=int, default=512)
+    quality.add_argument(
+        "--extended",
+        action="store_true",
+        help="also Gaussian noise, inverted digits, BIM and PGD; softmax, Mahalanobis and deep-kNN "
+        "baselines with AUROC and FPR@95%%TPR; a reliability diagram and credibility histograms (PNG)",
+    )
+    quality.set_defaults(handler=_quality)
+
+    study = kinds.add_parser(
+        "snnl",
+        help="does entangling help? reference models with and without SNNL, compared seed by seed",
+        description="For each seed, train the MNIST reference model twice with the same budget — plain "
+        "cross-entropy, and cross-entropy − W × SNNL — fit both bundles, run the extended quality benchmark "
+        "on each (annoy backend) and compare DkNN credibility's AUROC and FPR@95%TPR on every shifted and "
+        "adversarial set. Bundles are cached in --work-dir, one per training configuration, and reused. "
+        "Per-model tables and plots go to OUT/NAME/, the comparison to OUT/NAME.{json,md}.",
+    )
+    study.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default: 0,1,2)")
+    study.add_argument("--epochs", type=int, default=10, help="training epochs for both conditions (default: 10)")
+    study.add_argument("--snnl-weight", type=float, default=1.0, help="W in CE − W × Σ SNNL (default: 1)")
+    study.add_argument("--snnl-temperature", type=float, default=0.1, help="SNNL temperature (default: 0.1)")
+    study.add_argument(
+        "--snnl-distance",
+        choices=["euclidean", "cosine"],
+        default="cosine",
+        help="distance inside the SNNL (default: cosine, scale invariant)",
+    )
+    study.add_argument("--snnl-layers", default="relu1,relu2,relu3", help="layers the SNNL term acts on")
+    study.add_argument("--work-dir", type=Path, default=Path("artifacts/snnl-study"), help="where the bundles are kept")
+    study.add_argument("--data", type=Path, default=None, help="MNIST IDX directory (default: the shared copy)")
+    study.add_argument("--out", type=Path, default=Path("docs/results"))
+    study.add_argument("--limit", type=int, default=None, help="evaluation points per model (default: all 9,250)")
+    study.add_argument("--retrain", action="store_true", help="ignore cached bundles")
+    study.add_argument(
+        "--name", default="snnl-study", help="results name: OUT/NAME.{json,md} and OUT/NAME/ (default: snnl-study)"
+    )
+    study.set_defaults(handler=_snnl_study)
+
+    stream = kinds.add_parser(
+        "stream",
+        help="events/s and p50/p99 event latency through a real Kafka broker",
+        description="Publish MNIST events to a fresh topic, drain them with one in-process agent (throughput), "
+        "then publish at half that rate and measure each event's latency from its timestamp to its score record.",
+    )
+    stream.add_argument("--artifacts", type=Path, required=True, help="bundle to score with")
+    stream.add_argument(
+        "--bootstrap-servers", required=True, help="Kafka broker (deploy/local/kafka.sh start prints one)"
+    )
+    stream.add_argument("--count", type=int, default=5000, help="events for the throughput phase (default: 5000)")
+    stream.add_argument("--latency-count", type=int, default=2000, help="events for the latency phase (default: 2000)")
+    stream.add_argument(
+        "--latency-rate", type=float, default=None, help="events/s in the latency phase (default: half the throughput)"
+    )
+    stream.add_argument("--batch-size", type=int, default=64)
+    stream.add_argument("--out", type=Path, default=Path("docs/results"))
+    stream.set_defaults(handler=_stream)
+
+
+def _quality(args: argparse.Namespace) -> int:
+    from agent.research.bench.quality import QualityOptions, run_quality
+
+    run_quality(
+        QualityOptions(
+            artifacts=args.artifacts,
+            data_dir=args.data,
+            out_dir=args.out,
+            limit=args.limit,
+            epsilon=args.epsilon,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            extended=args.extended,
+        )
+    )
+    return 0
+
+
+def _snnl_study(args: argparse.Namespace) -> int:
+    from agent.research.bench.snnl_study import StudyOptions, run_study
+    from agent.research.training import TrainOptions
+
+    seeds = parse_seeds(args.seeds)
+    layers = split_list(args.snnl_layers)
+    if args.epochs < 1 or args.snnl_weight <= 0 or args.snnl_temperature <= 0 or not layers:
+        raise ConfigError("--epochs ≥ 1, --snnl-weight > 0, --snnl-temperature > 0 and at least one --snnl-layers")
+    training = TrainOptions(
+        epochs=args.epochs,
+        shift_px=2,
+        snnl_weight=args.snnl_weight,
+        snnl_temperature=args.snnl_temperature,
+        snnl_distance=args.snnl_distance,
+        snnl_layers=layers,
+    )
+    run_study(
+        StudyOptions(
+            seeds=seeds,
+            training=training,
+            work_dir=args.work_dir,
+            out_dir=args.out,
+            data_dir=args.data,
+            limit=args.limit,
+            retrain=args.retrain,
+            name=args.name,
+        )
+    )
+    return 0
+
+
+def _stream(args: argparse.Namespace) -> int:
+    from agent.research.bench.stream import StreamOptions, run_stream
+
+    run_stream(
+        StreamOptions(
+            artifacts=args.artifacts,
+            bootstrap_servers=args.bootstrap_servers,
+            count=args.count,
+            latency_count=args.latency_count,
+            latency_rate=args.latency_rate,
+            batch_size=args.batch_size,
+            out_dir=args.out,
+        )
+    )
+    return 0

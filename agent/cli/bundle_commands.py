@@ -1,0 +1,297 @@
+"""The bundle commands: `train-reference`, `fit`, `score`, `info` — arguments next to their handlers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from agent.cli.options import parse_json_object, parse_layers, split_list
+from agent.engine.fit import FitOptions
+from agent.engine.index import BACKENDS
+from agent.errors import ConfigError
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    _register_train_reference(commands)
+    _register_fit(commands)
+    _register_score(commands)
+    _register_info(commands)
+
+
+def add_index_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("bundle fitting")
+    group.add_argument("--k", type=int, default=75, help="neighbours per layer (default: 75, the paper's)")
+    group.add_argument(
+        "--n-trees",
+        type=int,
+        default=50,
+        help="Annoy trees per layer; more = better recall, bigger files (default: 50)",
+    )
+    group.add_argument(
+        "--search-k", type=int, default=-1, help="Annoy nodes inspected per query; -1 = n_trees*k (default)"
+    )
+    group.add_argument("--batch-size", type=int, default=512, help="inputs per forward pass (default: 512)")
+    group.add_argument("--force", action="store_true", help="replace an existing bundle directory")
+    group.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def fit_options(args: argparse.Namespace) -> FitOptions:
+    for name in ("k", "n_trees", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+    return FitOptions(
+        k=args.k,
+        n_trees=args.n_trees,
+        search_k=args.search_k,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
+
+
+# --- train-reference -----------------------------------------------------------------------------
+
+
+def _register_train_reference(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "train-reference",
+        help="train a reference model and fit its bundle",
+        description="Train the DkNN paper's MNIST CNN, then fit a bundle over its relu1, relu2, relu3 and "
+        "logits layers with k=75 and 750 calibration points held out from the MNIST test set "
+        "(recorded in the manifest; the other 9,250 are the evaluation split).",
+    )
+    parser.add_argument("dataset", choices=["mnist"], help="which reference model to train")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="directory of the MNIST IDX .gz files (default: $DKNN_MNIST_DIR, else ../shared/data/mnist)",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    parser.add_argument("--epochs", type=int, default=10, help="training epochs (default: 10)")
+    parser.add_argument(
+        "--train-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train and index a seeded random N of the 60,000 training images (quick checks; default: all)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed for training, split and index (default: 0)")
+    parser.add_argument(
+        "--shift-px",
+        type=int,
+        default=2,
+        help="augment training with random translations of up to N pixels (default: 2; 0 = off)",
+    )
+    parser.add_argument(
+        "--snnl-weight",
+        type=float,
+        default=0.0,
+        help="train with CE − W × Σ SNNL over --snnl-layers; W > 0 entangles classes (default: 0, off)",
+    )
+    parser.add_argument("--snnl-temperature", type=float, default=100.0, help="SNNL temperature (default: 100)")
+    parser.add_argument(
+        "--snnl-learn-temperature",
+        action="store_true",
+        help="let the temperature follow argmin_T SNNL per batch instead of staying fixed",
+    )
+    parser.add_argument(
+        "--snnl-distance",
+        choices=["euclidean", "cosine"],
+        default="euclidean",
+        help="pairwise distance inside the SNNL: squared Euclidean (the paper's) or cosine, "
+        "which is scale invariant (default: euclidean)",
+    )
+    parser.add_argument("--snnl-layers", default="relu1,relu2,relu3", help="layers the SNNL term acts on")
+    add_index_options(parser)
+    parser.set_defaults(handler=_train_reference)
+
+
+def _train_reference(args: argparse.Namespace) -> int:
+    from agent.research.reference import train_reference_mnist
+    from agent.research.training import TrainOptions
+
+    if args.epochs < 1 or args.shift_px < 0:
+        raise ConfigError("--epochs must be at least 1 and --shift-px at least 0")
+    if args.train_size is not None and args.train_size < args.k:
+        raise ConfigError(f"--train-size must be at least --k ({args.k}): every layer needs k neighbours")
+    manifest = train_reference_mnist(
+        out=args.out,
+        data_dir=args.data,
+        train_size=args.train_size,
+        train_options=TrainOptions(
+            epochs=args.epochs,
+            seed=args.seed,
+            shift_px=args.shift_px,
+            progress=not args.quiet,
+            snnl_weight=args.snnl_weight,
+            snnl_temperature=args.snnl_temperature,
+            snnl_learn_temperature=args.snnl_learn_temperature,
+            snnl_distance=args.snnl_distance,
+            snnl_layers=split_list(args.snnl_layers),
+        ),
+        fit_options=fit_options(args),
+        force=args.force,
+    )
+    print(
+        f"wrote {args.out} ({manifest.model.name} {manifest.model.version}, layers {', '.join(manifest.layer_names)})"
+    )
+    return 0
+
+
+# --- fit -----------------------------------------------------------------------------------------
+
+
+def _register_fit(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "fit",
+        help="fit a bundle for your own model",
+        description="Build a bundle from a trained model: per-layer Annoy indexes of the training set's "
+        "activations and calibration scores from a held-out labelled set.",
+        epilog="example:\n  dknn-agent fit --factory agent.research.models.tiny:build_model --weights model.pt \\\n"
+        "    --layers relu1,relu2,logits --train train.npz --calibration cal.npz --out bundle/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--factory", required=True, help="importable model factory, package.module:function")
+    parser.add_argument("--factory-kwargs", default="{}", help="JSON object of keyword arguments for the factory")
+    parser.add_argument("--weights", type=Path, required=True, help="state_dict saved with torch.save")
+    parser.add_argument(
+        "--layers",
+        required=True,
+        help="comma-separated named_modules() paths, each optionally "
+        "=PREPROCESSING (none, l2, pca:D, or a +chain such as pca:64+l2)",
+    )
+    parser.add_argument("--train", type=Path, required=True, help=".npz with float32 'x' and integer 'y'")
+    parser.add_argument(
+        "--calibration", type=Path, required=True, help=".npz with float32 'x' and integer 'y' held out from training"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    parser.add_argument(
+        "--model-name", default="model", help="name recorded in the manifest and matched against events"
+    )
+    parser.add_argument("--model-version", default="1", help="version recorded in the manifest")
+    parser.add_argument("--seed", type=int, default=0, help="seed for PCA sampling and Annoy (default: 0)")
+    add_index_options(parser)
+    parser.set_defaults(handler=_fit)
+
+
+def _fit(args: argparse.Namespace) -> int:
+    import torch
+
+    from agent.engine.bundle import load_state_dict
+    from agent.engine.fit import fit_bundle, load_labelled_npz
+    from agent.engine.manifest import ModelSpec
+    from agent.engine.model_factory import build_model
+
+    layers = parse_layers(args.layers)
+    kwargs = parse_json_object(args.factory_kwargs, "--factory-kwargs")
+    model = build_model(args.factory, kwargs)
+    try:
+        model.load_state_dict(load_state_dict(args.weights))
+    except RuntimeError as exc:
+        raise ConfigError(f"{args.weights}: weights do not fit {args.factory}: {str(exc).splitlines()[0]}") from None
+    train, calibration = load_labelled_npz(args.train), load_labelled_npz(args.calibration)
+    with torch.no_grad():
+        num_classes = int(model.eval()(torch.as_tensor(train.x[:1])).shape[1])
+    spec = ModelSpec(
+        name=args.model_name,
+        version=args.model_version,
+        factory=args.factory,
+        factory_kwargs=kwargs,
+        num_classes=num_classes,
+    )
+    fit_bundle(
+        model=model,
+        model_spec=spec,
+        layers=layers,
+        train=train,
+        calibration=calibration,
+        out=args.out,
+        options=fit_options(args),
+        force=args.force,
+    )
+    print(f"wrote {args.out}")
+    return 0
+
+
+# --- score ---------------------------------------------------------------------------------------
+
+
+def _register_score(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "score",
+        help="score a .npy batch of inputs",
+        description="Score every input of a .npy array (float32, the model's input layout, e.g. "
+        "(N, 1, 28, 28) in [0, 1] for MNIST) and write one JSON object per input: index, prediction, "
+        "credibility, confidence, model_prediction, p_values.",
+    )
+    parser.add_argument("--artifacts", type=Path, required=True, help="bundle directory")
+    parser.add_argument("--input", type=Path, required=True, help=".npy file of inputs")
+    parser.add_argument("--output", type=Path, default=None, help="JSONL file to write (default: stdout)")
+    parser.add_argument(
+        "--index", choices=BACKENDS, default="annoy", help="neighbour backend (default: annoy; exact = brute force)"
+    )
+    parser.add_argument("--batch-size", type=int, default=256, help="inputs per forward pass (default: 256)")
+    parser.add_argument("--search-k", type=int, default=None, help="override the bundle's Annoy search_k")
+    parser.set_defaults(handler=_score)
+
+
+def _score(args: argparse.Namespace) -> int:
+    from agent.engine.batch_scoring import load_inputs, write_jsonl
+    from agent.engine.dknn import DkNN
+
+    if args.batch_size < 1:
+        raise ConfigError("--batch-size must be at least 1")
+    x = load_inputs(args.input)
+    scorer = DkNN.from_bundle(args.artifacts, backend=args.index, search_k=args.search_k)
+    scorer.check_layout(x.shape, x.dtype)
+    if args.output is None:
+        write_jsonl(scorer, x, args.batch_size, sys.stdout)
+        return 0
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    partial = args.output.with_name(args.output.name + ".partial")
+    with partial.open("w") as sink:
+        count = write_jsonl(scorer, x, args.batch_size, sink)
+    partial.replace(args.output)
+    print(f"scored {count} inputs -> {args.output}", file=sys.stderr)
+    return 0
+
+
+# --- info ----------------------------------------------------------------------------------------
+
+
+def _register_info(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "info",
+        help="verify a bundle and describe it",
+        description="Verify every hash and dimension of a bundle, then print its manifest summary.",
+    )
+    parser.add_argument("artifacts", type=Path, help="bundle directory")
+    parser.add_argument("--json", action="store_true", help="print the full manifest as JSON")
+    parser.set_defaults(handler=_info)
+
+
+def _info(args: argparse.Namespace) -> int:
+    from agent.engine.bundle import verify_bundle
+
+    manifest = verify_bundle(args.artifacts).manifest
+    if args.json:
+        print(json.dumps(manifest.model_dump(mode="json"), indent=2))
+        return 0
+    print(f"bundle     {args.artifacts} (verified: {len(manifest.files)} files)")
+    print(
+        f"model      {manifest.model.name} {manifest.model.version} via {manifest.model.factory}, "
+        f"{manifest.model.num_classes} classes"
+    )
+    print(f"input      {manifest.input.dtype} {list(manifest.input.shape)} range {manifest.input.value_range}")
+    print(
+        f"neighbours k={manifest.k}, {manifest.index.kind} n_trees={manifest.index.n_trees} "
+        f"search_k={manifest.index.search_k}"
+    )
+    print(f"train      {manifest.train.size} points ({manifest.train.source})")
+    print(f"calibrate  {manifest.calibration.size} points ({manifest.calibration.source})")
+    for layer in manifest.layers:
+        print(f"layer      {layer.name:<12} {layer.input_dim:>6} -> {layer.dim:<5} {layer.preprocessing}")
+    return 0

@@ -1,0 +1,159 @@
+"""The streaming commands: `run` (the agent) and `produce-demo` (traffic for it).
+
+`run`'s flags are generated from the settings model, so every setting has a flag, an environment
+variable and a YAML key with the same name and the same help, and a new setting cannot be
+forgotten here. Secrets get no flag: a password on a command line is visible to every user of
+the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, SecretStr
+from pydantic.fields import FieldInfo
+
+from agent.cli.options import parse_mix
+from agent.errors import ConfigError
+from agent.runtime.settings import AgentSettings
+
+ENV_PREFIX = "DKNN_"
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    run = commands.add_parser(
+        "run",
+        help="run the monitoring agent on a stream of inference events",
+        description="Consume v1 inference events, score their DkNN credibility, quarantine low-credibility "
+        "events, dead-letter malformed ones and serve Prometheus metrics. Every setting is a flag, a DKNN_* "
+        "environment variable (nested with __: DKNN_KAFKA_SECURITY__SASL_MECHANISM) and a key of the YAML "
+        "file given with --config; flags win over the environment, which wins over the file.",
+    )
+    run.add_argument("--config", type=Path, default=None, help="YAML settings file")
+    _add_setting_flags(run, AgentSettings)
+    run.add_argument(
+        "--summary-every",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="print a one-line live summary to stderr every N seconds",
+    )
+    run.set_defaults(handler=_run)
+
+    demo = commands.add_parser(
+        "produce-demo",
+        help="publish demo inference events built from MNIST",
+        description="Publish v1 events from the MNIST test set: clean digits, uniform noise, rotated digits, "
+        "FGSM examples against the bundle's model, and malformed events.",
+    )
+    demo.add_argument("--bootstrap-servers", required=True, help="Kafka bootstrap servers")
+    demo.add_argument("--topic", default="inference-events", help="topic to publish to (default: inference-events)")
+    demo.add_argument("--artifacts", type=Path, default=None, help="bundle: events match its model; needed for fgsm")
+    demo.add_argument("--data", type=Path, default=None, help="MNIST IDX directory (default: the shared copy)")
+    demo.add_argument("--count", type=int, default=1000, help="events to publish (default: 1000)")
+    demo.add_argument("--rate", type=float, default=None, help="events per second (default: as fast as possible)")
+    demo.add_argument(
+        "--mix",
+        default="clean=0.8,noise=0.05,rotated=0.05,fgsm=0.05,malformed=0.05",
+        help="weights per kind (default: clean=0.8,noise=0.05,rotated=0.05,fgsm=0.05,malformed=0.05)",
+    )
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--create-topic",
+        type=int,
+        default=None,
+        metavar="PARTITIONS",
+        help="create the topic with this many partitions if it does not exist",
+    )
+    demo.set_defaults(handler=_produce_demo)
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser, model: type[BaseModel], path: tuple[str, ...] = ()) -> None:
+    """One `--a-b` flag per field (nested models become `--model-field`), dest `a.b` for nesting."""
+    group = parser.add_argument_group("settings" if not path else " ".join(path).replace("_", " "))
+    for name, info in model.model_fields.items():
+        nested = _nested_model(info)
+        if nested is not None:
+            _add_setting_flags(parser, nested, (*path, name))
+            continue
+        if _is_secret(info):
+            continue
+        full = (*path, name)
+        env = ENV_PREFIX + "__".join(full).upper()
+        help_text = f"{info.description or name} (env {env})"
+        if not info.is_required() and info.default is not None:
+            help_text = f"{help_text}; default: {info.default}"
+        kwargs: dict[str, Any] = {"dest": ".".join(full), "default": None, "help": help_text.replace("%", "%%")}
+        choices = _literal_choices(info)
+        if choices:
+            kwargs["choices"] = choices
+        else:
+            kwargs["metavar"] = name.upper()
+        group.add_argument("--" + "-".join(full).replace("_", "-"), **kwargs)
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def _nested_model(info: FieldInfo) -> type[BaseModel] | None:
+    annotation = _unwrap_optional(info.annotation)
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _is_secret(info: FieldInfo) -> bool:
+    return _unwrap_optional(info.annotation) is SecretStr
+
+
+def _literal_choices(info: FieldInfo) -> list[str] | None:
+    annotation = _unwrap_optional(info.annotation)
+    return [str(v) for v in typing.get_args(annotation)] if typing.get_origin(annotation) is typing.Literal else None
+
+
+def setting_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags that were given, nested the way the settings model is (`a.b` -> {"a": {"b": ...}})."""
+    overrides: dict[str, Any] = {}
+    for dest, value in vars(args).items():
+        if value is None or dest in ("config", "summary_every", "handler", "command"):
+            continue
+        *parents, leaf = dest.split(".")
+        target = overrides
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return overrides
+
+
+def _run(args: argparse.Namespace) -> int:
+    from agent.runtime.app import run_agent
+    from agent.runtime.settings import load_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # the client's INFO lines are per-connection chatter
+    settings = load_settings(args.config, setting_overrides(args))
+    return run_agent(settings, summary_every_s=args.summary_every)
+
+
+def _produce_demo(args: argparse.Namespace) -> int:
+    from agent.research.demo_traffic import KINDS, demo_events, load_demo_data, produce
+    from connectors.kafka import KafkaSink, ensure_topics
+
+    if args.count < 1 or (args.rate is not None and args.rate <= 0):
+        raise ConfigError("--count must be at least 1 and --rate positive")
+    mix = parse_mix(args.mix, KINDS)
+    data = load_demo_data(args.artifacts, args.data, need_fgsm=mix.get("fgsm", 0) > 0)
+    if args.create_topic:
+        ensure_topics(args.bootstrap_servers, [args.topic], partitions=args.create_topic)
+    with KafkaSink(args.bootstrap_servers) as sink:
+        counts = produce(sink, args.topic, demo_events(data, mix, args.count, args.seed), args.rate)
+    print("published " + ", ".join(f"{kind}={n}" for kind, n in sorted(counts.items())) + f" to {args.topic}")
+    return 0

@@ -1,0 +1,64 @@
+"""The conformal arithmetic of DkNN, vectorised over a batch (docs/design.md §2).
+
+Conventions, used everywhere (fit, score, tests):
+
+- nonconformity  α(x, j) = Σ_l |{ i ∈ kNN_l(x) : y_i ≠ j }|; a missing neighbour (-1) disagrees
+  with every label, so α ranges over 0 … L·k;
+- p-value        p_j(x) = |{ a ∈ A : a ≥ α(x, j) }| / |A| — ties count as "at least as strange",
+  no +1 smoothing (the DkNN paper's form); A holds calibration α of the true labels;
+- prediction     argmin_j α(x, j), which is always an argmax of p (p is non-increasing in α) and
+  breaks p-value ties by the finer-grained α; ties in α go to the lowest label;
+- credibility    max_j p_j; confidence 1 − (second largest p_j);
+- label-free     s(x) = min_j α(x, j), the nonconformity of the predicted label (§2.6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def neighbor_label_counts(neighbor_labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """`(n, L, k)` labels (-1 = missing) -> `(n, L, C)` votes per class and layer."""
+    n, num_layers, _ = neighbor_labels.shape
+    slots = np.where(neighbor_labels < 0, num_classes, neighbor_labels)  # extra bin for missing
+    rows = np.arange(n * num_layers)[:, None] * (num_classes + 1)
+    flat = (rows + slots.reshape(n * num_layers, -1)).ravel()
+    counts = np.bincount(flat, minlength=n * num_layers * (num_classes + 1))
+    return counts.reshape(n, num_layers, num_classes + 1)[:, :, :num_classes]
+
+
+def nonconformity(neighbor_labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """α for every candidate label: `(n, L, k)` neighbour labels -> `(n, C)` int64."""
+    _, num_layers, k = neighbor_labels.shape
+    votes = neighbor_label_counts(neighbor_labels, num_classes).sum(axis=1)
+    return (num_layers * k - votes).astype(np.int64)
+
+
+def p_values(alpha: np.ndarray, calibration_sorted: np.ndarray) -> np.ndarray:
+    """p_j = fraction of calibration scores ≥ α(x, j); `calibration_sorted` ascending."""
+    below = np.searchsorted(calibration_sorted, alpha, side="left")
+    return (len(calibration_sorted) - below) / len(calibration_sorted)
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """Per-input summary of the p-values."""
+
+    prediction: np.ndarray  # (n,) int64
+    credibility: np.ndarray  # (n,) float64
+    confidence: np.ndarray  # (n,) float64
+    label_free_score: np.ndarray  # (n,) int64, s(x)
+
+
+def summarise(alpha: np.ndarray, p: np.ndarray) -> Verdicts:
+    prediction = alpha.argmin(axis=1)
+    rows = np.arange(len(alpha))
+    top_two = -np.partition(-p, 1, axis=1)[:, :2] if p.shape[1] > 1 else np.c_[p, np.zeros(len(p))]
+    return Verdicts(
+        prediction=prediction,
+        credibility=p[rows, prediction],
+        confidence=1.0 - top_two[:, 1],
+        label_free_score=alpha[rows, prediction],
+    )

@@ -1,0 +1,171 @@
+"""The DkNN scorer: model taps + per-layer preprocessing + k-NN indexes + conformal calibration.
+
+Scoring a batch is one forward pass, one index query per layer per input, and numpy for the
+nonconformity and p-values (docs/design.md §2); see `agent.engine.conformal` for the exact conventions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from agent.engine import conformal
+from agent.engine.bundle import (
+    VerifiedBundle,
+    load_calibration,
+    load_model,
+    load_preprocessor,
+    load_train_labels,
+    verify_bundle,
+)
+from agent.engine.index import BACKENDS, AnnoyBackend, ExactBackend, NeighborIndex
+from agent.engine.manifest import Manifest
+from agent.engine.preprocess import Preprocessor
+from agent.engine.taps import Activations, ActivationTap
+from agent.errors import BundleError, ConfigError, InputError
+
+
+@dataclass(frozen=True)
+class ScoreBatch:
+    """Everything DkNN says about a batch of n inputs over L layers and C classes."""
+
+    prediction: np.ndarray  # (n,) DkNN label
+    credibility: np.ndarray  # (n,)
+    confidence: np.ndarray  # (n,)
+    p_values: np.ndarray  # (n, C)
+    alpha: np.ndarray  # (n, C) nonconformity per candidate label
+    label_free_score: np.ndarray  # (n,) s(x) = min_j alpha
+    model_prediction: np.ndarray  # (n,) argmax of the model's own output
+    model_outputs: np.ndarray  # (n, C) raw outputs (logits)
+    neighbor_ids: np.ndarray  # (n, L, k) training row ids, nearest first, -1 = missing
+    neighbor_labels: np.ndarray  # (n, L, k)
+
+    def __len__(self) -> int:
+        return len(self.prediction)
+
+
+StageTimer = Callable[[str], AbstractContextManager]
+
+
+def _untimed(_stage: str) -> AbstractContextManager:
+    return nullcontext()
+
+
+class DkNN:
+    """Scores inputs against one bundle. Thread-compatible, not thread-safe (one tap per model)."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        model: nn.Module,
+        preprocessors: dict[str, Preprocessor],
+        indexes: dict[str, NeighborIndex],
+        train_labels: np.ndarray,
+        calibration_alpha: np.ndarray,
+        calibration_label_free: np.ndarray,
+    ) -> None:
+        self.manifest = manifest
+        self.tap = ActivationTap(model, manifest.layer_names)
+        self.preprocessors = preprocessors
+        self.indexes = indexes
+        self.train_labels = train_labels
+        self.calibration_alpha = np.sort(calibration_alpha)
+        self.calibration_label_free = np.sort(calibration_label_free)
+        self.k = manifest.k
+        self.num_classes = manifest.model.num_classes
+
+    @classmethod
+    def from_bundle(
+        cls,
+        root: str | Path,
+        backend: str = "annoy",
+        search_k: int | None = None,
+        threads: int | None = None,
+    ) -> DkNN:
+        """Verifies the bundle, then opens it with the chosen neighbour backend."""
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown index backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        bundle = verify_bundle(root)
+        manifest = bundle.manifest
+        train_labels = load_train_labels(bundle)
+        alpha, label_free = load_calibration(bundle)
+        indexes = {layer.name: open_index(bundle, layer.name, backend, search_k, threads) for layer in manifest.layers}
+        preprocessors = {layer.name: load_preprocessor(bundle, layer.name) for layer in manifest.layers}
+        return cls(manifest, load_model(bundle), preprocessors, indexes, train_labels, alpha, label_free)
+
+    def check_layout(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        """Raises InputError unless a batch of this shape and dtype fits the bundle's model."""
+        spec = self.manifest.input
+        if np.dtype(dtype) != np.dtype(spec.dtype):
+            raise InputError(f"input dtype {np.dtype(dtype)}, expected {spec.dtype}")
+        if len(shape) != len(spec.shape) + 1 or tuple(shape[1:]) != tuple(spec.shape):
+            raise InputError(f"input shape {tuple(shape)}, expected {('N', *spec.shape)}")
+
+    def check_input(self, x: np.ndarray) -> None:
+        """Raises InputError unless `x` is a finite batch of the bundle's dtype and shape."""
+        if not isinstance(x, np.ndarray):
+            raise InputError(f"expected a numpy array, got {type(x).__name__}")
+        self.check_layout(x.shape, x.dtype)
+        if not np.isfinite(x).all():
+            raise InputError("input contains NaN or infinity")
+
+    def neighbors(self, activations: Activations) -> np.ndarray:
+        """`(n, L, k)` training row ids, nearest first, for each tapped layer."""
+        per_layer = [
+            self.indexes[name].query(self.preprocessors[name].transform(activations.layers[name]), self.k)
+            for name in self.manifest.layer_names
+        ]
+        return np.stack(per_layer, axis=1)
+
+    def label_neighbors(self, neighbor_ids: np.ndarray) -> np.ndarray:
+        return np.where(neighbor_ids >= 0, self.train_labels[np.maximum(neighbor_ids, 0)], -1)
+
+    def score(self, x: np.ndarray, stage: StageTimer = _untimed) -> ScoreBatch:
+        """Scores one batch (validated first); the caller chooses the batch size. `stage` times
+        the activations / knn / score phases (the agent passes its Prometheus histogram)."""
+        self.check_input(x)
+        with stage("activations"):
+            activations = self.tap(x)
+        with stage("knn"):
+            ids = self.neighbors(activations)
+        with stage("score"):
+            labels = self.label_neighbors(ids)
+            alpha = conformal.nonconformity(labels, self.num_classes)
+            p = conformal.p_values(alpha, self.calibration_alpha)
+            verdicts = conformal.summarise(alpha, p)
+        return ScoreBatch(
+            prediction=verdicts.prediction,
+            credibility=verdicts.credibility,
+            confidence=verdicts.confidence,
+            p_values=p,
+            alpha=alpha,
+            label_free_score=verdicts.label_free_score,
+            model_prediction=activations.model_prediction,
+            model_outputs=activations.outputs,
+            neighbor_ids=ids,
+            neighbor_labels=labels,
+        )
+
+
+def open_index(
+    bundle: VerifiedBundle,
+    layer_name: str,
+    backend: str,
+    search_k: int | None = None,
+    threads: int | None = None,
+) -> NeighborIndex:
+    """Opens one layer's Annoy file as the requested backend (exact reads the vectors out)."""
+    layer = next(spec for spec in bundle.manifest.layers if spec.name == layer_name)
+    path = bundle.path(layer.index_file)
+    effective_search_k = bundle.manifest.index.search_k if search_k is None else search_k
+    annoy = AnnoyBackend(path, layer.dim, search_k=effective_search_k, threads=threads)
+    if annoy.n_items != bundle.manifest.train.size:
+        raise BundleError(f"{path}: {annoy.n_items} items, manifest says {bundle.manifest.train.size}")
+    if backend == "exact":
+        return ExactBackend(annoy.item_vectors())
+    return annoy

@@ -1,0 +1,247 @@
+"""Fitting a bundle: activations of the training set into per-layer indexes, then calibration.
+
+The training set is streamed twice in batches — once (a sample) to fit the preprocessing, once to
+fill the indexes — so a 12,544-dim conv layer over 60,000 images never sits in memory. The
+manifest is written last: a directory without one is an unfinished fit, never a valid bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import annoy
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+import agent
+from agent.engine.bundle import VerifiedBundle, sha256_file, verify_bundle
+from agent.engine.dknn import DkNN, open_index
+from agent.engine.index import AnnoyBuilder
+from agent.engine.manifest import (
+    CALIBRATION_FILE,
+    MANIFEST_FILE,
+    TRAIN_LABELS_FILE,
+    WEIGHTS_FILE,
+    IndexSpec,
+    InputSpec,
+    LayerSpec,
+    Manifest,
+    ModelSpec,
+    SplitSpec,
+)
+from agent.engine.preprocess import Preprocessor
+from agent.engine.taps import ActivationTap
+from agent.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """How to fit: neighbours, index quality, batch sizes and the PCA sample."""
+
+    k: int = 75
+    n_trees: int = 50
+    search_k: int = -1
+    seed: int = 0
+    batch_size: int = 512
+    pca_sample: int = 10_000
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Inputs in the model's layout, integer labels, and where they came from."""
+
+    x: np.ndarray
+    y: np.ndarray
+    source: str = ""
+    source_indices: list[int] | None = field(default=None)
+
+
+def fit_bundle(
+    *,
+    model: nn.Module,
+    model_spec: ModelSpec,
+    layers: dict[str, str],
+    train: Dataset,
+    calibration: Dataset,
+    out: Path,
+    options: FitOptions = FitOptions(),
+    value_range: tuple[float, float] | None = None,
+    force: bool = False,
+) -> Manifest:
+    """Writes a complete, verified bundle to `out`; `layers` maps layer name -> preprocessing."""
+    _check_datasets(train, calibration, model_spec.num_classes, options.k)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise ConfigError(f"{out}: exists and is not empty (pass --force to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        manifest = _fit_into(staging, model, model_spec, layers, train, calibration, options, value_range)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    verify_bundle(out)
+    return manifest
+
+
+def _fit_into(
+    root: Path,
+    model: nn.Module,
+    model_spec: ModelSpec,
+    layers: dict[str, str],
+    train: Dataset,
+    calibration: Dataset,
+    options: FitOptions,
+    value_range: tuple[float, float] | None,
+) -> Manifest:
+    (root / "layers").mkdir()
+    tap = ActivationTap(model, list(layers))
+    preprocessors = _fit_preprocessors(tap, layers, train.x, options)
+    builders = {name: AnnoyBuilder(pre.output_dim, options.seed) for name, pre in preprocessors.items()}
+    for activations in _progress(tap.batches(train.x, options.batch_size), len(train.x), options, "index"):
+        for name, builder in builders.items():
+            builder.add(preprocessors[name].transform(activations.layers[name]))
+
+    layer_specs = []
+    for name, pre in preprocessors.items():
+        safe = name.replace(".", "_")
+        index_file = f"layers/{safe}.ann"
+        builders[name].save(root / index_file, options.n_trees)
+        params_file = f"layers/{safe}.npz" if pre.has_params else None
+        if params_file:
+            np.savez(root / params_file, **pre.arrays())  # type: ignore[arg-type]  # numpy's stub types **kwds badly
+        layer_specs.append(
+            LayerSpec(
+                name=name,
+                input_dim=pre.input_dim,
+                dim=pre.output_dim,
+                preprocessing=pre.spec,
+                index_file=index_file,
+                params_file=params_file,
+            )
+        )
+    torch.save(model.state_dict(), root / WEIGHTS_FILE)
+    np.save(root / TRAIN_LABELS_FILE, train.y.astype(np.int64))
+
+    draft = Manifest(
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        model=model_spec,
+        input=InputSpec(shape=tuple(train.x.shape[1:]), dtype=str(train.x.dtype), value_range=value_range),
+        layers=tuple(layer_specs),
+        k=options.k,
+        index=IndexSpec(n_trees=options.n_trees, search_k=options.search_k, seed=options.seed),
+        train=SplitSpec(size=len(train.y), source=train.source, source_indices=train.source_indices),
+        calibration=SplitSpec(
+            size=len(calibration.y), source=calibration.source, source_indices=calibration.source_indices
+        ),
+        libraries=_library_versions(),
+        files={},
+    )
+    tap.close()
+    alpha, label_free = _calibrate(root, draft, model, preprocessors, train.y, calibration, options)
+    np.savez(root / CALIBRATION_FILE, alpha=np.sort(alpha), label_free=np.sort(label_free))
+
+    files = {str(path.relative_to(root)): sha256_file(path) for path in sorted(root.rglob("*")) if path.is_file()}
+    manifest = draft.model_copy(update={"files": files})
+    (root / MANIFEST_FILE).write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
+    return manifest
+
+
+def _fit_preprocessors(
+    tap: ActivationTap, layers: dict[str, str], x: np.ndarray, options: FitOptions
+) -> dict[str, Preprocessor]:
+    rng = np.random.default_rng(options.seed)
+    sample_rows = np.sort(rng.choice(len(x), size=min(options.pca_sample, len(x)), replace=False))
+    batches = list(tap.batches(x[sample_rows], options.batch_size))
+    preprocessors = {}
+    for name, spec in layers.items():
+        sample = np.concatenate([batch.layers[name] for batch in batches])
+        preprocessors[name] = Preprocessor(spec=spec, input_dim=sample.shape[1]).fit(sample, options.seed)
+    return preprocessors
+
+
+def _calibrate(
+    root: Path,
+    draft: Manifest,
+    model: nn.Module,
+    preprocessors: dict[str, Preprocessor],
+    train_labels: np.ndarray,
+    calibration: Dataset,
+    options: FitOptions,
+) -> tuple[np.ndarray, np.ndarray]:
+    """α of the true labels and s(x) of the calibration set, queried through the saved indexes."""
+    bundle = VerifiedBundle(root=root, manifest=draft)  # consistent by construction
+    indexes = {name: open_index(bundle, name, "annoy") for name in preprocessors}
+    placeholder = np.zeros(1)  # p-values are not needed here, only α
+    scorer = DkNN(draft, model, preprocessors, indexes, train_labels.astype(np.int64), placeholder, placeholder)
+    try:
+        alpha = np.concatenate(
+            [
+                scorer.score(calibration.x[start : start + options.batch_size]).alpha
+                for start in range(0, len(calibration.x), options.batch_size)
+            ]
+        )
+    finally:
+        scorer.tap.close()
+    return alpha[np.arange(len(alpha)), calibration.y], alpha.min(axis=1)
+
+
+def _check_datasets(train: Dataset, calibration: Dataset, num_classes: int, k: int) -> None:
+    for name, data in (("training", train), ("calibration", calibration)):
+        if data.x.dtype != np.float32:
+            raise DataError(f"{name} inputs must be float32, got {data.x.dtype}")
+        if data.y.ndim != 1 or len(data.y) != len(data.x):
+            raise DataError(f"{name} labels must be 1-d with one label per input")
+        if not np.issubdtype(data.y.dtype, np.integer) or data.y.min() < 0 or data.y.max() >= num_classes:
+            raise DataError(f"{name} labels must be integers in 0..{num_classes - 1}")
+    if train.x.shape[1:] != calibration.x.shape[1:]:
+        raise DataError(f"training inputs {train.x.shape[1:]} and calibration {calibration.x.shape[1:]} differ")
+    if k > len(train.x):
+        raise ConfigError(f"k={k} exceeds the {len(train.x)} training points")
+
+
+def _progress(iterable: Any, total_rows: int, options: FitOptions, what: str) -> Any:
+    return tqdm(
+        iterable, total=-(-total_rows // options.batch_size), desc=what, unit="batch", disable=not options.progress
+    )
+
+
+def _library_versions() -> dict[str, str]:
+    return {
+        "dknn_agent": agent.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "annoy": getattr(annoy, "__version__", "1.17"),
+    }
+
+
+def load_labelled_npz(path: Path) -> Dataset:
+    """An `.npz` with float32 `x` and integer `y`, as a fit Dataset."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if "x" not in archive.files or "y" not in archive.files:
+                raise DataError(f"{path}: needs arrays 'x' and 'y', has {sorted(archive.files)}")
+            x, y = archive["x"], archive["y"]
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{path}: not a readable .npz archive ({exc})") from None
+    if x.dtype != np.float32:
+        raise DataError(f"{path}: 'x' is {x.dtype}, expected float32")
+    if not np.issubdtype(y.dtype, np.integer) or y.shape != (len(x),):
+        raise DataError(f"{path}: 'y' must be integers with one label per row of 'x'")
+    return Dataset(x=x, y=y.astype(np.int64), source=str(path))

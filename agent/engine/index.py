@@ -1,0 +1,113 @@
+"""Nearest-neighbour backends behind one small interface.
+
+- `annoy`: the production backend. One file per layer, memory-mapped on load so replicas on one
+  node share the page cache; queries run on a thread pool because Annoy releases the GIL.
+- `exact`: brute force with a torch matmul, chunked. The reference for tests and quality checks;
+  it reads the item vectors back out of the same Annoy file, so both backends see one bundle.
+
+Both return neighbour ids nearest-first as an `(n, k)` int64 array. Annoy may return fewer than
+k ids when `search_k` is small; missing slots are -1 and count as disagreeing with every label.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+from annoy import AnnoyIndex
+
+METRIC: Literal["euclidean"] = "euclidean"
+BACKENDS = ("annoy", "exact")
+MISSING = -1
+EXACT_CHUNK_ELEMENTS = 64 * 1024 * 1024  # float32 values in one chunk's distance matrix
+
+
+class NeighborIndex(Protocol):
+    dim: int
+    n_items: int
+
+    def query(self, vectors: np.ndarray, k: int) -> np.ndarray:
+        """Ids of the k nearest items for each row of `vectors`, nearest first; -1 pads."""
+        ...
+
+
+class AnnoyBuilder:
+    """Collects vectors batch by batch (so activations never sit in memory all at once)."""
+
+    def __init__(self, dim: int, seed: int) -> None:
+        self.dim = dim
+        self.n_items = 0
+        self._index = AnnoyIndex(dim, METRIC)
+        self._index.set_seed(seed)
+
+    def add(self, batch: np.ndarray) -> None:
+        for row in batch:
+            self._index.add_item(self.n_items, row)
+            self.n_items += 1
+
+    def save(self, path: Path, n_trees: int) -> None:
+        """Builds `n_trees` trees on every core and writes the index file."""
+        self._index.build(n_trees, n_jobs=-1)
+        self._index.save(str(path))
+        self._index.unload()
+
+
+class AnnoyBackend:
+    """An Annoy file opened read-only with mmap."""
+
+    def __init__(self, path: Path, dim: int, search_k: int = -1, threads: int | None = None) -> None:
+        self.dim = dim
+        self.search_k = search_k
+        self._index = AnnoyIndex(dim, METRIC)
+        self._index.load(str(path), prefault=False)
+        self.n_items = self._index.get_n_items()
+        self._pool = ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1)
+
+    def query(self, vectors: np.ndarray, k: int) -> np.ndarray:
+        def one(row: np.ndarray) -> list[int]:
+            return self._index.get_nns_by_vector(row, k, search_k=self.search_k)
+
+        out = np.full((len(vectors), k), MISSING, dtype=np.int64)
+        for i, ids in enumerate(self._pool.map(one, vectors)):
+            out[i, : len(ids)] = ids
+        return out
+
+    def item_vectors(self) -> np.ndarray:
+        """All stored vectors `(n_items, dim)`; used to build the exact backend from one file."""
+        return np.array([self._index.get_item_vector(i) for i in range(self.n_items)], dtype=np.float32).reshape(
+            self.n_items, self.dim
+        )
+
+
+class ExactBackend:
+    """Brute-force Euclidean k-NN; queries run in chunks so one chunk's distance matrix stays
+    near `chunk_elements` float32 values (256 MB by default)."""
+
+    def __init__(self, items: np.ndarray, chunk_elements: int = EXACT_CHUNK_ELEMENTS) -> None:
+        self._items = torch.as_tensor(np.ascontiguousarray(items, dtype=np.float32))
+        self._sq_norms = (self._items * self._items).sum(dim=1)
+        self.n_items, self.dim = self._items.shape
+        self.chunk_elements = chunk_elements
+
+    def query(self, vectors: np.ndarray, k: int) -> np.ndarray:
+        return self.search(vectors, k)[1]
+
+    @torch.no_grad()
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """`(squared distances, ids)` of the k nearest items per row, nearest first; ids pad with -1
+        and distances with +inf when there are fewer than k items."""
+        k_eff = min(k, self.n_items)
+        chunk = max(1, self.chunk_elements // max(self.n_items, 1))
+        ids = np.full((len(vectors), k), MISSING, dtype=np.int64)
+        sq_distances = np.full((len(vectors), k), np.inf, dtype=np.float32)
+        for start in range(0, len(vectors), chunk):
+            q = torch.as_tensor(np.asarray(vectors[start : start + chunk], dtype=np.float32))
+            dist = (q * q).sum(dim=1, keepdim=True) + self._sq_norms[None, :] - 2.0 * (q @ self._items.T)
+            found = torch.topk(dist, k_eff, dim=1, largest=False, sorted=True)
+            ids[start : start + len(q), :k_eff] = found.indices.numpy()
+            sq_distances[start : start + len(q), :k_eff] = found.values.clamp_min(0.0).numpy()
+        return sq_distances, ids

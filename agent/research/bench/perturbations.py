@@ -1,0 +1,64 @@
+"""Shifted versions of an evaluation set: what a monitor must flag."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from torch import nn
+
+from agent.research.attacks import fgsm, pgd
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Inputs plus the labels they should carry (None where no label is meaningful, e.g. noise)."""
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray | None
+
+
+def uniform_noise(n: int, shape: tuple[int, ...], seed: int) -> EvalSet:
+    x = np.random.default_rng(seed).uniform(0.0, 1.0, size=(n, *shape)).astype(np.float32)
+    return EvalSet("noise", x, None)
+
+
+def rotated(clean: EvalSet) -> EvalSet:
+    """Digits turned 90° counter-clockwise: still strokes, no longer the digits the model knows."""
+    return EvalSet("rotated", np.ascontiguousarray(np.rot90(clean.x, k=1, axes=(-2, -1))), clean.y)
+
+
+def fgsm_set(model: nn.Module, clean: EvalSet, epsilon: float) -> EvalSet:
+    assert clean.y is not None
+    return EvalSet("fgsm", fgsm(model, clean.x, clean.y, epsilon), clean.y)
+
+
+def gaussian_noise(n: int, shape: tuple[int, ...], seed: int) -> EvalSet:
+    """N(0.5, 0.25²) per pixel, clipped to [0, 1]: smoother than uniform noise, same support."""
+    x = np.random.default_rng(seed + 1).normal(0.5, 0.25, size=(n, *shape)).clip(0.0, 1.0).astype(np.float32)
+    return EvalSet("gaussian", x, None)
+
+
+def inverted(clean: EvalSet) -> EvalSet:
+    """White digits on black become black on white: the same shapes, a foreign intensity profile."""
+    return EvalSet("inverted", np.ascontiguousarray(1.0 - clean.x), clean.y)
+
+
+def iterative_attack_sets(model: nn.Module, clean: EvalSet, epsilon: float, seed: int) -> list[EvalSet]:
+    """BIM (10 steps of ε/4, no random start) and PGD (20 steps of ε/8 from a random start)."""
+    assert clean.y is not None
+    return [
+        EvalSet("bim", pgd(model, clean.x, clean.y, epsilon, epsilon / 4, steps=10, random_start=False), clean.y),
+        EvalSet(
+            "pgd", pgd(model, clean.x, clean.y, epsilon, epsilon / 8, steps=20, random_start=True, seed=seed), clean.y
+        ),
+    ]
+
+
+def shifted_sets(model: nn.Module, clean: EvalSet, epsilon: float, seed: int) -> list[EvalSet]:
+    return [
+        uniform_noise(len(clean.x), clean.x.shape[1:], seed),
+        rotated(clean),
+        fgsm_set(model, clean, epsilon),
+    ]

@@ -1,0 +1,330 @@
+"""The quality benchmark of the MNIST reference bundle (issue #2's acceptance numbers).
+
+Scores the evaluation split and its shifted versions with the annoy and the exact backend of the
+same bundle, then reports accuracy, credibility, AUROC (credibility vs softmax max-probability),
+conformal validity and Annoy recall@k per layer. Prints a table; saves JSON and Markdown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+from tqdm import tqdm
+
+from agent.engine.dknn import DkNN, ScoreBatch
+from agent.errors import ConfigError
+from agent.research.baselines import softmax_max
+from agent.research.bench.detectors import detector_scores, fit_detectors, fpr_at_95_tpr
+from agent.research.bench.perturbations import EvalSet, gaussian_noise, inverted, iterative_attack_sets, shifted_sets
+from agent.research.bench.plots import credibility_histograms, reliability_diagram
+from agent.research.bench.reports import save_report
+from agent.research.datasets import Mnist, load_mnist
+from agent.research.reference import calibration_split
+
+VALIDITY_TAUS = (0.05, 0.1, 0.2)
+
+
+@dataclass(frozen=True)
+class QualityOptions:
+    artifacts: Path
+    data_dir: Path | None = None
+    out_dir: Path = Path("docs/results")
+    limit: int | None = None
+    epsilon: float = 0.25
+    seed: int = 0
+    batch_size: int = 512
+    extended: bool = False  # + Gaussian noise, inverted digits, BIM, PGD, baseline detectors, plots
+    backends: tuple[str, ...] = ("annoy", "exact")  # recall@k needs both; the SNNL study scores annoy only
+
+
+@dataclass(frozen=True)
+class SetScores:
+    """What the benchmark keeps from scoring one set with one backend."""
+
+    credibility: np.ndarray
+    prediction: np.ndarray
+    p_values: np.ndarray
+    model_prediction: np.ndarray
+    softmax_max: np.ndarray
+    neighbor_ids: np.ndarray
+
+
+def score_set(scorer: DkNN, data: EvalSet, batch_size: int, label: str) -> SetScores:
+    parts: list[ScoreBatch] = []
+    for start in tqdm(range(0, len(data.x), batch_size), desc=label, unit="batch", leave=False):
+        parts.append(scorer.score(data.x[start : start + batch_size]))
+
+    def cat(field: str) -> np.ndarray:
+        return np.concatenate([getattr(part, field) for part in parts])
+
+    return SetScores(
+        credibility=cat("credibility"),
+        prediction=cat("prediction"),
+        p_values=cat("p_values"),
+        model_prediction=cat("model_prediction"),
+        softmax_max=softmax_max(cat("model_outputs")),
+        neighbor_ids=cat("neighbor_ids"),
+    )
+
+
+def auroc(in_distribution: np.ndarray, shifted: np.ndarray) -> float:
+    """AUROC of a score meant to be high in distribution and low under shift."""
+    labels = np.r_[np.ones(len(in_distribution)), np.zeros(len(shifted))]
+    return float(roc_auc_score(labels, np.r_[in_distribution, shifted]))
+
+
+def recall_at_k(approximate: np.ndarray, exact: np.ndarray) -> list[float]:
+    """Per layer: the fraction of exact k-NN ids that the approximate search also returned."""
+    n, layers, k = exact.shape
+    recalls = []
+    for layer in range(layers):
+        hits = sum(len(np.intersect1d(approximate[i, layer], exact[i, layer])) for i in range(n))
+        recalls.append(hits / (n * k))
+    return recalls
+
+
+def model_wrong_aurocs(shifted: list[EvalSet], by_set: dict[str, SetScores], score: str) -> dict[str, float]:
+    """AUROC against only the inputs the model misclassifies: the adversarial-detection literature's
+    convention, since a perturbed input the model still gets right is not an adversarial example."""
+    clean = getattr(by_set["clean"], score)
+    out = {}
+    for data in shifted:
+        if data.y is None:
+            continue
+        wrong = by_set[data.name].model_prediction != data.y
+        if wrong.any():
+            out[data.name] = auroc(clean, getattr(by_set[data.name], score)[wrong])
+    return out
+
+
+def set_metrics(data: EvalSet, scores: SetScores) -> dict[str, Any]:
+    metrics: dict[str, Any] = {"n": len(data.x), "mean_credibility": float(scores.credibility.mean())}
+    if data.y is not None:
+        correct = scores.prediction == data.y
+        metrics |= {
+            "dknn_accuracy": float(correct.mean()),
+            "model_accuracy": float((scores.model_prediction == data.y).mean()),
+            "mean_credibility_correct": float(scores.credibility[correct].mean()) if correct.any() else None,
+        }
+    return metrics
+
+
+def validity(data: EvalSet, scores: SetScores) -> dict[str, float]:
+    """Fraction of points whose true-label p-value is ≤ τ; conformal validity wants ≲ τ."""
+    if data.y is None:
+        raise ConfigError(f"validity needs labels; set {data.name!r} has none")
+    true_p = scores.p_values[np.arange(len(data.y)), data.y]
+    return {f"{tau}": float((true_p <= tau).mean()) for tau in VALIDITY_TAUS}
+
+
+def run_quality(options: QualityOptions) -> dict:
+    if not options.backends or not set(options.backends) <= {"annoy", "exact"}:
+        raise ConfigError(f"backends must be a non-empty subset of annoy, exact; got {options.backends}")
+    mnist = load_mnist(options.data_dir)
+    backends = {name: DkNN.from_bundle(options.artifacts, backend=name) for name in options.backends}
+    first = next(iter(backends.values()))
+    manifest = first.manifest
+    if manifest.calibration.source != "mnist:t10k" or not manifest.calibration.source_indices:
+        raise ConfigError(f"{options.artifacts}: not an MNIST reference bundle (calibration source unknown)")
+    rows = calibration_split(manifest, len(mnist.x_test)).evaluation
+    if options.limit is not None and options.limit < len(rows):  # a random subset: MNIST's halves differ
+        rows = np.sort(np.random.default_rng(options.seed).choice(rows, size=options.limit, replace=False))
+    clean = EvalSet("clean", mnist.x_test[rows], mnist.y_test[rows])
+    model = first.tap.model
+    sets = [clean, *shifted_sets(model, clean, options.epsilon, options.seed)]
+    if options.extended:
+        sets += [
+            gaussian_noise(len(clean.x), clean.x.shape[1:], options.seed),
+            inverted(clean),
+            *iterative_attack_sets(model, clean, options.epsilon, options.seed),
+        ]
+
+    scores = {
+        backend: {data.name: score_set(scorer, data, options.batch_size, f"{backend}:{data.name}") for data in sets}
+        for backend, scorer in backends.items()
+    }
+    result: dict[str, Any] = {
+        "benchmark": "quality",
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "bundle": {
+            "path": str(options.artifacts),
+            "model": manifest.model.name,
+            "version": manifest.model.version,
+            "k": manifest.k,
+            "layers": {layer.name: layer.preprocessing for layer in manifest.layers},
+            "n_trees": manifest.index.n_trees,
+            "search_k": manifest.index.search_k,
+            "calibration_size": manifest.calibration.size,
+        },
+        "epsilon": options.epsilon,
+        "backends": {},
+    }
+    for backend, by_set in scores.items():
+        clean_scores = by_set["clean"]
+        result["backends"][backend] = {
+            "sets": {data.name: set_metrics(data, by_set[data.name]) for data in sets},
+            "auroc_credibility": {
+                data.name: auroc(clean_scores.credibility, by_set[data.name].credibility) for data in sets[1:]
+            },
+            "auroc_softmax": {
+                data.name: auroc(clean_scores.softmax_max, by_set[data.name].softmax_max) for data in sets[1:]
+            },
+            "auroc_credibility_model_wrong": model_wrong_aurocs(sets[1:], by_set, "credibility"),
+            "auroc_softmax_model_wrong": model_wrong_aurocs(sets[1:], by_set, "softmax_max"),
+            "validity": validity(clean, clean_scores),
+        }
+    if len(backends) == 2:
+        result["recall_at_k"] = {
+            data.name: dict(
+                zip(
+                    manifest.layer_names,
+                    recall_at_k(scores["annoy"][data.name].neighbor_ids, scores["exact"][data.name].neighbor_ids),
+                    strict=True,
+                )
+            )
+            for data in sets
+        }
+    result["extended"] = options.extended
+    if options.extended:
+        name = next(iter(backends))
+        result["detectors"] = compare_detectors(backends[name], mnist, sets, scores[name], options.batch_size)
+        result["detectors"]["backend"] = name
+        draw_figures(result, sets, scores[name], options.out_dir)
+    write_results(result, options.out_dir)
+    return result
+
+
+def compare_detectors(
+    scorer: DkNN, mnist: Mnist, sets: list[EvalSet], by_set: dict[str, SetScores], batch_size: int
+) -> dict:
+    """AUROC and FPR at 95% TPR of every detector, clean evaluation points against each set."""
+    detectors = fit_detectors(scorer, mnist.x_train, mnist.y_train, batch_size)
+    per_set = {
+        data.name: detector_scores(
+            detectors, scorer, data.x, by_set[data.name].credibility, by_set[data.name].softmax_max, batch_size
+        )
+        for data in sets
+    }
+    clean = per_set["clean"]
+    return {
+        "layer": detectors.layer,
+        "sets": {
+            data.name: {
+                name: {"auroc": auroc(clean[name], values), "fpr_at_95_tpr": fpr_at_95_tpr(clean[name], values)}
+                for name, values in per_set[data.name].items()
+            }
+            for data in sets[1:]
+        },
+    }
+
+
+def draw_figures(result: dict, sets: list[EvalSet], by_set: dict[str, SetScores], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = _stem(result)
+    clean = by_set["clean"]
+    title = f"{result['bundle']['model']} {result['bundle']['version']}"
+    reliability_diagram(clean.credibility, clean.prediction == sets[0].y, out_dir / f"{stem}-reliability.png", title)
+    credibility_histograms(
+        {data.name: by_set[data.name].credibility for data in sets}, out_dir / f"{stem}-credibility.png", title
+    )
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"# Quality: {result['bundle']['model']} {result['bundle']['version']}",
+        "",
+        f"k={result['bundle']['k']}, layers {result['bundle']['layers']}, "
+        f"Annoy n_trees={result['bundle']['n_trees']} search_k={result['bundle']['search_k']}, "
+        f"{result['bundle']['calibration_size']} calibration points, FGSM ε={result['epsilon']}.",
+        "",
+        "AUROC: clean evaluation points against the set, by DkNN credibility and by softmax max-probability; "
+        "'model wrong' uses only the set's inputs the model misclassifies.",
+        "",
+        "| backend | set | n | model acc | DkNN acc | mean cred | mean cred (correct) | AUROC cred | AUROC softmax "
+        "| AUROC cred, model wrong | AUROC softmax, model wrong |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for backend, body in result["backends"].items():
+        for name, metrics in body["sets"].items():
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        backend,
+                        name,
+                        str(metrics["n"]),
+                        _pct(metrics.get("model_accuracy")),
+                        _pct(metrics.get("dknn_accuracy")),
+                        _num(metrics["mean_credibility"]),
+                        _num(metrics.get("mean_credibility_correct")),
+                        _num(body["auroc_credibility"].get(name)),
+                        _num(body["auroc_softmax"].get(name)),
+                        _num(body["auroc_credibility_model_wrong"].get(name)),
+                        _num(body["auroc_softmax_model_wrong"].get(name)),
+                    ]
+                )
+                + " |"
+            )
+    lines += [
+        "",
+        "Validity (fraction of clean evaluation points with true-label p ≤ τ):",
+        "",
+        "| backend | " + " | ".join(f"τ={tau}" for tau in VALIDITY_TAUS) + " |",
+        "|---|" + "---|" * len(VALIDITY_TAUS),
+    ]
+    for backend, body in result["backends"].items():
+        lines.append(f"| {backend} | " + " | ".join(_num(body["validity"][str(tau)]) for tau in VALIDITY_TAUS) + " |")
+    layers = list(result["bundle"]["layers"])
+    if "recall_at_k" in result:
+        lines += [
+            "",
+            f"Annoy recall@{result['bundle']['k']} against exact search, per layer:",
+            "",
+            "| set | " + " | ".join(layers) + " |",
+            "|---|" + "---|" * len(layers),
+        ]
+        for name, per_layer in result["recall_at_k"].items():
+            lines.append(f"| {name} | " + " | ".join(_num(per_layer[layer]) for layer in layers) + " |")
+    if "detectors" in result:
+        names = list(next(iter(result["detectors"]["sets"].values())))
+        lines += [
+            "",
+            f"Detectors ({result['detectors']['backend']} backend; baselines on layer {result['detectors']['layer']}): "
+            "AUROC / FPR at 95% TPR, clean evaluation points as positives:",
+            "",
+            "| set | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
+        ]
+        for set_name, per_detector in result["detectors"]["sets"].items():
+            lines.append(
+                f"| {set_name} | "
+                + " | ".join(
+                    f"{_num(per_detector[n]['auroc'])} / {_num(per_detector[n]['fpr_at_95_tpr'])}" for n in names
+                )
+                + " |"
+            )
+        stem = _stem(result)
+        lines += ["", f"![reliability]({stem}-reliability.png) ![credibility]({stem}-credibility.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def _stem(result: dict) -> str:
+    suffix = f"-{result['bundle']['version']}-extended" if result.get("extended") else ""
+    return f"quality-{result['bundle']['model']}{suffix}"
+
+
+def write_results(result: dict, out_dir: Path) -> None:
+    save_report(result, markdown(result), out_dir, _stem(result))
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.2f}%"
+
+
+def _num(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"

@@ -1,0 +1,166 @@
+"""The stream benchmark: events/s and event latency through a real broker (`dknn-agent bench stream`).
+
+Phase 1 (throughput): N clean events are published first, then one in-process agent drains them;
+events/s = N / (time from its first poll to the last commit). Phase 2 (latency): events are
+published at a fixed rate below that throughput while the agent runs; an event's latency is the
+broker timestamp of its score record minus the `timestamp_ms` the producer stamped on it, so it
+includes the broker hops, batching, scoring and the confirmed produce.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.engine.dknn import DkNN
+from agent.research.bench.reports import save_report
+from agent.research.demo_traffic import DemoData, load_demo_data, paced
+from agent.runtime.drift import ShiftDetector
+from agent.runtime.events import encode_event
+from agent.runtime.pipeline import Pipeline, PipelineOptions, Topics
+from agent.runtime.telemetry import Telemetry
+from connectors.base import Record
+from connectors.kafka import KafkaSink, KafkaSource, ensure_topics
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    artifacts: Path
+    bootstrap_servers: str
+    count: int = 5000
+    latency_count: int = 2000
+    latency_rate: float | None = None  # default: half the measured throughput
+    batch_size: int = 64
+    partitions: int = 3
+    out_dir: Path = Path("docs/results")
+
+
+def _publish(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    with KafkaSink(bootstrap) as sink:
+        for value in values:
+            sink.send(topic, value)
+        sink.flush(120)
+
+
+def _paced_events(data: DemoData, n: int, rate: float, bootstrap: str, topic: str) -> None:
+    with KafkaSink(bootstrap) as sink:
+        for i in paced(range(n), rate):
+            x = data.clean[i % len(data.clean)]
+            stamp = int(time.time() * 1000)
+            sink.send(topic, encode_event(f"lat-{i}", x, data.model_name, data.model_version, timestamp_ms=stamp))
+        sink.flush(120)
+
+
+def _latency_stamps(
+    bootstrap: str, topic: str, expected: int, stamp: Callable[[Record], int | None], timeout_s: float = 300
+) -> dict[str, int]:
+    """event_id -> stamp(record) for the latency-phase events ("lat-" ids) found on `topic`."""
+    found: dict[str, int] = {}
+    deadline = time.monotonic() + timeout_s
+    with KafkaSource(bootstrap, [topic], f"bench-reader-{uuid.uuid4().hex[:8]}") as source:
+        while len(found) < expected and time.monotonic() < deadline:
+            for record in source.poll(2000, 0.5):
+                event_id = json.loads(record.value)["event_id"]
+                if event_id.startswith("lat-") and (value := stamp(record)) is not None:
+                    found.setdefault(event_id, value)
+    return found
+
+
+def run_stream(options: StreamOptions) -> dict:
+    run_id = uuid.uuid4().hex[:8]
+    topics = {kind: f"bench-{run_id}-{kind}" for kind in ("input", "quarantine", "dead-letter", "scores")}
+    ensure_topics(options.bootstrap_servers, [topics["input"]], partitions=options.partitions)
+    ensure_topics(options.bootstrap_servers, [topics["quarantine"], topics["dead-letter"], topics["scores"]])
+    data = load_demo_data(options.artifacts, None, need_fgsm=False)
+    _publish(
+        options.bootstrap_servers,
+        topics["input"],
+        [
+            encode_event(f"thr-{i}", data.clean[i % len(data.clean)], data.model_name, data.model_version)
+            for i in range(options.count)
+        ],
+    )
+
+    scorer = DkNN.from_bundle(options.artifacts)
+    source = KafkaSource(
+        options.bootstrap_servers, [topics["input"]], f"bench-agent-{run_id}", max_poll_records=options.batch_size
+    )
+    sink = KafkaSink(options.bootstrap_servers)
+    pipeline = Pipeline(
+        scorer,
+        source,
+        sink,
+        Topics(topics["quarantine"], topics["dead-letter"], topics["scores"]),
+        Telemetry(),
+        ShiftDetector(scorer.calibration_label_free),
+        PipelineOptions(batch_size=options.batch_size, max_batch_wait_s=0.05),
+    )
+    stop = threading.Event()
+    agent = threading.Thread(target=pipeline.run, args=(stop,), name="agent")
+    agent.start()
+    try:
+        while pipeline.stats.consumed == 0:
+            time.sleep(0.01)
+        started = time.monotonic()
+        while pipeline.stats.consumed < options.count:
+            time.sleep(0.01)
+        throughput = options.count / (time.monotonic() - started)
+        rate = options.latency_rate or max(1.0, throughput / 2)
+        _paced_events(data, options.latency_count, rate, options.bootstrap_servers, topics["input"])
+        scored = _latency_stamps(
+            options.bootstrap_servers, topics["scores"], options.latency_count, lambda record: record.timestamp_ms
+        )
+    finally:
+        stop.set()
+        agent.join(60)
+        source.close()
+        sink.close()
+    sent = _latency_stamps(
+        options.bootstrap_servers,
+        topics["input"],
+        options.latency_count,
+        lambda record: json.loads(record.value)["timestamp_ms"],
+    )
+    latencies_ms = np.array([scored[e] - sent[e] for e in scored if e in sent], dtype=float)
+    result = {
+        "benchmark": "stream",
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "bundle": {"model": scorer.manifest.model.name, "version": scorer.manifest.model.version},
+        "batch_size": options.batch_size,
+        "partitions": options.partitions,
+        "throughput_events_per_s": round(throughput, 1),
+        "throughput_events": options.count,
+        "latency_rate_events_per_s": round(rate, 1),
+        "latency_events": int(len(latencies_ms)),
+        "latency_ms": {
+            q: round(float(np.percentile(latencies_ms, p)), 1)
+            for q, p in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
+        }
+        if len(latencies_ms)
+        else {},
+    }
+    _write(result, options.out_dir)
+    return result
+
+
+def _write(result: dict[str, Any], out_dir: Path) -> None:
+    lat = result["latency_ms"]
+    text = (
+        f"# Stream: {result['bundle']['model']} {result['bundle']['version']}\n\n"
+        f"One agent (batch size {result['batch_size']}, {result['partitions']} input partitions), "
+        f"real Kafka broker on 127.0.0.1.\n\n"
+        f"| throughput (events/s) | latency rate (events/s) | p50 ms | p90 ms | p99 ms | max ms |\n"
+        f"|---|---|---|---|---|---|\n"
+        f"| {result['throughput_events_per_s']} | {result['latency_rate_events_per_s']} | {lat.get('p50')} | "
+        f"{lat.get('p90')} | {lat.get('p99')} | {lat.get('max')} |\n"
+    )
+    save_report(result, text, out_dir, f"stream-{result['bundle']['model']}")

@@ -1,0 +1,276 @@
+"""The streaming loop: poll → decode → score → route → confirm → account → commit.
+
+Delivery is at-least-once (docs/design.md §5): each polled batch is fully routed, every output is
+confirmed by the sink's `flush`, and only then are the batch's offsets committed. Nothing is held
+across polls, so a rebalance or a crash can only replay the uncommitted batch, never skip it.
+
+Side effects happen once per batch, in this order, whatever the broker does:
+
+1. `_prepare`: decode and score every record, and build every output message. Pure but for the
+   stage timers, so it runs once.
+2. `_deliver`: send the messages and wait for the sink to confirm them. This is the only step a
+   retriable fault repeats; a repeat re-sends the same messages (duplicates are allowed,
+   gaps are not).
+3. `_account`: counters, histograms, the drift detector and the live summary, once the outputs
+   are confirmed, so a retried flush never counts an event twice or feeds the detector twice.
+4. commit the offsets (retried on its own).
+
+A low-credibility event is a normal result (routed to quarantine); a malformed one is data
+(routed to the dead-letter topic with its original bytes); only faults raise. The one exception to
+"original bytes": a dead letter the sink refuses outright when it is sent (over the producer's
+size limit once our headers are added) goes out empty with a `dknn.value.omitted: <bytes>`
+header, rather than crash-looping the agent on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from agent.engine.dknn import DkNN, ScoreBatch
+from agent.errors import ConnectorError, EventError
+from agent.runtime.drift import ShiftDetector
+from agent.runtime.events import DecodedEvent, decode_event
+from agent.runtime.routing import (
+    QUARANTINED,
+    Outcome,
+    dead_letter_headers,
+    provenance_headers,
+    quarantine_record,
+    score_record,
+    verdicts,
+)
+from agent.runtime.settings import AgentSettings
+from agent.runtime.telemetry import Telemetry
+from connectors.base import Headers, Record, Sink, Source, next_offsets
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def _setting_default(name: str) -> Any:
+    """The default of an agent setting: the settings model is the one source of every default."""
+    return AgentSettings.model_fields[name].default
+
+
+@dataclass(frozen=True)
+class Topics:
+    quarantine: str
+    dead_letter: str
+    scores: str | None = None
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """The settings the loop itself reads; `from_settings` copies them from the agent's settings."""
+
+    threshold: float = _setting_default("threshold")
+    batch_size: int = _setting_default("batch_size")
+    max_batch_wait_s: float = _setting_default("max_batch_wait_s")
+    max_event_bytes: int = _setting_default("max_event_bytes")
+    flush_timeout_s: float = _setting_default("flush_timeout_s")
+    retry_budget_s: float = _setting_default("retry_budget_s")
+
+    @classmethod
+    def from_settings(cls, settings: AgentSettings) -> PipelineOptions:
+        return cls(**{name: getattr(settings, name) for name in cls.__dataclass_fields__})
+
+
+@dataclass
+class PipelineStats:
+    """Running totals for the live summary (Prometheus has the same numbers as counters)."""
+
+    consumed: int = 0
+    scored: int = 0
+    quarantined: int = 0
+    dead_lettered: int = 0
+    credibility_sum: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def mean_credibility(self) -> float:
+        return self.credibility_sum / self.scored if self.scored else float("nan")
+
+
+@dataclass(frozen=True)
+class Message:
+    """One output record; `fallback` is sent instead when the sink refuses this one outright."""
+
+    topic: str
+    value: bytes
+    key: bytes | None
+    headers: Headers
+    fallback: Message | None = None
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """One polled batch, decoded and scored, with every output it owes; nothing sent yet."""
+
+    invalid: list[tuple[Record, EventError]]
+    valid: list[tuple[Record, DecodedEvent]]
+    scores: ScoreBatch | None
+    quarantined: np.ndarray  # (len(valid),) bool
+    messages: list[Message]
+
+
+class Pipeline:
+    def __init__(
+        self,
+        scorer: DkNN,
+        source: Source,
+        sink: Sink,
+        topics: Topics,
+        telemetry: Telemetry,
+        shift: ShiftDetector,
+        options: PipelineOptions | None = None,
+    ) -> None:
+        self.scorer = scorer
+        self.source = source
+        self.sink = sink
+        self.topics = topics
+        self.telemetry = telemetry
+        self.shift = shift
+        self.options = options or PipelineOptions()
+        self.stats = PipelineStats()
+        source.on_revoke(self._forget_partitions)
+
+    def _forget_partitions(self, partitions: set[tuple[str, int]]) -> None:
+        """A revoked partition's lag belongs to its new owner now."""
+        for topic, partition in partitions:
+            self.telemetry.clear_lag(topic, partition)
+
+    def run(self, stop: threading.Event) -> None:
+        """Processes batches until `stop` is set or a finite source runs dry; the batch in hand is
+        always finished (routed, confirmed, committed) first."""
+        while not stop.is_set():
+            with self.telemetry.stage("poll"):
+                records = self.source.poll(self.options.batch_size, self.options.max_batch_wait_s)
+            self.telemetry.set_ready(bool(self.source.assignment()))
+            if records:
+                self.process(records)
+                for (topic, partition), lag in self.source.lag().items():
+                    self.telemetry.set_lag(topic, partition, lag)
+            elif self.source.exhausted:
+                return
+
+    def process(self, records: list[Record]) -> None:
+        """Routes one batch, waits for the sink to confirm it, accounts for it, then commits."""
+        self.telemetry.consumed(len(records))
+        self.stats.consumed += len(records)
+        batch = self._prepare(records)
+        self._retrying(lambda: self._deliver(batch.messages), "deliver and flush")
+        self._account(batch)
+        offsets = next_offsets(records)
+        with self.telemetry.stage("commit"):
+            self._retrying(lambda: self.source.commit(offsets), "commit")
+
+    # -- 1. decode, score, build messages (once) ---------------------------------------------
+
+    def _prepare(self, records: list[Record]) -> PreparedBatch:
+        manifest = self.scorer.manifest
+        invalid: list[tuple[Record, EventError]] = []
+        valid: list[tuple[Record, DecodedEvent]] = []
+        with self.telemetry.stage("decode"):
+            for record in records:
+                try:
+                    event = decode_event(
+                        record.value, manifest.input, manifest.model.name, self.options.max_event_bytes
+                    )
+                except EventError as error:
+                    invalid.append((record, error))
+                else:
+                    valid.append((record, event))
+        messages = [self._dead_letter(record, error) for record, error in invalid]
+        scores, quarantined = None, np.zeros(0, dtype=bool)
+        if valid:
+            scores = self.scorer.score(np.stack([event.x for _, event in valid]), stage=self.telemetry.stage)
+            verdict = verdicts(scores.credibility, self.options.threshold)
+            quarantined = verdict == QUARANTINED
+            for row, (record, event) in enumerate(valid):
+                outcome = Outcome(record=record, event=event, scores=scores, row=row, verdict=str(verdict[row]))
+                messages.extend(self._scored_messages(outcome))
+        return PreparedBatch(invalid, valid, scores, quarantined, messages)
+
+    def _dead_letter(self, record: Record, error: EventError) -> Message:
+        headers = dead_letter_headers(record, error)
+        # A replay of bytes the sink refuses would be refused again, for ever (a poison pill), so
+        # the fallback goes without the value and says so; the original stays on the input topic
+        # at the position the headers cite.
+        key = record.key if record.key is None or len(record.key) <= 1024 else None
+        omitted = Message(
+            self.topics.dead_letter, b"", key, [*headers, ("dknn.value.omitted", str(len(record.value)).encode())]
+        )
+        return Message(self.topics.dead_letter, record.value, record.key, headers, fallback=omitted)
+
+    def _scored_messages(self, outcome: Outcome) -> list[Message]:
+        key = outcome.record.key or outcome.event.event_id.encode()
+        headers = provenance_headers(outcome.record, self.scorer.manifest)
+        out = []
+        if self.topics.scores:
+            out.append(Message(self.topics.scores, score_record(outcome), key, headers))
+        if outcome.verdict == QUARANTINED:
+            body = quarantine_record(outcome, self.options.threshold, self.scorer.manifest.layer_names)
+            out.append(Message(self.topics.quarantine, body, key, headers))
+        return out
+
+    # -- 2. send and confirm (the only step that is retried) ---------------------------------
+
+    def _deliver(self, messages: list[Message]) -> None:
+        with self.telemetry.stage("produce"):
+            for message in messages:
+                self._send(message)
+            self.sink.flush(self.options.flush_timeout_s)
+
+    def _send(self, message: Message) -> None:
+        try:
+            self.sink.send(message.topic, message.value, key=message.key, headers=message.headers)
+        except ConnectorError as refused:
+            if refused.retriable or message.fallback is None:
+                raise
+            log.warning(
+                "%s refused a %d-byte record (%s); sending its fallback", message.topic, len(message.value), refused
+            )
+            self._send(message.fallback)
+
+    # -- 3. metrics, drift detector, summary (once, after confirmation) ----------------------
+
+    def _account(self, batch: PreparedBatch) -> None:
+        for _, error in batch.invalid:
+            self.telemetry.dead_lettered(error.reason)
+        self.stats.dead_lettered += len(batch.invalid)
+        scores = batch.scores
+        if scores is None:
+            return
+        self.telemetry.scored(
+            scores.credibility, scores.confidence, scores.prediction, scores.model_prediction, batch.quarantined
+        )
+        self.shift.update(scores.label_free_score)
+        self.telemetry.set_shift(self.shift.log10_martingale, self.shift.alarm)
+        self.stats.scored += len(batch.valid)
+        self.stats.quarantined += int(batch.quarantined.sum())
+        self.stats.credibility_sum += float(scores.credibility.sum())
+        now_ms = time.time() * 1000
+        stamps = [event.timestamp_ms for _, event in batch.valid if event.timestamp_ms is not None]
+        if stamps:
+            self.telemetry.observe_latency((now_ms - np.asarray(stamps, dtype=float)) / 1000)
+
+    def _retrying(self, action: Callable[[], T], what: str) -> T:
+        """Retries retriable connector faults (a broker restart) with backoff, within a budget."""
+        deadline = time.monotonic() + self.options.retry_budget_s
+        delay = 0.5
+        while True:
+            try:
+                return action()
+            except ConnectorError as error:
+                if not error.retriable or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("%s failed (%s); retrying in %.1fs", what, error, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)

@@ -1,0 +1,224 @@
+"""The agent's one settings model: CLI flags > `DKNN_*` environment > YAML file > defaults.
+
+Why one frozen model: every knob is named, typed, unit-suffixed (`max_batch_wait_s`) and
+validated once at start-up, so a typo or a bad value fails the process before it consumes a
+single event, with a one-line `ConfigError` naming the field, instead of surfacing mid-stream.
+Settings hold *references* (paths, topic names); the loaders that open them run at start-up.
+
+Sources and precedence (highest first):
+
+1. `overrides`: the CLI's parsed flags. `None` means "flag not given" and is dropped, so an
+   absent flag never masks the environment or the file.
+2. environment: `DKNN_<FIELD>`, nested with `__`: `DKNN_KAFKA_SECURITY__SASL_MECHANISM=PLAIN`.
+   Empty variables count as unset (Helm charts like to render `value: ""`).
+3. the YAML file given with `--config`: a mapping of field names; `-` is accepted for `_`
+   (`bootstrap-servers:` like the flag). Unknown keys are errors, not silently ignored.
+4. the defaults below.
+
+Nested values merge key by key across sources (a YAML `kafka_security.security_protocol` and an
+environment `..._SASL_MECHANISM` combine). Secrets are `SecretStr`: they print as `**********`
+and `masked_dump` is what gets logged.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from agent.errors import ConfigError
+from agent.runtime.events import DEFAULT_MAX_EVENT_BYTES
+from agent.runtime.routing import DEFAULT_THRESHOLD
+from connectors.kafka_security import KafkaSecurity
+from connectors.registry import split_uri
+
+TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,249}$"  # Kafka's legal topic names
+_yaml_layer: ContextVar[dict[str, Any] | None] = ContextVar("dknn_yaml_layer", default=None)
+
+
+class _YamlLayer(PydanticBaseSettingsSource):
+    """The already-read YAML mapping of the `load_settings` call in progress (empty otherwise)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return (_yaml_layer.get() or {}).get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_yaml_layer.get() or {})
+
+
+class AgentSettings(BaseSettings):
+    """Everything `dknn-agent run` can be told; see the module docstring for where values come from."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DKNN_", env_nested_delimiter="__", env_ignore_empty=True, frozen=True, extra="forbid"
+    )
+
+    artifacts: Path = Field(description="bundle directory (written by `dknn-agent fit` or `train-reference`)")
+    bootstrap_servers: str | None = Field(
+        None, description="Kafka brokers, host:port[,host:port]; needed unless both source and sink are files"
+    )
+    input_topic: str = Field("inference-events", pattern=TOPIC_PATTERN, description="topic of v1 inference events")
+    quarantine_topic: str = Field(
+        "inference-quarantine", pattern=TOPIC_PATTERN, description="where low-credibility events go for review"
+    )
+    dead_letter_topic: str = Field(
+        "inference-dead-letter", pattern=TOPIC_PATTERN, description="where malformed events go, bytes untouched"
+    )
+    scores_topic: str | None = Field(
+        None, pattern=TOPIC_PATTERN, description="optional: a compact score record for every valid event"
+    )
+    group_id: str = Field(
+        "dknn-agent",
+        min_length=1,
+        max_length=255,
+        description="consumer group; replicas in one group share the partitions",
+    )
+    metrics_host: str = Field("0.0.0.0", description="address /metrics, /healthz and /readyz bind to")
+    metrics_port: int = Field(
+        9108, ge=0, le=65535, description="port of /metrics, /healthz, /readyz; 0 = any free port"
+    )
+    threshold: float = Field(
+        DEFAULT_THRESHOLD,
+        gt=0.0,
+        lt=1.0,
+        description="quarantine below this credibility; flags about this share of clean traffic",
+    )
+    batch_size: int = Field(64, ge=1, le=100_000, description="events per micro-batch (one forward pass)")
+    max_batch_wait_s: float = Field(0.2, ge=0.0, le=60.0, description="longest wait to fill a micro-batch")
+    max_event_bytes: int = Field(
+        DEFAULT_MAX_EVENT_BYTES, ge=64, le=64 * 1_048_576, description="larger events are dead-lettered unparsed"
+    )
+    flush_timeout_s: float = Field(30.0, gt=0.0, le=600.0, description="longest wait for the sink to confirm a batch")
+    retry_budget_s: float = Field(
+        120.0, ge=0.0, le=3600.0, description="how long a retriable broker fault may last before the agent exits"
+    )
+    index: Literal["annoy", "exact"] = Field(
+        "annoy", description="neighbour backend; exact brute-forces the same bundle"
+    )
+    search_k: int | None = Field(None, ge=-1, description="Annoy nodes inspected per query; unset = the bundle's")
+    shift_lambda: float = Field(
+        100.0,
+        gt=1.0,
+        allow_inf_nan=False,
+        description="shift alarm when the test martingale reaches this; false-alarm rate ≤ 1/λ",
+    )
+    source: str | None = Field(
+        None,
+        description="input connector URI instead of Kafka at bootstrap_servers: file:PATH (JSONL) or kafka://HOST:PORT",
+    )
+    sink: str | None = Field(
+        None, description="output connector URI: file:DIR (one JSONL file per topic) or kafka://HOST:PORT"
+    )
+    kafka_security: KafkaSecurity = Field(default_factory=KafkaSecurity, description="TLS / SASL for Kafka")
+
+    @field_validator("source", "sink")
+    @classmethod
+    def _connector_uri(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                split_uri(value)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _kafka_needs_servers(self) -> AgentSettings:
+        if self.bootstrap_servers is None and (self.source is None or self.sink is None):
+            raise ValueError("bootstrap_servers is required unless both source and sink are given as URIs")
+        return self
+
+    @property
+    def source_uri(self) -> str:
+        """Where events come from: `source`, else the Kafka cluster at `bootstrap_servers`."""
+        return self.source or f"kafka://{self.bootstrap_servers}"
+
+    @property
+    def sink_uri(self) -> str:
+        """Where outputs go: `sink`, else the Kafka cluster at `bootstrap_servers`."""
+        return self.sink or f"kafka://{self.bootstrap_servers}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlLayer(settings_cls))  # no .env, no secrets dir
+
+
+def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            value = _drop_none(value)
+        if value is not None and value != {}:
+            out[key] = value
+    return out
+
+
+def _check_keys(data: dict[str, Any], model: type[BaseModel], where: str, prefix: str = "") -> dict[str, Any]:
+    """Normalises `-` to `_` and refuses unknown keys, naming the file and the key."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        field = model.model_fields.get(name)
+        if field is None:
+            raise ConfigError(f"{where}: unknown setting {prefix}{key!s}")
+        if name == "kafka_security" and isinstance(value, dict):
+            value = _check_keys(value, KafkaSecurity, where, prefix=f"{name}.")
+        out[name] = value
+    return out
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: invalid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    return _check_keys(data, AgentSettings, str(path))
+
+
+def _one_line(exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0]
+    field = ".".join(str(part) for part in first["loc"]) or "settings"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"invalid setting {field}: {first['msg']}{more}"
+
+
+def load_settings(config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> AgentSettings:
+    """Merges the four sources (see module docstring); every problem is one `ConfigError` line."""
+    layer = read_yaml(config_file) if config_file is not None else {}
+    given = _drop_none(dict(overrides or {}))
+    token = _yaml_layer.set(layer)
+    try:
+        return AgentSettings(**given)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+    except (ValueError, TypeError) as exc:  # e.g. malformed JSON in a complex env variable
+        raise ConfigError(f"invalid settings: {' '.join(str(exc).split())}") from None
+    finally:
+        _yaml_layer.reset(token)
+
+
+def masked_dump(settings: AgentSettings) -> dict[str, Any]:
+    """The effective configuration for the start-up log: JSON types, secrets as `**********`."""
+    return settings.model_dump(mode="json")

@@ -1,0 +1,248 @@
+"""Prometheus telemetry (docs/design.md §6): every metric the agent exports, in one place.
+
+The only module that imports prometheus_client: the pipeline calls small, typed hooks
+(`consumed`, `scored`, `dead_lettered`, ...) so metric names, units and label sets are decided in
+one place and a test can check them. Every label takes values from a bounded set (verdict,
+dead-letter reason, stage, class index, topic/partition, window); anything per-event (event id,
+tenant, offset) would explode Prometheus' series count and never becomes a label.
+
+Each `Telemetry` owns its own `CollectorRegistry`, not the process-global default, so tests can
+build as many as they like and a library import never registers metrics behind anyone's back.
+"""
+
+from __future__ import annotations
+
+import platform
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+import numpy as np
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.exposition import generate_latest
+
+from agent import __version__
+from agent.engine.manifest import Manifest
+from agent.errors import EVENT_ERROR_REASONS
+from agent.runtime.routing import VERDICTS
+
+NAMESPACE = "dknn"
+STAGES = ("poll", "decode", "activations", "knn", "score", "produce", "commit")
+DEAD_LETTER_REASONS = (*EVENT_ERROR_REASONS, "other")
+WINDOWS = (100, 1000)
+PROBABILITY_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class _LowCredibilityWindow:
+    """The last `size` quarantine decisions in a ring buffer: O(size) memory whatever the rate."""
+
+    def __init__(self, size: int) -> None:
+        self._ring = np.zeros(size, dtype=bool)
+        self._pos = 0
+        self._count = 0
+
+    def extend(self, low: np.ndarray) -> None:
+        low = low[-len(self._ring) :]
+        idx = (self._pos + np.arange(len(low))) % len(self._ring)
+        self._ring[idx] = low
+        self._pos = (self._pos + len(low)) % len(self._ring)
+        self._count = min(self._count + len(low), len(self._ring))
+
+    def ratio(self, last: int) -> float:
+        n = min(last, self._count)
+        if n == 0:
+            return 0.0
+        idx = (self._pos - 1 - np.arange(n)) % len(self._ring)
+        return float(self._ring[idx].mean())
+
+
+class Telemetry:
+    """All agent metrics on one private registry, plus the readiness flag /readyz reports."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        reg, ns = self.registry, NAMESPACE
+        self.events_consumed = Counter(
+            "events_consumed", "Records polled from the input topic.", namespace=ns, registry=reg
+        )
+        self.events_scored = Counter(
+            "events_scored", "Valid events scored, by routing verdict.", ["verdict"], namespace=ns, registry=reg
+        )
+        self.events_dead_lettered = Counter(
+            "events_dead_lettered",
+            "Invalid events sent to the dead-letter topic, by reason.",
+            ["reason"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.credibility = Histogram(
+            "credibility",
+            "DkNN credibility (max p-value) of scored events.",
+            namespace=ns,
+            registry=reg,
+            buckets=PROBABILITY_BUCKETS,
+        )
+        self.confidence = Histogram(
+            "confidence",
+            "DkNN confidence (1 - second largest p-value).",
+            namespace=ns,
+            registry=reg,
+            buckets=CONFIDENCE_BUCKETS,
+        )
+        self.predictions = Counter(
+            "predictions", "DkNN predictions, by class index.", ["label"], namespace=ns, registry=reg
+        )
+        self.model_disagreements = Counter(
+            "model_disagreements",
+            "Events where the DkNN prediction differs from the model's own.",
+            namespace=ns,
+            registry=reg,
+        )
+        self.stage_duration = Histogram(
+            "stage_duration_seconds",
+            "Wall time per pipeline stage and batch.",
+            ["stage"],
+            namespace=ns,
+            registry=reg,
+            buckets=STAGE_BUCKETS,
+        )
+        self.event_latency = Histogram(
+            "event_latency_seconds",
+            "Event timestamp to scored, per event.",
+            namespace=ns,
+            registry=reg,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.consumer_lag = Gauge(
+            "consumer_lag_messages",
+            "Messages behind the partition end.",
+            ["topic", "partition"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.shift_martingale = Gauge(
+            "shift_martingale_log10", "log10 of the conformal shift martingale.", namespace=ns, registry=reg
+        )
+        self.shift_alarm = Gauge(
+            "shift_alarm", "1 once the shift martingale has reached its threshold.", namespace=ns, registry=reg
+        )
+        self.low_credibility_ratio = Gauge(
+            "low_credibility_ratio",
+            "Fraction of the last N scored events below the quarantine threshold.",
+            ["window"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.bundle_info = Info("bundle", "The artifact bundle being served.", namespace=ns, registry=reg)
+        self.build_info = Info("build", "dknn-agent build.", namespace=ns, registry=reg)
+        self.build_info.info({"version": __version__, "python": platform.python_version()})
+        for verdict in VERDICTS:  # pre-create: a rate() over a series that appears late misses its start
+            self.events_scored.labels(verdict=verdict)
+        for reason in DEAD_LETTER_REASONS:
+            self.events_dead_lettered.labels(reason=reason)
+        for stage in STAGES:
+            self.stage_duration.labels(stage=stage)
+        self._window = _LowCredibilityWindow(max(WINDOWS))
+        for window in WINDOWS:
+            self.low_credibility_ratio.labels(window=str(window)).set(0.0)
+        self._num_classes: int | None = None
+        self._ready = threading.Event()
+
+    # -- hooks the pipeline calls ------------------------------------------------------------
+
+    def consumed(self, n: int) -> None:
+        self.events_consumed.inc(n)
+
+    def scored(
+        self,
+        credibility: np.ndarray,
+        confidence: np.ndarray,
+        prediction: np.ndarray,
+        model_prediction: np.ndarray,
+        quarantined: np.ndarray,
+    ) -> None:
+        """One micro-batch of scored events; all arrays have one entry per event."""
+        quarantined = np.asarray(quarantined, dtype=bool)
+        n_quarantined = int(quarantined.sum())
+        self.events_scored.labels(verdict="quarantined").inc(n_quarantined)
+        self.events_scored.labels(verdict="accepted").inc(len(quarantined) - n_quarantined)
+        for value in np.asarray(credibility, dtype=float):
+            self.credibility.observe(value)
+        for value in np.asarray(confidence, dtype=float):
+            self.confidence.observe(value)
+        prediction = np.asarray(prediction, dtype=np.int64)
+        labels, counts = np.unique(prediction, return_counts=True)
+        for label, count in zip(labels.tolist(), counts.tolist(), strict=True):
+            if label >= 0 and (self._num_classes is None or label < self._num_classes):
+                self.predictions.labels(label=str(label)).inc(count)
+        self.model_disagreements.inc(int((prediction != np.asarray(model_prediction)).sum()))
+        self._window.extend(quarantined)
+        for window in WINDOWS:
+            self.low_credibility_ratio.labels(window=str(window)).set(self._window.ratio(window))
+
+    def dead_lettered(self, reason: str, n: int = 1) -> None:
+        """Unknown reasons are counted as "other" so a new error path cannot add label values."""
+        self.events_dead_lettered.labels(reason=reason if reason in DEAD_LETTER_REASONS else "other").inc(n)
+
+    def observe_latency(self, seconds: float | np.ndarray) -> None:
+        """Clock skew between producer and agent can make latency negative; it is clamped to 0."""
+        for value in np.atleast_1d(np.asarray(seconds, dtype=float)):
+            self.event_latency.observe(max(float(value), 0.0))
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Times a block into dknn_stage_duration_seconds{stage=name}, also when it raises."""
+        if name not in STAGES:
+            raise ValueError(f"unknown stage {name!r}; one of {', '.join(STAGES)}")
+        histogram = self.stage_duration.labels(stage=name)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            histogram.observe(time.perf_counter() - start)
+
+    def set_lag(self, topic: str, partition: int, lag: int) -> None:
+        self.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
+
+    def clear_lag(self, topic: str, partition: int) -> None:
+        """Drop a revoked partition's series so its last value does not linger as a false lag."""
+        with suppress(KeyError):
+            self.consumer_lag.remove(topic, str(partition))
+
+    def set_shift(self, log10_martingale: float, alarm: bool) -> None:
+        self.shift_martingale.set(log10_martingale)
+        self.shift_alarm.set(1.0 if alarm else 0.0)
+
+    def set_bundle(self, manifest: Manifest) -> None:
+        self._num_classes = manifest.model.num_classes
+        self.bundle_info.info(
+            {
+                "model": manifest.model.name,
+                "version": manifest.model.version,
+                "k": str(manifest.k),
+                "layers": ",".join(manifest.layer_names),
+                "index": manifest.index.kind,
+                "calibration_size": str(manifest.calibration.size),
+            }
+        )
+        for label in range(self._num_classes):
+            self.predictions.labels(label=str(label))
+
+    def set_ready(self, ready: bool) -> None:
+        """The pipeline flips this once the bundle is loaded and partitions are assigned."""
+        if ready:
+            self._ready.set()
+        else:
+            self._ready.clear()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The metrics page and its content type, for the HTTP endpoint."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

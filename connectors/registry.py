@@ -1,0 +1,52 @@
+"""Choosing a connector from a URI, so settings name a place and this module knows how to open it.
+
+    kafka://HOST:PORT[,HOST:PORT]   a Kafka cluster (consumer group for a source, producer for a sink)
+    file:PATH                       a JSONL file (source) or a directory of JSONL files (sink)
+
+Kafka is imported only when a `kafka://` URI is opened, so file-only runs and tools that merely
+validate settings never load the client.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.errors import ConfigError
+from connectors.base import Sink, Source
+from connectors.kafka_security import KafkaSecurity
+
+SCHEMES = ("kafka://", "file:")
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    """`kafka://a:9092,b:9092` -> ("kafka", "a:9092,b:9092"); `file:out/` -> ("file", "out/")."""
+    for scheme in SCHEMES:
+        if uri.startswith(scheme) and len(uri) > len(scheme):
+            return scheme.rstrip(":/"), uri[len(scheme) :]
+    raise ConfigError(f"connector {uri!r}: expected kafka://HOST:PORT[,HOST:PORT] or file:PATH")
+
+
+def open_source(
+    uri: str, *, topic: str, group_id: str, max_poll_records: int, security: KafkaSecurity | None = None
+) -> Source:
+    """The source behind `uri`; a file source reads `uri`'s JSONL file as partition 0 of `topic`."""
+    scheme, target = split_uri(uri)
+    if scheme == "file":
+        from connectors.file import FileSource
+
+        return FileSource(Path(target), topic=topic)
+    from connectors.kafka import KafkaSource
+
+    return KafkaSource(target, [topic], group_id, max_poll_records=max_poll_records, security=security)
+
+
+def open_sink(uri: str, *, security: KafkaSecurity | None = None) -> Sink:
+    """The sink behind `uri`; a file sink writes `<dir>/<topic>.jsonl`."""
+    scheme, target = split_uri(uri)
+    if scheme == "file":
+        from connectors.file import FileSink
+
+        return FileSink(Path(target))
+    from connectors.kafka import KafkaSink
+
+    return KafkaSink(target, security=security)

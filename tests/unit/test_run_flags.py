@@ -1,0 +1,63 @@
+"""`run`'s flags come from the settings model: every setting has one, with its env variable in the help."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from agent.cli import build_parser
+from agent.cli.stream_commands import setting_overrides
+from agent.runtime.settings import AgentSettings, load_settings
+from connectors.kafka_security import KafkaSecurity
+
+
+def run_parser() -> argparse.ArgumentParser:
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices["run"]
+
+
+def test_every_setting_has_a_flag_naming_its_environment_variable() -> None:
+    flags = {opt: action for action in run_parser()._actions for opt in action.option_strings}
+    expected = [(name, f"DKNN_{name.upper()}") for name in AgentSettings.model_fields if name != "kafka_security"]
+    expected += [
+        (f"kafka_security_{name}", f"DKNN_KAFKA_SECURITY__{name.upper()}")
+        for name in KafkaSecurity.model_fields
+        if name != "sasl_plain_password"
+    ]
+    for name, env in expected:
+        flag = "--" + name.replace("_", "-")
+        assert flag in flags, f"setting {name} has no flag {flag}"
+        assert env in (flags[flag].help or ""), f"{flag}'s help does not name {env}"
+    assert "--kafka-security-sasl-plain-password" not in flags  # secrets: environment or file only
+
+
+def test_flags_become_nested_settings_and_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DKNN_SHIFT_LAMBDA", "50")
+    monkeypatch.setenv("DKNN_KAFKA_SECURITY__SASL_PLAIN_PASSWORD", "from-env")
+    args = run_parser().parse_args(
+        [
+            "--artifacts",
+            "b",
+            "--bootstrap-servers",
+            "k:9092",
+            "--shift-lambda",
+            "1000",
+            "--retry-budget-s",
+            "5",
+            "--kafka-security-security-protocol",
+            "SASL_SSL",
+            "--kafka-security-sasl-mechanism",
+            "PLAIN",
+        ]
+    )
+    settings = load_settings(None, setting_overrides(args))
+    assert (settings.shift_lambda, settings.retry_budget_s) == (1000.0, 5.0)
+    security = settings.kafka_security
+    assert (security.security_protocol, security.sasl_mechanism) == ("SASL_SSL", "PLAIN")
+    assert security.sasl_plain_password is not None and security.sasl_plain_password.get_secret_value() == "from-env"
+
+
+def test_a_choice_flag_refuses_an_unknown_value() -> None:
+    with pytest.raises(SystemExit):
+        run_parser().parse_args(["--artifacts", "b", "--index", "faiss"])
