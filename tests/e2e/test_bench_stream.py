@@ -1,0 +1,41 @@
+"""`make bench-stream`: `dknn-agent bench stream` through a real broker from deploy/local/kafka.sh, on a
+small stream. Throughput and latency are reported, never asserted: only that they were measured."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import explain, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_bench_stream(mnist_bundle: Path, kafka_broker: str, tmp_path: Path) -> None:
+    result = run_cli(
+        "bench",
+        "stream",
+        "--artifacts",
+        mnist_bundle,
+        "--bootstrap-servers",
+        kafka_broker,
+        "--count",
+        "300",
+        "--latency-count",
+        "100",
+        "--out",
+        tmp_path,
+        timeout=400,
+    )
+    assert result.returncode == 0, explain(result)
+    assert "# Stream: mnist-cnn seed0-e1-n1000" in result.stdout, explain(result)
+    assert re.search(r"^(\| [\d.]+ ){6}\|$", result.stdout, re.M), explain(result)  # the one row of numbers
+    saved = re.search(r"^saved (\S+\.json) and (\S+\.md)$", result.stdout, re.M)
+    assert saved and Path(saved.group(1)).parent == tmp_path and Path(saved.group(2)).is_file(), explain(result)
+    report = json.loads(Path(saved.group(1)).read_text())
+    assert report["benchmark"] == "stream" and report["bundle"] == {"model": "mnist-cnn", "version": "seed0-e1-n1000"}
+    assert report["throughput_events"] == 300 and report["latency_events"] == 100
+    assert report["throughput_events_per_s"] > 0 and set(report["latency_ms"]) == {"p50", "p90", "p99", "max"}
