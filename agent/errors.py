@@ -10,7 +10,11 @@
     ├── InputError            an input array does not fit the bundle's model (dtype, shape, NaN)
     │   └── EventError        one inference event cannot be scored; `reason` is a bounded label
     └── ConnectorError        a source or sink failed (broker unreachable, delivery not confirmed,
-                              disk full); nothing has been committed for the failed work
+        │                     disk full); nothing has been committed for the failed work
+        ├── CommitRejectedError    the consumer group moved on (a rebalance) before a commit: the batch
+        │                     goes to the partition's new owner; log it and keep going
+        └── DeliveryRefusedError   the sink refused particular records for good (too large, not
+                              authorised); `refused` says which, so each can be replaced
 
 A low-credibility input is a normal result, never an exception. `agent.cli` turns every
 `DknnError` into one line on stderr and exit code 2; anything else is a bug and keeps its traceback.
@@ -73,3 +77,21 @@ class ConnectorError(DknnError):
     def __init__(self, message: str, *, retriable: bool = False) -> None:
         super().__init__(message)
         self.retriable = retriable
+
+
+class CommitRejectedError(ConnectorError):
+    """The group rebalanced under us: the commit was refused, the batch will be redelivered to whoever
+    owns the partition now, and the consumer rejoins on its next poll. Never a reason to exit."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retriable=False)
+
+
+class DeliveryRefusedError(ConnectorError):
+    """Records the sink will never take as they are. `refused` maps each one's position among the
+    records sent since the previous flush to the reason; every other record was confirmed."""
+
+    def __init__(self, refused: dict[int, str]) -> None:
+        first = min(refused)
+        super().__init__(f"{len(refused)} record(s) refused for good (first: {refused[first]})", retriable=False)
+        self.refused = dict(refused)

@@ -100,7 +100,9 @@ class Source(ABC):
         """Durably record `offsets` (next offset to read) so a restart resumes after them.
 
         Offsets for partitions no longer assigned are skipped: their new owner decides.
-        Raises `ConnectorError` when the commit is not confirmed.
+        Raises `CommitRejectedError` when the group moved on before the commit (the batch will be
+        redelivered to the partitions' new owner; the caller goes on polling), and
+        `ConnectorError` when the commit is not confirmed for another reason.
         """
 
     def lag(self) -> dict[TopicPartition, int]:
@@ -135,14 +137,23 @@ class Sink(ABC):
 
     @abstractmethod
     def send(self, topic: str, value: bytes, key: bytes | None = None, headers: Headers = ()) -> None:
-        """Queue one message; raises `ConnectorError` only if it cannot even be queued."""
+        """Queue one message; raises `ConnectorError` only if it cannot even be queued
+        (non-retriable when this record can never be sent, e.g. over the producer's size limit)."""
 
     @abstractmethod
     def flush(self, timeout_s: float = 30.0) -> None:
-        """Block until everything sent since the last flush is confirmed.
+        """Block until everything sent since the previous `flush` call is settled.
 
-        Raises `ConnectorError` if any of it failed or was not confirmed within `timeout_s`;
-        the caller must then not commit the source offsets those messages belong to.
+        Returns normally only when every one of those records is confirmed. Otherwise, nothing
+        may be committed for them, and it raises:
+
+        - `ConnectorError(retriable=True)` when any record failed for a reason that may pass
+          (broker restart, timeout): the caller re-sends all of them (duplicates are allowed);
+        - `DeliveryRefusedError` when every failure is final for that record (too large for the
+          topic, not authorised): `refused` names them by position among the records sent
+          since the previous flush; all the others are confirmed.
+
+        Either way the records are settled: the next flush reports only what is sent after it.
         """
 
     @abstractmethod

@@ -3,14 +3,20 @@
 Why the settings are what they are:
 - `KafkaSource` never auto-commits. The pipeline commits explicit offsets after its sinks have
   confirmed every output for them (docs/design.md §5), so a crash replays at most the uncommitted tail.
-- `KafkaSink` is idempotent with acks=all: broker-side retries cannot duplicate or reorder a
-  partition, and `flush` is the delivery confirmation the pipeline waits on before committing.
+- `KafkaSink` uses acks=all with one request in flight per connection, so a retry cannot reorder a
+  partition, and `flush` is the delivery confirmation the pipeline waits on before committing. It
+  is deliberately *not* idempotent: kafka-python 3.0 turns any final error of an idempotent,
+  non-transactional producer (one record too large for its topic) into a fatal state that fails
+  every pending record and the producer for good, so one oversized record would take every other
+  output down with it. Without idempotence that record fails alone and is replaced by its fallback;
+  the price is a possible duplicate after a retry, which at-least-once delivery allows anyway.
 - Security settings are passed through untouched so SASL/TLS clusters need no code change.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from contextlib import suppress
 from typing import Any
@@ -22,7 +28,7 @@ from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import MemberState, OffsetAndMetadata
 from kafka.structs import TopicPartition as KafkaTopicPartition
 
-from agent.errors import ConnectorError
+from agent.errors import CommitRejectedError, ConnectorError, DeliveryRefusedError
 from connectors.base import Headers, Offsets, Record, Sink, Source, TopicPartition
 from connectors.kafka_security import KafkaSecurity
 
@@ -31,9 +37,23 @@ log = logging.getLogger(__name__)
 _TOPIC_EXISTS = kafka_errors.TopicAlreadyExistsError.errno
 
 
+def _is_retriable(exc: BaseException | None) -> bool:
+    """kafka-python marks each error class; a lost connection may always come back."""
+    return bool(getattr(exc, "retriable", False)) or isinstance(exc, kafka_errors.KafkaConnectionError)
+
+
 def _wrap(exc: BaseException, what: str) -> ConnectorError:
-    retriable = bool(getattr(exc, "retriable", False)) or isinstance(exc, kafka_errors.KafkaConnectionError)
-    return ConnectorError(f"{what}: {exc}", retriable=retriable)
+    return ConnectorError(f"{what}: {exc}", retriable=_is_retriable(exc))
+
+
+# The group generation moved on (a rebalance, e.g. after a broker restart): the commit is refused
+# and the partitions' new owner will replay the batch. The consumer rejoins on its next poll.
+_REBALANCED = (
+    kafka_errors.CommitFailedError,
+    kafka_errors.UnknownMemberIdError,
+    kafka_errors.IllegalGenerationError,
+    kafka_errors.RebalanceInProgressError,
+)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python ships no types
@@ -183,6 +203,8 @@ class KafkaSource(Source):
             return
         try:
             self._consumer.commit(offsets=to_commit, timeout_ms=self._commit_timeout_ms)
+        except _REBALANCED as exc:
+            raise CommitRejectedError(f"group {self._group_id!r} rebalanced before the commit: {exc}") from exc
         except kafka_errors.KafkaError as exc:
             raise _wrap(exc, f"commit failed for group {self._group_id!r}") from exc
 
@@ -198,7 +220,7 @@ class KafkaSource(Source):
 
 
 class KafkaSink(Sink):
-    """An idempotent producer that remembers what it sent until `flush` confirms it."""
+    """An acks=all producer that remembers what it sent until `flush` settles it (see module docstring)."""
 
     def __init__(
         self,
@@ -216,7 +238,8 @@ class KafkaSink(Sink):
             bootstrap_servers=bootstrap_servers,
             client_id=client_id,
             acks="all",
-            enable_idempotence=True,
+            enable_idempotence=False,  # see the module docstring
+            max_in_flight_requests_per_connection=1,  # retries keep each partition in order
             retries=2**31 - 1,  # bounded in time by delivery_timeout_ms, not by count
             delivery_timeout_ms=delivery_timeout_ms,
             linger_ms=linger_ms,
@@ -230,31 +253,44 @@ class KafkaSink(Sink):
             self._producer = KafkaProducer(**config)
         except kafka_errors.KafkaError as exc:
             raise _wrap(exc, f"cannot connect producer to {bootstrap_servers}") from exc
-        self._pending: list[tuple[str, FutureRecordMetadata]] = []
+        self._sent: list[tuple[str, FutureRecordMetadata]] = []  # since the previous flush
 
     def send(self, topic: str, value: bytes, key: bytes | None = None, headers: Headers = ()) -> None:
         try:
             future = self._producer.send(topic, value=value, key=key, headers=list(headers))
         except kafka_errors.KafkaError as exc:
             raise _wrap(exc, f"cannot queue a message for {topic!r}") from exc
-        self._pending.append((topic, future))
+        self._sent.append((topic, future))
 
     def flush(self, timeout_s: float = 30.0) -> None:
-        with suppress(kafka_errors.KafkaTimeoutError):  # reported below, per message, with any failures
+        """Waits for every record sent since the previous flush and classifies the failures (see
+        `Sink.flush`): a broker that is away is worth waiting for; a record the broker will never
+        take (too large for the topic, no write permission) is not, and must not block the rest."""
+        sent, self._sent = self._sent, []
+        deadline = time.monotonic() + timeout_s
+        # The client's flush can give up early (it raises "Future not done" while a batch the broker
+        # refused as too large is being split); the records' own futures are the truth, so wait on
+        # those. Failures are classified below, record by record.
+        with suppress(kafka_errors.KafkaError):
             self._producer.flush(timeout=timeout_s)
-        unconfirmed = [(t, f) for t, f in self._pending if not f.is_done]
-        failed = [(t, f) for t, f in self._pending if f.failed()]
-        # Finished futures are settled either way; unfinished ones stay for the next flush.
-        self._pending = unconfirmed
-        if failed:
-            topic, first = failed[0]
+        for _, future in sent:
+            remaining = deadline - time.monotonic()
+            if future.is_done or remaining <= 0:
+                continue
+            with suppress(kafka_errors.KafkaError):
+                future.get(timeout=remaining)
+        unconfirmed = sum(1 for _, future in sent if not future.is_done)
+        failed = [(i, topic, future.exception) for i, (topic, future) in enumerate(sent) if future.failed()]
+        transient = [(topic, exc) for _, topic, exc in failed if _is_retriable(exc)]
+        if unconfirmed or transient:
+            first = f" (first failure: {transient[0][0]!r}: {transient[0][1]})" if transient else ""
             raise ConnectorError(
-                f"{len(failed)} of the messages sent since the last flush were not delivered "
-                f"(first: {topic!r}: {first.exception})",
+                f"{unconfirmed} of {len(sent)} records not confirmed within {timeout_s:g}s, "
+                f"{len(transient)} failed{first}",
                 retriable=True,
             )
-        if unconfirmed:
-            raise ConnectorError(f"{len(unconfirmed)} messages not confirmed within {timeout_s:g}s", retriable=True)
+        if failed:
+            raise DeliveryRefusedError({i: f"{topic!r}: {exc}" for i, topic, exc in failed})
 
     def close(self, timeout_s: float = 5.0) -> None:
         self._producer.close(timeout=timeout_s)
@@ -266,6 +302,7 @@ def ensure_topics(
     partitions: int = 1,
     *,
     replication_factor: int = 1,
+    configs: Mapping[str, str] | None = None,
     security: KafkaSecurity | None = None,
     timeout_s: float = 30.0,
 ) -> None:
@@ -286,7 +323,10 @@ def ensure_topics(
     except kafka_errors.KafkaError as exc:
         raise _wrap(exc, f"cannot reach {bootstrap_servers} to create topics") from exc
     try:
-        spec = {n: {"num_partitions": partitions, "replication_factor": replication_factor} for n in names}
+        options: dict[str, Any] = {"num_partitions": partitions, "replication_factor": replication_factor}
+        if configs:
+            options["configs"] = dict(configs)
+        spec = {n: options for n in names}
         result = admin.create_topics(spec, timeout_ms=int(timeout_s * 1000), raise_errors=False)
         errors = [t for t in result["topics"] if t["error_code"] not in (0, _TOPIC_EXISTS)]
         if errors:

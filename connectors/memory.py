@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
-from agent.errors import ConnectorError
+from agent.errors import ConnectorError, DeliveryRefusedError
 from connectors.base import Headers, Offsets, Record, Sink, Source, TopicPartition
 
 
@@ -37,12 +38,17 @@ class MemorySource(Source):
 
 
 class MemorySink(Sink):
-    """Keeps confirmed messages per topic; `fail_next_flushes` simulates unconfirmed deliveries."""
+    """Keeps confirmed messages per topic.
+
+    `fail_next_flushes` simulates unconfirmed deliveries (retriable); `refuse(topic, value)`, when
+    set and returning a reason, simulates a broker that refuses that record for good at flush.
+    """
 
     def __init__(self) -> None:
         self.pending: list[tuple[str, bytes, bytes | None, Headers]] = []
         self.topics: dict[str, list[tuple[bytes, bytes | None, Headers]]] = defaultdict(list)
         self.fail_next_flushes = 0
+        self.refuse: Callable[[str, bytes], str | None] | None = None
 
     def send(self, topic: str, value: bytes, key: bytes | None = None, headers: Headers = ()) -> None:
         self.pending.append((topic, value, key, list(headers)))
@@ -52,8 +58,15 @@ class MemorySink(Sink):
         if self.fail_next_flushes:
             self.fail_next_flushes -= 1
             raise ConnectorError("simulated delivery failure", retriable=True)
-        for topic, value, key, headers in batch:
-            self.topics[topic].append((value, key, headers))
+        refused: dict[int, str] = {}
+        for i, (topic, value, key, headers) in enumerate(batch):
+            reason = self.refuse(topic, value) if self.refuse else None
+            if reason:
+                refused[i] = reason
+            else:
+                self.topics[topic].append((value, key, headers))
+        if refused:
+            raise DeliveryRefusedError(refused)
 
     def close(self) -> None:
         pass

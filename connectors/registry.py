@@ -27,14 +27,21 @@ def split_uri(uri: str) -> tuple[str, str]:
 
 
 def open_source(
-    uri: str, *, topic: str, group_id: str, max_poll_records: int, security: KafkaSecurity | None = None
+    uri: str,
+    *,
+    topic: str,
+    group_id: str,
+    max_poll_records: int,
+    max_record_bytes: int = 1 << 20,
+    security: KafkaSecurity | None = None,
 ) -> Source:
-    """The source behind `uri`; a file source reads `uri`'s JSONL file as partition 0 of `topic`."""
+    """The source behind `uri`; a file source reads `uri`'s JSONL file as partition 0 of `topic`,
+    cutting lines longer than `max_record_bytes` (they are dead-lettered as too large anyway)."""
     scheme, target = split_uri(uri)
     if scheme == "file":
         from connectors.file import FileSource
 
-        return FileSource(Path(target), topic=topic)
+        return FileSource(Path(target), topic=topic, max_line_bytes=max_record_bytes)
     from connectors.kafka import KafkaSource
 
     return KafkaSource(target, [topic], group_id, max_poll_records=max_poll_records, security=security)

@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 from agent.cli.options import parse_json_object, parse_layers, split_list
+from agent.engine.bundle import BundleTrust
 from agent.engine.fit import FitOptions
 from agent.engine.index import BACKENDS
-from agent.errors import ConfigError
+from agent.errors import BundleError, ConfigError
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -235,7 +236,37 @@ def _register_score(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=256, help="inputs per forward pass (default: 256)")
     parser.add_argument("--search-k", type=int, default=None, help="override the bundle's Annoy search_k")
+    add_trust_options(parser)
     parser.set_defaults(handler=_score)
+
+
+def add_trust_options(parser: argparse.ArgumentParser) -> None:
+    """What a bundle may do (docs/security.md): the factory modules it may name, its exact digest."""
+    from agent.engine.model_factory import DEFAULT_FACTORY_MODULES
+
+    group = parser.add_argument_group("trust")
+    group.add_argument(
+        "--trust-factory",
+        action="append",
+        default=None,
+        metavar="MODULE",
+        help="also trust model factories in this module or package (repeatable; trusted "
+        f"by default: {', '.join(DEFAULT_FACTORY_MODULES)})",
+    )
+    group.add_argument(
+        "--bundle-digest",
+        default=None,
+        metavar="sha256:HEX",
+        help="refuse the bundle unless its digest is this one (dknn-agent info prints it)",
+    )
+
+
+def bundle_trust(args: argparse.Namespace) -> BundleTrust:
+    from agent.engine.model_factory import DEFAULT_FACTORY_MODULES
+
+    return BundleTrust(
+        factory_modules=(*DEFAULT_FACTORY_MODULES, *(args.trust_factory or ())), digest=args.bundle_digest
+    )
 
 
 def _score(args: argparse.Namespace) -> int:
@@ -245,7 +276,7 @@ def _score(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ConfigError("--batch-size must be at least 1")
     x = load_inputs(args.input)
-    scorer = DkNN.from_bundle(args.artifacts, backend=args.index, search_k=args.search_k)
+    scorer = DkNN.from_bundle(args.artifacts, backend=args.index, search_k=args.search_k, trust=bundle_trust(args))
     scorer.check_layout(x.shape, x.dtype)
     if args.output is None:
         write_jsonl(scorer, x, args.batch_size, sys.stdout)
@@ -275,16 +306,26 @@ def _register_info(commands: argparse._SubParsersAction) -> None:
 
 def _info(args: argparse.Namespace) -> int:
     from agent.engine.bundle import verify_bundle
+    from agent.engine.model_factory import DEFAULT_FACTORY_MODULES, check_factory_allowed
 
-    manifest = verify_bundle(args.artifacts).manifest
+    bundle = verify_bundle(args.artifacts, importing=False)  # info never imports the factory
+    bundle.close()
+    manifest = bundle.manifest
     if args.json:
         print(json.dumps(manifest.model_dump(mode="json"), indent=2))
         return 0
+    try:
+        check_factory_allowed(manifest.model.factory, DEFAULT_FACTORY_MODULES)
+        trusted = "trusted by default"
+    except BundleError:
+        trusted = "NOT trusted by default: pass --trust-factory / set DKNN_TRUSTED_FACTORIES to run it"
     print(f"bundle     {args.artifacts} (verified: {len(manifest.files)} files)")
+    print(f"digest     {bundle.digest}  (pin it: --bundle-digest / DKNN_BUNDLE_DIGEST)")
     print(
         f"model      {manifest.model.name} {manifest.model.version} via {manifest.model.factory}, "
         f"{manifest.model.num_classes} classes"
     )
+    print(f"factory    {trusted}")
     print(f"input      {manifest.input.dtype} {list(manifest.input.shape)} range {manifest.input.value_range}")
     print(
         f"neighbours k={manifest.k}, {manifest.index.kind} n_trees={manifest.index.n_trees} "

@@ -94,6 +94,8 @@ def _add_setting_flags(parser: argparse.ArgumentParser, model: type[BaseModel], 
             kwargs["choices"] = choices
         else:
             kwargs["metavar"] = name.upper()
+        if typing.get_origin(_unwrap_optional(info.annotation)) in (tuple, list):
+            kwargs["help"] += " (comma-separated)"
         group.add_argument("--" + "-".join(full).replace("_", "-"), **kwargs)
 
 

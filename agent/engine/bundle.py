@@ -1,16 +1,38 @@
-"""Reading an artifact bundle safely: verify every hash and dimension before trusting any file.
+"""Reading an artifact bundle safely: every byte is verified before anything trusts it.
 
-Annoy trusts its caller about the vector dimension and crashes or returns garbage otherwise, and
-`torch.load` of untrusted data must never unpickle code, so nothing is opened until the manifest
-validates, every listed file hashes to its recorded digest, and the shapes agree with each other.
-Every failure is a `BundleError` whose message names the offending file.
+A bundle is data that names code (its model factory), so opening one is a trust decision
+(docs/security.md). The order below is the point:
+
+1. `manifest.json` is read once, bounded in size; its sha256 is the **bundle digest**. The
+   manifest lists the sha256 of every other file, and step 4 checks each against it, so the
+   digest covers the whole bundle. An operator who pins a digest gets exactly those bytes or a
+   `BundleError`, before anything is parsed further.
+2. The manifest is validated with bounds on every field (a manifest with a million classes or a
+   shape of 1e18 is refused here, not discovered by dead-lettering every event).
+3. The factory must live in a module the operator trusts (`BundleTrust.factory_modules`): the
+   manifest picks the code that runs, so `weights_only=True` alone protects nothing.
+4. Every file is opened once, without following symlinks, and verified *as opened*: small files
+   are read into memory, hashed and parsed from those same bytes; an Annoy file is hashed through
+   its open descriptor, which stays open and is what Annoy maps (`/proc/self/fd/N`). Swapping a
+   file after verification therefore changes nothing. Truncating a mapped file in place still
+   kills the process (SIGBUS): replace a bundle by writing a new directory and switching to it,
+   never by editing files in place.
+5. Shapes and dimensions are cross-checked, so Annoy (which trusts its caller about the vector
+   dimension) never opens a file that does not fit.
+
+Nothing is imported and no model is built until all of that passed. Every failure is a
+`BundleError` whose message names the offending file.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-from dataclasses import dataclass
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,154 +43,305 @@ from torch import nn
 from agent.engine.manifest import (
     CALIBRATION_FILE,
     MANIFEST_FILE,
+    MAX_MANIFEST_BYTES,
     SCHEMA_VERSION,
     TRAIN_LABELS_FILE,
     Manifest,
 )
-from agent.engine.model_factory import build_model
+from agent.engine.model_factory import DEFAULT_FACTORY_MODULES, build_model, check_factory_allowed
 from agent.engine.preprocess import Preprocessor
 from agent.errors import BundleError
 
 _ANNOY_EUCLIDEAN_NODE_OVERHEAD = 16  # n_descendants, bias, two children: 4 bytes each
+_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class BundleTrust:
+    """What the operator lets a bundle do: which factory modules it may name, and, optionally, the
+    exact bundle (its digest, `sha256:<hex>`, as `dknn-agent info` prints it)."""
+
+    factory_modules: tuple[str, ...] = DEFAULT_FACTORY_MODULES
+    digest: str | None = None
 
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
+        for block in iter(lambda: handle.read(_BLOCK), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
-@dataclass(frozen=True)
+def manifest_digest(manifest_bytes: bytes) -> str:
+    return "sha256:" + hashlib.sha256(manifest_bytes).hexdigest()
+
+
+@dataclass
 class VerifiedBundle:
-    """A bundle whose files passed every check; the loaders below open them."""
+    """A bundle whose every file passed every check, with the parsed contents scoring needs.
+
+    Index files stay open (see `index_path`) until `close`; everything else is already in memory.
+    """
 
     root: Path
     manifest: Manifest
+    digest: str
+    state_dict: dict[str, torch.Tensor]
+    train_labels: np.ndarray
+    calibration_alpha: np.ndarray  # sorted
+    calibration_label_free: np.ndarray  # sorted
+    preprocessors: dict[str, Preprocessor]
+    _index_fds: dict[str, int] = field(default_factory=dict, repr=False)
 
-    def path(self, relative: str) -> Path:
-        return self.root / relative
+    def index_path(self, layer_name: str) -> str:
+        """A path to the very Annoy file that was verified (its open descriptor, where /proc exists)."""
+        fd = self._index_fds[layer_name]
+        proc = f"/proc/self/fd/{fd}"
+        return proc if os.path.exists(proc) else str(self.root / self.manifest.layer(layer_name).index_file)
+
+    def build_model(self) -> nn.Module:
+        """The model from its (trusted) factory with the verified weights, in eval mode."""
+        spec = self.manifest.model
+        model = build_model(spec.factory, dict(spec.factory_kwargs))
+        try:
+            model.load_state_dict(self.state_dict, strict=True)
+        except RuntimeError as exc:
+            raise BundleError(
+                f"{self.root / spec.weights}: weights do not fit {spec.factory}: {_first_line(exc)}"
+            ) from None
+        return model.eval()
+
+    def close(self) -> None:
+        for fd in self._index_fds.values():
+            os.close(fd)
+        self._index_fds.clear()
 
 
-def read_manifest(root: Path) -> Manifest:
-    path = root / MANIFEST_FILE
+def read_manifest(root: Path) -> tuple[Manifest, bytes]:
+    """The validated manifest and its exact bytes (whose sha256 is the bundle digest)."""
     if not root.is_dir():
         raise BundleError(f"{root}: bundle directory does not exist")
-    if not path.is_file():
+    path = root / MANIFEST_FILE
+    if not os.path.lexists(path):
         raise BundleError(f"{path}: missing (not a bundle, or fitting did not finish)")
+    raw = _read_bounded(root, MANIFEST_FILE, MAX_MANIFEST_BYTES)
+    return parse_manifest(raw, path), raw
+
+
+def parse_manifest(raw: bytes, path: Path) -> Manifest:
     try:
-        manifest = Manifest.model_validate(json.loads(path.read_text()))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path}: not valid JSON ({exc})") from None
+        document = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, 5000-digit ints
+        raise BundleError(f"{path}: not valid JSON ({' '.join(str(exc).split())[:200]})") from None
+    try:
+        manifest = Manifest.model_validate(document)
     except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "manifest"
         raise BundleError(f"{path}: invalid manifest at {where}: {first['msg']}") from None
+    except (RecursionError, ValueError, TypeError) as exc:
+        raise BundleError(f"{path}: invalid manifest ({type(exc).__name__})") from None
     if manifest.schema_version != SCHEMA_VERSION:
         raise BundleError(f"{path}: schema_version {manifest.schema_version}, expected {SCHEMA_VERSION}")
     return manifest
 
 
-def verify_bundle(root: str | Path) -> VerifiedBundle:
-    """Manifest, hashes and dimensions; raises BundleError naming the first bad file."""
-    root = Path(root)
-    manifest = read_manifest(root)
+def bundle_digest(root: str | Path) -> str:
+    """The digest `verify_bundle` would compare a pin against (the manifest is validated too)."""
+    _, raw = read_manifest(Path(root))
+    return manifest_digest(raw)
+
+
+def verify_bundle(root: str | Path, trust: BundleTrust | None = None, *, importing: bool = True) -> VerifiedBundle:
+    """Every check of the module docstring, in order; raises BundleError naming the first bad file.
+
+    `importing=False` is for callers that never build the model (`dknn-agent info`): the factory
+    allow-list is then not consulted, everything else is verified.
+    """
+    trust = trust or BundleTrust()
+    root = Path(root).resolve()  # a symlinked bundle root is the "switch" of a deployment: fine
+    manifest, raw = read_manifest(root)
+    digest = manifest_digest(raw)
+    if trust.digest is not None and digest != trust.digest:
+        raise BundleError(f"{root / MANIFEST_FILE}: bundle digest {digest} is not the pinned {trust.digest}")
+    if importing:
+        check_factory_allowed(manifest.model.factory, trust.factory_modules)
     required = {manifest.model.weights, TRAIN_LABELS_FILE, CALIBRATION_FILE}
-    for layer in manifest.layers:
-        required.add(layer.index_file)
-        if layer.params_file:
-            required.add(layer.params_file)
+    index_files = {layer.index_file: layer.name for layer in manifest.layers}
+    required |= set(index_files) | {layer.params_file for layer in manifest.layers if layer.params_file}
     unlisted = sorted(required - manifest.files.keys())
     if unlisted:
         raise BundleError(f"{root / unlisted[0]}: not listed in {MANIFEST_FILE} with a sha256")
-    for relative, expected in manifest.files.items():
-        path = root / relative
-        if Path(relative).is_absolute() or ".." in Path(relative).parts:
-            raise BundleError(f"{MANIFEST_FILE}: file path {relative!r} escapes the bundle")
-        if not path.is_file():
-            raise BundleError(f"{path}: missing")
-        if sha256_file(path) != expected:
-            raise BundleError(f"{path}: sha256 mismatch (corrupted or modified after fitting)")
-    bundle = VerifiedBundle(root=root, manifest=manifest)
-    _check_dimensions(bundle)
+
+    contents: dict[str, bytes] = {}
+    fds: dict[str, int] = {}
+    try:
+        for relative, expected in manifest.files.items():
+            if relative in index_files:
+                fd = _open_in_bundle(root, relative)
+                fds[index_files[relative]] = fd
+                actual = _hash_fd(fd)
+            else:
+                data = _read_bounded(root, relative, None)
+                actual = hashlib.sha256(data).hexdigest()
+                if relative in required:
+                    contents[relative] = data
+            if actual != expected:
+                raise BundleError(f"{root / relative}: sha256 mismatch (corrupted or modified after fitting)")
+        bundle = VerifiedBundle(
+            root=root,
+            manifest=manifest,
+            digest=digest,
+            state_dict=load_state_dict_bytes(contents[manifest.model.weights], root / manifest.model.weights),
+            train_labels=_train_labels(contents[TRAIN_LABELS_FILE], root / TRAIN_LABELS_FILE, manifest),
+            calibration_alpha=np.empty(0),
+            calibration_label_free=np.empty(0),
+            preprocessors={},
+            _index_fds=fds,
+        )
+        bundle.calibration_alpha, bundle.calibration_label_free = _calibration(
+            contents[CALIBRATION_FILE], root / CALIBRATION_FILE, manifest
+        )
+        for layer in manifest.layers:
+            _check_index_size(fds[layer.name], root / layer.index_file, layer.dim, manifest.train.size)
+            params = _load_npz(contents[layer.params_file], root / layer.params_file) if layer.params_file else {}
+            bundle.preprocessors[layer.name] = _preprocessor(layer.name, params, root, manifest)
+    except BaseException:
+        for fd in fds.values():
+            os.close(fd)
+        raise
     return bundle
 
 
-def _check_dimensions(bundle: VerifiedBundle) -> None:
-    n_train = len(load_train_labels(bundle))
-    for layer in bundle.manifest.layers:
-        ann = bundle.path(layer.index_file)
-        node_size = _ANNOY_EUCLIDEAN_NODE_OVERHEAD + 4 * layer.dim
-        size = ann.stat().st_size
-        if size % node_size or size // node_size < n_train:
-            raise BundleError(f"{ann}: size {size} bytes does not fit {n_train} vectors of dim {layer.dim}")
-        load_preprocessor(bundle, layer.name)  # shape checks against the manifest
+# -- opening files inside the bundle, once, without following links --------------------------------
 
 
-def load_train_labels(bundle: VerifiedBundle) -> np.ndarray:
-    path = bundle.path(TRAIN_LABELS_FILE)
-    labels = _load_npy(path)
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise BundleError(f"{path}: expected a 1-d integer array, got {labels.dtype}{labels.shape}")
-    if labels.size and (labels.min() < 0 or labels.max() >= bundle.manifest.model.num_classes):
-        raise BundleError(f"{path}: labels outside 0..{bundle.manifest.model.num_classes - 1}")
-    if len(labels) != bundle.manifest.train.size:
-        raise BundleError(f"{path}: {len(labels)} labels, manifest says {bundle.manifest.train.size}")
-    return labels.astype(np.int64)
-
-
-def load_calibration(bundle: VerifiedBundle) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted calibration nonconformity (true labels) and label-free scores."""
-    path = bundle.path(CALIBRATION_FILE)
-    arrays = _load_npz(path)
-    alpha, label_free = arrays.get("alpha"), arrays.get("label_free")
-    expected = bundle.manifest.calibration.size
-    for name, values in (("alpha", alpha), ("label_free", label_free)):
-        if values is None or values.shape != (expected,):
-            shape = None if values is None else values.shape
-            raise BundleError(f"{path}: '{name}' has shape {shape}, expected ({expected},)")
-    return np.sort(arrays["alpha"]), np.sort(arrays["label_free"])
-
-
-def load_preprocessor(bundle: VerifiedBundle, layer_name: str) -> Preprocessor:
-    layer = next(spec for spec in bundle.manifest.layers if spec.name == layer_name)
-    arrays = _load_npz(bundle.path(layer.params_file)) if layer.params_file else {}
+def _open_in_bundle(root: Path, relative: str) -> int:
+    """An O_RDONLY descriptor of `root/relative`, refusing absolute paths, `..`, and symlinks in
+    any component (a symlinked `.ann` could point anywhere on the machine)."""
+    parts = Path(relative).parts
+    if Path(relative).is_absolute() or ".." in parts or not parts:
+        raise BundleError(f"{MANIFEST_FILE}: file path {relative!r} escapes the bundle")
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    directory = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
-        pre = Preprocessor.from_arrays(layer.preprocessing, layer.input_dim, arrays)
-    except BundleError as exc:
-        raise BundleError(f"{bundle.path(layer.params_file or layer.index_file)}: {exc}") from None
-    if pre.output_dim != layer.dim:
-        raise BundleError(
-            f"{bundle.path(layer.params_file or layer.index_file)}: preprocessing gives dim "
-            f"{pre.output_dim}, manifest says {layer.dim}"
-        )
-    return pre
+        for part in parts[:-1]:
+            try:
+                inner = os.open(part, flags | getattr(os, "O_DIRECTORY", 0), dir_fd=directory)
+            except FileNotFoundError:
+                raise BundleError(f"{root / relative}: missing") from None
+            except OSError:
+                raise BundleError(
+                    f"{root / relative}: {part!r} is not a plain directory (symlinks are refused)"
+                ) from None
+            os.close(directory)
+            directory = inner
+        try:
+            fd = os.open(parts[-1], flags, dir_fd=directory)
+        except FileNotFoundError:
+            raise BundleError(f"{root / relative}: missing") from None
+        except OSError as exc:
+            raise BundleError(
+                f"{root / relative}: cannot be opened as a plain file (symlinks are refused): {exc.strerror}"
+            ) from None
+    finally:
+        os.close(directory)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BundleError(f"{root / relative}: not a regular file")
+    return fd
 
 
-def load_model(bundle: VerifiedBundle) -> nn.Module:
-    """Builds the model from its factory and loads weights without unpickling code."""
-    spec = bundle.manifest.model
-    model = build_model(spec.factory, spec.factory_kwargs)
-    path = bundle.path(spec.weights)
+def _read_bounded(root: Path, relative: str, limit: int | None) -> bytes:
+    with os.fdopen(_open_in_bundle(root, relative), "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if limit is not None and size > limit:
+            raise BundleError(f"{root / relative}: {size} bytes, more than the {limit} a bundle may have here")
+        return handle.read()
+
+
+def _hash_fd(fd: int) -> str:
+    digest = hashlib.sha256()
+    for block in _blocks(fd):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+def _blocks(fd: int) -> Iterator[bytes]:
+    offset = 0
+    while block := os.pread(fd, _BLOCK, offset):
+        offset += len(block)
+        yield block
+
+
+# -- parsing verified bytes ------------------------------------------------------------------------
+
+
+def load_state_dict_bytes(data: bytes, path: Path) -> dict[str, torch.Tensor]:
+    """`torch.load(weights_only=True)`: tensors and plain containers only, never code."""
     try:
-        model.load_state_dict(load_state_dict(path), strict=True)
-    except RuntimeError as exc:
-        raise BundleError(f"{path}: weights do not fit {spec.factory}: {_first_line(exc)}") from None
-    return model.eval()
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file; all mean "unreadable"
+        raise BundleError(f"{path}: not a loadable weights file: {_first_line(exc)}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BundleError(f"{path}: expected a state_dict of tensors, found {type(state).__name__}")
+    return state
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """`torch.load(weights_only=True)`: tensors and plain containers only, never code."""
-    if not Path(path).is_file():
-        raise BundleError(f"{path}: no such file")
+    """Weights from a file the operator names (`dknn-agent fit --weights`)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file; all mean "unreadable"
-        raise BundleError(f"{path}: not a loadable weights file: {_first_line(exc)}") from None
-    if not isinstance(state, dict):
-        raise BundleError(f"{path}: expected a state_dict, found {type(state).__name__}")
-    return state
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read weights ({exc.strerror or exc})") from None
+    return load_state_dict_bytes(data, Path(path))
+
+
+def _train_labels(data: bytes, path: Path, manifest: Manifest) -> np.ndarray:
+    labels = _load_npy(data, path)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise BundleError(f"{path}: expected a 1-d integer array, got {labels.dtype}{labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= manifest.model.num_classes):
+        raise BundleError(f"{path}: labels outside 0..{manifest.model.num_classes - 1}")
+    if len(labels) != manifest.train.size:
+        raise BundleError(f"{path}: {len(labels)} labels, manifest says {manifest.train.size}")
+    return labels.astype(np.int64)
+
+
+def _calibration(data: bytes, path: Path, manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted calibration nonconformity (true labels) and label-free scores."""
+    arrays = _load_npz(data, path)
+    expected = manifest.calibration.size
+    out = []
+    for name in ("alpha", "label_free"):
+        values = arrays.get(name)
+        if values is None or values.shape != (expected,) or not np.issubdtype(values.dtype, np.number):
+            shape = None if values is None else values.shape
+            raise BundleError(f"{path}: '{name}' has shape {shape}, expected ({expected},)")
+        if not np.isfinite(values).all():
+            raise BundleError(f"{path}: '{name}' holds NaN or infinity")
+        out.append(np.sort(values))
+    return out[0], out[1]
+
+
+def _preprocessor(layer_name: str, arrays: dict[str, np.ndarray], root: Path, manifest: Manifest) -> Preprocessor:
+    layer = manifest.layer(layer_name)
+    where = root / (layer.params_file or layer.index_file)
+    try:
+        pre = Preprocessor.from_arrays(layer.preprocessing, layer.input_dim, arrays)
+    except BundleError as exc:
+        raise BundleError(f"{where}: {exc}") from None
+    if pre.output_dim != layer.dim:
+        raise BundleError(f"{where}: preprocessing gives dim {pre.output_dim}, manifest says {layer.dim}")
+    return pre
+
+
+def _check_index_size(fd: int, path: Path, dim: int, n_train: int) -> None:
+    node_size = _ANNOY_EUCLIDEAN_NODE_OVERHEAD + 4 * dim
+    size = os.fstat(fd).st_size
+    if size % node_size or size // node_size < n_train:
+        raise BundleError(f"{path}: size {size} bytes does not fit {n_train} vectors of dim {dim}")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -176,16 +349,16 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _load_npy(path: Path) -> np.ndarray:
+def _load_npy(data: bytes, path: Path) -> np.ndarray:
     try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
         raise BundleError(f"{path}: unreadable array ({exc})") from None
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
+def _load_npz(data: bytes, path: Path) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
             return {name: archive[name] for name in archive.files}
-    except (ValueError, OSError, KeyError) as exc:
+    except (ValueError, OSError, KeyError, EOFError) as exc:
         raise BundleError(f"{path}: unreadable archive ({exc})") from None

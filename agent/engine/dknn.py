@@ -12,17 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import nn
 
 from agent.engine import conformal
-from agent.engine.bundle import (
-    VerifiedBundle,
-    load_calibration,
-    load_model,
-    load_preprocessor,
-    load_train_labels,
-    verify_bundle,
-)
+from agent.engine.bundle import BundleTrust, verify_bundle
 from agent.engine.index import BACKENDS, AnnoyBackend, ExactBackend, NeighborIndex
 from agent.engine.manifest import Manifest
 from agent.engine.preprocess import Preprocessor
@@ -78,6 +72,7 @@ class DkNN:
         self.calibration_label_free = np.sort(calibration_label_free)
         self.k = manifest.k
         self.num_classes = manifest.model.num_classes
+        self.digest: str | None = None  # the bundle digest, when built from a verified bundle
 
     @classmethod
     def from_bundle(
@@ -86,17 +81,36 @@ class DkNN:
         backend: str = "annoy",
         search_k: int | None = None,
         threads: int | None = None,
+        trust: BundleTrust | None = None,
     ) -> DkNN:
-        """Verifies the bundle, then opens it with the chosen neighbour backend."""
+        """Verifies the bundle (`agent.engine.bundle`), builds its model and opens its indexes."""
         if backend not in BACKENDS:
             raise ConfigError(f"unknown index backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        bundle = verify_bundle(root)
-        manifest = bundle.manifest
-        train_labels = load_train_labels(bundle)
-        alpha, label_free = load_calibration(bundle)
-        indexes = {layer.name: open_index(bundle, layer.name, backend, search_k, threads) for layer in manifest.layers}
-        preprocessors = {layer.name: load_preprocessor(bundle, layer.name) for layer in manifest.layers}
-        return cls(manifest, load_model(bundle), preprocessors, indexes, train_labels, alpha, label_free)
+        bundle = verify_bundle(root, trust)
+        try:
+            manifest = bundle.manifest
+            model = bundle.build_model()
+            _check_model_output(model, manifest, bundle.root)
+            effective_search_k = manifest.index.search_k if search_k is None else search_k
+            indexes = {
+                layer.name: open_index(
+                    bundle.index_path(layer.name), layer.dim, manifest.train.size, backend, effective_search_k, threads
+                )
+                for layer in manifest.layers
+            }
+        finally:
+            bundle.close()  # Annoy holds its own mapping of each verified file now
+        scorer = cls(
+            manifest,
+            model,
+            bundle.preprocessors,
+            indexes,
+            bundle.train_labels,
+            bundle.calibration_alpha,
+            bundle.calibration_label_free,
+        )
+        scorer.digest = bundle.digest
+        return scorer
 
     def check_layout(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
         """Raises InputError unless a batch of this shape and dtype fits the bundle's model."""
@@ -152,20 +166,31 @@ class DkNN:
         )
 
 
+def _check_model_output(model: nn.Module, manifest: Manifest, root: Path) -> None:
+    """One forward pass on zeros: the factory's model must take the manifest's input and give one
+    output per class, or every event would fail later, one by one."""
+    probe = torch.zeros((1, *manifest.input.shape), dtype=getattr(torch, manifest.input.dtype))
+    try:
+        with torch.no_grad():
+            out = model(probe)
+    except Exception as exc:  # whatever the model raises, it does not fit the manifest
+        raise BundleError(
+            f"{root}: the model does not accept input {list(manifest.input.shape)}: {type(exc).__name__}"
+        ) from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, manifest.model.num_classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise BundleError(
+            f"{root}: the model outputs {shape} for one input, manifest says {manifest.model.num_classes} classes"
+        )
+
+
 def open_index(
-    bundle: VerifiedBundle,
-    layer_name: str,
-    backend: str,
-    search_k: int | None = None,
-    threads: int | None = None,
+    path: str, dim: int, n_items: int, backend: str, search_k: int = -1, threads: int | None = None
 ) -> NeighborIndex:
     """Opens one layer's Annoy file as the requested backend (exact reads the vectors out)."""
-    layer = next(spec for spec in bundle.manifest.layers if spec.name == layer_name)
-    path = bundle.path(layer.index_file)
-    effective_search_k = bundle.manifest.index.search_k if search_k is None else search_k
-    annoy = AnnoyBackend(path, layer.dim, search_k=effective_search_k, threads=threads)
-    if annoy.n_items != bundle.manifest.train.size:
-        raise BundleError(f"{path}: {annoy.n_items} items, manifest says {bundle.manifest.train.size}")
+    annoy = AnnoyBackend(Path(path), dim, search_k=search_k, threads=threads)
+    if annoy.n_items != n_items:
+        raise BundleError(f"{path}: {annoy.n_items} items, manifest says {n_items}")
     if backend == "exact":
         return ExactBackend(annoy.item_vectors())
     return annoy

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 import agent
-from agent.engine.bundle import VerifiedBundle, sha256_file, verify_bundle
+from agent.engine.bundle import BundleTrust, sha256_file, verify_bundle
 from agent.engine.dknn import DkNN, open_index
 from agent.engine.index import AnnoyBuilder
 from agent.engine.manifest import (
@@ -93,7 +93,9 @@ def fit_bundle(
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    verify_bundle(out)
+    # The operator named this factory on the command line: it is trusted for this check.
+    factory_module = model_spec.factory.partition(":")[0]
+    verify_bundle(out, BundleTrust(factory_modules=(factory_module,))).close()
     return manifest
 
 
@@ -183,8 +185,10 @@ def _calibrate(
     options: FitOptions,
 ) -> tuple[np.ndarray, np.ndarray]:
     """α of the true labels and s(x) of the calibration set, queried through the saved indexes."""
-    bundle = VerifiedBundle(root=root, manifest=draft)  # consistent by construction
-    indexes = {name: open_index(bundle, name, "annoy") for name in preprocessors}
+    indexes = {
+        layer.name: open_index(str(root / layer.index_file), layer.dim, draft.train.size, "annoy", draft.index.search_k)
+        for layer in draft.layers
+    }
     placeholder = np.zeros(1)  # p-values are not needed here, only α
     scorer = DkNN(draft, model, preprocessors, indexes, train_labels.astype(np.int64), placeholder, placeholder)
     try:

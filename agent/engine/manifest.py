@@ -1,10 +1,18 @@
-"""The bundle manifest: one validated JSON document describing everything in the bundle."""
+"""The bundle manifest: one validated JSON document describing everything in the bundle.
+
+A manifest is untrusted input like any event (docs/security.md): every number has a bound that
+keeps the agent's memory, its metrics and its start-up time sane, and every string a length. The
+bounds are far above anything a real model needs (a classifier with 10,000 classes, k = 1,000,
+a 64-layer tap, 10^8 input values), and far below what would hurt: `num_classes = 10^6` alone
+made /metrics 106 MB before these bounds existed.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -12,64 +20,105 @@ WEIGHTS_FILE = "model.pt"
 TRAIN_LABELS_FILE = "train_labels.npy"
 CALIBRATION_FILE = "calibration.npz"
 
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # source_indices of a large calibration set fit easily
+MAX_CLASSES = 10_000
+MAX_K = 1_000
+MAX_LAYERS = 64
+MAX_INPUT_VALUES = 100_000_000  # one input, all dimensions multiplied
+MAX_INDEX_DIM = 65_536
+MAX_FEATURES = 100_000_000
+MAX_POINTS = 1_000_000_000
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+RelativePath = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+# Factory arguments are plain JSON scalars: a nested object could only smuggle structure in.
+FactoryArgument = Annotated[str, StringConstraints(max_length=256)] | bool | int | float | None
+
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class ModelSpec(_Frozen):
     name: str = Field(min_length=1, max_length=128)
     version: str = Field(min_length=1, max_length=64)
-    factory: str = Field(pattern=r"^[\w.]+:\w+$", description="importable `package.module:function`")
-    factory_kwargs: dict[str, Any] = Field(default_factory=dict)
-    num_classes: int = Field(ge=2)
-    weights: str = WEIGHTS_FILE
+    factory: str = Field(pattern=r"^[\w.]+:\w+$", max_length=256, description="importable `package.module:function`")
+    factory_kwargs: dict[Annotated[str, StringConstraints(pattern=r"^\w{1,64}$")], FactoryArgument] = Field(
+        default_factory=dict, max_length=32
+    )
+    num_classes: int = Field(ge=2, le=MAX_CLASSES)
+    weights: RelativePath = WEIGHTS_FILE
 
 
 class InputSpec(_Frozen):
-    shape: tuple[int, ...] = Field(description="one input, without the batch dimension")
-    dtype: str = "float32"
+    shape: tuple[Annotated[int, Field(ge=1, le=MAX_INPUT_VALUES)], ...] = Field(
+        max_length=8, description="one input, without the batch dimension"
+    )
+    dtype: str = Field("float32", pattern=r"^(float16|float32|float64)$")
     value_range: tuple[float, float] | None = None
+
+    @field_validator("shape")
+    @classmethod
+    def _bounded_size(cls, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if math.prod(shape) > MAX_INPUT_VALUES:
+            raise ValueError(f"an input of shape {list(shape)} has more than {MAX_INPUT_VALUES} values")
+        return shape
 
 
 class LayerSpec(_Frozen):
-    name: str = Field(min_length=1)
-    input_dim: int = Field(ge=1, description="flattened activation size")
-    dim: int = Field(ge=1, description="size after preprocessing: what the index stores")
-    preprocessing: str = "none"
-    index_file: str
-    params_file: str | None = None
+    name: Name
+    input_dim: int = Field(ge=1, le=MAX_FEATURES, description="flattened activation size")
+    dim: int = Field(ge=1, le=MAX_INDEX_DIM, description="size after preprocessing: what the index stores")
+    preprocessing: str = Field("none", max_length=64)
+    index_file: RelativePath
+    params_file: RelativePath | None = None
 
 
 class IndexSpec(_Frozen):
-    kind: str = "annoy"
-    metric: str = "euclidean"
-    n_trees: int = Field(ge=1)
-    search_k: int = Field(ge=-1, description="-1: Annoy's default, n_trees * k")
-    seed: int = 0
+    kind: str = Field("annoy", pattern="^annoy$")
+    metric: str = Field("euclidean", pattern="^euclidean$")
+    n_trees: int = Field(ge=1, le=10_000)
+    search_k: int = Field(ge=-1, le=100_000_000, description="-1: Annoy's default, n_trees * k")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
 
 
 class SplitSpec(_Frozen):
-    size: int = Field(ge=1)
-    source: str = ""
-    source_indices: list[int] | None = Field(
-        default=None, description="rows of the source data set used; the rest is free for evaluation"
+    size: int = Field(ge=1, le=MAX_POINTS)
+    source: str = Field("", max_length=256)
+    source_indices: list[Annotated[int, Field(ge=0, le=MAX_POINTS)]] | None = Field(
+        default=None,
+        max_length=10_000_000,
+        description="rows of the source data set used; the rest is free for evaluation",
     )
 
 
 class Manifest(_Frozen):
-    schema_version: int = SCHEMA_VERSION
-    created_at: str
+    schema_version: int = Field(SCHEMA_VERSION, ge=1, le=1_000)
+    created_at: str = Field(max_length=64)
     model: ModelSpec
     input: InputSpec
-    layers: tuple[LayerSpec, ...] = Field(min_length=1)
-    k: int = Field(ge=1)
+    layers: tuple[LayerSpec, ...] = Field(min_length=1, max_length=MAX_LAYERS)
+    k: int = Field(ge=1, le=MAX_K)
     index: IndexSpec
     train: SplitSpec
     calibration: SplitSpec
-    libraries: dict[str, str]
-    files: dict[str, str] = Field(description="relative path -> sha256 hex digest")
+    libraries: dict[
+        Annotated[str, StringConstraints(max_length=64)], Annotated[str, StringConstraints(max_length=128)]
+    ] = Field(max_length=32)
+    files: dict[RelativePath, Sha256] = Field(max_length=1024, description="relative path -> sha256 hex digest")
+
+    @field_validator("layers")
+    @classmethod
+    def _distinct_layers(cls, layers: tuple[LayerSpec, ...]) -> tuple[LayerSpec, ...]:
+        names = [layer.name for layer in layers]
+        if len(set(names)) != len(names):
+            raise ValueError("layer names must be distinct")
+        return layers
 
     @property
     def layer_names(self) -> tuple[str, ...]:
         return tuple(layer.name for layer in self.layers)
+
+    def layer(self, name: str) -> LayerSpec:
+        return next(spec for spec in self.layers if spec.name == name)

@@ -1,7 +1,10 @@
 """Resolving a model factory reference (`package.module:function`) into an `nn.Module`.
 
 A bundle names code to import rather than shipping pickled code: importing an installed module
-is auditable, unpickling bytes from a file is not.
+is auditable, unpickling bytes from a file is not. But a bundle's manifest is data, so *which*
+module it may name is the operator's decision: `check_factory_allowed` refuses any factory
+outside the trusted module prefixes before anything is imported (docs/security.md). By default
+only the project's own reference models are trusted; a deployment adds its own package.
 """
 
 from __future__ import annotations
@@ -12,6 +15,19 @@ from typing import Any
 from torch import nn
 
 from agent.errors import BundleError
+
+DEFAULT_FACTORY_MODULES = ("agent.research.models",)
+
+
+def check_factory_allowed(factory: str, trusted_modules: tuple[str, ...]) -> None:
+    """Raises BundleError unless `factory`'s module is one of `trusted_modules` or inside one."""
+    module_name = factory.partition(":")[0]
+    if not any(module_name == prefix or module_name.startswith(prefix + ".") for prefix in trusted_modules):
+        trusted = ", ".join(trusted_modules) or "(none)"
+        raise BundleError(
+            f"model factory {factory!r} is outside the trusted modules ({trusted}); "
+            "trust its package with --trust-factory / DKNN_TRUSTED_FACTORIES if this bundle is yours"
+        )
 
 
 def build_model(factory: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
@@ -25,7 +41,10 @@ def build_model(factory: str, kwargs: dict[str, Any] | None = None) -> nn.Module
     function = getattr(module, function_name, None)
     if not callable(function):
         raise BundleError(f"model factory {factory!r}: {module_name} has no function {function_name}")
-    model = function(**(kwargs or {}))
+    try:
+        model = function(**(kwargs or {}))
+    except TypeError as exc:
+        raise BundleError(f"model factory {factory!r} rejects its arguments: {exc}") from None
     if not isinstance(model, nn.Module):
         raise BundleError(f"model factory {factory!r} returned {type(model).__name__}, not nn.Module")
     return model

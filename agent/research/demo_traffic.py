@@ -42,10 +42,12 @@ def load_demo_data(artifacts: Path | None, data_dir: Path | None, need_fgsm: boo
     rows = np.arange(len(mnist.x_test))
     name, version, fgsm = "mnist-cnn", "demo", None
     if artifacts is not None:
-        from agent.engine.bundle import load_model, verify_bundle
+        from agent.engine.bundle import verify_bundle
         from agent.research.reference import calibration_split
 
         bundle = verify_bundle(artifacts)
+        model = bundle.build_model()
+        bundle.close()
         rows = calibration_split(bundle.manifest, len(mnist.x_test)).evaluation
         name, version = bundle.manifest.model.name, bundle.manifest.model.version
     rows = np.random.default_rng(0).choice(rows, size=min(pool, len(rows)), replace=False)
@@ -55,7 +57,7 @@ def load_demo_data(artifacts: Path | None, data_dir: Path | None, need_fgsm: boo
             raise ConfigError("--mix with fgsm needs --artifacts (the attack targets the bundle's model)")
         from agent.research.attacks import fgsm as attack
 
-        fgsm = attack(load_model(bundle), clean, labels, epsilon=0.25)
+        fgsm = attack(model, clean, labels, epsilon=0.25)
     return DemoData(clean, labels, fgsm, name, version)
 
 

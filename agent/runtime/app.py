@@ -13,10 +13,12 @@ import sys
 import threading
 import time
 
+from agent.engine.bundle import BundleTrust
 from agent.engine.dknn import DkNN
 from agent.runtime.drift import ShiftDetector
 from agent.runtime.http_server import MetricsServer
-from agent.runtime.pipeline import Pipeline, PipelineOptions, PipelineStats, Topics
+from agent.runtime.pipeline import Pipeline, PipelineOptions, PipelineStats
+from agent.runtime.routing import Topics
 from agent.runtime.settings import AgentSettings, masked_dump
 from agent.runtime.telemetry import Telemetry
 from connectors.registry import open_sink, open_source
@@ -26,7 +28,9 @@ log = logging.getLogger("dknn.agent")
 
 def run_agent(settings: AgentSettings, summary_every_s: float | None = None) -> int:
     log.info("effective settings: %s", json.dumps(masked_dump(settings), default=str))
-    scorer = DkNN.from_bundle(settings.artifacts, backend=settings.index, search_k=settings.search_k)
+    trust = BundleTrust(factory_modules=settings.trusted_factories, digest=settings.bundle_digest)
+    scorer = DkNN.from_bundle(settings.artifacts, backend=settings.index, search_k=settings.search_k, trust=trust)
+    log.info("bundle %s verified: digest %s", settings.artifacts, scorer.digest)
     telemetry = Telemetry()
     telemetry.set_bundle(scorer.manifest)
     server = MetricsServer(telemetry, settings.metrics_host, settings.metrics_port)
@@ -40,6 +44,7 @@ def run_agent(settings: AgentSettings, summary_every_s: float | None = None) -> 
         topic=settings.input_topic,
         group_id=settings.group_id,
         max_poll_records=settings.batch_size,
+        max_record_bytes=settings.max_event_bytes,
         security=security,
     )
     sink = open_sink(settings.sink_uri, security=security)

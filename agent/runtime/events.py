@@ -34,7 +34,7 @@ from typing import Annotated, Any, Final, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-from agent.engine.manifest import InputSpec
+from agent.engine.manifest import MAX_CLASSES, InputSpec
 from agent.errors import EventError
 
 SCHEMA: Final = "dknn.inference.v1"
@@ -65,8 +65,8 @@ class InputPayload(_Strict):
 
 
 class ServedPrediction(_Strict):
-    label: int = Field(ge=0)
-    scores: list[float] | None = None
+    label: int = Field(ge=0, le=MAX_CLASSES)
+    scores: list[float] | None = Field(None, max_length=MAX_CLASSES)
 
 
 AttributeKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]

@@ -16,10 +16,10 @@ Side effects happen once per batch, in this order, whatever the broker does:
 4. commit the offsets (retried on its own).
 
 A low-credibility event is a normal result (routed to quarantine); a malformed one is data
-(routed to the dead-letter topic with its original bytes); only faults raise. The one exception to
-"original bytes": a dead letter the sink refuses outright when it is sent (over the producer's
-size limit once our headers are added) goes out empty with a `dknn.value.omitted: <bytes>`
-header, rather than crash-looping the agent on it.
+(routed to the dead-letter topic with its original bytes); only faults raise. A record the sink
+refuses for good (too large for the topic, not authorised) is replaced by its fallback
+(`agent.runtime.routing`), so no single event can crash-loop the agent; a commit the group
+refuses after a rebalance is logged and counted, and the batch goes to the partition's new owner.
 """
 
 from __future__ import annotations
@@ -34,21 +34,13 @@ from typing import Any, TypeVar
 import numpy as np
 
 from agent.engine.dknn import DkNN, ScoreBatch
-from agent.errors import ConnectorError, EventError
+from agent.errors import CommitRejectedError, ConnectorError, DeliveryRefusedError, EventError
 from agent.runtime.drift import ShiftDetector
 from agent.runtime.events import DecodedEvent, decode_event
-from agent.runtime.routing import (
-    QUARANTINED,
-    Outcome,
-    dead_letter_headers,
-    provenance_headers,
-    quarantine_record,
-    score_record,
-    verdicts,
-)
+from agent.runtime.routing import QUARANTINED, Message, Outcome, Topics, dead_letter, scored_messages, verdicts
 from agent.runtime.settings import AgentSettings
 from agent.runtime.telemetry import Telemetry
-from connectors.base import Headers, Record, Sink, Source, next_offsets
+from connectors.base import Record, Sink, Source, next_offsets
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -60,13 +52,6 @@ def _setting_default(name: str) -> Any:
 
 
 @dataclass(frozen=True)
-class Topics:
-    quarantine: str
-    dead_letter: str
-    scores: str | None = None
-
-
-@dataclass(frozen=True)
 class PipelineOptions:
     """The settings the loop itself reads; `from_settings` copies them from the agent's settings."""
 
@@ -74,6 +59,7 @@ class PipelineOptions:
     batch_size: int = _setting_default("batch_size")
     max_batch_wait_s: float = _setting_default("max_batch_wait_s")
     max_event_bytes: int = _setting_default("max_event_bytes")
+    max_output_bytes: int = _setting_default("max_output_bytes")
     flush_timeout_s: float = _setting_default("flush_timeout_s")
     retry_budget_s: float = _setting_default("retry_budget_s")
 
@@ -99,17 +85,6 @@ class PipelineStats:
 
 
 @dataclass(frozen=True)
-class Message:
-    """One output record; `fallback` is sent instead when the sink refuses this one outright."""
-
-    topic: str
-    value: bytes
-    key: bytes | None
-    headers: Headers
-    fallback: Message | None = None
-
-
-@dataclass(frozen=True)
 class PreparedBatch:
     """One polled batch, decoded and scored, with every output it owes; nothing sent yet."""
 
@@ -118,6 +93,7 @@ class PreparedBatch:
     scores: ScoreBatch | None
     quarantined: np.ndarray  # (len(valid),) bool
     messages: list[Message]
+    refused: list[Message] = field(default_factory=list)  # replaced by their fallbacks on delivery
 
 
 class Pipeline:
@@ -165,11 +141,17 @@ class Pipeline:
         self.telemetry.consumed(len(records))
         self.stats.consumed += len(records)
         batch = self._prepare(records)
-        self._retrying(lambda: self._deliver(batch.messages), "deliver and flush")
+        self._retrying(lambda: self._deliver(batch), "deliver and flush")
         self._account(batch)
         offsets = next_offsets(records)
         with self.telemetry.stage("commit"):
-            self._retrying(lambda: self.source.commit(offsets), "commit")
+            try:
+                self._retrying(lambda: self.source.commit(offsets), "commit")
+            except CommitRejectedError as rejected:
+                # Every output of the batch is confirmed; whoever owns the partitions now replays
+                # it (duplicates downstream, never a gap). The consumer rejoins on its next poll.
+                log.warning("%s; the batch will be redelivered to the partitions' new owner", rejected)
+                self.telemetry.commit_rejected()
 
     # -- 1. decode, score, build messages (once) ---------------------------------------------
 
@@ -187,7 +169,8 @@ class Pipeline:
                     invalid.append((record, error))
                 else:
                     valid.append((record, event))
-        messages = [self._dead_letter(record, error) for record, error in invalid]
+        topic = self.topics.dead_letter
+        messages = [dead_letter(record, error.reason, str(error), topic) for record, error in invalid]
         scores, quarantined = None, np.zeros(0, dtype=bool)
         if valid:
             scores = self.scorer.score(np.stack([event.x for _, event in valid]), stage=self.telemetry.stage)
@@ -195,49 +178,54 @@ class Pipeline:
             quarantined = verdict == QUARANTINED
             for row, (record, event) in enumerate(valid):
                 outcome = Outcome(record=record, event=event, scores=scores, row=row, verdict=str(verdict[row]))
-                messages.extend(self._scored_messages(outcome))
+                messages.extend(
+                    scored_messages(
+                        outcome, self.topics, manifest, self.options.threshold, self.options.max_output_bytes
+                    )
+                )
         return PreparedBatch(invalid, valid, scores, quarantined, messages)
-
-    def _dead_letter(self, record: Record, error: EventError) -> Message:
-        headers = dead_letter_headers(record, error)
-        # A replay of bytes the sink refuses would be refused again, for ever (a poison pill), so
-        # the fallback goes without the value and says so; the original stays on the input topic
-        # at the position the headers cite.
-        key = record.key if record.key is None or len(record.key) <= 1024 else None
-        omitted = Message(
-            self.topics.dead_letter, b"", key, [*headers, ("dknn.value.omitted", str(len(record.value)).encode())]
-        )
-        return Message(self.topics.dead_letter, record.value, record.key, headers, fallback=omitted)
-
-    def _scored_messages(self, outcome: Outcome) -> list[Message]:
-        key = outcome.record.key or outcome.event.event_id.encode()
-        headers = provenance_headers(outcome.record, self.scorer.manifest)
-        out = []
-        if self.topics.scores:
-            out.append(Message(self.topics.scores, score_record(outcome), key, headers))
-        if outcome.verdict == QUARANTINED:
-            body = quarantine_record(outcome, self.options.threshold, self.scorer.manifest.layer_names)
-            out.append(Message(self.topics.quarantine, body, key, headers))
-        return out
 
     # -- 2. send and confirm (the only step that is retried) ---------------------------------
 
-    def _deliver(self, messages: list[Message]) -> None:
+    def _deliver(self, batch: PreparedBatch) -> None:
+        """Sends every message and waits for the sink; a refused one is replaced by its fallback
+        and only the replacements are sent again. Raises a retriable error to have it all re-sent."""
+        refused: list[Message] = []
         with self.telemetry.stage("produce"):
-            for message in messages:
-                self._send(message)
-            self.sink.flush(self.options.flush_timeout_s)
+            pending = batch.messages
+            while pending:
+                sent = [self._send(message, refused) for message in pending]
+                try:
+                    self.sink.flush(self.options.flush_timeout_s)
+                    pending = []
+                except DeliveryRefusedError as refusal:
+                    pending = [
+                        self._replacement(sent[i], reason, refused) for i, reason in sorted(refusal.refused.items())
+                    ]
+        batch.refused[:] = refused  # kept for accounting: a retried attempt starts the list anew
 
-    def _send(self, message: Message) -> None:
+    def _send(self, message: Message, refused: list[Message]) -> Message:
+        """Sends `message`, or its fallback when the sink refuses it on the spot; returns what was sent."""
         try:
             self.sink.send(message.topic, message.value, key=message.key, headers=message.headers)
-        except ConnectorError as refused:
-            if refused.retriable or message.fallback is None:
+            return message
+        except ConnectorError as error:
+            if error.retriable:
                 raise
-            log.warning(
-                "%s refused a %d-byte record (%s); sending its fallback", message.topic, len(message.value), refused
-            )
-            self._send(message.fallback)
+            return self._send(self._replacement(message, str(error), refused), refused)
+
+    def _replacement(self, message: Message, reason: str, refused: list[Message]) -> Message:
+        if message.fallback is None:
+            raise ConnectorError(f"{message.topic} refused a record that has no replacement left: {reason}")
+        log.warning(
+            "%s refused a %d-byte %s record (%s); sending its fallback",
+            message.topic,
+            len(message.value),
+            message.output,
+            reason,
+        )
+        refused.append(message)
+        return message.fallback
 
     # -- 3. metrics, drift detector, summary (once, after confirmation) ----------------------
 
@@ -245,6 +233,8 @@ class Pipeline:
         for _, error in batch.invalid:
             self.telemetry.dead_lettered(error.reason)
         self.stats.dead_lettered += len(batch.invalid)
+        for message in batch.refused:
+            self.telemetry.refused(message.output)
         scores = batch.scores
         if scores is None:
             return

@@ -1,8 +1,19 @@
 """What the agent writes where (docs/design.md §5): score records, quarantine records, dead letters.
 
-Pure functions from a consumed record and its scores to output bytes and headers, so the routing
-rules are testable without a broker. Every output cites its source position (topic, partition,
-offset) and the event id, so downstream consumers can de-duplicate at-least-once deliveries.
+Pure functions from a consumed record and its scores to output messages, so the routing rules are
+testable without a broker. Every output cites its source position (topic, partition, offset) and
+the event id, so downstream consumers can de-duplicate at-least-once deliveries.
+
+No single event may stop the agent, so every message carries a `fallback`: what to send instead
+when the sink refuses it for good (too large for the topic, not authorised to write there).
+The chains end in a dead letter without a value, which any writable dead-letter topic takes:
+
+    quarantine record ─► the same without the event's input ─► "undeliverable" dead letter ─► empty dead letter
+    score record ─────────────────────────────────────────────► "undeliverable" dead letter ─► empty dead letter
+    dead letter (original bytes) ─────────────────────────────────────────────────────────────► empty dead letter
+
+An empty dead letter says `dknn.value.omitted: <bytes>`; the original stays on the input topic at
+the position its headers cite.
 """
 
 from __future__ import annotations
@@ -14,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from agent.engine.manifest import Manifest
-from agent.errors import EventError
 from agent.runtime.events import DecodedEvent
 from connectors.base import Headers, Record
 
@@ -26,6 +36,28 @@ VERDICTS = (ACCEPTED, QUARANTINED)
 # Conformal validity: on clean traffic about this share of events is quarantined (docs/design.md §2).
 DEFAULT_THRESHOLD = 0.1
 NEIGHBOURS_SHOWN = 5
+UNDELIVERABLE = "undeliverable"  # the dead-letter reason of a valid event whose output was refused
+OUTPUTS = ("scores", "quarantine", "dead_letter")  # what a refused message was: a bounded metric label
+_KEY_LIMIT = 1024  # bytes of the original key an empty dead letter keeps
+
+
+@dataclass(frozen=True)
+class Topics:
+    quarantine: str
+    dead_letter: str
+    scores: str | None = None
+
+
+@dataclass(frozen=True)
+class Message:
+    """One output record; `fallback` is sent instead when the sink refuses this one for good."""
+
+    output: str  # one of OUTPUTS
+    topic: str
+    value: bytes
+    key: bytes | None
+    headers: Headers
+    fallback: Message | None = None
 
 
 @dataclass(frozen=True)
@@ -44,24 +76,34 @@ def verdicts(credibility: np.ndarray, threshold: float) -> np.ndarray:
     return np.where(credibility < threshold, QUARANTINED, ACCEPTED)
 
 
-def provenance_headers(record: Record, manifest: Manifest) -> list[tuple[str, bytes]]:
+def _source_headers(record: Record) -> list[tuple[str, bytes]]:
     return [
         ("dknn.source.topic", record.topic.encode()),
         ("dknn.source.partition", str(record.partition).encode()),
         ("dknn.source.offset", str(record.offset).encode()),
+    ]
+
+
+def provenance_headers(record: Record, manifest: Manifest) -> list[tuple[str, bytes]]:
+    return [
+        *_source_headers(record),
         ("dknn.bundle.model", manifest.model.name.encode()),
         ("dknn.bundle.version", manifest.model.version.encode()),
     ]
 
 
-def dead_letter_headers(record: Record, error: EventError) -> Headers:
-    return [
-        ("dknn.error.class", error.reason.encode()),
-        ("dknn.error.message", str(error)[:512].encode()),
-        ("dknn.source.topic", record.topic.encode()),
-        ("dknn.source.partition", str(record.partition).encode()),
-        ("dknn.source.offset", str(record.offset).encode()),
+def dead_letter(record: Record, reason: str, message: str, topic: str) -> Message:
+    """The original bytes with why they could not be scored, falling back to no value at all."""
+    headers = [
+        ("dknn.error.class", reason.encode()),
+        ("dknn.error.message", message[:512].encode("utf-8", "replace")),
+        *_source_headers(record),
     ]
+    short_key = record.key if record.key is None or len(record.key) <= _KEY_LIMIT else None
+    omitted = Message(
+        "dead_letter", topic, b"", short_key, [*headers, ("dknn.value.omitted", str(len(record.value)).encode())]
+    )
+    return Message("dead_letter", topic, record.value, record.key, headers, fallback=omitted)
 
 
 def _verdict_fields(outcome: Outcome) -> dict[str, Any]:
@@ -75,19 +117,23 @@ def _verdict_fields(outcome: Outcome) -> dict[str, Any]:
     }
 
 
+def _position(record: Record) -> dict[str, Any]:
+    return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+
+
 def score_record(outcome: Outcome) -> bytes:
     """The compact record every valid event gets on the scores topic."""
-    record = outcome.record
-    body = {
-        "event_id": outcome.event.event_id,
-        "source": {"topic": record.topic, "partition": record.partition, "offset": record.offset},
-        **_verdict_fields(outcome),
-    }
+    body = {"event_id": outcome.event.event_id, "source": _position(outcome.record), **_verdict_fields(outcome)}
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def quarantine_record(outcome: Outcome, threshold: float, layer_names: tuple[str, ...]) -> bytes:
-    """The original event plus a `dknn` block explaining why it is held for review."""
+def quarantine_record(outcome: Outcome, threshold: float, layer_names: tuple[str, ...], max_bytes: int) -> bytes:
+    """The original event plus a `dknn` block explaining why it is held for review.
+
+    Re-serialising an event can make it bigger than it arrived (`1e-5` becomes `1e-05`), so a
+    record over `max_bytes` carries the event without its input (`"input_omitted": true`); the
+    input stays on the input topic at `dknn.source`.
+    """
     s, i = outcome.scores, outcome.row
     neighbours = {
         name: {
@@ -103,10 +149,35 @@ def quarantine_record(outcome: Outcome, threshold: float, layer_names: tuple[str
         "served_label": outcome.event.served_label,
         "reason": f"credibility {credibility:.4f} below threshold {threshold}",
         "neighbors": neighbours,
-        "source": {
-            "topic": outcome.record.topic,
-            "partition": outcome.record.partition,
-            "offset": outcome.record.offset,
-        },
+        "source": _position(outcome.record),
     }
-    return json.dumps({"event": outcome.event.document, "dknn": block}, separators=(",", ":")).encode()
+    body = json.dumps({"event": outcome.event.document, "dknn": block}, separators=(",", ":")).encode()
+    if len(body) <= max_bytes:
+        return body
+    event = {key: value for key, value in outcome.event.document.items() if key != "input"}
+    return json.dumps({"event": event, "input_omitted": True, "dknn": block}, separators=(",", ":")).encode()
+
+
+def scored_messages(
+    outcome: Outcome, topics: Topics, manifest: Manifest, threshold: float, max_bytes: int
+) -> list[Message]:
+    """The score record (when a scores topic is set) and, when quarantined, the quarantine record."""
+    record = outcome.record
+    key = record.key or outcome.event.event_id.encode()
+    headers = provenance_headers(record, manifest)
+    out = []
+    if topics.scores:
+        refused = dead_letter(
+            record, UNDELIVERABLE, f"the score record was refused by {topics.scores}", topics.dead_letter
+        )
+        out.append(Message("scores", topics.scores, score_record(outcome), key, headers, fallback=refused))
+    if outcome.verdict == QUARANTINED:
+        refused = dead_letter(
+            record, UNDELIVERABLE, f"the quarantine record was refused by {topics.quarantine}", topics.dead_letter
+        )
+        trimmed = quarantine_record(outcome, threshold, manifest.layer_names, max_bytes=0)
+        full = quarantine_record(outcome, threshold, manifest.layer_names, max_bytes)
+        if full != trimmed:
+            refused = Message("quarantine", topics.quarantine, trimmed, key, headers, fallback=refused)
+        out.append(Message("quarantine", topics.quarantine, full, key, headers, fallback=refused))
+    return out

@@ -22,15 +22,17 @@ and `masked_dump` is what gets logged.
 
 from __future__ import annotations
 
+import re
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from agent.engine.model_factory import DEFAULT_FACTORY_MODULES
 from agent.errors import ConfigError
 from agent.runtime.events import DEFAULT_MAX_EVENT_BYTES
 from agent.runtime.routing import DEFAULT_THRESHOLD
@@ -59,6 +61,15 @@ class AgentSettings(BaseSettings):
     )
 
     artifacts: Path = Field(description="bundle directory (written by `dknn-agent fit` or `train-reference`)")
+    bundle_digest: str | None = Field(
+        None,
+        pattern=r"^sha256:[0-9a-f]{64}$",
+        description="refuse the bundle unless its digest is this (`dknn-agent info` prints it)",
+    )
+    trusted_factories: Annotated[tuple[str, ...], NoDecode] = Field(
+        DEFAULT_FACTORY_MODULES,
+        description="comma-separated modules whose model factories a bundle may name (docs/security.md)",
+    )
     bootstrap_servers: str | None = Field(
         None, description="Kafka brokers, host:port[,host:port]; needed unless both source and sink are files"
     )
@@ -93,6 +104,13 @@ class AgentSettings(BaseSettings):
     max_event_bytes: int = Field(
         DEFAULT_MAX_EVENT_BYTES, ge=64, le=64 * 1_048_576, description="larger events are dead-lettered unparsed"
     )
+    max_output_bytes: int = Field(
+        1_000_000,
+        ge=4096,
+        le=64 * 1_048_576,
+        description="quarantine records larger than this leave out the event's input "
+        "(keep it below the producer's and topics' message size limits)",
+    )
     flush_timeout_s: float = Field(30.0, gt=0.0, le=600.0, description="longest wait for the sink to confirm a batch")
     retry_budget_s: float = Field(
         120.0, ge=0.0, le=3600.0, description="how long a retriable broker fault may last before the agent exits"
@@ -115,6 +133,21 @@ class AgentSettings(BaseSettings):
         None, description="output connector URI: file:DIR (one JSONL file per topic) or kafka://HOST:PORT"
     )
     kafka_security: KafkaSecurity = Field(default_factory=KafkaSecurity, description="TLS / SASL for Kafka")
+
+    @field_validator("trusted_factories", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("trusted_factories")
+    @classmethod
+    def _module_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for module in value:
+            if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", module):
+                raise ValueError(f"{module!r} is not a module name")
+        return value
 
     @field_validator("source", "sink")
     @classmethod

@@ -25,11 +25,11 @@ from prometheus_client.exposition import generate_latest
 from agent import __version__
 from agent.engine.manifest import Manifest
 from agent.errors import EVENT_ERROR_REASONS
-from agent.runtime.routing import VERDICTS
+from agent.runtime.routing import OUTPUTS, UNDELIVERABLE, VERDICTS
 
 NAMESPACE = "dknn"
 STAGES = ("poll", "decode", "activations", "knn", "score", "produce", "commit")
-DEAD_LETTER_REASONS = (*EVENT_ERROR_REASONS, "other")
+DEAD_LETTER_REASONS = (*EVENT_ERROR_REASONS, UNDELIVERABLE, "other")
 WINDOWS = (100, 1000)
 PROBABILITY_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
@@ -137,6 +137,20 @@ class Telemetry:
             namespace=ns,
             registry=reg,
         )
+        self.outputs_refused = Counter(
+            "outputs_refused",
+            "Output records a sink refused for good (too large, not "
+            "authorised) and replaced by their fallback, by output.",
+            ["output"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.commits_rejected = Counter(
+            "commits_rejected",
+            "Commits the consumer group refused after a rebalance; the batch went to the partitions' new owner.",
+            namespace=ns,
+            registry=reg,
+        )
         self.bundle_info = Info("bundle", "The artifact bundle being served.", namespace=ns, registry=reg)
         self.build_info = Info("build", "dknn-agent build.", namespace=ns, registry=reg)
         self.build_info.info({"version": __version__, "python": platform.python_version()})
@@ -146,6 +160,8 @@ class Telemetry:
             self.events_dead_lettered.labels(reason=reason)
         for stage in STAGES:
             self.stage_duration.labels(stage=stage)
+        for output in OUTPUTS:
+            self.outputs_refused.labels(output=output)
         self._window = _LowCredibilityWindow(max(WINDOWS))
         for window in WINDOWS:
             self.low_credibility_ratio.labels(window=str(window)).set(0.0)
@@ -187,6 +203,12 @@ class Telemetry:
     def dead_lettered(self, reason: str, n: int = 1) -> None:
         """Unknown reasons are counted as "other" so a new error path cannot add label values."""
         self.events_dead_lettered.labels(reason=reason if reason in DEAD_LETTER_REASONS else "other").inc(n)
+
+    def refused(self, output: str) -> None:
+        self.outputs_refused.labels(output=output if output in OUTPUTS else OUTPUTS[-1]).inc()
+
+    def commit_rejected(self) -> None:
+        self.commits_rejected.inc()
 
     def observe_latency(self, seconds: float | np.ndarray) -> None:
         """Clock skew between producer and agent can make latency negative; it is clamped to 0."""

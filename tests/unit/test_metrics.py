@@ -17,6 +17,7 @@ from agent.runtime.telemetry import STAGES, WINDOWS, Telemetry
 
 ALLOWED_LABELS = {
     "verdict",
+    "output",
     "reason",
     "stage",
     "label",

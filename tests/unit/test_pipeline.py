@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from agent.engine.dknn import DkNN
-from agent.errors import EVENT_ERROR_REASONS, ConnectorError
+from agent.errors import EVENT_ERROR_REASONS, CommitRejectedError, ConnectorError
 from agent.runtime.drift import ShiftDetector
 from agent.runtime.events import encode_event
-from agent.runtime.pipeline import Pipeline, PipelineOptions, Topics
-from agent.runtime.routing import VERDICTS
+from agent.runtime.pipeline import Pipeline, PipelineOptions
+from agent.runtime.routing import VERDICTS, Topics
 from agent.runtime.telemetry import Telemetry
 from connectors.memory import MemorySink, MemorySource
 from tests.conftest import TinyProblem
@@ -153,3 +153,98 @@ def test_dead_letter_the_sink_refuses_goes_without_its_value(tiny_bundle: Path) 
     assert [value for value, _, _ in dead] == [b"", b"{}"]
     assert dict(dead[0][2])["dknn.value.omitted"] == b"5000" and dict(dead[0][2])["dknn.error.class"] == b"too_large"
     assert source.committed == {("in", 0): 2}
+
+
+class RebalancingSource(MemorySource):
+    """A source whose first commit is refused because the group moved on."""
+
+    def __init__(self, values: list[bytes]) -> None:
+        super().__init__(values, topic="in")
+        self.rejections = 1
+
+    def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        if self.rejections:
+            self.rejections -= 1
+            raise CommitRejectedError("group rebalanced before the commit")
+        super().commit(offsets)
+
+
+def test_a_commit_refused_by_a_rebalance_is_counted_and_the_agent_goes_on(
+    tiny_bundle: Path, tiny_problem: TinyProblem
+) -> None:
+    values = [encode_event(f"e{i}", x, "tiny", "1") for i, x in enumerate(tiny_problem.test.x[:40])]
+    scorer = DkNN.from_bundle(tiny_bundle)
+    source, sink = RebalancingSource(values), MemorySink()
+    telemetry = Telemetry()
+    pipeline = Pipeline(
+        scorer,
+        source,
+        sink,
+        TOPICS,
+        telemetry,
+        ShiftDetector(scorer.calibration_label_free),
+        PipelineOptions(batch_size=16, retry_budget_s=5),
+    )
+    drain(pipeline, source)  # must not raise
+    assert telemetry.registry.get_sample_value("dknn_commits_rejected_total") == 1
+    assert source.committed == {("in", 0): 40}  # later batches commit past the refused one
+    assert len(sink.topics["scores"]) == 40
+
+
+def refused_records(sink: MemorySink) -> dict[str, list[dict]]:
+    return {topic: [json.loads(v) if v else {} for v, _, _ in rows] for topic, rows in sink.topics.items()}
+
+
+def test_a_record_the_sink_refuses_for_good_is_replaced_by_its_fallback(
+    tiny_bundle: Path, tiny_problem: TinyProblem
+) -> None:
+    """Quarantine topic refuses everything: each quarantined event becomes an 'undeliverable' dead letter
+    with its original bytes; every offset is still accounted for and committed."""
+    values = [encode_event(f"mid{i}", np.full(8, 0.1 * i, np.float32), "tiny", "1") for i in range(10)]
+    values += [encode_event(f"e{i}", x, "tiny", "1") for i, x in enumerate(tiny_problem.test.x[:20])]
+    pipeline, source, sink = build(tiny_bundle, values)
+    sink.refuse = lambda topic, value: "not authorised" if topic == "q" else None
+    drain(pipeline, source)
+
+    scores = [json.loads(v) for v, _, _ in sink.topics["scores"]]
+    quarantined = {s["source"]["offset"] for s in scores if s["verdict"] == "quarantined"}
+    assert quarantined, "the in-between events should be quarantined"
+    assert "q" not in sink.topics
+    dead = sink.topics["dlq"]
+    assert {int(dict(h)["dknn.source.offset"]) for _, _, h in dead} == quarantined
+    assert all(dict(h)["dknn.error.class"] == b"undeliverable" for _, _, h in dead)
+    assert all(value == values[int(dict(h)["dknn.source.offset"])] for value, _, h in dead)  # original bytes
+    refusals = pipeline.telemetry.registry.get_sample_value("dknn_outputs_refused_total", {"output": "quarantine"})
+    assert refusals == 2 * len(quarantined)  # the full record, then the one without the input
+    assert source.committed == {("in", 0): len(values)}
+
+
+def test_an_oversized_quarantine_record_leaves_out_the_input_and_a_refused_dead_letter_its_value(
+    tiny_bundle: Path,
+) -> None:
+    """A quarantine record over max_output_bytes is sent without the event's input; a dead letter a
+    topic refuses on flush goes out empty with dknn.value.omitted."""
+    noisy = json.loads(encode_event("big", np.full(8, 0.35, np.float32), "tiny", "1"))
+    noisy["input"] = {"dtype": "float32", "shape": [8], "values": [0.35] * 8}
+    noisy["attributes"] = {f"k{i}": "x" * 256 for i in range(32)}
+    big_event = json.dumps(noisy).encode()
+    malformed = b"{" + b" " * 9000
+    pipeline, source, sink = build(tiny_bundle, [big_event, malformed], threshold=0.999, max_output_bytes=4096)
+    sink.refuse = lambda topic, value: "record too large" if topic == "dlq" and len(value) > 4096 else None
+    drain(pipeline, source)
+
+    (held,) = [json.loads(v) for v, _, _ in sink.topics["q"]]
+    assert held["input_omitted"] is True and "input" not in held["event"]
+    assert held["event"]["event_id"] == "big" and held["dknn"]["source"]["offset"] == 0
+    ((value, _, headers),) = sink.topics["dlq"]
+    assert value == b"" and dict(headers)["dknn.value.omitted"] == str(len(malformed)).encode()
+    assert source.committed == {("in", 0): 2}
+
+
+def test_a_refused_record_without_a_replacement_stops_the_agent_uncommitted(tiny_bundle: Path) -> None:
+    """The dead-letter topic refuses even empty records (no write permission): nothing is lost, nothing committed."""
+    pipeline, source, sink = build(tiny_bundle, [b"{broken"])
+    sink.refuse = lambda topic, value: "not authorised"
+    with pytest.raises(ConnectorError, match="no replacement left"):
+        drain(pipeline, source)
+    assert source.committed == {}

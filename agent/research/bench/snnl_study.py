@@ -66,7 +66,7 @@ def ensure_bundle(path: Path, training: TrainOptions, options: StudyOptions, mni
     """Train and fit unless `path` already holds a bundle of exactly this training configuration."""
     if not options.retrain and (path / "manifest.json").is_file():
         try:
-            if read_manifest(path).model.version == reference_version(training):
+            if read_manifest(path)[0].model.version == reference_version(training):
                 return
         except BundleError:
             pass

@@ -26,7 +26,8 @@ from agent.research.bench.reports import save_report
 from agent.research.demo_traffic import DemoData, load_demo_data, paced
 from agent.runtime.drift import ShiftDetector
 from agent.runtime.events import encode_event
-from agent.runtime.pipeline import Pipeline, PipelineOptions, Topics
+from agent.runtime.pipeline import Pipeline, PipelineOptions
+from agent.runtime.routing import Topics
 from agent.runtime.telemetry import Telemetry
 from connectors.base import Record
 from connectors.kafka import KafkaSink, KafkaSource, ensure_topics
