@@ -8,6 +8,7 @@ exits 2.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -26,10 +27,21 @@ examples:
 """
 
 
+class Terminated(BaseException):
+    """SIGTERM before a command installed its own handler (the agent's start-up, a long fit)."""
+
+
+def _terminate(_signum: int, _frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    # From here on SIGTERM unwinds (closing what was opened) instead of killing the process; the
+    # agent replaces this with a graceful stop once its loop runs.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
+        args = build_parser().parse_args(arguments)
         return int(args.handler(args) or 0)
     except DknnError as exc:
         print(f"dknn-agent: error: {exc}", file=sys.stderr)
@@ -37,6 +49,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dknn-agent: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        # Stopping the agent before it started is a clean stop (a rollout, a scale-down); any other
+        # command was cut short and says so with the conventional 128 + SIGTERM.
+        stopping_agent = bool(arguments) and arguments[0] == "run"
+        print("dknn-agent: stopped by SIGTERM" + (" during start-up" if stopping_agent else ""), file=sys.stderr)
+        return 0 if stopping_agent else 128 + signal.SIGTERM
 
 
 def build_parser() -> argparse.ArgumentParser:

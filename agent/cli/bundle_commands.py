@@ -11,7 +11,7 @@ from agent.cli.options import parse_json_object, parse_layers, split_list
 from agent.engine.bundle import BundleTrust
 from agent.engine.fit import FitOptions
 from agent.engine.index import BACKENDS
-from agent.errors import BundleError, ConfigError
+from agent.errors import BundleError, ConfigError, DataError
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -281,11 +281,16 @@ def _score(args: argparse.Namespace) -> int:
     if args.output is None:
         write_jsonl(scorer, x, args.batch_size, sys.stdout)
         return 0
-    args.output.parent.mkdir(parents=True, exist_ok=True)
+    if args.output.is_dir():
+        raise DataError(f"--output {args.output} is a directory; name the JSONL file to write")
     partial = args.output.with_name(args.output.name + ".partial")
-    with partial.open("w") as sink:
-        count = write_jsonl(scorer, x, args.batch_size, sink)
-    partial.replace(args.output)
+    try:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        with partial.open("w") as sink:
+            count = write_jsonl(scorer, x, args.batch_size, sink)
+        partial.replace(args.output)
+    except OSError as exc:
+        raise DataError(f"cannot write {args.output}: {exc.strerror or exc}") from None
     print(f"scored {count} inputs -> {args.output}", file=sys.stderr)
     return 0
 

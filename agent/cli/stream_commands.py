@@ -35,6 +35,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         "file given with --config; flags win over the environment, which wins over the file.",
     )
     run.add_argument("--config", type=Path, default=None, help="YAML settings file")
+    run.add_argument(
+        "--strict-config",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="refuse unknown DKNN_* environment variables, which would otherwise do nothing "
+        "(default: refuse; --no-strict-config only warns)",
+    )
     _add_setting_flags(run, AgentSettings)
     run.add_argument(
         "--summary-every",
@@ -125,7 +132,7 @@ def setting_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The flags that were given, nested the way the settings model is (`a.b` -> {"a": {"b": ...}})."""
     overrides: dict[str, Any] = {}
     for dest, value in vars(args).items():
-        if value is None or dest in ("config", "summary_every", "handler", "command"):
+        if value is None or dest in ("config", "strict_config", "summary_every", "handler", "command"):
             continue
         *parents, leaf = dest.split(".")
         target = overrides
@@ -141,7 +148,7 @@ def _run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)  # the client's INFO lines are per-connection chatter
-    settings = load_settings(args.config, setting_overrides(args))
+    settings = load_settings(args.config, setting_overrides(args), strict=args.strict_config)
     return run_agent(settings, summary_every_s=args.summary_every)
 
 

@@ -209,6 +209,8 @@ def _check_datasets(train: Dataset, calibration: Dataset, num_classes: int, k: i
             raise DataError(f"{name} inputs must be float32, got {data.x.dtype}")
         if data.y.ndim != 1 or len(data.y) != len(data.x):
             raise DataError(f"{name} labels must be 1-d with one label per input")
+        if not all(np.isfinite(data.x[i : i + 4096]).all() for i in range(0, len(data.x), 4096)):
+            raise DataError(f"{name} inputs contain NaN or infinity: the indexes would be meaningless")
         if not np.issubdtype(data.y.dtype, np.integer) or data.y.min() < 0 or data.y.max() >= num_classes:
             raise DataError(f"{name} labels must be integers in 0..{num_classes - 1}")
     if train.x.shape[1:] != calibration.x.shape[1:]:

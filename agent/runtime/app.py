@@ -12,11 +12,12 @@ import signal
 import sys
 import threading
 import time
+from contextlib import ExitStack
 
 from agent.engine.bundle import BundleTrust
 from agent.engine.dknn import DkNN
 from agent.runtime.drift import ShiftDetector
-from agent.runtime.http_server import MetricsServer
+from agent.runtime.http_server import EndpointSecurity, MetricsServer
 from agent.runtime.pipeline import Pipeline, PipelineOptions, PipelineStats
 from agent.runtime.routing import Topics
 from agent.runtime.settings import AgentSettings, masked_dump
@@ -27,48 +28,64 @@ log = logging.getLogger("dknn.agent")
 
 
 def run_agent(settings: AgentSettings, summary_every_s: float | None = None) -> int:
+    """Builds everything, runs the loop until SIGTERM/SIGINT, and closes what was opened in reverse
+    order, also when start-up fails half way (the CLI turns SIGTERM before the loop into exit 0)."""
     log.info("effective settings: %s", json.dumps(masked_dump(settings), default=str))
     trust = BundleTrust(factory_modules=settings.trusted_factories, digest=settings.bundle_digest)
-    scorer = DkNN.from_bundle(settings.artifacts, backend=settings.index, search_k=settings.search_k, trust=trust)
-    log.info("bundle %s verified: digest %s", settings.artifacts, scorer.digest)
-    telemetry = Telemetry()
-    telemetry.set_bundle(scorer.manifest)
-    server = MetricsServer(telemetry, settings.metrics_host, settings.metrics_port)
-    log.info("metrics on http://%s:%d/metrics", settings.metrics_host, server.port)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    security = settings.kafka_security
-    source = open_source(
-        settings.source_uri,
-        topic=settings.input_topic,
-        group_id=settings.group_id,
-        max_poll_records=settings.batch_size,
-        max_record_bytes=settings.max_event_bytes,
-        security=security,
-    )
-    sink = open_sink(settings.sink_uri, security=security)
-    pipeline = Pipeline(
-        scorer,
-        source,
-        sink,
-        Topics(settings.quarantine_topic, settings.dead_letter_topic, settings.scores_topic),
-        telemetry,
-        ShiftDetector(scorer.calibration_label_free, threshold=settings.shift_lambda),
-        PipelineOptions.from_settings(settings),
-    )
-    reporter = _start_summary(pipeline.stats, stop, summary_every_s) if summary_every_s else None
-    try:
-        pipeline.run(stop)
-    finally:
-        stop.set()
-        source.close()
-        sink.close()
-        server.close()
-        if reporter:
-            reporter.join(1)
-        _print_summary(pipeline.stats)
+    with ExitStack() as opened:
+        scorer = DkNN.from_bundle(settings.artifacts, backend=settings.index, search_k=settings.search_k, trust=trust)
+        log.info("bundle %s verified: digest %s", settings.artifacts, scorer.digest)
+        telemetry = Telemetry()
+        telemetry.set_bundle(scorer.manifest)
+        server = opened.enter_context(
+            MetricsServer(telemetry, settings.metrics_host, settings.metrics_port, _endpoint_security(settings))
+        )
+        log.info("metrics on %s://%s:%d/metrics", server.scheme, settings.metrics_host, server.port)
+        security = settings.kafka_security
+        source = opened.enter_context(
+            open_source(
+                settings.source_uri,
+                topic=settings.input_topic,
+                group_id=settings.group_id,
+                max_poll_records=settings.batch_size,
+                max_record_bytes=settings.max_event_bytes,
+                security=security,
+            )
+        )
+        sink = opened.enter_context(open_sink(settings.sink_uri, security=security))
+        pipeline = Pipeline(
+            scorer,
+            source,
+            sink,
+            Topics(settings.quarantine_topic, settings.dead_letter_topic, settings.scores_topic),
+            telemetry,
+            ShiftDetector(scorer.calibration_label_free, threshold=settings.shift_lambda),
+            PipelineOptions.from_settings(settings),
+        )
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        reporter = _start_summary(pipeline.stats, stop, summary_every_s) if summary_every_s else None
+        try:
+            pipeline.run(stop)
+        finally:
+            stop.set()
+            if reporter:
+                reporter.join(1)
+            _print_summary(pipeline.stats)
     return 0
+
+
+def _endpoint_security(settings: AgentSettings) -> EndpointSecurity:
+    password = settings.metrics_basic_auth_password
+    return EndpointSecurity(
+        certfile=settings.metrics_tls_certfile,
+        keyfile=settings.metrics_tls_keyfile,
+        username=settings.metrics_basic_auth_username,
+        password=password.get_secret_value() if password else None,
+        max_connections=settings.metrics_max_connections,
+        timeout_s=settings.metrics_timeout_s,
+    )
 
 
 def _start_summary(stats: PipelineStats, stop: threading.Event, every_s: float) -> threading.Thread:

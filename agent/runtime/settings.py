@@ -22,13 +22,17 @@ and `masked_dump` is what gets logged.
 
 from __future__ import annotations
 
+import difflib
+import logging
+import os
 import re
+from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -39,6 +43,7 @@ from agent.runtime.routing import DEFAULT_THRESHOLD
 from connectors.kafka_security import KafkaSecurity
 from connectors.registry import split_uri
 
+log = logging.getLogger(__name__)
 TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,249}$"  # Kafka's legal topic names
 _yaml_layer: ContextVar[dict[str, Any] | None] = ContextVar("dknn_yaml_layer", default=None)
 
@@ -93,6 +98,14 @@ class AgentSettings(BaseSettings):
     metrics_port: int = Field(
         9108, ge=0, le=65535, description="port of /metrics, /healthz, /readyz; 0 = any free port"
     )
+    metrics_tls_certfile: Path | None = Field(None, description="serve /metrics over TLS with this certificate (PEM)")
+    metrics_tls_keyfile: Path | None = Field(None, description="private key of metrics_tls_certfile (PEM)")
+    metrics_basic_auth_username: str | None = Field(
+        None, min_length=1, max_length=256, description="require HTTP basic auth on /metrics (probes stay open)"
+    )
+    metrics_basic_auth_password: SecretStr | None = Field(None, description="password for metrics_basic_auth_username")
+    metrics_max_connections: int = Field(16, ge=1, le=1024, description="requests served at once; more are closed")
+    metrics_timeout_s: float = Field(5.0, gt=0.0, le=300.0, description="a connection's time to send and receive")
     threshold: float = Field(
         DEFAULT_THRESHOLD,
         gt=0.0,
@@ -163,6 +176,23 @@ class AgentSettings(BaseSettings):
     def _kafka_needs_servers(self) -> AgentSettings:
         if self.bootstrap_servers is None and (self.source is None or self.sink is None):
             raise ValueError("bootstrap_servers is required unless both source and sink are given as URIs")
+        outputs = {self.quarantine_topic, self.dead_letter_topic, self.scores_topic} - {None}
+        if self.input_topic in outputs:
+            raise ValueError(
+                f"input_topic {self.input_topic!r} is also an output topic: the agent would consume "
+                "its own outputs for ever"
+            )
+        if self.source and self.sink and self.source.startswith("file:") and self.sink.startswith("file:"):
+            source, sink_dir = Path(self.source[5:]).resolve(), Path(self.sink[5:]).resolve()
+            if source.parent == sink_dir and source.stem in outputs:
+                raise ValueError(
+                    f"source {self.source} is the sink's own {source.name}: the agent would read "
+                    "its own outputs for ever"
+                )
+        if (self.metrics_basic_auth_username is None) != (self.metrics_basic_auth_password is None):
+            raise ValueError("metrics_basic_auth_username and metrics_basic_auth_password go together")
+        if (self.metrics_tls_certfile is None) != (self.metrics_tls_keyfile is None):
+            raise ValueError("metrics_tls_certfile and metrics_tls_keyfile go together")
         return self
 
     @property
@@ -237,8 +267,63 @@ def _one_line(exc: ValidationError) -> str:
     return f"invalid setting {field}: {first['msg']}{more}"
 
 
-def load_settings(config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> AgentSettings:
-    """Merges the four sources (see module docstring); every problem is one `ConfigError` line."""
+# DKNN_* variables that configure the project's scripts and tests (deploy/local, tests/), not the agent.
+NON_SETTING_VARIABLES = frozenset(
+    {
+        "DKNN_MNIST_DIR",
+        "DKNN_TEST_KAFKA",
+        "DKNN_BIN",
+        "DKNN_DEMO_KAFKA_DATA",
+        "DKNN_KAFKA_VERSION",
+        "DKNN_LOG4J_VERSION",
+        "DKNN_KAFKA_HOME",
+        "DKNN_KAFKA_DATA",
+        "DKNN_KAFKA_HEAP",
+        "DKNN_KAFKA_JVM_OPTS",
+        "DKNN_KAFKA_START_TIMEOUT_S",
+        "DKNN_KAFKA_STOP_TIMEOUT_S",
+        "DKNN_KAFKA_AUTO_CREATE",
+    }
+)
+
+
+def setting_variables(model: type[BaseModel] = AgentSettings, prefix: str = "DKNN_") -> set[str]:
+    """Every environment variable the settings read: `DKNN_FIELD`, nested `DKNN_FIELD__INNER`."""
+    names = set()
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names |= setting_variables(annotation, f"{prefix}{name.upper()}__")
+        else:
+            names.add(f"{prefix}{name.upper()}")
+    return names
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    known = setting_variables() | NON_SETTING_VARIABLES
+    return sorted(name for name in environ if name.upper().startswith("DKNN_") and name.upper() not in known)
+
+
+def _check_environment(strict: bool) -> None:
+    """A misspelt variable (`DKNN_TRESHOLD=0.9`) would otherwise do nothing, silently."""
+    known = sorted(setting_variables())
+    for name in unknown_variables(os.environ):
+        close = difflib.get_close_matches(name.upper(), known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        message = f"unknown setting variable {name}{hint}"
+        if strict:
+            raise ConfigError(f"{message}; unset it, or pass --no-strict-config to only warn")
+        log.warning("%s: ignored", message)
+
+
+def load_settings(
+    config_file: Path | None = None, overrides: dict[str, Any] | None = None, *, strict: bool = True
+) -> AgentSettings:
+    """Merges the four sources (see module docstring); every problem is one `ConfigError` line.
+
+    `strict` refuses unknown `DKNN_*` environment variables (else they are logged and ignored).
+    """
+    _check_environment(strict)
     layer = read_yaml(config_file) if config_file is not None else {}
     given = _drop_none(dict(overrides or {}))
     token = _yaml_layer.set(layer)

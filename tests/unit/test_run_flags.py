@@ -19,7 +19,11 @@ def run_parser() -> argparse.ArgumentParser:
 
 def test_every_setting_has_a_flag_naming_its_environment_variable() -> None:
     flags = {opt: action for action in run_parser()._actions for opt in action.option_strings}
-    expected = [(name, f"DKNN_{name.upper()}") for name in AgentSettings.model_fields if name != "kafka_security"]
+    secret = {name for name, info in AgentSettings.model_fields.items() if "SecretStr" in str(info.annotation)}
+    assert secret == {"metrics_basic_auth_password"}
+    expected = [
+        (name, f"DKNN_{name.upper()}") for name in AgentSettings.model_fields if name not in {"kafka_security", *secret}
+    ]
     expected += [
         (f"kafka_security_{name}", f"DKNN_KAFKA_SECURITY__{name.upper()}")
         for name in KafkaSecurity.model_fields
@@ -30,6 +34,7 @@ def test_every_setting_has_a_flag_naming_its_environment_variable() -> None:
         assert flag in flags, f"setting {name} has no flag {flag}"
         assert env in (flags[flag].help or ""), f"{flag}'s help does not name {env}"
     assert "--kafka-security-sasl-plain-password" not in flags  # secrets: environment or file only
+    assert "--metrics-basic-auth-password" not in flags
 
 
 def test_flags_become_nested_settings_and_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -147,3 +147,45 @@ def test_secrets_are_masked_in_the_dump_and_repr(monkeypatch: pytest.MonkeyPatch
         ]
         is None
     )
+
+
+def test_a_misspelt_variable_is_refused_with_a_suggestion(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DKNN_TRESHOLD", "0.9")
+    with pytest.raises(ConfigError, match=r"unknown setting variable DKNN_TRESHOLD \(did you mean DKNN_THRESHOLD\?\)"):
+        load_settings(None, {"artifacts": "b", "bootstrap_servers": "k"})
+    settings = load_settings(None, {"artifacts": "b", "bootstrap_servers": "k"}, strict=False)  # warns only
+    assert settings.threshold == 0.1
+    monkeypatch.delenv("DKNN_TRESHOLD")
+    monkeypatch.setenv("DKNN_KAFKA_SECURITY__SASL_MECHANISMS", "PLAIN")
+    with pytest.raises(ConfigError, match="did you mean DKNN_KAFKA_SECURITY__SASL_MECHANISM"):
+        load_settings(None, {"artifacts": "b", "bootstrap_servers": "k"})
+
+
+def test_the_project_scripts_variables_are_not_settings_and_not_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("DKNN_MNIST_DIR", "DKNN_TEST_KAFKA", "DKNN_KAFKA_HOME", "DKNN_DEMO_KAFKA_DATA"):
+        monkeypatch.setenv(name, "x")
+    assert load_settings(None, {"artifacts": "b", "bootstrap_servers": "k"}).threshold == 0.1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        ({"dead_letter_topic": "inference-events"}, "is also an output topic"),
+        ({"scores_topic": "inference-events"}, "is also an output topic"),
+        ({"source": "file:/out/inference-dead-letter.jsonl", "sink": "file:/out"}, "the sink's own"),
+        ({"shift_lambda": float("inf")}, "shift_lambda"),
+        ({"metrics_basic_auth_username": "prometheus"}, "go together"),
+        ({"metrics_tls_certfile": "/cert.pem"}, "go together"),
+        ({"bundle_digest": "sha256:abc"}, "bundle_digest"),
+        ({"trusted_factories": "mypkg.models,not a module"}, "is not a module name"),
+    ],
+)
+def test_operator_traps_are_refused(overrides: dict, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        load_settings(None, {"artifacts": "b", "bootstrap_servers": "k", **overrides})
+
+
+def test_trusted_factories_from_a_comma_separated_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DKNN_TRUSTED_FACTORIES", "agent.research.models, mypkg.models")
+    settings = load_settings(None, {"artifacts": "b", "bootstrap_servers": "k"})
+    assert settings.trusted_factories == ("agent.research.models", "mypkg.models")
