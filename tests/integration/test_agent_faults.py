@@ -386,7 +386,35 @@ def wrong_schema(draw: st.DrawFn) -> Case:
     return Case("broken_field", json.dumps(doc).encode(), frozenset({"schema"}))
 
 
+@st.composite
+def hostile_json(draw: st.DrawFn) -> Case:
+    """JSON that is hard to parse or to write back: deep nesting, lone surrogates, duplicate keys,
+    unusual number forms. Each must be dead-lettered with its exact bytes."""
+    spaced = json.dumps(json.loads(draw(valid_events))).encode()  # valid, but not compact
+    kind = draw(st.sampled_from(["deep", "surrogate", "duplicate_model", "number_form"]))
+    if kind == "deep":  # past Python's recursion limit, within the test's 4 KiB event limit
+        depth = draw(st.integers(1_000, LIMIT // 2 - 1))
+        return Case("deep_nesting", b"[" * depth + b"]" * depth, frozenset({"bad_json", "schema"}))
+    if kind == "surrogate":
+        escape = draw(st.sampled_from([b"\\ud800", b"\\udfff", b"\\udbff\\u0041"]))
+        return Case(
+            "lone_surrogate", spaced.replace(b'"event_id": "', b'"event_id": "' + escape, 1), frozenset({"schema"})
+        )
+    if kind == "duplicate_model":  # the second "model" wins in json.loads: an unknown model
+        return Case(
+            "duplicate_keys",
+            spaced[:-1] + b', "model": {"name": "other", "version": "1"}}',
+            frozenset({"unknown_model"}),
+        )
+    if kind == "number_form":
+        form = draw(st.sampled_from([b"8E0", b"8.0", b"0x8", b"1e999", b"-0"]))
+        reasons = frozenset({"bad_json"}) if form == b"0x8" else frozenset({"schema", "shape"})
+        return Case("number_form", spaced.replace(b'"shape": [8]', b'"shape": [' + form + b"]"), reasons)
+    raise AssertionError(kind)  # (5,000-digit integers exceed this test's 4 KiB limit: see test_poison_pills)
+
+
 MALFORMED = {
+    "hostile_json": hostile_json(),
     "random_bytes": st.binary(max_size=300).map(lambda b: Case("random_bytes", b, frozenset({"bad_json", "schema"}))),
     "truncated": truncated(),
     "wrong_shape": wrong_shape(),
