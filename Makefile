@@ -4,8 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BUNDLE ?= artifacts/mnist-cnn
+GRAFANA := dashboards/grafana
 
-.PHONY: setup test lint test-unit test-e2e demo demo-table bench-quality bench-snnl bench-stream clean
+.PHONY: setup test lint test-unit test-e2e observability-check dashboards demo demo-table bench-quality bench-snnl \
+	bench-stream bench-shift clean
 
 setup: $(STAMP)
 
@@ -18,14 +20,26 @@ $(STAMP): pyproject.toml
 
 # Everything CI runs: the static checks first (seconds), then the fast unit suite, then the
 # slow groups — end-to-end commands as a user types them, and the real Kafka broker.
-test: lint test-unit test-e2e
+test: lint test-unit observability-check test-e2e
 
 # Undefined names, dead imports, formatting, types, and the layering of docs/design.md §7.
 lint: setup
-	$(BIN)/ruff check agent connectors tests
-	$(BIN)/ruff format --check agent connectors tests
+	$(BIN)/ruff check agent connectors tests $(GRAFANA)
+	$(BIN)/ruff format --check agent connectors tests $(GRAFANA)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/python $(GRAFANA)/generate.py --check
+
+# Prometheus rules (promtool check + unit tests in which every alert fires and clears), the
+# Alertmanager config (amtool), the runbook's anchors, and the dashboards against Grafana's own
+# schema and a real Prometheus. Tools: deploy/observability/install.sh (.ci/run calls it).
+observability-check: setup
+	bash $(GRAFANA)/validate.sh
+	$(BIN)/python -m pytest -q tests/observability
+
+# Regenerate the committed dashboard JSON after editing dashboards/grafana/generate.py.
+dashboards: setup
+	$(BIN)/python $(GRAFANA)/generate.py
 
 test-unit: setup
 	$(BIN)/python -m pytest -q tests/unit
@@ -53,6 +67,10 @@ bench-quality: setup $(BUNDLE)/manifest.json
 # Does entangling help? Reference models with and without SNNL, three seeds (trains six bundles).
 bench-snnl: setup
 	$(BIN)/dknn-agent bench snnl --seeds 0,1,2 --out docs/results
+
+# Drift signals: false-alarm run lengths, detection delay and resolution (about 15 minutes on 2 cores).
+bench-shift: setup $(BUNDLE)/manifest.json
+	$(BIN)/dknn-agent bench shift --artifacts $(BUNDLE) --out docs/results
 
 bench-stream: setup $(BUNDLE)/manifest.json
 	bash deploy/local/kafka.sh fetch >/dev/null
