@@ -73,6 +73,28 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     study.set_defaults(handler=_snnl_study)
 
+    shift = kinds.add_parser(
+        "shift",
+        help="drift signals: false-alarm run lengths, detection delay, resolution",
+        description="Score the evaluation split and shifted versions of it (rotated, uniform and Gaussian noise, "
+        "inverted, FGSM) once, then run the agent's drift monitor on streams drawn from those scores: mean run "
+        "length to a false alarm at thresholds of 1e3/1e4/1e5 events against the guarantee, detection delay at the "
+        "default threshold after a long clean stretch for 5/20/50/100%% shifted traffic, and how fast the "
+        "shifted state clears after the shift ends. Saves OUT/shift-MODEL.{json,md} and OUT/shift-delays.png.",
+    )
+    shift.add_argument("--artifacts", type=Path, required=True, help="MNIST reference bundle")
+    shift.add_argument("--data", type=Path, default=None, help="MNIST IDX directory (default: the shared copy)")
+    shift.add_argument("--out", type=Path, default=Path("docs/results"), help="where to write the report")
+    shift.add_argument("--onsets", type=int, default=200, help="shift onsets per kind and share (default: 200)")
+    shift.add_argument("--prefix", type=int, default=20_000, help="clean events before each onset (default: 20000)")
+    shift.add_argument(
+        "--arl-runs",
+        default="300,200,100",
+        help="clean runs per false-alarm threshold 1e3,1e4,1e5 (default: 300,200,100)",
+    )
+    shift.add_argument("--seed", type=int, default=0)
+    shift.set_defaults(handler=_shift)
+
     stream = kinds.add_parser(
         "stream",
         help="events/s and p50/p99 event latency through a real Kafka broker",
@@ -154,6 +176,26 @@ def _stream(args: argparse.Namespace) -> int:
             latency_rate=args.latency_rate,
             batch_size=args.batch_size,
             out_dir=args.out,
+        )
+    )
+    return 0
+
+
+def _shift(args: argparse.Namespace) -> int:
+    from agent.research.bench.shift import ShiftOptions, run_shift
+
+    runs = parse_seeds(args.arl_runs)
+    if len(runs) != 3 or min(runs) < 1 or args.onsets < 1 or args.prefix < 0:
+        raise ConfigError("--arl-runs needs three positive counts; --onsets ≥ 1; --prefix ≥ 0")
+    run_shift(
+        ShiftOptions(
+            artifacts=args.artifacts,
+            data_dir=args.data,
+            out_dir=args.out,
+            onsets=args.onsets,
+            prefix=args.prefix,
+            arl_runs=runs,
+            seed=args.seed,
         )
     )
     return 0

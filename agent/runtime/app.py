@@ -16,7 +16,7 @@ from contextlib import ExitStack
 
 from agent.engine.bundle import BundleTrust
 from agent.engine.dknn import DkNN
-from agent.runtime.drift import ShiftDetector
+from agent.runtime.drift import DriftMonitor
 from agent.runtime.http_server import EndpointSecurity, MetricsServer
 from agent.runtime.pipeline import Pipeline, PipelineOptions, PipelineStats
 from agent.runtime.routing import Topics
@@ -59,7 +59,13 @@ def run_agent(settings: AgentSettings, summary_every_s: float | None = None) -> 
             sink,
             Topics(settings.quarantine_topic, settings.dead_letter_topic, settings.scores_topic),
             telemetry,
-            ShiftDetector(scorer.calibration_label_free, threshold=settings.shift_lambda),
+            DriftMonitor(
+                scorer.calibration_alpha,
+                scorer.calibration_label_free,
+                settings.threshold,
+                arl_events=settings.drift_arl_events,
+                window=settings.drift_window_events,
+            ),
             PipelineOptions.from_settings(settings),
         )
         stop = threading.Event()
@@ -103,7 +109,8 @@ def _print_summary(stats: PipelineStats) -> None:
     print(
         f"[dknn-agent] {stats.consumed} events ({stats.consumed / elapsed:.0f}/s)  scored {stats.scored}  "
         f"quarantined {stats.quarantined}  dead-lettered {stats.dead_lettered}  "
-        f"mean credibility {stats.mean_credibility:.3f}",
+        f"mean credibility {stats.mean_credibility:.3f}  "
+        f"drift {'SHIFTED' if stats.shifted else 'normal'}, {stats.change_alarms} change alarm(s)",
         file=sys.stderr,
         flush=True,
     )

@@ -1,190 +1,261 @@
-"""The label-free distribution-shift alarm: a conformal test martingale (docs/design.md §2.6).
+"""Distribution-drift signals an operator can be paged on (docs/design.md §2.6).
 
-Why a martingale and not a threshold on mean credibility: while the stream is exchangeable with
-the calibration data the conformal p-values below are i.i.d. uniform, and any product of
-"betting" factors with expectation 1 under uniformity is a non-negative martingale starting at
-1. Ville's inequality bounds the chance that it *ever* reaches λ by 1/λ, for an unbounded
-stream, with no window or multiple-testing correction to tune. Under shift the p-values pile up
-near 0 and the martingale grows exponentially.
+Two signals, because on-call needs two answers: *did something change?* (fast, then quiet) and
+*is the traffic still shifted?* (on while it lasts, off when it is over).
 
-Conventions:
+**Change: a conformal Shiryaev–Roberts procedure.** Each scored event's label-free score
+s(x) = min_j α(x, j) (larger = stranger) gets an on-line, randomised conformal p-value against the
+calibration scores plus every score seen so far (each event joins the reference after its own
+p-value). While the stream is exchangeable with the calibration data these p-values are exactly
+i.i.d. uniform (Vovk's on-line exchangeability argument), whatever the model. The statistic
 
-- score s(x) = min_j α(x, j) (`DkNN.calibration_label_free` holds it for the calibration set);
-  larger s = stranger.
-- p-value (randomised, smoothed): p = (|{a ∈ B : a > s}| + U·(|{a ∈ B : a = s}| + 1)) / (|B| + 1),
-  U ~ Uniform(0, 1] from a seeded generator. The "+1" counts the test point itself; U splits
-  ties (α is an integer, so ties are the norm). U is drawn from (0, 1] so p > 0 and log p is
-  finite.
-- reference bag B. `online=True` (default): the calibration scores *plus every score seen since
-  the last reset*, each event joining B after its own p-value. This is Vovk's on-line
-  exchangeability test: the p-values are then exactly i.i.d. uniform under exchangeability, so
-  Ville's bound holds exactly. `online=False`: B is the fixed calibration set (an "inductive"
-  martingale). Given one fixed set its p-values are *not* uniform (the set's empirical CDF is off
-  by ~1/√n), the martingale bets on that error and grows slowly even without shift: measured
-  with 750 calibration points and 2,000-step clean streams, the false-alarm rate at λ=100 ranged
-  from 0 to 0.98 depending on which calibration set was drawn, and every long stream eventually
-  alarms. Hence the default. Cost of `online`: B is stored as (distinct value, count) pairs; DkNN
-  scores are integers in [0, L·k], so that is at most L·k+1 counters. Non-integer scores would
-  grow it by one pair per event.
-- betting function: the simple mixture ∫₀¹ ε p^(ε−1) dε, discretised as an equal-weight mixture
-  over the midpoint grid ε_i = (i + ½)/G. Each ε p^(ε−1) has expectation 1 under uniform p, so
-  the mixture is itself a test martingale exactly. Kept as G log-martingales, combined with
-  logsumexp.
-- alarm: latched. True from the first step since `reset()` at which the martingale reaches λ
-  (batches are scanned step by step, so a crossing inside a batch counts) until `reset()`.
-- restart (optional, `restart_on_alarm=True`): right after a crossing the martingale restarts at
-  1 (the bag is kept) while the alarm stays latched, so `log10_martingale` shows evidence since
-  the last alarm and `alarms` counts crossings; each restart is a fresh Ville test. By default
-  the martingale keeps growing while the shift lasts.
+    R_0 = 0,    R_t = (1 + R_{t-1}) · g(p_t),    alarm when R_t ≥ c, then R restarts at 0
 
-Caveat: after a long in-distribution stretch the mixture has drifted far below 1, which delays
-detection by roughly (that deficit) / (evidence per shifted event); `reset()` clears it.
+with a betting function g ≥ 0, ∫₀¹ g = 1, makes R_t − t a martingale under uniform p-values, so
+the mean number of events between false alarms is at least c (Pollak's argument; the exact
+guarantee this module is built around). c is set in events: the default 8.64 × 10^7 is one false
+alarm per day per replica at 1,000 events/s. g is the equal-weight mixture of ε·p^(ε−1) over a grid
+of ε in (0, 1): small ε bets hard on the rare, extreme p-values a partial shift produces, larger ε
+on many moderately small ones. Why Shiryaev–Roberts and not the test martingale used before: a
+martingale that has drifted far below 1 over a long clean stretch needs that deficit made up
+before it alarms, and one that has alarmed keeps growing for ever; R starts from 0 after every
+alarm and never goes below 0, so detection after a month of clean traffic is as fast as after a
+minute, and the signal re-arms by itself.
+
+**State: the low-credibility rate in a window, against the rate the calibration predicts.**
+Quarantining below τ flags a share q₀ of in-distribution traffic (q₀ is computed from the
+calibration scores, about τ). Over the last W events the flagged count is then about
+Binomial(W, q₀); the state turns on when the count reaches the smallest k with P(count ≥ k) ≤ δ
+and turns off again at the mean plus three standard deviations (hysteresis, so it does not
+flicker at the boundary). It stays on while the traffic is shifted and clears about W events after
+the shift ends. It only sees shifts that lower credibility, which is what quarantine acts on.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from agent.errors import ConfigError, InputError
 
-DEFAULT_LAMBDA = 100.0
-DEFAULT_GRID = 100
+DEFAULT_ARL_EVENTS = 8.64e7  # one false alarm per day per replica at 1,000 events/s
+DEFAULT_WINDOW = 1000
+DEFAULT_WINDOW_FALSE_ALARM = 1e-7  # P(count ≥ bound) for one window of in-distribution traffic
+_EPSILONS = (np.arange(20) + 0.5) / 20  # the betting mixture's grid
 _CHUNK = 256  # in-batch pairwise comparisons are chunk² booleans
 
 
-def conformal_p_values(calibration_sorted: np.ndarray, scores: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Randomised p-values of `scores` (larger = stranger) against a fixed ascending reference."""
-    n = len(calibration_sorted)
-    left = np.searchsorted(calibration_sorted, scores, side="left")
-    right = np.searchsorted(calibration_sorted, scores, side="right")
-    return ((n - right) + u * ((right - left) + 1)) / (n + 1)
+class OnlineConformalPValues:
+    """Randomised on-line conformal p-values of scores (larger = stranger), in arrival order.
 
+    p = (|{b ∈ B : b > s}| + U·(|{b ∈ B : b = s}| + 1)) / (|B| + 1), U ~ Uniform(0, 1], where B is the
+    calibration set plus every score seen before this one. The "+1" counts the point itself; U splits
+    ties (DkNN scores are integers) and keeps p > 0. B is kept as sorted (value, count) pairs: DkNN
+    scores take at most L·k + 1 values, so memory stays bounded however long the stream.
+    """
 
-def _logsumexp(values: np.ndarray, axis: int) -> np.ndarray:
-    peak = values.max(axis=axis, keepdims=True)
-    return (peak + np.log(np.exp(values - peak).sum(axis=axis, keepdims=True))).squeeze(axis)
-
-
-class _Bag:
-    """A multiset of scores as sorted distinct values with counts: O(distinct) memory."""
-
-    def __init__(self, scores: np.ndarray) -> None:
+    def __init__(self, calibration: np.ndarray, seed: int | None = 0) -> None:
+        scores = np.asarray(calibration, dtype=np.float64).ravel()
+        if scores.size == 0 or not np.isfinite(scores).all():
+            raise ConfigError("drift detection needs a non-empty, finite set of calibration scores")
         self.values, self.counts = np.unique(scores, return_counts=True)
+        self._rng = np.random.default_rng(seed)
         self._refresh()
 
     def _refresh(self) -> None:
         self.size = int(self.counts.sum())
-        self._at_most = np.cumsum(self.counts)  # |{b ≤ values[i]}|
+        self._at_most = np.cumsum(self.counts)
 
-    def greater_and_equal(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        idx = np.searchsorted(self.values, scores, side="right")  # values[idx-1] ≤ s < values[idx]
-        at_most = np.where(idx > 0, self._at_most[np.maximum(idx - 1, 0)], 0)
-        hit = (idx > 0) & (self.values[np.maximum(idx - 1, 0)] == scores)
-        equal = np.where(hit, self.counts[np.maximum(idx - 1, 0)], 0)
+    def _greater_and_equal(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        idx = np.searchsorted(self.values, scores, side="right")
+        below = np.maximum(idx - 1, 0)
+        at_most = np.where(idx > 0, self._at_most[below], 0)
+        equal = np.where((idx > 0) & (self.values[below] == scores), self.counts[below], 0)
         return self.size - at_most, equal
 
-    def add(self, scores: np.ndarray) -> None:
+    def _add(self, scores: np.ndarray) -> None:
         values, inverse = np.unique(np.concatenate([self.values, scores]), return_inverse=True)
         weights = np.concatenate([self.counts, np.ones(len(scores), dtype=self.counts.dtype)])
         self.values = values
         self.counts = np.bincount(inverse, weights=weights, minlength=len(values)).astype(np.int64)
         self._refresh()
 
-
-class ShiftDetector:
-    """Feeds label-free scores into a simple-mixture conformal test martingale; not thread-safe."""
-
-    def __init__(
-        self,
-        calibration_scores: np.ndarray,
-        threshold: float = DEFAULT_LAMBDA,
-        seed: int | None = 0,
-        *,
-        online: bool = True,
-        grid_size: int = DEFAULT_GRID,
-        restart_on_alarm: bool = False,
-    ) -> None:
-        calibration = np.sort(np.asarray(calibration_scores, dtype=np.float64).ravel())
-        if calibration.size == 0 or not np.isfinite(calibration).all():
-            raise ConfigError("shift detector needs a non-empty, finite set of calibration scores")
-        if not threshold > 1.0:
-            raise ConfigError(f"shift threshold λ must be > 1 (Ville's bound is 1/λ), got {threshold}")
-        if grid_size < 1:
-            raise ConfigError(f"shift grid_size must be ≥ 1, got {grid_size}")
-        self.calibration = calibration
-        self.threshold = float(threshold)
-        self.online = online
-        self.restart_on_alarm = restart_on_alarm
-        self._log_threshold = math.log(self.threshold)
-        self._eps = (np.arange(grid_size) + 0.5) / grid_size
-        self._log_eps = np.log(self._eps)
-        self._log_weight = -math.log(grid_size)
-        self._rng = np.random.default_rng(seed)
-        self.reset()
-
-    def reset(self) -> None:
-        """Start a fresh test: martingale 1, alarm cleared, bag back to the calibration set."""
-        self._bag = _Bag(self.calibration)
-        self._log_components = np.zeros_like(self._eps)  # log of each power martingale
-        self._log_m = 0.0
-        self.alarm = False
-        self.alarms = 0
-        self.p_values_seen = 0
-        self.last_p_values = np.empty(0)
-
-    @property
-    def log10_martingale(self) -> float:
-        """log10 of the mixture martingale (0 at start; ≥ log10 λ is the alarm)."""
-        return self._log_m / math.log(10.0)
-
-    @property
-    def reference_size(self) -> int:
-        """|B|: calibration points plus, in on-line mode, every score seen since the last reset."""
-        return self._bag.size
-
-    def _p_values(self, scores: np.ndarray) -> np.ndarray:
-        """p-values in arrival order; in on-line mode each score joins the bag after its own."""
-        u = 1.0 - self._rng.random(len(scores))  # (0, 1]: p > 0 always
-        if not self.online:
-            return conformal_p_values(self.calibration, scores, u)
+    def __call__(self, scores: np.ndarray) -> np.ndarray:
+        scores = np.asarray(scores, dtype=np.float64).ravel()
+        if not np.isfinite(scores).all():
+            raise InputError("label-free scores contain NaN or infinity")
+        u = 1.0 - self._rng.random(len(scores))  # (0, 1]
         out = np.empty(len(scores))
         for start in range(0, len(scores), _CHUNK):
             chunk = scores[start : start + _CHUNK]
-            greater, equal = self._bag.greater_and_equal(chunk)
+            greater, equal = self._greater_and_equal(chunk)
             earlier = np.tri(len(chunk), k=-1, dtype=bool)  # [i, j]: j arrived before i
             greater = greater + ((chunk[None, :] > chunk[:, None]) & earlier).sum(axis=1)
             equal = equal + ((chunk[None, :] == chunk[:, None]) & earlier).sum(axis=1)
-            size = self._bag.size + np.arange(len(chunk))
+            size = self.size + np.arange(len(chunk))
             out[start : start + len(chunk)] = (greater + u[start : start + len(chunk)] * (equal + 1)) / (size + 1)
-            self._bag.add(chunk)
+            self._add(chunk)
         return out
 
-    def update(self, scores: np.ndarray) -> None:
-        """Bets on one micro-batch of label-free scores, step by step, in arrival order."""
-        scores = np.asarray(scores, dtype=np.float64).ravel()
-        if scores.size == 0:
-            return
-        if not np.isfinite(scores).all():
-            raise InputError("label-free scores contain NaN or infinity")
-        p = self._p_values(scores)
-        self.last_p_values = p
-        self.p_values_seen += len(p)
-        # (t, G): log of each power martingale's factor at every step of this batch.
-        increments = self._log_eps[None, :] + (self._eps - 1.0)[None, :] * np.log(p)[:, None]
-        start = 0
-        while start < len(p):
-            path = self._log_components + np.cumsum(increments[start:], axis=0)
-            log_m = _logsumexp(path, axis=1) + self._log_weight
-            crossed = np.flatnonzero(log_m >= self._log_threshold)
-            if crossed.size == 0 or not self.restart_on_alarm:
-                if crossed.size:
-                    self.alarm, self.alarms = True, 1
-                self._log_components, self._log_m = path[-1], float(log_m[-1])
-                return
-            self.alarm = True
-            self.alarms += 1
-            self._log_components = np.zeros_like(self._eps)  # a fresh test from the next step
-            self._log_m = 0.0
-            start += int(crossed[0]) + 1
+
+def log_bet(p: np.ndarray) -> np.ndarray:
+    """log g(p) for the betting mixture g(p) = mean_ε ε·p^(ε−1); ∫₀¹ g = 1."""
+    log_p = np.log(np.asarray(p, dtype=np.float64))[:, None]
+    terms = np.log(_EPSILONS)[None, :] + (_EPSILONS - 1.0)[None, :] * log_p
+    peak = terms.max(axis=1, keepdims=True)
+    return (peak + np.log(np.exp(terms - peak).mean(axis=1, keepdims=True))).ravel()
+
+
+class ShiryaevRoberts:
+    """R_t = (1 + R_{t−1})·g(p_t), alarm at R ≥ `arl_events`, restart at 0 (module docstring)."""
+
+    def __init__(self, arl_events: float = DEFAULT_ARL_EVENTS) -> None:
+        if not (math.isfinite(arl_events) and arl_events > 1.0):
+            raise ConfigError(f"the change detector's mean run length must be a finite number > 1, got {arl_events}")
+        self.arl_events = float(arl_events)
+        self._log_threshold = math.log(self.arl_events)
+        self.log_r = -math.inf  # R = 0
+        self.alarms = 0
+
+    def update(self, p: np.ndarray) -> np.ndarray:
+        """Bets on p-values in arrival order; True where an alarm fired (and R restarted)."""
+        fired = np.zeros(len(p), dtype=bool)
+        log_r = self.log_r
+        for i, bet in enumerate(log_bet(p).tolist()):
+            log_r = _log1p_exp(log_r) + bet  # log((1 + R)·g)
+            if log_r >= self._log_threshold:
+                fired[i] = True
+                log_r = -math.inf
+        self.log_r = log_r
+        self.alarms += int(fired.sum())
+        return fired
+
+    @property
+    def log10_statistic(self) -> float:
+        """log10 R (−inf right after a restart is reported as the floor −10)."""
+        return max(self.log_r / math.log(10.0), -10.0)
+
+    @property
+    def log10_threshold(self) -> float:
+        return math.log10(self.arl_events)
+
+
+def _log1p_exp(x: float) -> float:
+    """log(1 + e^x), stable for large x and −inf."""
+    return x + math.log1p(math.exp(-x)) if x > 0 else math.log1p(math.exp(x))
+
+
+def binomial_upper_bound(n: int, q: float, tail: float) -> int:
+    """The smallest k with P(Binomial(n, q) ≥ k) ≤ tail."""
+    log_terms = (
+        [
+            math.lgamma(n + 1)
+            - math.lgamma(k + 1)
+            - math.lgamma(n - k + 1)
+            + (k * math.log(q) if k else 0.0)
+            + ((n - k) * math.log1p(-q) if n - k else 0.0)
+            for k in range(n + 1)
+        ]
+        if 0 < q < 1
+        else None
+    )
+    if log_terms is None:
+        return n + 1 if q >= 1 else 1
+    survival = 0.0
+    for k in range(n, -1, -1):
+        survival += math.exp(log_terms[k])
+        if survival > tail:
+            return k + 1
+    return 0
+
+
+class LowCredibilityState:
+    """On while the windowed low-credibility count is above its calibrated bound (module docstring)."""
+
+    def __init__(
+        self, expected_rate: float, window: int = DEFAULT_WINDOW, false_alarm: float = DEFAULT_WINDOW_FALSE_ALARM
+    ) -> None:
+        if window < 10:
+            raise ConfigError(f"the drift window must hold at least 10 events, got {window}")
+        if not 0.0 <= expected_rate < 1.0:
+            raise ConfigError(f"expected low-credibility rate must be in [0, 1), got {expected_rate}")
+        self.window = window
+        self.expected_rate = expected_rate
+        rate = min(max(expected_rate, 1.0 / window), 1.0 - 1.0 / window)  # a rate of 0 would make any flag an alarm
+        self.on_count = binomial_upper_bound(window, rate, false_alarm)
+        spread = math.sqrt(window * rate * (1.0 - rate))
+        self.off_count = min(self.on_count - 1, math.ceil(window * rate + 3.0 * spread))
+        self._ring = np.zeros(window, dtype=bool)
+        self._pos = 0
+        self._seen = 0
+        self.count = 0
+        self.shifted = False
+
+    @property
+    def bound(self) -> float:
+        """The on-threshold as a share of the window."""
+        return self.on_count / self.window
+
+    @property
+    def ratio(self) -> float:
+        return self.count / max(min(self._seen, self.window), 1)
+
+    def update(self, low: np.ndarray) -> np.ndarray:
+        """Feeds quarantine decisions in arrival order; the state after each one."""
+        states = np.empty(len(low), dtype=bool)
+        for i, flag in enumerate(np.asarray(low, dtype=bool).tolist()):
+            self.count += int(flag) - int(self._ring[self._pos])
+            self._ring[self._pos] = flag
+            self._pos = (self._pos + 1) % self.window
+            self._seen += 1
+            if self.shifted and self.count <= self.off_count:
+                self.shifted = False
+            elif not self.shifted and self.count >= self.on_count:
+                self.shifted = True
+            states[i] = self.shifted
+        return states
+
+
+def expected_low_credibility_rate(
+    calibration_alpha: np.ndarray, calibration_label_free: np.ndarray, threshold: float
+) -> float:
+    """Share of calibration points whose credibility is below `threshold`: what quarantine flags
+    on in-distribution traffic (credibility = the DkNN p-value of the predicted label)."""
+    alpha = np.sort(np.asarray(calibration_alpha, dtype=np.float64))
+    scores = np.asarray(calibration_label_free, dtype=np.float64)
+    credibility = (len(alpha) - np.searchsorted(alpha, scores, side="left")) / len(alpha)
+    return float((credibility < threshold).mean())
+
+
+@dataclass(frozen=True)
+class DriftSignals:
+    """What one batch did to the signals, per event in arrival order."""
+
+    change: np.ndarray  # (n,) bool: a change alarm fired at this event
+    shifted: np.ndarray  # (n,) bool: the state after this event
+
+
+class DriftMonitor:
+    """Both signals over one agent's stream; not thread-safe (the pipeline thread owns it)."""
+
+    def __init__(
+        self,
+        calibration_alpha: np.ndarray,
+        calibration_label_free: np.ndarray,
+        threshold: float,
+        arl_events: float = DEFAULT_ARL_EVENTS,
+        window: int = DEFAULT_WINDOW,
+        seed: int | None = 0,
+    ) -> None:
+        self.p_values = OnlineConformalPValues(calibration_label_free, seed)
+        self.change = ShiryaevRoberts(arl_events)
+        rate = expected_low_credibility_rate(calibration_alpha, calibration_label_free, threshold)
+        self.state = LowCredibilityState(rate, window)
+        self.events_seen = 0
+
+    def update(self, label_free_scores: np.ndarray, low_credibility: np.ndarray) -> DriftSignals:
+        p = self.p_values(label_free_scores)
+        self.events_seen += len(p)
+        return DriftSignals(change=self.change.update(p), shifted=self.state.update(low_credibility))

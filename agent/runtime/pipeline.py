@@ -35,7 +35,7 @@ import numpy as np
 
 from agent.engine.dknn import DkNN, ScoreBatch
 from agent.errors import CommitRejectedError, ConnectorError, DeliveryRefusedError, EventError
-from agent.runtime.drift import ShiftDetector
+from agent.runtime.drift import DriftMonitor
 from agent.runtime.events import DecodedEvent, decode_event
 from agent.runtime.routing import QUARANTINED, Message, Outcome, Topics, dead_letter, scored_messages, verdicts
 from agent.runtime.settings import AgentSettings
@@ -77,6 +77,8 @@ class PipelineStats:
     quarantined: int = 0
     dead_lettered: int = 0
     credibility_sum: float = 0.0
+    shifted: bool = False  # the drift state signal
+    change_alarms: int = 0  # the drift change signal's alarms so far
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -104,7 +106,7 @@ class Pipeline:
         sink: Sink,
         topics: Topics,
         telemetry: Telemetry,
-        shift: ShiftDetector,
+        drift: DriftMonitor,
         options: PipelineOptions | None = None,
     ) -> None:
         self.scorer = scorer
@@ -112,7 +114,7 @@ class Pipeline:
         self.sink = sink
         self.topics = topics
         self.telemetry = telemetry
-        self.shift = shift
+        self.drift = drift
         self.options = options or PipelineOptions()
         self.stats = PipelineStats()
         source.on_revoke(self._forget_partitions)
@@ -176,8 +178,18 @@ class Pipeline:
             scores = self.scorer.score(np.stack([event.x for _, event in valid]), stage=self.telemetry.stage)
             verdict = verdicts(scores.credibility, self.options.threshold)
             quarantined = verdict == QUARANTINED
+            # Once per batch, like everything in this step: the signals go into the score records.
+            signals = self.drift.update(scores.label_free_score, quarantined)
             for row, (record, event) in enumerate(valid):
-                outcome = Outcome(record=record, event=event, scores=scores, row=row, verdict=str(verdict[row]))
+                outcome = Outcome(
+                    record=record,
+                    event=event,
+                    scores=scores,
+                    row=row,
+                    verdict=str(verdict[row]),
+                    drift_change=bool(signals.change[row]),
+                    drift_shifted=bool(signals.shifted[row]),
+                )
                 messages.extend(
                     scored_messages(
                         outcome, self.topics, manifest, self.options.threshold, self.options.max_output_bytes
@@ -227,7 +239,7 @@ class Pipeline:
         refused.append(message)
         return message.fallback
 
-    # -- 3. metrics, drift detector, summary (once, after confirmation) ----------------------
+    # -- 3. metrics and summary (once, after confirmation) -----------------------------------
 
     def _account(self, batch: PreparedBatch) -> None:
         for _, error in batch.invalid:
@@ -241,8 +253,8 @@ class Pipeline:
         self.telemetry.scored(
             scores.credibility, scores.confidence, scores.prediction, scores.model_prediction, batch.quarantined
         )
-        self.shift.update(scores.label_free_score)
-        self.telemetry.set_shift(self.shift.log10_martingale, self.shift.alarm)
+        self.telemetry.set_drift(self.drift)
+        self.stats.shifted, self.stats.change_alarms = self.drift.state.shifted, self.drift.change.alarms
         self.stats.scored += len(batch.valid)
         self.stats.quarantined += int(batch.quarantined.sum())
         self.stats.credibility_sum += float(scores.credibility.sum())

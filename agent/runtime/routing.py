@@ -69,6 +69,8 @@ class Outcome:
     scores: ScoreBatch
     row: int
     verdict: str
+    drift_change: bool = False  # a change alarm fired at this event
+    drift_shifted: bool = False  # the traffic was in the shifted state after this event
 
 
 def verdicts(credibility: np.ndarray, threshold: float) -> np.ndarray:
@@ -123,7 +125,12 @@ def _position(record: Record) -> dict[str, Any]:
 
 def score_record(outcome: Outcome) -> bytes:
     """The compact record every valid event gets on the scores topic."""
-    body = {"event_id": outcome.event.event_id, "source": _position(outcome.record), **_verdict_fields(outcome)}
+    body = {
+        "event_id": outcome.event.event_id,
+        "source": _position(outcome.record),
+        **_verdict_fields(outcome),
+        "drift": {"change": outcome.drift_change, "shifted": outcome.drift_shifted},
+    }
     return json.dumps(body, separators=(",", ":")).encode()
 
 

@@ -38,6 +38,7 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 
 from agent.engine.model_factory import DEFAULT_FACTORY_MODULES
 from agent.errors import ConfigError
+from agent.runtime.drift import DEFAULT_ARL_EVENTS, DEFAULT_WINDOW
 from agent.runtime.events import DEFAULT_MAX_EVENT_BYTES
 from agent.runtime.routing import DEFAULT_THRESHOLD
 from connectors.kafka_security import KafkaSecurity
@@ -132,11 +133,19 @@ class AgentSettings(BaseSettings):
         "annoy", description="neighbour backend; exact brute-forces the same bundle"
     )
     search_k: int | None = Field(None, ge=-1, description="Annoy nodes inspected per query; unset = the bundle's")
-    shift_lambda: float = Field(
-        100.0,
+    drift_arl_events: float = Field(
+        DEFAULT_ARL_EVENTS,
         gt=1.0,
+        le=1e15,
         allow_inf_nan=False,
-        description="shift alarm when the test martingale reaches this; false-alarm rate ≤ 1/λ",
+        description="mean events between false change alarms on unshifted traffic (at least; "
+        "8.64e7 = one a day at 1,000 events/s)",
+    )
+    drift_window_events: int = Field(
+        DEFAULT_WINDOW,
+        ge=10,
+        le=1_000_000,
+        description="window of the shifted-state signal: low-credibility share of the last N events",
     )
     source: str | None = Field(
         None,

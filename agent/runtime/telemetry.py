@@ -25,6 +25,7 @@ from prometheus_client.exposition import generate_latest
 from agent import __version__
 from agent.engine.manifest import Manifest
 from agent.errors import EVENT_ERROR_REASONS
+from agent.runtime.drift import DriftMonitor
 from agent.runtime.routing import OUTPUTS, UNDELIVERABLE, VERDICTS
 
 NAMESPACE = "dknn"
@@ -124,11 +125,42 @@ class Telemetry:
             namespace=ns,
             registry=reg,
         )
-        self.shift_martingale = Gauge(
-            "shift_martingale_log10", "log10 of the conformal shift martingale.", namespace=ns, registry=reg
+        self.drift_changes = Counter(
+            "drift_change",
+            "Distribution-change alarms: the conformal Shiryaev-Roberts statistic reached its "
+            "threshold (it restarts after each).",
+            namespace=ns,
+            registry=reg,
         )
-        self.shift_alarm = Gauge(
-            "shift_alarm", "1 once the shift martingale has reached its threshold.", namespace=ns, registry=reg
+        self.drift_statistic = Gauge(
+            "drift_change_statistic_log10", "log10 of the change statistic R.", namespace=ns, registry=reg
+        )
+        self.drift_threshold = Gauge(
+            "drift_change_threshold_log10",
+            "log10 of the change threshold: the mean number of events between false alarms is at least 10^this.",
+            namespace=ns,
+            registry=reg,
+        )
+        self.drift_shifted = Gauge(
+            "drift_shifted",
+            "1 while the windowed low-credibility share is above its calibrated bound (the shifted state), else 0.",
+            namespace=ns,
+            registry=reg,
+        )
+        self.drift_window_ratio = Gauge(
+            "drift_window_low_credibility_ratio",
+            "Share of the drift window's events below the quarantine threshold.",
+            namespace=ns,
+            registry=reg,
+        )
+        self.drift_window_bound = Gauge(
+            "drift_window_low_credibility_bound",
+            "The share at which the shifted state turns on; unshifted traffic stays below it.",
+            namespace=ns,
+            registry=reg,
+        )
+        self.ready_gauge = Gauge(
+            "ready", "1 once the bundle is loaded and partitions are assigned (as /readyz).", namespace=ns, registry=reg
         )
         self.low_credibility_ratio = Gauge(
             "low_credibility_ratio",
@@ -167,6 +199,7 @@ class Telemetry:
             self.low_credibility_ratio.labels(window=str(window)).set(0.0)
         self._num_classes: int | None = None
         self._ready = threading.Event()
+        self._drift_alarms_counted = 0
 
     # -- hooks the pipeline calls ------------------------------------------------------------
 
@@ -235,9 +268,15 @@ class Telemetry:
         with suppress(KeyError):
             self.consumer_lag.remove(topic, str(partition))
 
-    def set_shift(self, log10_martingale: float, alarm: bool) -> None:
-        self.shift_martingale.set(log10_martingale)
-        self.shift_alarm.set(1.0 if alarm else 0.0)
+    def set_drift(self, monitor: DriftMonitor) -> None:
+        """Mirrors the drift monitor's state; the change counter follows its alarm count."""
+        self.drift_changes.inc(monitor.change.alarms - self._drift_alarms_counted)
+        self._drift_alarms_counted = monitor.change.alarms
+        self.drift_statistic.set(monitor.change.log10_statistic)
+        self.drift_threshold.set(monitor.change.log10_threshold)
+        self.drift_shifted.set(1.0 if monitor.state.shifted else 0.0)
+        self.drift_window_ratio.set(monitor.state.ratio)
+        self.drift_window_bound.set(monitor.state.bound)
 
     def set_bundle(self, manifest: Manifest) -> None:
         self._num_classes = manifest.model.num_classes
@@ -256,6 +295,7 @@ class Telemetry:
 
     def set_ready(self, ready: bool) -> None:
         """The pipeline flips this once the bundle is loaded and partitions are assigned."""
+        self.ready_gauge.set(1.0 if ready else 0.0)
         if ready:
             self._ready.set()
         else:

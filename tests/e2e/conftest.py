@@ -26,7 +26,8 @@ ROOT = HERE.parents[1]
 CONSOLE_SCRIPT = Path(sys.executable).parent / "dknn-agent"
 SUMMARY_LINE = re.compile(
     r"^\[dknn-agent\] (?P<events>\d+) events \(\d+/s\)  scored (?P<scored>\d+)  quarantined (?P<quarantined>\d+)  "
-    r"dead-lettered (?P<dead>\d+)  mean credibility (?P<credibility>nan|\d\.\d{3})$",
+    r"dead-lettered (?P<dead>\d+)  mean credibility (?P<credibility>nan|\d\.\d{3})"
+    r"  drift (?:SHIFTED|normal), \d+ change alarm\(s\)$",
     re.M,
 )
 # Environment variables of the agent's settings (DKNN_THRESHOLD, ...) would change what the commands

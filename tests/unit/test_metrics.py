@@ -12,6 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.engine.manifest import IndexSpec, InputSpec, LayerSpec, Manifest, ModelSpec, SplitSpec
+from agent.runtime.drift import DriftMonitor
 from agent.runtime.http_server import MetricsServer
 from agent.runtime.telemetry import STAGES, WINDOWS, Telemetry
 
@@ -103,7 +104,9 @@ def test_counters_histograms_and_gauges_over_http(served: tuple[Telemetry, Metri
     with telemetry.stage("knn"):
         time.sleep(0.002)
     telemetry.set_lag("inference-events", 3, 42)
-    telemetry.set_shift(1.5, alarm=False)
+    monitor = DriftMonitor(np.arange(20), np.arange(20), threshold=0.1, arl_events=100.0, window=10)
+    monitor.update(np.full(40, 30), np.ones(40, dtype=bool))  # strange and low-credibility: both signals
+    telemetry.set_drift(monitor)
 
     s = scrape(server)
     assert value(s, "dknn_events_consumed_total") == 7
@@ -124,8 +127,10 @@ def test_counters_histograms_and_gauges_over_http(served: tuple[Telemetry, Metri
     assert value(s, "dknn_stage_duration_seconds_count", stage="knn") == 1
     assert value(s, "dknn_stage_duration_seconds_sum", stage="knn") >= 0.002
     assert value(s, "dknn_consumer_lag_messages", topic="inference-events", partition="3") == 42
-    assert value(s, "dknn_shift_martingale_log10") == 1.5
-    assert value(s, "dknn_shift_alarm") == 0
+    assert value(s, "dknn_drift_change_total") == monitor.change.alarms >= 1
+    assert value(s, "dknn_drift_change_threshold_log10") == 2.0
+    assert value(s, "dknn_drift_shifted") == 1 and value(s, "dknn_drift_window_low_credibility_ratio") == 1.0
+    assert 0 < value(s, "dknn_drift_window_low_credibility_bound") <= 1
     assert value(s, "dknn_low_credibility_ratio", window="100") == pytest.approx(0.4)
     info = value(
         s,
@@ -142,10 +147,12 @@ def test_counters_histograms_and_gauges_over_http(served: tuple[Telemetry, Metri
 
     telemetry.clear_lag("inference-events", 3)
     telemetry.clear_lag("inference-events", 99)  # unknown: harmless
-    telemetry.set_shift(2.3, alarm=True)
+    alarms = monitor.change.alarms
+    monitor.update(np.full(40, 30), np.ones(40, dtype=bool))
+    telemetry.set_drift(monitor)  # the counter follows the monitor's alarms, never double-counts
     s = scrape(server)
     assert not any(name == "dknn_consumer_lag_messages" for name, _ in s)
-    assert value(s, "dknn_shift_alarm") == 1
+    assert value(s, "dknn_drift_change_total") == monitor.change.alarms > alarms
 
 
 def test_low_credibility_windows_roll() -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from agent.engine.dknn import DkNN
 from agent.errors import EVENT_ERROR_REASONS, CommitRejectedError, ConnectorError
-from agent.runtime.drift import ShiftDetector
+from agent.runtime.drift import DriftMonitor
 from agent.runtime.events import encode_event
 from agent.runtime.pipeline import Pipeline, PipelineOptions
 from agent.runtime.routing import VERDICTS, Topics
@@ -32,7 +32,7 @@ def build(bundle: Path, values: list[bytes], **options) -> tuple[Pipeline, Memor
         sink,
         TOPICS,
         Telemetry(),
-        ShiftDetector(scorer.calibration_label_free),
+        DriftMonitor(scorer.calibration_alpha, scorer.calibration_label_free, 0.1),
         PipelineOptions(batch_size=16, retry_budget_s=5, **options),
     )
     return pipeline, source, sink
@@ -101,7 +101,7 @@ def test_a_retried_flush_counts_and_detects_each_event_once(tiny_bundle: Path, t
     assert scored == 10 and dead == 2
     assert registry.get_sample_value("dknn_credibility_count") == 10
     assert registry.get_sample_value("dknn_events_consumed_total") == 12
-    assert pipeline.shift.p_values_seen == 10 and pipeline.shift.reference_size == 10 + len(
+    assert pipeline.drift.events_seen == 10 and pipeline.drift.p_values.size == 10 + len(
         pipeline.scorer.calibration_label_free
     )
     assert (pipeline.stats.scored, pipeline.stats.dead_lettered, pipeline.stats.consumed) == (10, 2, 12)
@@ -182,7 +182,7 @@ def test_a_commit_refused_by_a_rebalance_is_counted_and_the_agent_goes_on(
         sink,
         TOPICS,
         telemetry,
-        ShiftDetector(scorer.calibration_label_free),
+        DriftMonitor(scorer.calibration_alpha, scorer.calibration_label_free, 0.1),
         PipelineOptions(batch_size=16, retry_budget_s=5),
     )
     drain(pipeline, source)  # must not raise

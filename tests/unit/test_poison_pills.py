@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.engine.dknn import DkNN
-from agent.runtime.drift import ShiftDetector
+from agent.runtime.drift import DriftMonitor
 from agent.runtime.events import encode_event
 from agent.runtime.pipeline import Pipeline, PipelineOptions
 from agent.runtime.routing import Topics
@@ -62,7 +62,7 @@ def run_over_files(bundle: Path, lines: list[bytes], tmp_path: Path, **options) 
         sink,
         TOPICS,
         Telemetry(),
-        ShiftDetector(scorer.calibration_label_free),
+        DriftMonitor(scorer.calibration_alpha, scorer.calibration_label_free, 0.1),
         PipelineOptions(batch_size=8, retry_budget_s=2, **options),
     )
     while records := source.poll(8, 0.0):

@@ -38,7 +38,7 @@ def test_every_setting_has_a_flag_naming_its_environment_variable() -> None:
 
 
 def test_flags_become_nested_settings_and_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DKNN_SHIFT_LAMBDA", "50")
+    monkeypatch.setenv("DKNN_DRIFT_ARL_EVENTS", "50")
     monkeypatch.setenv("DKNN_KAFKA_SECURITY__SASL_PLAIN_PASSWORD", "from-env")
     args = run_parser().parse_args(
         [
@@ -46,7 +46,7 @@ def test_flags_become_nested_settings_and_win_over_the_environment(monkeypatch: 
             "b",
             "--bootstrap-servers",
             "k:9092",
-            "--shift-lambda",
+            "--drift-arl-events",
             "1000",
             "--retry-budget-s",
             "5",
@@ -57,7 +57,7 @@ def test_flags_become_nested_settings_and_win_over_the_environment(monkeypatch: 
         ]
     )
     settings = load_settings(None, setting_overrides(args))
-    assert (settings.shift_lambda, settings.retry_budget_s) == (1000.0, 5.0)
+    assert (settings.drift_arl_events, settings.retry_budget_s) == (1000.0, 5.0)
     security = settings.kafka_security
     assert (security.security_protocol, security.sasl_mechanism) == ("SASL_SSL", "PLAIN")
     assert security.sasl_plain_password is not None and security.sasl_plain_password.get_secret_value() == "from-env"

@@ -36,7 +36,7 @@ def test_defaults() -> None:
     )
     assert (s.scores_topic, s.group_id, s.metrics_port, s.threshold) == (None, "dknn-agent", 9108, 0.1)
     assert (s.batch_size, s.max_batch_wait_s, s.max_event_bytes) == (64, 0.2, 1_048_576)
-    assert (s.index, s.search_k, s.shift_lambda, s.source, s.sink) == ("annoy", None, 100.0, None, None)
+    assert (s.index, s.search_k, s.drift_arl_events, s.source, s.sink) == ("annoy", None, 8.64e7, None, None)
     assert s.kafka_security.security_protocol == "PLAINTEXT"
     with pytest.raises(ValidationError):
         s.threshold = 0.5  # frozen
@@ -94,7 +94,7 @@ def test_plain_environment_without_a_file(monkeypatch: pytest.MonkeyPatch) -> No
         ("artifacts: b\nbootstrap_servers: k\n", {"input_topic": "bad topic!"}, "input_topic"),
         ("artifacts: b\nbootstrap_servers: k\n", {"index": "faiss"}, "index"),
         ("artifacts: b\nbootstrap_servers: k\n", {"source": "ftp://x"}, "source"),
-        ("artifacts: b\nbootstrap_servers: k\n", {"shift_lambda": 1.0}, "shift_lambda"),
+        ("artifacts: b\nbootstrap_servers: k\n", {"drift_arl_events": 1.0}, "drift_arl_events"),
         ("artifacts: b\nbootstrap_servers: k\n", {"no_such_flag": 1}, "no_such_flag"),
         ("artifacts: b\nbootstrap_servers: k\nkafka_security: {security_protocol: SASL_SSL}\n", {}, "sasl_mechanism"),
         ("artifacts: b\n", {}, "bootstrap_servers is required"),
@@ -173,7 +173,8 @@ def test_the_project_scripts_variables_are_not_settings_and_not_refused(monkeypa
         ({"dead_letter_topic": "inference-events"}, "is also an output topic"),
         ({"scores_topic": "inference-events"}, "is also an output topic"),
         ({"source": "file:/out/inference-dead-letter.jsonl", "sink": "file:/out"}, "the sink's own"),
-        ({"shift_lambda": float("inf")}, "shift_lambda"),
+        ({"drift_arl_events": float("inf")}, "drift_arl_events"),
+        ({"drift_window_events": 5}, "drift_window_events"),
         ({"metrics_basic_auth_username": "prometheus"}, "go together"),
         ({"metrics_tls_certfile": "/cert.pem"}, "go together"),
         ({"bundle_digest": "sha256:abc"}, "bundle_digest"),

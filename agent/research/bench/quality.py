@@ -51,6 +51,7 @@ class SetScores:
     p_values: np.ndarray
     model_prediction: np.ndarray
     softmax_max: np.ndarray
+    label_free: np.ndarray  # s(x) = min_j α(x, j), what the drift detector reads
     neighbor_ids: np.ndarray
 
 
@@ -68,6 +69,7 @@ def score_set(scorer: DkNN, data: EvalSet, batch_size: int, label: str) -> SetSc
         p_values=cat("p_values"),
         model_prediction=cat("model_prediction"),
         softmax_max=softmax_max(cat("model_outputs")),
+        label_free=cat("label_free_score"),
         neighbor_ids=cat("neighbor_ids"),
     )
 

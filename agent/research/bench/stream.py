@@ -24,7 +24,7 @@ import numpy as np
 from agent.engine.dknn import DkNN
 from agent.research.bench.reports import save_report
 from agent.research.demo_traffic import DemoData, load_demo_data, paced
-from agent.runtime.drift import ShiftDetector
+from agent.runtime.drift import DriftMonitor
 from agent.runtime.events import encode_event
 from agent.runtime.pipeline import Pipeline, PipelineOptions
 from agent.runtime.routing import Topics
@@ -102,7 +102,7 @@ def run_stream(options: StreamOptions) -> dict:
         sink,
         Topics(topics["quarantine"], topics["dead-letter"], topics["scores"]),
         Telemetry(),
-        ShiftDetector(scorer.calibration_label_free),
+        DriftMonitor(scorer.calibration_alpha, scorer.calibration_label_free, PipelineOptions().threshold),
         PipelineOptions(batch_size=options.batch_size, max_batch_wait_s=0.05),
     )
     stop = threading.Event()
