@@ -19,6 +19,7 @@
 #   DEMO_RATE (150)            events per second
 #   DEMO_WAIT_S (120)          seconds to wait, once the producer is done, for the agent to handle every event
 #   DEMO_HOLD_S (unset)        exit this many seconds after the stream is handled instead of waiting for Ctrl-C
+#   DEMO_TOPIC (inference-events)  the topic the producer publishes to (the agent reads inference-events)
 #   DKNN_METRICS_PORT (9108)   the agent's /metrics, /healthz and /readyz port
 #   DKNN_DEMO_KAFKA_DATA       the broker's data dir (default: $TMPDIR/dknn-demo-kafka, kept between runs)
 #   DKNN_BIN (.venv/bin)       where dknn-agent and python are
@@ -31,6 +32,7 @@ data_dir="${DKNN_DEMO_KAFKA_DATA:-${TMPDIR:-/tmp}/dknn-demo-kafka}"
 count="${DEMO_COUNT:-3000}"
 rate="${DEMO_RATE:-150}"
 wait_s="${DEMO_WAIT_S:-120}"
+topic="${DEMO_TOPIC:-inference-events}"
 port="${DKNN_METRICS_PORT:-9108}"
 case "$count$wait_s" in *[!0-9]*) echo "demo.sh: DEMO_COUNT and DEMO_WAIT_S must be whole numbers" >&2; exit 2 ;; esac
 
@@ -57,10 +59,10 @@ trap cleanup EXIT
 trap 'exit 0' INT TERM
 echo "Kafka at $bootstrap"
 
-"$bin/python" - "$bootstrap" <<'PY'
+"$bin/python" - "$bootstrap" "$topic" <<'PY'
 import sys
 from connectors.kafka import ensure_topics
-ensure_topics(sys.argv[1], ["inference-events"], partitions=3)
+ensure_topics(sys.argv[1], ["inference-events", sys.argv[2]], partitions=3)
 ensure_topics(sys.argv[1], ["inference-quarantine", "inference-dead-letter", "inference-scores"])
 PY
 
@@ -89,7 +91,7 @@ if [ -z "$ready" ]; then
 fi
 echo "agent ready: http://127.0.0.1:$port/metrics  (/healthz, /readyz)"
 
-"$bin/dknn-agent" produce-demo --bootstrap-servers "$bootstrap" --artifacts "$bundle" \
+"$bin/dknn-agent" produce-demo --bootstrap-servers "$bootstrap" --artifacts "$bundle" --topic "$topic" \
   --count "$count" --rate "$rate" --mix clean=0.8,noise=0.05,rotated=0.05,fgsm=0.05,malformed=0.05
 
 metric_sum() {  # the sum of every sample of the counters matching $1 on /metrics; 0 when unreachable

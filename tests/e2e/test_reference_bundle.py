@@ -8,6 +8,7 @@ assertions are about what every command must produce, not about the README's num
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -44,8 +45,11 @@ def test_info_verifies_and_describes_the_bundle(mnist_bundle: Path) -> None:
     assert re.fullmatch(rf"bundle     {re.escape(str(mnist_bundle))} \(verified: \d+ files\)", lines[0]), explain(
         result
     )
-    assert lines[1].startswith("model      mnist-cnn seed0-e1-n1000 via agent.research.models.mnist:build_model")
-    assert lines[1].endswith("10 classes")
+    digest = "sha256:" + hashlib.sha256((mnist_bundle / "manifest.json").read_bytes()).hexdigest()
+    assert lines[1].startswith(f"digest     {digest}")  # what --bundle-digest / DKNN_BUNDLE_DIGEST pin
+    assert lines[2].startswith("model      mnist-cnn seed0-e1-n1000 via agent.research.models.mnist:build_model")
+    assert lines[2].endswith("10 classes")
+    assert lines[3] == "factory    trusted by default"
     assert "input      float32 [1, 28, 28]" in result.stdout
     assert "neighbours k=75, annoy n_trees=50" in result.stdout
     assert "train      1000 points" in result.stdout and "calibrate  750 points" in result.stdout
