@@ -39,6 +39,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
+from tests.observability.metric_contract import COUNTERS, GAUGES, HISTOGRAMS, LABEL_VALUES
+
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "dashboards" / "grafana"
 GENERATE = GRAFANA / "generate.py"
@@ -48,52 +50,7 @@ SDK_PIN = "grafana-foundation-sdk==1769699379!11.6.0"
 HINT = f"see {VALIDATE.relative_to(ROOT)} (node, npm, check-jsonschema) and pip install '{SDK_PIN}'"
 PROMETHEUS_HINT = "run deploy/observability/install.sh (as root) to install prometheus and promtool"
 
-# The metric contract, with each metric's own labels (job and instance are added by Prometheus).
-COUNTERS = {
-    "dknn_events_consumed_total": set(),
-    "dknn_events_scored_total": {"verdict"},
-    "dknn_events_dead_lettered_total": {"reason"},
-    "dknn_predictions_total": {"label"},
-    "dknn_model_disagreements_total": set(),
-    "dknn_outputs_refused_total": {"output"},
-    "dknn_commits_rejected_total": set(),
-    "dknn_drift_change_total": set(),
-}
-GAUGES = {
-    "dknn_consumer_lag_messages": {"topic", "partition"},
-    "dknn_low_credibility_ratio": {"window"},
-    "dknn_bundle_info": {"model", "version", "k", "layers", "index", "calibration_size"},
-    "dknn_build_info": {"version", "python"},
-    "dknn_drift_change_statistic_log10": set(),
-    "dknn_drift_change_threshold_log10": set(),
-    "dknn_drift_shifted": set(),
-    "dknn_drift_window_low_credibility_ratio": set(),
-    "dknn_drift_window_low_credibility_bound": set(),
-    "dknn_ready": set(),
-}
-HISTOGRAMS = {
-    "dknn_credibility": set(),
-    "dknn_confidence": set(),
-    "dknn_stage_duration_seconds": {"stage"},
-    "dknn_event_latency_seconds": set(),
-}
-LABEL_VALUES = {
-    "verdict": {"accepted", "quarantined"},
-    "reason": {
-        "too_large",
-        "bad_json",
-        "schema",
-        "unknown_model",
-        "dtype",
-        "shape",
-        "non_finite",
-        "undeliverable",
-        "other",
-    },
-    "stage": {"poll", "decode", "activations", "knn", "score", "produce", "commit"},
-    "output": {"scores", "quarantine", "dead_letter"},
-    "window": {"100", "1000"},
-}
+# The metric contract (each metric's own labels; job and instance are added by Prometheus).
 ALERT_NAMES = {
     "DknnDistributionShiftDetected",
     "DknnTrafficShifted",

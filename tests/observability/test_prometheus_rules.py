@@ -23,6 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.observability.metric_contract import CONTRACT, LABEL_VALUES
+
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "dashboards" / "prometheus" / "rules.yml"
 RULE_TESTS = sorted((ROOT / "dashboards" / "prometheus" / "tests").glob("*.yml"))
@@ -45,51 +47,6 @@ ALERTS = {
     "DknnOutputsRefused",
 }
 SEVERITIES = {"page", "ticket"}
-
-# The metric contract: what the agent exports (docs/design.md §6, plus the drift and readiness
-# gauges being added). Histograms are only queryable through their _bucket, _sum and _count series.
-COUNTERS = {
-    "dknn_events_consumed_total",
-    "dknn_events_scored_total",
-    "dknn_events_dead_lettered_total",
-    "dknn_predictions_total",
-    "dknn_model_disagreements_total",
-    "dknn_outputs_refused_total",
-    "dknn_commits_rejected_total",
-    "dknn_drift_change_total",
-}
-GAUGES = {
-    "dknn_consumer_lag_messages",
-    "dknn_low_credibility_ratio",
-    "dknn_bundle_info",
-    "dknn_build_info",
-    "dknn_drift_change_statistic_log10",
-    "dknn_drift_change_threshold_log10",
-    "dknn_drift_shifted",
-    "dknn_drift_window_low_credibility_ratio",
-    "dknn_drift_window_low_credibility_bound",
-    "dknn_ready",
-}
-HISTOGRAMS = {"dknn_credibility", "dknn_confidence", "dknn_stage_duration_seconds", "dknn_event_latency_seconds"}
-CONTRACT = COUNTERS | GAUGES | {f"{name}{suffix}" for name in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
-# Bounded label values a rule may select on.
-LABEL_VALUES = {
-    "verdict": {"accepted", "quarantined"},
-    "reason": {
-        "too_large",
-        "bad_json",
-        "schema",
-        "unknown_model",
-        "dtype",
-        "shape",
-        "non_finite",
-        "undeliverable",
-        "other",
-    },
-    "stage": {"poll", "decode", "activations", "knn", "score", "produce", "commit"},
-    "output": {"scores", "quarantine", "dead_letter"},
-    "window": {"100", "1000"},
-}
 
 # A dknn_ name not preceded by a name character or ':' (so not the middle of a recorded series
 # such as job:dknn_events_consumed:rate5m).

@@ -1,0 +1,60 @@
+"""The metric contract the rules and dashboards may use, read from the agent itself.
+
+One source: a `Telemetry` is built, given a bundle and a lag sample so every family has its series,
+and its exposition is parsed. A metric renamed or dropped in `agent/runtime/telemetry.py` therefore
+fails the rule and dashboard checks at once, instead of drifting from a list kept by hand.
+"""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent.engine.manifest import IndexSpec, InputSpec, LayerSpec, Manifest, ModelSpec, SplitSpec
+from agent.runtime.routing import OUTPUTS, VERDICTS
+from agent.runtime.telemetry import DEAD_LETTER_REASONS, STAGES, WINDOWS, Telemetry
+
+
+def _exported() -> dict[str, tuple[str, set[str]]]:
+    telemetry = Telemetry()
+    telemetry.set_bundle(
+        Manifest(
+            created_at="2026-01-01T00:00:00Z",
+            model=ModelSpec(name="m", version="1", factory="agent.research.models.tiny:build_model", num_classes=3),
+            input=InputSpec(shape=(8,)),
+            layers=(LayerSpec(name="relu1", input_dim=16, dim=16, index_file="layers/relu1.ann"),),
+            k=10,
+            index=IndexSpec(n_trees=10, search_k=-1),
+            train=SplitSpec(size=600),
+            calibration=SplitSpec(size=200),
+            libraries={},
+            files={},
+        )
+    )
+    telemetry.set_lag("inference-events", 0, 1)
+    text, _ = telemetry.exposition()
+    families: dict[str, tuple[str, set[str]]] = {}
+    for family in text_string_to_metric_families(text.decode()):
+        if family.name.endswith("_created"):  # client_python's creation timestamps, not metrics to query
+            continue
+        labels = {label for sample in family.samples for label in sample.labels} - {"le"}
+        name = family.name + ("_total" if family.type == "counter" else "_info" if family.type == "info" else "")
+        families[name] = (family.type, labels)
+    return families
+
+
+_FAMILIES = _exported()
+COUNTERS = {name: labels for name, (kind, labels) in _FAMILIES.items() if kind == "counter"}
+GAUGES = {name: labels for name, (kind, labels) in _FAMILIES.items() if kind in ("gauge", "info")}
+HISTOGRAMS = {name: labels for name, (kind, labels) in _FAMILIES.items() if kind == "histogram"}
+# Every series name a query may use: histograms only through _bucket, _sum and _count.
+CONTRACT = (
+    set(COUNTERS) | set(GAUGES) | {f"{name}{suffix}" for name in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
+)
+# Bounded label values a query may select on, from the constants the agent labels with.
+LABEL_VALUES = {
+    "verdict": set(VERDICTS),
+    "reason": set(DEAD_LETTER_REASONS),
+    "stage": set(STAGES),
+    "output": set(OUTPUTS),
+    "window": {str(window) for window in WINDOWS},
+}
