@@ -280,6 +280,8 @@ def _one_line(exc: ValidationError) -> str:
 NON_SETTING_VARIABLES = frozenset(
     {
         "DKNN_MNIST_DIR",
+        "DKNN_TEST_ALERT_TIMESCALE",
+        "DKNN_GRAFANA_SCHEMA_CACHE",
         "DKNN_TEST_KAFKA",
         "DKNN_BIN",
         "DKNN_DEMO_KAFKA_DATA",
