@@ -10,10 +10,16 @@ import numpy as np
 import pytest
 import torch
 
+from agent.engine.dknn import DkNN
 from agent.engine.fit import Dataset, FitOptions, fit_bundle
 from agent.engine.manifest import ModelSpec
 from agent.research.models.tiny import build_model
 from agent.research.training import TrainOptions, train_classifier
+from agent.runtime.drift import DriftMonitor
+from agent.runtime.pipeline import Pipeline, PipelineOptions
+from agent.runtime.routing import Topics
+from agent.runtime.telemetry import Telemetry
+from connectors.base import Sink, Source
 
 TINY_FACTORY = "agent.research.models.tiny:build_model"
 TINY_LAYERS = {"relu1": "none", "relu2": "l2", "logits": "pca:2"}
@@ -59,6 +65,16 @@ def fit_tiny(problem: TinyProblem, out: Path, **options) -> Path:
         options=FitOptions(k=10, n_trees=10, progress=False, **options),
     )
     return out
+
+
+TEST_TOPICS = Topics(quarantine="q", dead_letter="dlq", scores="scores")
+
+
+def pipeline_for(bundle: Path, source: Source, sink: Sink, **options) -> Pipeline:
+    """The agent's pipeline over any source and sink, with fresh telemetry and drift monitor."""
+    scorer = DkNN.from_bundle(bundle)
+    drift = DriftMonitor(scorer.calibration_alpha, scorer.calibration_label_free, threshold=0.1)
+    return Pipeline(scorer, source, sink, TEST_TOPICS, Telemetry(), drift, PipelineOptions(**options))
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""The metric contract the rules and dashboards may use, read from the agent itself.
+"""The contract between the agent, the rules and the dashboards: metrics read from the agent itself,
+and the alert names the rules define.
 
 One source: a `Telemetry` is built, given a bundle and a lag sample so every family has its series,
 and its exposition is parsed. A metric renamed or dropped in `agent/runtime/telemetry.py` therefore
@@ -57,4 +58,19 @@ LABEL_VALUES = {
     "stage": set(STAGES),
     "output": set(OUTPUTS),
     "window": {str(window) for window in WINDOWS},
+}
+
+# The alerts dashboards/prometheus/rules.yml defines (test_prometheus_rules checks it defines exactly
+# these; the dashboards' annotations may only name these).
+ALERT_NAMES = {
+    "DknnDistributionShiftDetected",
+    "DknnTrafficShifted",
+    "DknnLowCredibilityRateHigh",
+    "DknnDeadLetterRateHigh",
+    "DknnConsumerLagGrowing",
+    "DknnAgentDown",
+    "DknnAgentNotReady",
+    "DknnNoEventsWhileLagGrows",
+    "DknnModelVersionMismatch",
+    "DknnOutputsRefused",
 }

@@ -39,7 +39,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
-from tests.observability.metric_contract import COUNTERS, GAUGES, HISTOGRAMS, LABEL_VALUES
+from tests.observability.metric_contract import ALERT_NAMES, COUNTERS, GAUGES, HISTOGRAMS, LABEL_VALUES
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "dashboards" / "grafana"
@@ -50,19 +50,6 @@ SDK_PIN = "grafana-foundation-sdk==1769699379!11.6.0"
 HINT = f"see {VALIDATE.relative_to(ROOT)} (node, npm, check-jsonschema) and pip install '{SDK_PIN}'"
 PROMETHEUS_HINT = "run deploy/observability/install.sh (as root) to install prometheus and promtool"
 
-# The metric contract (each metric's own labels; job and instance are added by Prometheus).
-ALERT_NAMES = {
-    "DknnDistributionShiftDetected",
-    "DknnTrafficShifted",
-    "DknnLowCredibilityRateHigh",
-    "DknnDeadLetterRateHigh",
-    "DknnConsumerLagGrowing",
-    "DknnAgentDown",
-    "DknnAgentNotReady",
-    "DknnNoEventsWhileLagGrows",
-    "DknnModelVersionMismatch",
-    "DknnOutputsRefused",
-}
 TARGET_LABELS = {"job", "instance"}
 SCOPE = 'job="$job", instance=~"$instance"'
 # Series Prometheus itself writes (not recording rules): scrape health and alert state.

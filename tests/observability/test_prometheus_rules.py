@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.observability.metric_contract import CONTRACT, LABEL_VALUES
+from tests.observability.metric_contract import ALERT_NAMES, CONTRACT, LABEL_VALUES
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "dashboards" / "prometheus" / "rules.yml"
@@ -34,18 +34,6 @@ RUNBOOK_URL = "https://github.com/dknn-agent/dknn-agent/blob/main/docs/runbook.m
 GRAFANA_DASHBOARDS = sorted((ROOT / "dashboards" / "grafana").glob("*.json"))
 INSTALL_HINT = "run deploy/observability/install.sh (as root) to install promtool and amtool"
 
-ALERTS = {
-    "DknnDistributionShiftDetected",
-    "DknnTrafficShifted",
-    "DknnLowCredibilityRateHigh",
-    "DknnDeadLetterRateHigh",
-    "DknnConsumerLagGrowing",
-    "DknnAgentDown",
-    "DknnAgentNotReady",
-    "DknnNoEventsWhileLagGrows",
-    "DknnModelVersionMismatch",
-    "DknnOutputsRefused",
-}
 SEVERITIES = {"page", "ticket"}
 
 # A dknn_ name not preceded by a name character or ':' (so not the middle of a recorded series
@@ -157,7 +145,7 @@ def test_alertmanager_routes_by_severity(labels: str, receiver: str) -> None:
 def test_the_alerts_are_the_agreed_set() -> None:
     names = [rule["alert"] for rule in alerts()]
     assert len(names) == len(set(names)), f"duplicate alert names: {names}"
-    assert set(names) == ALERTS
+    assert set(names) == ALERT_NAMES
 
 
 @pytest.mark.parametrize("rule", alerts(), ids=lambda rule: rule["alert"])
@@ -248,8 +236,8 @@ def test_unit_tests_read_only_contract_metrics() -> None:
 
 
 def test_every_alert_fires_and_clears_in_the_unit_tests() -> None:
-    fires: dict[str, list[float]] = {name: [] for name in ALERTS}
-    quiet: dict[str, list[float]] = {name: [] for name in ALERTS}
+    fires: dict[str, list[float]] = {name: [] for name in ALERT_NAMES}
+    quiet: dict[str, list[float]] = {name: [] for name in ALERT_NAMES}
     for test in rule_tests():
         for case in test.get("alert_rule_test", []):
             expected = case.get("exp_alerts") or []
@@ -259,7 +247,7 @@ def test_every_alert_fires_and_clears_in_the_unit_tests() -> None:
                 assert {"summary", "description", "runbook_url"} <= set(alert.get("exp_annotations", {})), (
                     f"{case['alertname']} at {case['eval_time']}: expected annotations incomplete"
                 )
-    for name in sorted(ALERTS):
+    for name in sorted(ALERT_NAMES):
         assert fires[name], f"{name} never fires in dashboards/prometheus/tests/"
         assert any(t > min(fires[name]) for t in quiet[name]), f"{name} never clears after firing in the unit tests"
 

@@ -10,32 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.engine.dknn import DkNN
 from agent.errors import EVENT_ERROR_REASONS, CommitRejectedError, ConnectorError
-from agent.runtime.drift import DriftMonitor
 from agent.runtime.events import encode_event
-from agent.runtime.pipeline import Pipeline, PipelineOptions
-from agent.runtime.routing import VERDICTS, Topics
-from agent.runtime.telemetry import Telemetry
+from agent.runtime.pipeline import Pipeline
+from agent.runtime.routing import VERDICTS
 from connectors.memory import MemorySink, MemorySource
-from tests.conftest import TinyProblem
-
-TOPICS = Topics(quarantine="q", dead_letter="dlq", scores="scores")
+from tests.conftest import TinyProblem, pipeline_for
 
 
 def build(bundle: Path, values: list[bytes], **options) -> tuple[Pipeline, MemorySource, MemorySink]:
-    scorer = DkNN.from_bundle(bundle)
     source, sink = MemorySource(values, topic="in"), MemorySink()
-    pipeline = Pipeline(
-        scorer,
-        source,
-        sink,
-        TOPICS,
-        Telemetry(),
-        DriftMonitor(scorer.calibration_alpha, scorer.calibration_label_free, 0.1),
-        PipelineOptions(batch_size=16, retry_budget_s=5, **options),
-    )
-    return pipeline, source, sink
+    options = {"batch_size": 16, "retry_budget_s": 5, **options}
+    return pipeline_for(bundle, source, sink, **options), source, sink
 
 
 def mixed_events(problem: TinyProblem) -> tuple[list[bytes], set[int]]:
@@ -173,20 +159,10 @@ def test_a_commit_refused_by_a_rebalance_is_counted_and_the_agent_goes_on(
     tiny_bundle: Path, tiny_problem: TinyProblem
 ) -> None:
     values = [encode_event(f"e{i}", x, "tiny", "1") for i, x in enumerate(tiny_problem.test.x[:40])]
-    scorer = DkNN.from_bundle(tiny_bundle)
     source, sink = RebalancingSource(values), MemorySink()
-    telemetry = Telemetry()
-    pipeline = Pipeline(
-        scorer,
-        source,
-        sink,
-        TOPICS,
-        telemetry,
-        DriftMonitor(scorer.calibration_alpha, scorer.calibration_label_free, 0.1),
-        PipelineOptions(batch_size=16, retry_budget_s=5),
-    )
+    pipeline = pipeline_for(tiny_bundle, source, sink, batch_size=16, retry_budget_s=5)
     drain(pipeline, source)  # must not raise
-    assert telemetry.registry.get_sample_value("dknn_commits_rejected_total") == 1
+    assert pipeline.telemetry.registry.get_sample_value("dknn_commits_rejected_total") == 1
     assert source.committed == {("in", 0): 40}  # later batches commit past the refused one
     assert len(sink.topics["scores"]) == 40
 

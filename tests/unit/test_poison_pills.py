@@ -15,16 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.engine.dknn import DkNN
-from agent.runtime.drift import DriftMonitor
 from agent.runtime.events import encode_event
-from agent.runtime.pipeline import Pipeline, PipelineOptions
-from agent.runtime.routing import Topics
-from agent.runtime.telemetry import Telemetry
+from agent.runtime.pipeline import Pipeline
 from connectors.file import FileSink, FileSource, read_sink_file
-from tests.conftest import TinyProblem
-
-TOPICS = Topics(quarantine="q", dead_letter="dlq", scores="scores")
+from tests.conftest import TinyProblem, pipeline_for
 
 
 def valid_document(x: np.ndarray) -> dict:
@@ -54,17 +48,8 @@ def hostile_lines(x: np.ndarray) -> dict[str, bytes]:
 def run_over_files(bundle: Path, lines: list[bytes], tmp_path: Path, **options) -> tuple[Pipeline, Path]:
     source_path = tmp_path / "in.jsonl"
     source_path.write_bytes(b"\n".join(lines) + b"\n")
-    scorer = DkNN.from_bundle(bundle)
     source, sink = FileSource(source_path, topic="in"), FileSink(tmp_path / "out")
-    pipeline = Pipeline(
-        scorer,
-        source,
-        sink,
-        TOPICS,
-        Telemetry(),
-        DriftMonitor(scorer.calibration_alpha, scorer.calibration_label_free, 0.1),
-        PipelineOptions(batch_size=8, retry_budget_s=2, **options),
-    )
+    pipeline = pipeline_for(bundle, source, sink, batch_size=8, retry_budget_s=2, **options)
     while records := source.poll(8, 0.0):
         pipeline.process(records)
     source.close()
