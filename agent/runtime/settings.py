@@ -294,6 +294,8 @@ NON_SETTING_VARIABLES = frozenset(
         "DKNN_KAFKA_START_TIMEOUT_S",
         "DKNN_KAFKA_STOP_TIMEOUT_S",
         "DKNN_KAFKA_AUTO_CREATE",
+        "DKNN_DEPLOY_TOOLS",
+        "DKNN_IMAGE_CACHE",
     }
 )
 
