@@ -8,6 +8,7 @@ GRAFANA := dashboards/grafana
 
 .PHONY: setup test lint test-unit test-e2e observability-check dashboards demo demo-table bench-quality bench-snnl \
 	bench-stream bench-shift clean
+.PHONY: deploy-check chart-check image-check
 
 setup: $(STAMP)
 
@@ -48,6 +49,27 @@ test-unit: setup
 # agent against a real Kafka 4 broker started by deploy/local/kafka.sh.
 test-e2e: setup
 	$(BIN)/python -m pytest -q tests/e2e tests/integration
+
+# Kubernetes deployment (deploy/helm, deploy/docker; .ci/run runs it after `make test`): the chart
+# and the image, each proven with the real tool. Tools: deploy/check/install-tools.sh, cached by
+# version in ~/.cache/dknn-agent/deploy-tools (the first run builds helm and kube-apiserver).
+deploy-check: chart-check image-check
+
+# helm lint --strict and helm template (default and production values, typos refused by the
+# schema), kubeconform -strict with the Kubernetes, KEDA and prometheus-operator schemas, and a
+# real kube-apiserver's server-side dry run; broken manifests must be rejected.
+chart-check: setup
+	bash deploy/check/install-tools.sh
+	$(BIN)/python -m pytest -q tests/deploy --ignore tests/deploy/test_image.py
+
+# Build the image (deploy/docker/build.sh) on a private Docker daemon and run it as the chart does
+# against a real Kafka broker: ready, scores a stream, /metrics, SIGTERM -> exit 0. Prints size,
+# build time and RSS.
+image-check: setup
+	bash deploy/check/install-tools.sh
+	export "$$(bash deploy/docker/dockerd.sh start)"; \
+	  $(BIN)/python -m pytest -q -s tests/deploy/test_image.py; status=$$?; \
+	  bash deploy/docker/dockerd.sh stop; exit $$status
 
 $(BUNDLE)/manifest.json: | setup
 	$(BIN)/dknn-agent train-reference mnist --out $(BUNDLE)

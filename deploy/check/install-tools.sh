@@ -13,6 +13,8 @@
 #   kubeconform     go install github.com/yannh/kubeconform/...     (~20 s)
 #   kube-apiserver  built from k8s.io/kubernetes through a wrapper go.mod (~16 min cold, 20 s warm)
 #   kubectl         the machine's, else built from the same module
+#   docker-compose  Compose v2 built from github.com/docker/compose/v2 (a wrapper go.mod: its own go.mod
+#                   has `exclude` lines, which `go install` refuses), for `docker-compose config`
 #   etcd            Debian's etcd-server (apt-get)
 #   schemas         Kubernetes JSON schemas from PyPI's kubernetes-validate, rewritten for kubeconform;
 #                   KEDA and prometheus-operator CRDs from their Go modules, converted to JSON schemas
@@ -25,6 +27,7 @@ KUBE_SCHEMA_PACKAGE=1.33.1     # kubernetes-validate release that ships the 1.33
 KUBE_SCHEMA_VERSION=1.33.0
 PROM_OPERATOR_VERSION=v0.85.0
 KEDA_VERSION=v2.21.0
+COMPOSE_VERSION=v2.40.3
 
 TOOLS=${DKNN_DEPLOY_TOOLS:-$HOME/.cache/dknn-agent/deploy-tools}
 mkdir -p "$TOOLS"
@@ -72,6 +75,27 @@ build_k8s kube-apiserver
 KUBECTL=$(command -v kubectl || true)
 if [ -z "$KUBECTL" ]; then build_k8s kubectl; KUBECTL="$K8S_DIR/kubectl"; fi
 
+COMPOSE_DIR="$TOOLS/compose-$COMPOSE_VERSION"
+if [ ! -x "$COMPOSE_DIR/docker-compose" ]; then
+  need_go
+  wrap="$TOOLS/compose-wrapper-$COMPOSE_VERSION"
+  mkdir -p "$wrap" "$COMPOSE_DIR"
+  if [ ! -f "$wrap/go.sum" ]; then
+    gomod=$(go mod download -json "github.com/docker/compose/v2@$COMPOSE_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+    {
+      echo "module dknn.local/composewrapper"
+      sed -n 's/^go \(.*\)/go \1/p' "$gomod"
+      echo "require github.com/docker/compose/v2 $COMPOSE_VERSION"
+      sed -n '/^exclude (/,/^)/p' "$gomod"
+    } >"$wrap/go.mod"
+    printf '//go:build tools\n\npackage tools\n\nimport _ "github.com/docker/compose/v2/cmd"\n' >"$wrap/tools.go"
+    (cd "$wrap" && go mod tidy)
+  fi
+  say "building docker-compose $COMPOSE_VERSION (minutes the first time)"
+  (cd "$wrap" && go build -o "$COMPOSE_DIR/docker-compose.tmp" github.com/docker/compose/v2/cmd &&
+    mv "$COMPOSE_DIR/docker-compose.tmp" "$COMPOSE_DIR/docker-compose")
+fi
+
 if ! command -v etcd >/dev/null; then
   say "installing Debian's etcd-server"
   apt-get update -q >/dev/null
@@ -110,4 +134,5 @@ if [ "${1:-}" = env ]; then
   echo "KUBE_SCHEMAS=$SCHEMAS"
   echo "KUBE_SCHEMA_VERSION=$KUBE_SCHEMA_VERSION"
   echo "CRD_YAML=$SCHEMAS/crd-yaml"
+  echo "DOCKER_COMPOSE=$COMPOSE_DIR/docker-compose"
 fi

@@ -18,6 +18,9 @@ from typing import Any
 import pytest
 import yaml
 
+# The session Kafka broker of the integration tests, for the image check (test_image.py).
+from tests.integration.conftest import kafka_bootstrap, local_kafka  # noqa: F401
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "dknn-agent"
 PRODUCTION_VALUES = CHART / "ci" / "production-values.yaml"
@@ -36,6 +39,7 @@ class Tools:
     etcd: str
     schemas: Path
     crd_yaml: Path
+    docker_compose: str
 
     def helm_run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run([self.helm, *args], capture_output=True, text=True, timeout=120, check=False)
@@ -91,6 +95,7 @@ def tools() -> Tools:
         etcd=env["ETCD"],
         schemas=Path(env["KUBE_SCHEMAS"]),
         crd_yaml=Path(env["CRD_YAML"]),
+        docker_compose=env["DOCKER_COMPOSE"],
     )
 
 
@@ -107,7 +112,7 @@ def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 # -- a real API server ------------------------------------------------------------------------
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -143,7 +148,7 @@ def apiserver(tools: Tools, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     """etcd and kube-apiserver on loopback (free ports, a static admin token), with the KEDA and
     prometheus-operator CRDs applied; no controller-manager, no scheduler, no nodes."""
     work = tmp_path_factory.mktemp("apiserver")
-    etcd_port, etcd_peer, api_port = _free_port(), _free_port(), _free_port()
+    etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
     subprocess.run(
         ["openssl", "genrsa", "-out", str(work / "sa.key"), "2048"], check=True, capture_output=True, timeout=60
     )

@@ -1,0 +1,201 @@
+"""The container image runs (`make image-check`): built by deploy/docker/build.sh, started the way the
+chart starts it — the chart's own config file, a non-root user, a read-only root filesystem with a
+writable /tmp only, every capability dropped, the bundle mounted read-only — against a real Kafka
+broker on the host network. It must become ready, score a short stream, answer /metrics, and stop
+on SIGTERM with exit code 0. Its size, build time and memory are printed (run with -s).
+
+Needs a Docker daemon: `make image-check` starts a private one (deploy/docker/dockerd.sh).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from connectors.kafka import ensure_topics
+from tests.deploy.conftest import ROOT, Tools, free_port
+
+BUILD = ROOT / "deploy" / "docker" / "build.sh"
+EVENTS = 400
+
+
+def _docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def image() -> dict[str, str]:
+    """deploy/docker/build.sh's IMAGE=, IMAGE_SIZE_BYTES= and BUILD_SECONDS= lines."""
+    assert _docker("version", check=False).returncode == 0, "no Docker daemon: run `make image-check`"
+    proc = subprocess.run(["bash", str(BUILD)], capture_output=True, text=True, timeout=3600, check=False)
+    assert proc.returncode == 0, f"build.sh failed:\n{proc.stderr[-4000:]}"
+    built = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+    print(
+        f"\nimage {built['IMAGE']}: {int(built['IMAGE_SIZE_BYTES']) / 1e6:.0f} MB, built in {built['BUILD_SECONDS']} s"
+    )
+    return built
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The MNIST reference bundle on a small budget (about 20 s), readable by the image's user."""
+    path = tmp_path_factory.mktemp("bundle") / "mnist-cnn"
+    command = [sys.executable, "-m", "agent.cli", "train-reference", "mnist", "--out", str(path)]
+    subprocess.run([*command, "--epochs", "1", "--train-size", "1000", "--quiet"], check=True, timeout=900)
+    for item in [path, *path.rglob("*")]:
+        item.chmod(0o755 if item.is_dir() else 0o644)
+    for parent in path.parents:  # pytest's tmp dirs are 0700: let uid 10001 reach the bundle
+        if parent == Path(tempfile.gettempdir()):
+            break
+        parent.chmod(parent.stat().st_mode | 0o005)
+    return path
+
+
+def _metrics(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        match = re.match(r"^([a-z_:]+)(\{[^}]*\})? ([0-9.e+-]+|NaN)$", line)
+        if match:
+            values[match.group(1) + (match.group(2) or "")] = float(match.group(3))
+    return values
+
+
+def _total(values: dict[str, float], name: str) -> float:
+    return sum(value for key, value in values.items() if key == name or key.startswith(name + "{"))
+
+
+@pytest.fixture
+def container(
+    image: dict[str, str], bundle: Path, kafka_bootstrap: str, tools: Tools, tmp_path: Path
+) -> Iterator[tuple[str, int, str]]:
+    name = f"dknn-image-check-{uuid.uuid4().hex[:8]}"
+    topics = {key: f"{name}-{key}" for key in ("events", "quarantine", "dead")}
+    port = free_port()
+    # The chart's own config file, for this broker and these topics.
+    rendered = tools.template(
+        "--set",
+        f"kafka.bootstrapServers={kafka_bootstrap},metrics.port={port},config.input_topic={topics['events']},"
+        f"config.quarantine_topic={topics['quarantine']},config.dead_letter_topic={topics['dead']},config.group_id={name}",
+    ).stdout
+    config_map = next(
+        doc
+        for doc in yaml.safe_load_all(rendered)
+        if doc and doc["kind"] == "ConfigMap" and "config.yaml" in doc["data"]
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text(config_map["data"]["config.yaml"])
+    config.chmod(0o644)
+    tmp_path.chmod(0o755)
+    ensure_topics(kafka_bootstrap, [topics["events"]], partitions=2)
+    ensure_topics(kafka_bootstrap, [topics["quarantine"], topics["dead"]])
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "produce-demo",
+            "--bootstrap-servers",
+            kafka_bootstrap,
+            "--topic",
+            topics["events"],
+            "--artifacts",
+            str(bundle),
+            "--count",
+            str(EVENTS),
+            "--mix",
+            "clean=0.8,noise=0.1,malformed=0.1",
+        ],
+        check=True,
+        timeout=300,
+    )
+    _docker(
+        "run",
+        "--detach",
+        "--name",
+        name,
+        "--network=host",
+        "--read-only",
+        "--tmpfs",
+        "/tmp:rw,size=256m",
+        "--user",
+        "10001:10001",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "--memory",
+        "1536m",
+        "-e",
+        "DKNN_METRICS_HOST=127.0.0.1",  # host network: keep /metrics on loopback
+        "-v",
+        f"{bundle}:/bundle:ro",
+        "-v",
+        f"{config}:/etc/dknn/config.yaml:ro",
+        image["IMAGE"],
+        "--config",
+        "/etc/dknn/config.yaml",
+    )
+    try:
+        yield name, port, image["IMAGE"]
+    finally:
+        logs = _docker("logs", name, check=False)
+        print(f"\n--- container log (tail) ---\n{(logs.stdout + logs.stderr)[-2000:]}")
+        _docker("rm", "-f", name, check=False)
+
+
+def test_the_image_scores_a_stream_locked_down_and_stops_cleanly(container: tuple[str, int, str]) -> None:
+    name, port, tag = container
+    deadline = time.monotonic() + 180
+    ready = False
+    while time.monotonic() < deadline and not ready:
+        state = json.loads(_docker("inspect", name).stdout)[0]["State"]
+        assert state["Running"], _docker("logs", name, check=False).stderr[-3000:]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+                ready = response.status == 200
+        except OSError:
+            time.sleep(1)
+    assert ready, "the container never became ready"
+    deadline = time.monotonic() + 180
+    while _total(_metrics(port), "dknn_events_consumed_total") < EVENTS:
+        assert time.monotonic() < deadline, "the stream was not consumed"
+        time.sleep(1)
+    values = _metrics(port)
+    assert _total(values, "dknn_events_scored_total") + _total(values, "dknn_events_dead_lettered_total") == EVENTS
+    assert _total(values, "dknn_events_dead_lettered_total") > 0  # the malformed tenth
+
+    inspected = json.loads(_docker("inspect", name).stdout)[0]
+    assert inspected["Config"]["User"] == "10001:10001" and inspected["HostConfig"]["ReadonlyRootfs"] is True
+    pid = inspected["State"]["Pid"]
+    status = Path(f"/proc/{pid}/status").read_text()
+    assert re.search(r"^Uid:\s+10001\s", status, re.M), "the agent does not run as uid 10001"
+    rss_kb = int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1))
+    hwm_kb = int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M).group(1))
+    labels = json.loads(_docker("image", "inspect", tag).stdout)[0]["Config"]["Labels"]
+    assert labels["org.opencontainers.image.version"] and labels["org.opencontainers.image.source"]
+    print(f"\nagent RSS in the container after {EVENTS} events: {rss_kb / 1024:.0f} MiB (peak {hwm_kb / 1024:.0f} MiB)")
+
+    started = time.monotonic()
+    _docker("stop", "--time", "60", name, timeout=90)  # SIGTERM, SIGKILL only after 60 s
+    stopped = json.loads(_docker("inspect", name).stdout)[0]["State"]
+    logs = _docker("logs", name).stderr
+    assert stopped["ExitCode"] == 0, logs[-3000:]
+    assert stopped["OOMKilled"] is False
+    assert f"[dknn-agent] {EVENTS} events" in logs, logs[-3000:]  # the final summary: it shut down, not died
+    print(f"SIGTERM to exit 0 in {time.monotonic() - started:.1f} s")
