@@ -69,7 +69,11 @@ build_k8s() { # binary
     (cd "$wrap" && go mod tidy)
   fi
   say "building $1 $KUBE_VERSION (about 16 min the first time, seconds from Go's build cache)"
-  (cd "$wrap" && go build -o "$K8S_DIR/$1.tmp" "k8s.io/kubernetes/cmd/$1" && mv "$K8S_DIR/$1.tmp" "$K8S_DIR/$1")
+  local minor=${KUBE_VERSION#1.}
+  local ldflags="-X k8s.io/component-base/version.gitVersion=v$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1"
+  ldflags="$ldflags -X k8s.io/component-base/version.gitMinor=${minor%%.*}"
+  (cd "$wrap" && go build -ldflags "$ldflags" -o "$K8S_DIR/$1.tmp" "k8s.io/kubernetes/cmd/$1" &&
+    mv "$K8S_DIR/$1.tmp" "$K8S_DIR/$1")
 }
 build_k8s kube-apiserver
 KUBECTL=$(command -v kubectl || true)

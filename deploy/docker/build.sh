@@ -37,6 +37,17 @@ done
 say() { echo "build.sh: $*" >&2; }
 started=$(date +%s)
 mkdir -p "$CACHE"
+# Compilers for Annoy and the torch stubs, binutils to inspect them, Python's headers.
+need=()
+command -v g++ >/dev/null || need+=(g++)
+command -v objdump >/dev/null || need+=(binutils)
+command -v unzip >/dev/null || need+=(unzip)
+python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' ||
+  need+=(python3-dev)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
+fi
 docker version >/dev/null 2>&1 || { say "no Docker daemon (DOCKER_HOST=${DOCKER_HOST:-unset}); try: export \"\$(deploy/docker/dockerd.sh start)\""; exit 1; }
 
 # -- 1. the wheelhouse: built on this machine, cached by what goes into it -------------------
