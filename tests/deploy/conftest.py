@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 # The session Kafka broker of the integration tests, for the image check (test_image.py).
 from tests.integration.conftest import kafka_bootstrap, local_kafka  # noqa: F401
@@ -149,8 +151,9 @@ def apiserver(tools: Tools, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     prometheus-operator CRDs applied; no controller-manager, no scheduler, no nodes."""
     work = tmp_path_factory.mktemp("apiserver")
     etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
-    subprocess.run(
-        ["openssl", "genrsa", "-out", str(work / "sa.key"), "2048"], check=True, capture_output=True, timeout=60
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (work / "sa.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     (work / "tokens.csv").write_text("deploy-check-token,admin,admin,system:masters\n")
     logs = {name: (work / f"{name}.log").open("wb") for name in ("etcd", "apiserver")}

@@ -197,6 +197,9 @@ def test_pods_run_locked_down_and_probe_the_agents_endpoints(tools: Tools) -> No
         assert context["readOnlyRootFilesystem"] is True
         assert context["allowPrivilegeEscalation"] is False
         assert context["capabilities"]["drop"] == ["ALL"]
+    (init,) = spec["initContainers"]  # production values: the bundle comes from an image
+    source = init["command"][2].removesuffix("/.")
+    assert init["volumeMounts"][0]["mountPath"] != source, "the emptyDir would hide the image's bundle"
     agent = spec["containers"][0]
     assert agent["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert agent["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}

@@ -10,6 +10,7 @@ Needs a Docker daemon: `make image-check` starts a private one (deploy/docker/do
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -199,3 +200,47 @@ def test_the_image_scores_a_stream_locked_down_and_stops_cleanly(container: tupl
     assert stopped["OOMKilled"] is False
     assert f"[dknn-agent] {EVENTS} events" in logs, logs[-3000:]  # the final summary: it shut down, not died
     print(f"SIGTERM to exit 0 in {time.monotonic() - started:.1f} s")
+
+
+def test_a_bundle_image_copied_by_the_init_container_verifies(
+    image: dict[str, str], bundle: Path, tmp_path: Path, tools: Tools
+) -> None:
+    """The chart's other bundle source, as README "Deploying" builds it: an image FROM the agent's
+    with the bundle at /bundle, its init container's exact command into an empty directory, then
+    `dknn-agent info` (every hash and dimension checked) on the copy, read-only."""
+    docs = yaml.safe_load_all(
+        tools.template(
+            "--set", "kafka.bootstrapServers=k:9092,bundle.persistentVolumeClaim=,bundle.image.repository=b"
+        ).stdout
+    )
+    deployment = next(doc for doc in docs if doc and doc["kind"] == "Deployment")
+    (init,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    (mount,) = init["volumeMounts"]
+    tag = f"dknn-bundle-check:{uuid.uuid4().hex[:8]}"
+    context = tmp_path / "context"
+    context.mkdir()
+    subprocess.run(["cp", "-R", str(bundle), str(context / "mnist-cnn")], check=True)
+    (context / "Dockerfile").write_text(f"FROM {image['IMAGE']}\nCOPY --chown=10001:10001 mnist-cnn /bundle\n")
+    build = subprocess.run(
+        ["docker", "build", "-q", "--network=none", "-t", tag, str(context)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "DOCKER_BUILDKIT": "0"},
+    )
+    assert build.returncode == 0, build.stderr
+    copy = tmp_path / "emptydir"
+    copy.mkdir()
+    copy.chmod(0o777)  # an emptyDir the pod's fsGroup can write
+    try:
+        common = ["run", "--rm", "--network=none", "--read-only", "--user", "10001:10001", "--cap-drop", "ALL"]
+        _docker(
+            *common, "-v", f"{copy}:{mount['mountPath']}", "--entrypoint", init["command"][0], tag, *init["command"][1:]
+        )
+        info = _docker(
+            *common, "-v", f"{copy}:/bundle:ro", "--entrypoint", "dknn-agent", image["IMAGE"], "info", "/bundle"
+        )
+        assert "mnist-cnn" in info.stdout, info.stdout
+    finally:
+        _docker("rmi", tag, check=False)
