@@ -118,7 +118,9 @@ DOCKER_BUILDKIT=0 docker build -q --network=none -t "$TAG" \
   --build-arg "BASE_IMAGE=$base_image" --build-arg "VERSION=$VERSION" --build-arg "REVISION=$revision" \
   "$context" >/dev/null
 rm -rf "$context"
-docker image prune -f >/dev/null  # the layers of earlier builds
+# Dangling layers of earlier builds, except recent ones: the build stage is one of them, and the
+# next build reuses it.
+docker image prune -f --filter until=72h >/dev/null
 size=$(docker image inspect "$TAG" --format '{{.Size}}')
 echo "IMAGE=$TAG"
 echo "IMAGE_SIZE_BYTES=$size"
