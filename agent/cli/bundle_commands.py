@@ -11,6 +11,7 @@ from agent.cli.options import parse_json_object, parse_layers, split_list
 from agent.engine.bundle import BundleTrust
 from agent.engine.fit import FitOptions
 from agent.engine.index import BACKENDS
+from agent.engine.manifest import NonconformitySpec
 from agent.errors import BundleError, ConfigError, DataError
 
 
@@ -34,6 +35,29 @@ def add_index_options(parser: argparse.ArgumentParser) -> None:
         "--search-k", type=int, default=-1, help="Annoy nodes inspected per query; -1 = n_trees*k (default)"
     )
     group.add_argument("--batch-size", type=int, default=512, help="inputs per forward pass (default: 512)")
+    group.add_argument(
+        "--nonconformity",
+        choices=("labels", "labels+distance"),
+        default="labels",
+        help="labels: the DkNN paper's count of disagreeing neighbours (default); labels+distance: plus, per "
+        "layer, up to --distance-weight for neighbours farther than the training points' own (docs/design.md §2.2)",
+    )
+    group.add_argument(
+        "--distance-weight",
+        type=int,
+        default=None,
+        help="labels+distance: what the farthest inputs add per layer, in disagreeing neighbours (default: k)",
+    )
+    group.add_argument(
+        "--distance-reference",
+        type=int,
+        default=5000,
+        help="labels+distance: training points sampled for the distance reference (default: 5000)",
+    )
+    group.add_argument("--label-layers", default=None, help="layers whose neighbours vote (default: every layer)")
+    group.add_argument(
+        "--distance-layers", default=None, help="labels+distance: layers whose distances count (default: every layer)"
+    )
     group.add_argument("--force", action="store_true", help="replace an existing bundle directory")
     group.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -49,6 +73,27 @@ def fit_options(args: argparse.Namespace) -> FitOptions:
         seed=args.seed,
         batch_size=args.batch_size,
         progress=not args.quiet,
+        nonconformity=nonconformity_spec(args),
+    )
+
+
+def nonconformity_spec(args: argparse.Namespace) -> NonconformitySpec:
+    """The --nonconformity options as the manifest's spec; distance options without distance are an error."""
+    label_layers = split_list(args.label_layers) if args.label_layers is not None else None
+    distance_layers = split_list(args.distance_layers) if args.distance_layers is not None else None
+    if args.nonconformity == "labels":
+        if args.distance_weight is not None or distance_layers is not None:
+            raise ConfigError("--distance-weight and --distance-layers need --nonconformity labels+distance")
+        return NonconformitySpec(label_layers=label_layers)
+    weight = args.k if args.distance_weight is None else args.distance_weight
+    if weight < 1 or args.distance_reference < 1:
+        raise ConfigError("--distance-weight and --distance-reference must be at least 1")
+    return NonconformitySpec(
+        kind="labels+distance",
+        label_layers=label_layers,
+        distance_layers=distance_layers,
+        distance_weight=weight,
+        distance_reference_size=args.distance_reference,
     )
 
 
@@ -338,6 +383,14 @@ def _info(args: argparse.Namespace) -> int:
     )
     print(f"train      {manifest.train.size} points ({manifest.train.source})")
     print(f"calibrate  {manifest.calibration.size} points ({manifest.calibration.source})")
+    spec = manifest.nonconformity
+    distance = (
+        f", + up to {spec.distance_weight} per distance layer ({', '.join(manifest.distance_layers)}; "
+        f"reference of {spec.distance_reference_size} training points)"
+        if manifest.distance_layers
+        else ""
+    )
+    print(f"alpha      {spec.kind}: disagreeing neighbours in {', '.join(manifest.label_layers)}{distance}")
     for layer in manifest.layers:
         print(f"layer      {layer.name:<12} {layer.input_dim:>6} -> {layer.dim:<5} {layer.preprocessing}")
     return 0

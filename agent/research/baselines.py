@@ -197,8 +197,8 @@ class DeepKnnScorer:
         if self._index is None:
             raise ConfigError("DeepKnnScorer is not fitted; call fit() first")
         x = _as_2d(features, "features", self.dim)
-        sq_distances, _ = self._index.search(unit_rows(x.astype(np.float32)), self.k)
-        return np.sqrt(sq_distances[:, -1].astype(np.float64))
+        distances, _ = self._index.search(unit_rows(x.astype(np.float32)), self.k)
+        return distances[:, -1].astype(np.float64)
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """Minus the k-th neighbour distance, `(n,)` float64; higher = more in-distribution."""
