@@ -410,22 +410,26 @@ def set_digest(evalset: EvalSet) -> str:
 
 
 def save_sample_grid(sets: Sequence[EvalSet], out: Path | str, per_set: int = 12) -> Path:
-    """A PNG with one row of the first `per_set` images of each set, labelled by name and kind."""
+    """A PNG with one row per set: `per_set` images spread evenly over the set (the builders cycle
+    through fonts and photographs in order, so the first few would all share one), labelled."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = len(sets)
-    figure, axes = plt.subplots(rows, per_set, figsize=(1.6 + per_set * 0.8, rows * 0.95), squeeze=False)
+    label_width = 1.6
+    figure, axes = plt.subplots(
+        len(sets), per_set, figsize=(label_width + per_set * 0.8, len(sets) * 0.95), squeeze=False
+    )
     for row, evalset in enumerate(sets):
+        picks = np.unique(np.linspace(0, len(evalset.x) - 1, per_set).round().astype(int))
         for col in range(per_set):
             axis = axes[row][col]
             axis.set_axis_off()
-            if col < len(evalset.x):
-                axis.imshow(evalset.x[col, 0], cmap="gray", vmin=0.0, vmax=1.0)
+            if col < len(picks):
+                axis.imshow(evalset.x[picks[col], 0], cmap="gray", vmin=0.0, vmax=1.0)
                 if evalset.y is not None:
-                    axis.set_title(str(int(evalset.y[col])), fontsize=7, pad=1)
+                    axis.set_title(str(int(evalset.y[picks[col]])), fontsize=7, pad=1)
         axes[row][0].text(
             -0.15,
             0.5,
@@ -435,9 +439,33 @@ def save_sample_grid(sets: Sequence[EvalSet], out: Path | str, per_set: int = 12
             va="center",
             fontsize=8,
         )
-    figure.subplots_adjust(left=1.6 / (1.6 + per_set * 0.8), right=0.99, top=0.97, bottom=0.02, wspace=0.08, hspace=0.3)
+    figure.subplots_adjust(
+        left=label_width / (label_width + per_set * 0.8), right=0.99, top=0.95, bottom=0.02, wspace=0.08, hspace=0.3
+    )
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out_path, dpi=110)
+    figure.savefig(out_path, dpi=110, metadata={"Software": None})  # no version stamp: same bytes per run
     plt.close(figure)
     return out_path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m agent.research.natural_sets [--samples PNG]`: builds (or loads) every set at its
+    default size, prints its kind, size, framing statistics and digest, and draws the sample grid."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m agent.research.natural_sets", description=main.__doc__)
+    parser.add_argument("--samples", type=Path, help="write the sample grid PNG here")
+    parser.add_argument("--cache-dir", type=Path, help="default: $XDG_CACHE_HOME/dknn-agent/natural")
+    args = parser.parse_args(argv)
+    sets = natural_sets(cache_dir=args.cache_dir)
+    for evalset in sets:
+        stats = " ".join(f"{key}={value:.3f}" for key, value in framing_stats(evalset.x).items())
+        print(f"{evalset.name:15} {SET_KINDS[evalset.name]:16} n={len(evalset.x):5} {stats} {set_digest(evalset)[:16]}")
+    if args.samples is not None:
+        print(f"wrote {save_sample_grid(sets, args.samples)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
