@@ -347,8 +347,10 @@ def natural_set(name: str, n: int | None = None, *, seed: int = 0, cache_dir: Pa
     if name not in BUILDERS:
         raise DataError(f"unknown natural set {name!r}; known: {', '.join(sorted(BUILDERS))}")
     count = DEFAULT_SIZES[name] if n is None else n
-    if count < 1 or (name == "sklearn_digits" and count > DEFAULT_SIZES[name]):
-        raise DataError(f"{name}: n must be 1..{DEFAULT_SIZES[name] if name == 'sklearn_digits' else 'any'}")
+    if count < 1:
+        raise DataError(f"{name}: n must be at least 1, got {count}")
+    if name == "sklearn_digits" and count > DEFAULT_SIZES[name]:
+        raise DataError(f"sklearn_digits has {DEFAULT_SIZES[name]} images; asked for {count}")
     path = _cache_path(Path(cache_dir) if cache_dir is not None else default_cache_dir(), name, count, seed)
     cached = _load_cached(path, name, count)
     if cached is not None:
