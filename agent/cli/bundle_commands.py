@@ -151,6 +151,14 @@ def _register_train_reference(commands: argparse._SubParsersAction) -> None:
         "which is scale invariant (default: euclidean)",
     )
     parser.add_argument("--snnl-layers", default="relu1,relu2,relu3", help="layers the SNNL term acts on")
+    parser.add_argument(
+        "--refit",
+        type=Path,
+        default=None,
+        metavar="BUNDLE",
+        help="do not train: fit a new bundle around this reference bundle's model (same version and calibration "
+        "split), e.g. to compare --nonconformity choices on one model",
+    )
     add_index_options(parser)
     parser.set_defaults(handler=_train_reference)
 
@@ -180,6 +188,7 @@ def _train_reference(args: argparse.Namespace) -> int:
         ),
         fit_options=fit_options(args),
         force=args.force,
+        refit=args.refit,
     )
     print(
         f"wrote {args.out} ({manifest.model.name} {manifest.model.version}, layers {', '.join(manifest.layer_names)})"

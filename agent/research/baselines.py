@@ -45,6 +45,15 @@ def softmax_max(logits: np.ndarray) -> np.ndarray:
     return 1.0 / np.exp(shifted).sum(axis=1)
 
 
+def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Minus the free energy, T·logsumexp(logits / T) (Liu et al. 2020), `(n,)` float64; higher =
+    more in-distribution. Unlike the softmax maximum it keeps the logits' scale, which an input far
+    from the training data tends to shrink."""
+    z = _as_2d(logits, "logits").astype(np.float64) / temperature
+    top = z.max(axis=1)
+    return temperature * (top + np.log(np.exp(z - top[:, None]).sum(axis=1)))
+
+
 class MahalanobisScorer:
     """Class-conditional Gaussians with one shared (tied) covariance, as in Lee et al. 2018.
 
