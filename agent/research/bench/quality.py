@@ -194,6 +194,7 @@ def run_quality(options: QualityOptions) -> dict:
             "n_trees": manifest.index.n_trees,
             "search_k": manifest.index.search_k,
             "calibration_size": manifest.calibration.size,
+            "nonconformity": manifest.nonconformity.model_dump(mode="json"),
         },
         "epsilon": options.epsilon,
         "backends": {},
@@ -289,7 +290,14 @@ def markdown(result: dict) -> str:
         "",
         f"k={result['bundle']['k']}, layers {result['bundle']['layers']}, "
         f"Annoy n_trees={result['bundle']['n_trees']} search_k={result['bundle']['search_k']}, "
-        f"{result['bundle']['calibration_size']} calibration points, FGSM ε={result['epsilon']}.",
+        f"{result['bundle']['calibration_size']} calibration points, FGSM ε={result['epsilon']}, "
+        f"nonconformity {result['bundle'].get('nonconformity', {}).get('kind', 'labels')}"
+        + (
+            f" (distance weight {result['bundle']['nonconformity']['distance_weight']})"
+            if result["bundle"].get("nonconformity", {}).get("kind", "labels") != "labels"
+            else ""
+        )
+        + ".",
         "",
         *natural_markdown(result),
         "## Every set",
@@ -406,6 +414,9 @@ def natural_markdown(result: dict) -> list[str]:
 
 def _stem(result: dict) -> str:
     suffix = f"-{result['bundle']['version']}-extended" if result.get("extended") else ""
+    spec = result["bundle"].get("nonconformity") or {}
+    if spec.get("kind", "labels") != "labels":  # refitted bundles share the model's version
+        suffix += f"-distance-w{spec['distance_weight']}"
     return f"quality-{result['bundle']['model']}{suffix}"
 
 
