@@ -54,6 +54,18 @@ def add_index_options(parser: argparse.ArgumentParser) -> None:
         default=5000,
         help="labels+distance: training points sampled for the distance reference (default: 5000)",
     )
+    group.add_argument(
+        "--distance-statistic",
+        choices=("mean", "kth"),
+        default="mean",
+        help="labels+distance: a layer's distance is the mean of the k neighbours' or the k-th's (default: mean)",
+    )
+    group.add_argument(
+        "--distance-tail",
+        type=float,
+        default=0.0,
+        help="labels+distance: only distance ranks above this quantile of the reference count (default: 0)",
+    )
     group.add_argument("--label-layers", default=None, help="layers whose neighbours vote (default: every layer)")
     group.add_argument(
         "--distance-layers", default=None, help="labels+distance: layers whose distances count (default: every layer)"
@@ -82,18 +94,22 @@ def nonconformity_spec(args: argparse.Namespace) -> NonconformitySpec:
     label_layers = split_list(args.label_layers) if args.label_layers is not None else None
     distance_layers = split_list(args.distance_layers) if args.distance_layers is not None else None
     if args.nonconformity == "labels":
-        if args.distance_weight is not None or distance_layers is not None:
-            raise ConfigError("--distance-weight and --distance-layers need --nonconformity labels+distance")
+        if args.distance_weight is not None or distance_layers is not None or args.distance_tail:
+            raise ConfigError("--distance-* options need --nonconformity labels+distance")
         return NonconformitySpec(label_layers=label_layers)
     weight = args.k if args.distance_weight is None else args.distance_weight
     if weight < 1 or args.distance_reference < 1:
         raise ConfigError("--distance-weight and --distance-reference must be at least 1")
+    if not 0 <= args.distance_tail < 1:
+        raise ConfigError("--distance-tail must be in [0, 1)")
     return NonconformitySpec(
         kind="labels+distance",
         label_layers=label_layers,
         distance_layers=distance_layers,
         distance_weight=weight,
         distance_reference_size=args.distance_reference,
+        distance_statistic=args.distance_statistic,
+        distance_tail=args.distance_tail,
     )
 
 
@@ -152,6 +168,11 @@ def _register_train_reference(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--snnl-layers", default="relu1,relu2,relu3", help="layers the SNNL term acts on")
     parser.add_argument(
+        "--layers",
+        default=None,
+        help="layers and their preprocessing, as for fit (default: relu1=pca:128,relu2=pca:128,relu3,logits)",
+    )
+    parser.add_argument(
         "--refit",
         type=Path,
         default=None,
@@ -189,6 +210,7 @@ def _train_reference(args: argparse.Namespace) -> int:
         fit_options=fit_options(args),
         force=args.force,
         refit=args.refit,
+        layers=parse_layers(args.layers) if args.layers is not None else None,
     )
     print(
         f"wrote {args.out} ({manifest.model.name} {manifest.model.version}, layers {', '.join(manifest.layer_names)})"

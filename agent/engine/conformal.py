@@ -37,25 +37,27 @@ def nonconformity(neighbor_labels: np.ndarray, num_classes: int) -> np.ndarray:
     return (num_layers * k - votes).astype(np.int64)
 
 
-def mean_distances(neighbor_distances: np.ndarray) -> np.ndarray:
-    """`(n, L, k)` Euclidean distances (+inf = missing) -> `(n, L)` mean k-NN distance per layer."""
+def distance_statistic(neighbor_distances: np.ndarray, statistic: str) -> np.ndarray:
+    """`(n, L, k)` Euclidean distances (+inf = missing) -> `(n, L)`: the mean of the k, or the k-th."""
+    if statistic == "kth":
+        return neighbor_distances[:, :, -1].astype(np.float64)
     return neighbor_distances.astype(np.float64).mean(axis=2)
 
 
-def distance_penalty(mean_distance: np.ndarray, reference_sorted: np.ndarray, weight: int) -> np.ndarray:
-    """Σ_l floor(weight · r_l) as `(n,)` int64, where r_l is the fraction of the layer's reference
-    distances (`(m, L)`, each column ascending) strictly below x's: 0 for an input closer to its
-    neighbours than every reference point, `weight` per layer for one farther than all of them
-    (a missing neighbour, +inf, is farther than all)."""
+def distance_penalty(distance: np.ndarray, reference_sorted: np.ndarray, weight: int, tail: float = 0.0) -> np.ndarray:
+    """Σ_l floor(weight · t(r_l)) as `(n,)` int64, where r_l is the fraction of the layer's reference
+    distances (`(m, L)`, each column ascending) strictly below x's and t(r) = max(0, r − tail) /
+    (1 − tail): 0 for an input no farther than the reference's `tail` quantile, `weight` per layer
+    for one farther than all of it (a missing neighbour, +inf, is farther than all)."""
     m, num_layers = reference_sorted.shape
     below = np.stack(
-        [
-            np.searchsorted(reference_sorted[:, layer], mean_distance[:, layer], side="left")
-            for layer in range(num_layers)
-        ],
+        [np.searchsorted(reference_sorted[:, layer], distance[:, layer], side="left") for layer in range(num_layers)],
         axis=1,
     )
-    return ((weight * below) // m).sum(axis=1).astype(np.int64)
+    if tail == 0.0:
+        return ((weight * below) // m).sum(axis=1).astype(np.int64)  # exact integer arithmetic
+    share = np.clip((below / m - tail) / (1.0 - tail), 0.0, 1.0)
+    return np.floor(weight * share).sum(axis=1).astype(np.int64)
 
 
 def p_values(alpha: np.ndarray, calibration_sorted: np.ndarray) -> np.ndarray:

@@ -149,9 +149,12 @@ class DkNN:
         """α(x, j) for every candidate label, `(n, C)` int64, as the manifest's nonconformity says."""
         alpha = conformal.nonconformity(neighbor_labels[:, self._label_rows], self.num_classes)
         if self.distance_reference is not None:
-            mean = conformal.mean_distances(neighbor_distances[:, self._distance_rows])
-            weight = self.manifest.nonconformity.distance_weight
-            alpha = alpha + conformal.distance_penalty(mean, self.distance_reference, weight)[:, None]
+            spec = self.manifest.nonconformity
+            distance = conformal.distance_statistic(neighbor_distances[:, self._distance_rows], spec.distance_statistic)
+            penalty = conformal.distance_penalty(
+                distance, self.distance_reference, spec.distance_weight, spec.distance_tail
+            )
+            alpha = alpha + penalty[:, None]
         return alpha
 
     def label_neighbors(self, neighbor_ids: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 import agent
 from agent.engine.bundle import BundleTrust, sha256_file, verify_bundle
+from agent.engine.conformal import distance_statistic
 from agent.engine.dknn import DkNN, open_index
 from agent.engine.index import AnnoyBuilder
 from agent.engine.manifest import (
@@ -225,7 +226,7 @@ def _calibrate(
 
 
 def _distance_reference(scorer: DkNN, draft: Manifest, train_x: np.ndarray, options: FitOptions) -> np.ndarray:
-    """Mean k-NN distance per distance layer of a seeded sample of training points, each queried
+    """The k-NN distance statistic (mean or k-th) per distance layer of a seeded sample of training points, each queried
     for k + 1 neighbours with itself dropped — so the reference, like a new input, is measured
     against the other training points, and is fixed before calibration (which keeps α a fixed
     function of x and j, and the p-values conformal)."""
@@ -236,7 +237,7 @@ def _distance_reference(scorer: DkNN, draft: Manifest, train_x: np.ndarray, opti
     for start in range(0, size, options.batch_size):
         batch_rows = rows[start : start + options.batch_size]
         activations = scorer.tap(train_x[batch_rows])
-        means = []
+        per_layer = []
         for name in draft.distance_layers:
             vectors = scorer.preprocessors[name].transform(activations.layers[name])
             distances, ids = scorer.indexes[name].search(vectors, draft.k + 1)
@@ -245,8 +246,8 @@ def _distance_reference(scorer: DkNN, draft: Manifest, train_x: np.ndarray, opti
             drop = np.where(itself.any(axis=1), itself.argmax(axis=1), draft.k)
             keep = np.ones_like(itself)
             keep[np.arange(len(keep)), drop] = False
-            means.append(distances[keep].reshape(len(keep), draft.k).astype(np.float64).mean(axis=1))
-        per_batch.append(np.stack(means, axis=1))
+            per_layer.append(distances[keep].reshape(len(keep), 1, draft.k))
+        per_batch.append(distance_statistic(np.concatenate(per_layer, axis=1), draft.nonconformity.distance_statistic))
     return np.concatenate(per_batch)
 
 

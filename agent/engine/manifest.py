@@ -97,10 +97,12 @@ class NonconformitySpec(_Frozen):
     """How α(x, j) is computed (docs/design.md §2.2); the calibration in the bundle was made with it.
 
     - `labels`: the DkNN paper's — neighbours, over the voting layers, whose label is not j;
-    - `labels+distance`: the same plus, per distance layer, floor(w · r_l(x)), where r_l(x) is the
-      fraction of a reference sample of training points (each queried without itself) whose mean
-      k-NN distance at that layer is below x's. The term is the same for every j: it moves
-      credibility, never the prediction. Integers either way, so α keeps at most L·(k + w) + 1 values.
+    - `labels+distance`: the same plus, per distance layer, floor(w · t(r_l(x))), where r_l(x) is the
+      fraction of a reference sample of training points (each queried without itself) whose k-NN
+      distance statistic (mean of the k, or the k-th) at that layer is below x's, and
+      t(r) = max(0, r − q) / (1 − q) keeps only the tail above q. The term is the same for every j:
+      it moves credibility, never the prediction. Integers either way, so α keeps at most
+      L·(k + w) + 1 values.
     """
 
     kind: Literal["labels", "labels+distance"] = "labels"
@@ -108,6 +110,8 @@ class NonconformitySpec(_Frozen):
     distance_layers: tuple[Name, ...] | None = Field(None, max_length=MAX_LAYERS, description="None: every layer")
     distance_weight: int = Field(0, ge=0, le=MAX_K)
     distance_reference_size: int = Field(0, ge=0, le=1_000_000)
+    distance_statistic: Literal["mean", "kth"] = "mean"
+    distance_tail: float = Field(0.0, ge=0.0, lt=1.0, description="q: only ranks above it count")
 
     @model_validator(mode="after")
     def _consistent(self) -> NonconformitySpec:

@@ -78,6 +78,7 @@ def train_reference_mnist(
     data: Mnist | None = None,
     train_size: int | None = None,
     refit: Path | None = None,
+    layers: dict[str, str] | None = None,
 ) -> Manifest:
     """Trains the reference CNN and fits its bundle into `out`.
 
@@ -107,7 +108,7 @@ def train_reference_mnist(
             factory="agent.research.models.mnist:build_model",
             num_classes=10,
         ),
-        layers=MNIST_LAYERS,
+        layers=layers or MNIST_LAYERS,
         train=Dataset(x_train, y_train, source=source),
         calibration=Dataset(
             data.x_test[split.calibration],

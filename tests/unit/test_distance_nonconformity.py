@@ -22,6 +22,13 @@ from agent.errors import BundleError
 from tests.conftest import TinyProblem, fit_tiny
 
 DISTANCE = NonconformitySpec(kind="labels+distance", distance_weight=10, distance_reference_size=200)
+KTH_TAIL = NonconformitySpec(
+    kind="labels+distance",
+    distance_weight=30,
+    distance_reference_size=200,
+    distance_statistic="kth",
+    distance_tail=0.5,
+)
 
 
 def test_penalty_counts_the_share_of_the_reference_below_per_layer() -> None:
@@ -29,6 +36,20 @@ def test_penalty_counts_the_share_of_the_reference_below_per_layer() -> None:
     mean = np.array([[0.5, 5.0], [2.5, 45.0], [np.inf, 20.0]])
     # row 0: 0/4 and 0/4 below; row 1: 2/4 -> floor(10 * 0.5) = 5, 4/4 -> 10; row 2: 4/4 -> 10, 1/4 -> 2
     np.testing.assert_array_equal(conformal.distance_penalty(mean, reference, weight=10), [0, 15, 12])
+    np.testing.assert_array_equal(conformal.distance_penalty(mean, reference, weight=10, tail=0.0), [0, 15, 12])
+
+
+def test_a_tail_counts_only_ranks_above_it() -> None:
+    reference = np.arange(1.0, 11.0)[:, None]  # ten reference distances 1..10
+    distance = np.array([[5.5], [9.5], [11.0]])  # 5, 9 and 10 of them below
+    # t(r) = max(0, r - 0.8) / 0.2: 0, 0.5 and 1 -> floor(40 t) = 0, 20, 40
+    np.testing.assert_array_equal(conformal.distance_penalty(distance, reference, weight=40, tail=0.8), [0, 20, 40])
+
+
+def test_distance_statistic_is_the_mean_or_the_kth() -> None:
+    distances = np.array([[[1.0, 2.0, 6.0]], [[1.0, 1.0, np.inf]]])
+    np.testing.assert_array_equal(conformal.distance_statistic(distances, "mean"), [[3.0], [np.inf]])
+    np.testing.assert_array_equal(conformal.distance_statistic(distances, "kth"), [[6.0], [np.inf]])
 
 
 def test_the_spec_refuses_half_configured_distance() -> None:
@@ -38,15 +59,17 @@ def test_the_spec_refuses_half_configured_distance() -> None:
         NonconformitySpec(kind="labels", distance_weight=5, distance_reference_size=0)
 
 
-@pytest.fixture(scope="module")
-def distance_bundle(tiny_problem: TinyProblem, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return fit_tiny(tiny_problem, tmp_path_factory.mktemp("distance") / "tiny", nonconformity=DISTANCE)
+@pytest.fixture(scope="module", params=[DISTANCE, KTH_TAIL], ids=["mean", "kth-tail"])
+def distance_bundle(
+    request: pytest.FixtureRequest, tiny_problem: TinyProblem, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    return fit_tiny(tiny_problem, tmp_path_factory.mktemp("distance") / "tiny", nonconformity=request.param)
 
 
 def test_fitted_bundle_records_and_verifies_its_nonconformity(distance_bundle: Path) -> None:
     bundle = verify_bundle(distance_bundle)
     bundle.close()
-    assert bundle.manifest.nonconformity == DISTANCE
+    assert bundle.manifest.nonconformity in (DISTANCE, KTH_TAIL)
     assert bundle.manifest.distance_layers == bundle.manifest.layer_names
     assert bundle.distance_reference is not None and bundle.distance_reference.shape == (
         200,
