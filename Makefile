@@ -7,7 +7,7 @@ BUNDLE ?= artifacts/mnist-cnn
 GRAFANA := dashboards/grafana
 
 .PHONY: setup test lint test-unit test-e2e observability-check dashboards demo demo-table bench-quality bench-snnl \
-	bench-stream bench-shift clean
+	bench-stream bench-shift bench-shift-peer clean
 .PHONY: deploy-check chart-check image-check
 
 setup: $(STAMP)
@@ -94,6 +94,24 @@ bench-snnl: setup
 bench-shift: setup $(BUNDLE)/manifest.json
 	$(BIN)/dknn-agent bench shift --artifacts $(BUNDLE) --out docs/results
 
+# The drift detector beside alibi-detect's CVMDriftOnline / FETDriftOnline on the same score streams
+# (about 20 minutes). alibi-detect pins numpy < 2, so it gets its own environment, .venv-peer, and
+# replays the scores `bench shift --save-scores` wrote; the agent's venv never sees it.
+PEER_VENV   := .venv-peer
+PEER_PIN    := alibi-detect==0.13.0
+SHIFT_SCORES := artifacts/shift-scores.npz
+
+$(PEER_VENV)/.installed:
+	test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install -q '$(PEER_PIN)'
+	touch $@
+
+$(SHIFT_SCORES): $(BUNDLE)/manifest.json | setup
+	$(BIN)/dknn-agent bench shift --artifacts $(BUNDLE) --save-scores $@ --scores-only
+
+bench-shift-peer: $(SHIFT_SCORES) $(PEER_VENV)/.installed
+	PYTHONPATH=. $(PEER_VENV)/bin/python -m agent.research.bench.shift_peer --scores $(SHIFT_SCORES) --out docs/results
+
 bench-stream: setup $(BUNDLE)/manifest.json
 	bash deploy/local/kafka.sh fetch >/dev/null
 	bootstrap=$$(bash deploy/local/kafka.sh start --data-dir /tmp/dknn-bench-kafka | sed -n 's/^BOOTSTRAP=//p'); \
@@ -101,4 +119,4 @@ bench-stream: setup $(BUNDLE)/manifest.json
 	  status=$$?; bash deploy/local/kafka.sh stop --data-dir /tmp/dknn-bench-kafka --purge >/dev/null; exit $$status
 
 clean:
-	rm -rf $(VENV) artifacts .pytest_cache .hypothesis .mypy_cache .ruff_cache .import_linter_cache
+	rm -rf $(VENV) $(PEER_VENV) artifacts .pytest_cache .hypothesis .mypy_cache .ruff_cache .import_linter_cache

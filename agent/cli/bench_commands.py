@@ -93,6 +93,15 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="clean runs per false-alarm threshold 1e3,1e4,1e5 (default: 300,200,100)",
     )
     shift.add_argument("--seed", type=int, default=0)
+    shift.add_argument(
+        "--save-scores",
+        type=Path,
+        default=None,
+        metavar="NPZ",
+        help="also save the per-input scores the streams draw from (make bench-shift-peer replays them "
+        "through alibi-detect's detectors)",
+    )
+    shift.add_argument("--scores-only", action="store_true", help="stop after --save-scores (a minute, not 15)")
     shift.set_defaults(handler=_shift)
 
     stream = kinds.add_parser(
@@ -187,6 +196,8 @@ def _shift(args: argparse.Namespace) -> int:
     runs = parse_seeds(args.arl_runs)
     if len(runs) != 3 or min(runs) < 1 or args.onsets < 1 or args.prefix < 0:
         raise ConfigError("--arl-runs needs three positive counts; --onsets ≥ 1; --prefix ≥ 0")
+    if args.scores_only and args.save_scores is None:
+        raise ConfigError("--scores-only needs --save-scores NPZ")
     run_shift(
         ShiftOptions(
             artifacts=args.artifacts,
@@ -196,6 +207,8 @@ def _shift(args: argparse.Namespace) -> int:
             prefix=args.prefix,
             arl_runs=runs,
             seed=args.seed,
+            save_scores=args.save_scores,
+            scores_only=args.scores_only,
         )
     )
     return 0

@@ -11,6 +11,7 @@ from agent.cli.options import parse_json_object, parse_layers, split_list
 from agent.engine.bundle import BundleTrust
 from agent.engine.fit import FitOptions
 from agent.engine.index import BACKENDS
+from agent.engine.manifest import NonconformitySpec
 from agent.errors import BundleError, ConfigError, DataError
 
 
@@ -34,6 +35,41 @@ def add_index_options(parser: argparse.ArgumentParser) -> None:
         "--search-k", type=int, default=-1, help="Annoy nodes inspected per query; -1 = n_trees*k (default)"
     )
     group.add_argument("--batch-size", type=int, default=512, help="inputs per forward pass (default: 512)")
+    group.add_argument(
+        "--nonconformity",
+        choices=("labels", "labels+distance"),
+        default="labels",
+        help="labels: the DkNN paper's count of disagreeing neighbours (default); labels+distance: plus, per "
+        "layer, up to --distance-weight for neighbours farther than the training points' own (docs/design.md §2.2)",
+    )
+    group.add_argument(
+        "--distance-weight",
+        type=int,
+        default=None,
+        help="labels+distance: what the farthest inputs add per layer, in disagreeing neighbours (default: k)",
+    )
+    group.add_argument(
+        "--distance-reference",
+        type=int,
+        default=5000,
+        help="labels+distance: training points sampled for the distance reference (default: 5000)",
+    )
+    group.add_argument(
+        "--distance-statistic",
+        choices=("mean", "kth"),
+        default="mean",
+        help="labels+distance: a layer's distance is the mean of the k neighbours' or the k-th's (default: mean)",
+    )
+    group.add_argument(
+        "--distance-tail",
+        type=float,
+        default=0.0,
+        help="labels+distance: only distance ranks above this quantile of the reference count (default: 0)",
+    )
+    group.add_argument("--label-layers", default=None, help="layers whose neighbours vote (default: every layer)")
+    group.add_argument(
+        "--distance-layers", default=None, help="labels+distance: layers whose distances count (default: every layer)"
+    )
     group.add_argument("--force", action="store_true", help="replace an existing bundle directory")
     group.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -49,6 +85,31 @@ def fit_options(args: argparse.Namespace) -> FitOptions:
         seed=args.seed,
         batch_size=args.batch_size,
         progress=not args.quiet,
+        nonconformity=nonconformity_spec(args),
+    )
+
+
+def nonconformity_spec(args: argparse.Namespace) -> NonconformitySpec:
+    """The --nonconformity options as the manifest's spec; distance options without distance are an error."""
+    label_layers = split_list(args.label_layers) if args.label_layers is not None else None
+    distance_layers = split_list(args.distance_layers) if args.distance_layers is not None else None
+    if args.nonconformity == "labels":
+        if args.distance_weight is not None or distance_layers is not None or args.distance_tail:
+            raise ConfigError("--distance-* options need --nonconformity labels+distance")
+        return NonconformitySpec(label_layers=label_layers)
+    weight = args.k if args.distance_weight is None else args.distance_weight
+    if weight < 1 or args.distance_reference < 1:
+        raise ConfigError("--distance-weight and --distance-reference must be at least 1")
+    if not 0 <= args.distance_tail < 1:
+        raise ConfigError("--distance-tail must be in [0, 1)")
+    return NonconformitySpec(
+        kind="labels+distance",
+        label_layers=label_layers,
+        distance_layers=distance_layers,
+        distance_weight=weight,
+        distance_reference_size=args.distance_reference,
+        distance_statistic=args.distance_statistic,
+        distance_tail=args.distance_tail,
     )
 
 
@@ -106,6 +167,19 @@ def _register_train_reference(commands: argparse._SubParsersAction) -> None:
         "which is scale invariant (default: euclidean)",
     )
     parser.add_argument("--snnl-layers", default="relu1,relu2,relu3", help="layers the SNNL term acts on")
+    parser.add_argument(
+        "--layers",
+        default=None,
+        help="layers and their preprocessing, as for fit (default: relu1=pca:128,relu2=pca:128,relu3,logits)",
+    )
+    parser.add_argument(
+        "--refit",
+        type=Path,
+        default=None,
+        metavar="BUNDLE",
+        help="do not train: fit a new bundle around this reference bundle's model (same version and calibration "
+        "split), e.g. to compare --nonconformity choices on one model",
+    )
     add_index_options(parser)
     parser.set_defaults(handler=_train_reference)
 
@@ -135,6 +209,8 @@ def _train_reference(args: argparse.Namespace) -> int:
         ),
         fit_options=fit_options(args),
         force=args.force,
+        refit=args.refit,
+        layers=parse_layers(args.layers) if args.layers is not None else None,
     )
     print(
         f"wrote {args.out} ({manifest.model.name} {manifest.model.version}, layers {', '.join(manifest.layer_names)})"
@@ -338,6 +414,14 @@ def _info(args: argparse.Namespace) -> int:
     )
     print(f"train      {manifest.train.size} points ({manifest.train.source})")
     print(f"calibrate  {manifest.calibration.size} points ({manifest.calibration.source})")
+    spec = manifest.nonconformity
+    distance = (
+        f", + up to {spec.distance_weight} per distance layer ({', '.join(manifest.distance_layers)}; "
+        f"reference of {spec.distance_reference_size} training points)"
+        if manifest.distance_layers
+        else ""
+    )
+    print(f"alpha      {spec.kind}: disagreeing neighbours in {', '.join(manifest.label_layers)}{distance}")
     for layer in manifest.layers:
         print(f"layer      {layer.name:<12} {layer.input_dim:>6} -> {layer.dim:<5} {layer.preprocessing}")
     return 0

@@ -57,6 +57,14 @@ def parse_mix(text: str, kinds: tuple[str, ...]) -> dict[str, float]:
     return {kind: weight / total for kind, weight in weights.items()}
 
 
+def parse_phase(text: str, kinds: tuple[str, ...]) -> tuple[int, dict[str, float]]:
+    """`1500:clean=0.95,malformed=0.05` -> (1500, normalised weights), for `produce-demo --phase`."""
+    count, sep, mix = text.partition(":")
+    if not sep or not count.strip().isdigit():
+        raise ConfigError(f"--phase: {text!r} is not COUNT:MIX, e.g. 1000:clean=0.9,noise=0.1")
+    return int(count), parse_mix(mix, kinds)
+
+
 def parse_seeds(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(seed) for seed in split_list(text))

@@ -92,6 +92,7 @@ class VerifiedBundle:
     calibration_alpha: np.ndarray  # sorted
     calibration_label_free: np.ndarray  # sorted
     preprocessors: dict[str, Preprocessor]
+    distance_reference: np.ndarray | None = None  # (m, distance layers), each column sorted
     _index_fds: dict[str, int] = field(default_factory=dict, repr=False)
 
     def index_path(self, layer_name: str) -> str:
@@ -200,7 +201,7 @@ def verify_bundle(root: str | Path, trust: BundleTrust | None = None, *, importi
             preprocessors={},
             _index_fds=fds,
         )
-        bundle.calibration_alpha, bundle.calibration_label_free = _calibration(
+        bundle.calibration_alpha, bundle.calibration_label_free, bundle.distance_reference = _calibration(
             contents[CALIBRATION_FILE], root / CALIBRATION_FILE, manifest
         )
         for layer in manifest.layers:
@@ -309,8 +310,9 @@ def _train_labels(data: bytes, path: Path, manifest: Manifest) -> np.ndarray:
     return labels.astype(np.int64)
 
 
-def _calibration(data: bytes, path: Path, manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted calibration nonconformity (true labels) and label-free scores."""
+def _calibration(data: bytes, path: Path, manifest: Manifest) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Sorted calibration nonconformity (true labels) and label-free scores, and the distance
+    reference (each column sorted) when the bundle's nonconformity uses distances."""
     arrays = _load_npz(data, path)
     expected = manifest.calibration.size
     out = []
@@ -322,7 +324,20 @@ def _calibration(data: bytes, path: Path, manifest: Manifest) -> tuple[np.ndarra
         if not np.isfinite(values).all():
             raise BundleError(f"{path}: '{name}' holds NaN or infinity")
         out.append(np.sort(values))
-    return out[0], out[1]
+    return out[0], out[1], _distance_reference(arrays, path, manifest)
+
+
+def _distance_reference(arrays: dict[str, np.ndarray], path: Path, manifest: Manifest) -> np.ndarray | None:
+    if not manifest.distance_layers:
+        return None
+    expected = (manifest.nonconformity.distance_reference_size, len(manifest.distance_layers))
+    reference = arrays.get("distance_reference")
+    if reference is None or reference.shape != expected or not np.issubdtype(reference.dtype, np.floating):
+        shape = None if reference is None else reference.shape
+        raise BundleError(f"{path}: 'distance_reference' has shape {shape}, expected {expected} floats")
+    if np.isnan(reference).any() or (reference < 0).any():  # +inf: a reference point short of k neighbours
+        raise BundleError(f"{path}: 'distance_reference' holds negative or NaN distances")
+    return np.sort(reference.astype(np.float64), axis=0)
 
 
 def _preprocessor(layer_name: str, arrays: dict[str, np.ndarray], root: Path, manifest: Manifest) -> Preprocessor:

@@ -2,8 +2,9 @@
 
 Conventions, used everywhere (fit, score, tests):
 
-- nonconformity  α(x, j) = Σ_l |{ i ∈ kNN_l(x) : y_i ≠ j }|; a missing neighbour (-1) disagrees
-  with every label, so α ranges over 0 … L·k;
+- nonconformity  α(x, j) = Σ_l |{ i ∈ kNN_l(x) : y_i ≠ j }| over the voting layers; a missing
+  neighbour (-1) disagrees with every label, so α ranges over 0 … L·k; the distance-aware kind
+  adds Σ_l floor(w · r_l(x)) over the distance layers (`distance_penalty`), the same for every j;
 - p-value        p_j(x) = |{ a ∈ A : a ≥ α(x, j) }| / |A| — ties count as "at least as strange",
   no +1 smoothing (the DkNN paper's form); A holds calibration α of the true labels;
 - prediction     argmin_j α(x, j), which is always an argmax of p (p is non-increasing in α) and
@@ -34,6 +35,29 @@ def nonconformity(neighbor_labels: np.ndarray, num_classes: int) -> np.ndarray:
     _, num_layers, k = neighbor_labels.shape
     votes = neighbor_label_counts(neighbor_labels, num_classes).sum(axis=1)
     return (num_layers * k - votes).astype(np.int64)
+
+
+def distance_statistic(neighbor_distances: np.ndarray, statistic: str) -> np.ndarray:
+    """`(n, L, k)` Euclidean distances (+inf = missing) -> `(n, L)`: the mean of the k, or the k-th."""
+    if statistic == "kth":
+        return neighbor_distances[:, :, -1].astype(np.float64)
+    return neighbor_distances.astype(np.float64).mean(axis=2)
+
+
+def distance_penalty(distance: np.ndarray, reference_sorted: np.ndarray, weight: int, tail: float = 0.0) -> np.ndarray:
+    """Σ_l floor(weight · t(r_l)) as `(n,)` int64, where r_l is the fraction of the layer's reference
+    distances (`(m, L)`, each column ascending) strictly below x's and t(r) = max(0, r − tail) /
+    (1 − tail): 0 for an input no farther than the reference's `tail` quantile, `weight` per layer
+    for one farther than all of it (a missing neighbour, +inf, is farther than all)."""
+    m, num_layers = reference_sorted.shape
+    below = np.stack(
+        [np.searchsorted(reference_sorted[:, layer], distance[:, layer], side="left") for layer in range(num_layers)],
+        axis=1,
+    )
+    if tail == 0.0:
+        return ((weight * below) // m).sum(axis=1).astype(np.int64)  # exact integer arithmetic
+    share = np.clip((below / m - tail) / (1.0 - tail), 0.0, 1.0)
+    return np.floor(weight * share).sum(axis=1).astype(np.int64)
 
 
 def p_values(alpha: np.ndarray, calibration_sorted: np.ndarray) -> np.ndarray:

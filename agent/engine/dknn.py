@@ -38,6 +38,7 @@ class ScoreBatch:
     model_outputs: np.ndarray  # (n, C) raw outputs (logits)
     neighbor_ids: np.ndarray  # (n, L, k) training row ids, nearest first, -1 = missing
     neighbor_labels: np.ndarray  # (n, L, k)
+    neighbor_distances: np.ndarray  # (n, L, k) Euclidean, in each layer's index space; +inf = missing
 
     def __len__(self) -> int:
         return len(self.prediction)
@@ -62,6 +63,7 @@ class DkNN:
         train_labels: np.ndarray,
         calibration_alpha: np.ndarray,
         calibration_label_free: np.ndarray,
+        distance_reference: np.ndarray | None = None,
     ) -> None:
         self.manifest = manifest
         self.tap = ActivationTap(model, manifest.layer_names)
@@ -72,6 +74,12 @@ class DkNN:
         self.calibration_label_free = np.sort(calibration_label_free)
         self.k = manifest.k
         self.num_classes = manifest.model.num_classes
+        self.distance_reference = distance_reference
+        if bool(manifest.distance_layers) != (distance_reference is not None):
+            raise BundleError("the manifest's nonconformity and the distance reference disagree")
+        names = manifest.layer_names
+        self._label_rows = [names.index(name) for name in manifest.label_layers]
+        self._distance_rows = [names.index(name) for name in manifest.distance_layers]
         self.digest: str | None = None  # the bundle digest, when built from a verified bundle
 
     @classmethod
@@ -108,6 +116,7 @@ class DkNN:
             bundle.train_labels,
             bundle.calibration_alpha,
             bundle.calibration_label_free,
+            bundle.distance_reference,
         )
         scorer.digest = bundle.digest
         return scorer
@@ -128,13 +137,25 @@ class DkNN:
         if not np.isfinite(x).all():
             raise InputError("input contains NaN or infinity")
 
-    def neighbors(self, activations: Activations) -> np.ndarray:
-        """`(n, L, k)` training row ids, nearest first, for each tapped layer."""
+    def neighbors(self, activations: Activations) -> tuple[np.ndarray, np.ndarray]:
+        """`(n, L, k)` distances and training row ids, nearest first, for each tapped layer."""
         per_layer = [
-            self.indexes[name].query(self.preprocessors[name].transform(activations.layers[name]), self.k)
+            self.indexes[name].search(self.preprocessors[name].transform(activations.layers[name]), self.k)
             for name in self.manifest.layer_names
         ]
-        return np.stack(per_layer, axis=1)
+        return np.stack([d for d, _ in per_layer], axis=1), np.stack([i for _, i in per_layer], axis=1)
+
+    def nonconformity(self, neighbor_labels: np.ndarray, neighbor_distances: np.ndarray) -> np.ndarray:
+        """α(x, j) for every candidate label, `(n, C)` int64, as the manifest's nonconformity says."""
+        alpha = conformal.nonconformity(neighbor_labels[:, self._label_rows], self.num_classes)
+        if self.distance_reference is not None:
+            spec = self.manifest.nonconformity
+            distance = conformal.distance_statistic(neighbor_distances[:, self._distance_rows], spec.distance_statistic)
+            penalty = conformal.distance_penalty(
+                distance, self.distance_reference, spec.distance_weight, spec.distance_tail
+            )
+            alpha = alpha + penalty[:, None]
+        return alpha
 
     def label_neighbors(self, neighbor_ids: np.ndarray) -> np.ndarray:
         return np.where(neighbor_ids >= 0, self.train_labels[np.maximum(neighbor_ids, 0)], -1)
@@ -146,10 +167,10 @@ class DkNN:
         with stage("activations"):
             activations = self.tap(x)
         with stage("knn"):
-            ids = self.neighbors(activations)
+            distances, ids = self.neighbors(activations)
         with stage("score"):
             labels = self.label_neighbors(ids)
-            alpha = conformal.nonconformity(labels, self.num_classes)
+            alpha = self.nonconformity(labels, distances)
             p = conformal.p_values(alpha, self.calibration_alpha)
             verdicts = conformal.summarise(alpha, p)
         return ScoreBatch(
@@ -163,6 +184,7 @@ class DkNN:
             model_outputs=activations.outputs,
             neighbor_ids=ids,
             neighbor_labels=labels,
+            neighbor_distances=distances,
         )
 
 

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 import agent
 from agent.engine.bundle import BundleTrust, sha256_file, verify_bundle
+from agent.engine.conformal import distance_statistic
 from agent.engine.dknn import DkNN, open_index
 from agent.engine.index import AnnoyBuilder
 from agent.engine.manifest import (
@@ -36,6 +37,7 @@ from agent.engine.manifest import (
     LayerSpec,
     Manifest,
     ModelSpec,
+    NonconformitySpec,
     SplitSpec,
 )
 from agent.engine.preprocess import Preprocessor
@@ -54,6 +56,7 @@ class FitOptions:
     batch_size: int = 512
     pca_sample: int = 10_000
     progress: bool = True
+    nonconformity: NonconformitySpec = NonconformitySpec()
 
 
 @dataclass(frozen=True)
@@ -151,10 +154,11 @@ def _fit_into(
         ),
         libraries=_library_versions(),
         files={},
+        nonconformity=_sized(options.nonconformity, len(train.y)),
     )
     tap.close()
-    alpha, label_free = _calibrate(root, draft, model, preprocessors, train.y, calibration, options)
-    np.savez(root / CALIBRATION_FILE, alpha=np.sort(alpha), label_free=np.sort(label_free))
+    arrays = _calibrate(root, draft, model, preprocessors, train, calibration, options)
+    np.savez(root / CALIBRATION_FILE, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds badly
 
     files = {str(path.relative_to(root)): sha256_file(path) for path in sorted(root.rglob("*")) if path.is_file()}
     manifest = draft.model_copy(update={"files": files})
@@ -175,23 +179,39 @@ def _fit_preprocessors(
     return preprocessors
 
 
+def _sized(spec: NonconformitySpec, train_size: int) -> NonconformitySpec:
+    """The distance reference cannot sample more training points than there are."""
+    if spec.distance_reference_size <= train_size:
+        return spec
+    return spec.model_copy(update={"distance_reference_size": train_size})
+
+
 def _calibrate(
     root: Path,
     draft: Manifest,
     model: nn.Module,
     preprocessors: dict[str, Preprocessor],
-    train_labels: np.ndarray,
+    train: Dataset,
     calibration: Dataset,
     options: FitOptions,
-) -> tuple[np.ndarray, np.ndarray]:
-    """α of the true labels and s(x) of the calibration set, queried through the saved indexes."""
+) -> dict[str, np.ndarray]:
+    """The calibration file's arrays, queried through the saved indexes: α of the true labels and
+    s(x) of the calibration set, sorted, and for distance-aware bundles the distance reference."""
     indexes = {
         layer.name: open_index(str(root / layer.index_file), layer.dim, draft.train.size, "annoy", draft.index.search_k)
         for layer in draft.layers
     }
     placeholder = np.zeros(1)  # p-values are not needed here, only α
-    scorer = DkNN(draft, model, preprocessors, indexes, train_labels.astype(np.int64), placeholder, placeholder)
+    labels_only = draft.model_copy(update={"nonconformity": NonconformitySpec()})
+    scorer = DkNN(labels_only, model, preprocessors, indexes, train.y.astype(np.int64), placeholder, placeholder)
+    arrays: dict[str, np.ndarray] = {}
     try:
+        if draft.distance_layers:
+            arrays["distance_reference"] = _distance_reference(scorer, draft, train.x, options)
+            scorer = DkNN(
+                draft, model, preprocessors, indexes, train.y.astype(np.int64), placeholder, placeholder,
+                np.sort(arrays["distance_reference"], axis=0),
+            )  # fmt: skip
         alpha = np.concatenate(
             [
                 scorer.score(calibration.x[start : start + options.batch_size]).alpha
@@ -200,7 +220,35 @@ def _calibrate(
         )
     finally:
         scorer.tap.close()
-    return alpha[np.arange(len(alpha)), calibration.y], alpha.min(axis=1)
+    arrays["alpha"] = np.sort(alpha[np.arange(len(alpha)), calibration.y])
+    arrays["label_free"] = np.sort(alpha.min(axis=1))
+    return arrays
+
+
+def _distance_reference(scorer: DkNN, draft: Manifest, train_x: np.ndarray, options: FitOptions) -> np.ndarray:
+    """The k-NN distance statistic (mean or k-th) per distance layer of a seeded sample of training points, each queried
+    for k + 1 neighbours with itself dropped — so the reference, like a new input, is measured
+    against the other training points, and is fixed before calibration (which keeps α a fixed
+    function of x and j, and the p-values conformal)."""
+    rng = np.random.default_rng([options.seed, 1])
+    size = draft.nonconformity.distance_reference_size
+    rows = np.sort(rng.choice(len(train_x), size=size, replace=False))
+    per_batch = []
+    for start in range(0, size, options.batch_size):
+        batch_rows = rows[start : start + options.batch_size]
+        activations = scorer.tap(train_x[batch_rows])
+        per_layer = []
+        for name in draft.distance_layers:
+            vectors = scorer.preprocessors[name].transform(activations.layers[name])
+            distances, ids = scorer.indexes[name].search(vectors, draft.k + 1)
+            itself = ids == batch_rows[:, None]
+            # Drop the point itself where it was found, else the farthest of the k + 1.
+            drop = np.where(itself.any(axis=1), itself.argmax(axis=1), draft.k)
+            keep = np.ones_like(itself)
+            keep[np.arange(len(keep)), drop] = False
+            per_layer.append(distances[keep].reshape(len(keep), 1, draft.k))
+        per_batch.append(distance_statistic(np.concatenate(per_layer, axis=1), draft.nonconformity.distance_statistic))
+    return np.concatenate(per_batch)
 
 
 def _check_datasets(train: Dataset, calibration: Dataset, num_classes: int, k: int) -> None:

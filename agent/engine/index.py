@@ -5,8 +5,9 @@
 - `exact`: brute force with a torch matmul, chunked. The reference for tests and quality checks;
   it reads the item vectors back out of the same Annoy file, so both backends see one bundle.
 
-Both return neighbour ids nearest-first as an `(n, k)` int64 array. Annoy may return fewer than
-k ids when `search_k` is small; missing slots are -1 and count as disagreeing with every label.
+Both return, nearest first, `(n, k)` Euclidean distances (float32) and neighbour ids (int64).
+Annoy may return fewer than k ids when `search_k` is small; missing slots are id -1 (which counts
+as disagreeing with every label) and distance +inf.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ class NeighborIndex(Protocol):
     dim: int
     n_items: int
 
-    def query(self, vectors: np.ndarray, k: int) -> np.ndarray:
-        """Ids of the k nearest items for each row of `vectors`, nearest first; -1 pads."""
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """`(distances, ids)` of the k nearest items for each row of `vectors`, nearest first;
+        ids pad with -1 and distances with +inf."""
         ...
 
 
@@ -67,14 +69,16 @@ class AnnoyBackend:
         self.n_items = self._index.get_n_items()
         self._pool = ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1)
 
-    def query(self, vectors: np.ndarray, k: int) -> np.ndarray:
-        def one(row: np.ndarray) -> list[int]:
-            return self._index.get_nns_by_vector(row, k, search_k=self.search_k)
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        def one(row: np.ndarray) -> tuple[list[int], list[float]]:
+            return self._index.get_nns_by_vector(row, k, search_k=self.search_k, include_distances=True)
 
-        out = np.full((len(vectors), k), MISSING, dtype=np.int64)
-        for i, ids in enumerate(self._pool.map(one, vectors)):
-            out[i, : len(ids)] = ids
-        return out
+        ids = np.full((len(vectors), k), MISSING, dtype=np.int64)
+        distances = np.full((len(vectors), k), np.inf, dtype=np.float32)
+        for i, (found, found_distances) in enumerate(self._pool.map(one, vectors)):
+            ids[i, : len(found)] = found
+            distances[i, : len(found)] = found_distances
+        return distances, ids
 
     def item_vectors(self) -> np.ndarray:
         """All stored vectors `(n_items, dim)`; used to build the exact backend from one file."""
@@ -93,21 +97,16 @@ class ExactBackend:
         self.n_items, self.dim = self._items.shape
         self.chunk_elements = chunk_elements
 
-    def query(self, vectors: np.ndarray, k: int) -> np.ndarray:
-        return self.search(vectors, k)[1]
-
     @torch.no_grad()
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """`(squared distances, ids)` of the k nearest items per row, nearest first; ids pad with -1
-        and distances with +inf when there are fewer than k items."""
         k_eff = min(k, self.n_items)
         chunk = max(1, self.chunk_elements // max(self.n_items, 1))
         ids = np.full((len(vectors), k), MISSING, dtype=np.int64)
-        sq_distances = np.full((len(vectors), k), np.inf, dtype=np.float32)
+        distances = np.full((len(vectors), k), np.inf, dtype=np.float32)
         for start in range(0, len(vectors), chunk):
             q = torch.as_tensor(np.asarray(vectors[start : start + chunk], dtype=np.float32))
             dist = (q * q).sum(dim=1, keepdim=True) + self._sq_norms[None, :] - 2.0 * (q @ self._items.T)
             found = torch.topk(dist, k_eff, dim=1, largest=False, sorted=True)
             ids[start : start + len(q), :k_eff] = found.indices.numpy()
-            sq_distances[start : start + len(q), :k_eff] = found.values.clamp_min(0.0).numpy()
-        return sq_distances, ids
+            distances[start : start + len(q), :k_eff] = found.values.clamp_min(0.0).sqrt().numpy()
+        return distances, ids

@@ -10,9 +10,9 @@ made /metrics 106 MB before these bounds existed.
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -93,6 +93,36 @@ class SplitSpec(_Frozen):
     )
 
 
+class NonconformitySpec(_Frozen):
+    """How α(x, j) is computed (docs/design.md §2.2); the calibration in the bundle was made with it.
+
+    - `labels`: the DkNN paper's — neighbours, over the voting layers, whose label is not j;
+    - `labels+distance`: the same plus, per distance layer, floor(w · t(r_l(x))), where r_l(x) is the
+      fraction of a reference sample of training points (each queried without itself) whose k-NN
+      distance statistic (mean of the k, or the k-th) at that layer is below x's, and
+      t(r) = max(0, r − q) / (1 − q) keeps only the tail above q. The term is the same for every j:
+      it moves credibility, never the prediction. Integers either way, so α keeps at most
+      L·(k + w) + 1 values.
+    """
+
+    kind: Literal["labels", "labels+distance"] = "labels"
+    label_layers: tuple[Name, ...] | None = Field(None, max_length=MAX_LAYERS, description="None: every layer")
+    distance_layers: tuple[Name, ...] | None = Field(None, max_length=MAX_LAYERS, description="None: every layer")
+    distance_weight: int = Field(0, ge=0, le=MAX_K)
+    distance_reference_size: int = Field(0, ge=0, le=1_000_000)
+    distance_statistic: Literal["mean", "kth"] = "mean"
+    distance_tail: float = Field(0.0, ge=0.0, lt=1.0, description="q: only ranks above it count")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> NonconformitySpec:
+        uses_distance = self.kind == "labels+distance"
+        if uses_distance != (self.distance_weight > 0) or uses_distance != (self.distance_reference_size > 0):
+            raise ValueError("distance_weight and distance_reference_size are positive exactly for labels+distance")
+        if self.label_layers is not None and not self.label_layers:
+            raise ValueError("label_layers must name at least one layer (or be null: every layer)")
+        return self
+
+
 class Manifest(_Frozen):
     schema_version: int = Field(SCHEMA_VERSION, ge=1, le=1_000)
     created_at: str = Field(max_length=64)
@@ -107,6 +137,7 @@ class Manifest(_Frozen):
         Annotated[str, StringConstraints(max_length=64)], Annotated[str, StringConstraints(max_length=128)]
     ] = Field(max_length=32)
     files: dict[RelativePath, Sha256] = Field(max_length=1024, description="relative path -> sha256 hex digest")
+    nonconformity: NonconformitySpec = NonconformitySpec()  # absent in bundles made before it: the paper's
 
     @field_validator("layers")
     @classmethod
@@ -116,9 +147,32 @@ class Manifest(_Frozen):
             raise ValueError("layer names must be distinct")
         return layers
 
+    @model_validator(mode="after")
+    def _known_nonconformity_layers(self) -> Manifest:
+        names = set(self.layer_names)
+        for chosen in (self.nonconformity.label_layers, self.nonconformity.distance_layers):
+            unknown = sorted(set(chosen or ()) - names)
+            if unknown:
+                raise ValueError(f"nonconformity names layers that are not tapped: {unknown}")
+        return self
+
     @property
     def layer_names(self) -> tuple[str, ...]:
         return tuple(layer.name for layer in self.layers)
+
+    @property
+    def label_layers(self) -> tuple[str, ...]:
+        """The layers whose neighbours vote, in tap order."""
+        chosen = self.nonconformity.label_layers
+        return tuple(name for name in self.layer_names if chosen is None or name in chosen)
+
+    @property
+    def distance_layers(self) -> tuple[str, ...]:
+        """The layers whose neighbour distances count, in tap order (none for the paper's DkNN)."""
+        if self.nonconformity.kind == "labels":
+            return ()
+        chosen = self.nonconformity.distance_layers
+        return tuple(name for name in self.layer_names if chosen is None or name in chosen)
 
     def layer(self, name: str) -> LayerSpec:
         return next(spec for spec in self.layers if spec.name == name)

@@ -45,6 +45,15 @@ def softmax_max(logits: np.ndarray) -> np.ndarray:
     return 1.0 / np.exp(shifted).sum(axis=1)
 
 
+def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Minus the free energy, T·logsumexp(logits / T) (Liu et al. 2020), `(n,)` float64; higher =
+    more in-distribution. Unlike the softmax maximum it keeps the logits' scale, which an input far
+    from the training data tends to shrink."""
+    z = _as_2d(logits, "logits").astype(np.float64) / temperature
+    top = z.max(axis=1)
+    return temperature * (top + np.log(np.exp(z - top[:, None]).sum(axis=1)))
+
+
 class MahalanobisScorer:
     """Class-conditional Gaussians with one shared (tied) covariance, as in Lee et al. 2018.
 
@@ -197,8 +206,8 @@ class DeepKnnScorer:
         if self._index is None:
             raise ConfigError("DeepKnnScorer is not fitted; call fit() first")
         x = _as_2d(features, "features", self.dim)
-        sq_distances, _ = self._index.search(unit_rows(x.astype(np.float32)), self.k)
-        return np.sqrt(sq_distances[:, -1].astype(np.float64))
+        distances, _ = self._index.search(unit_rows(x.astype(np.float32)), self.k)
+        return distances[:, -1].astype(np.float64)
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """Minus the k-th neighbour distance, `(n,)` float64; higher = more in-distribution."""

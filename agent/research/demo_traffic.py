@@ -3,6 +3,10 @@
 A mix of clean digits, uniform noise, rotated digits, FGSM examples (against the bundle's model)
 and malformed events, so a running agent has something to accept, quarantine and dead-letter.
 Events come from the evaluation split when a bundle is given, so none is a calibration point.
+
+A stream is a sequence of phases, each a count and a mix: `make demo` publishes clean, then
+shifted, then clean traffic again, so the drift signals have a change to fire on and a return to
+normal to clear on (docs/design.md §5).
 """
 
 from __future__ import annotations
@@ -24,6 +28,14 @@ from connectors.base import Sink
 T = TypeVar("T")
 
 KINDS = ("clean", "noise", "rotated", "fgsm", "malformed")
+
+
+@dataclass(frozen=True)
+class Phase:
+    """`count` events drawn from `mix` (kind -> weight, summing to 1)."""
+
+    count: int
+    mix: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -61,28 +73,31 @@ def load_demo_data(artifacts: Path | None, data_dir: Path | None, need_fgsm: boo
     return DemoData(clean, labels, fgsm, name, version)
 
 
-def demo_events(data: DemoData, mix: dict[str, float], count: int, seed: int = 0) -> Iterator[tuple[str, bytes]]:
-    """`count` (kind, event bytes) pairs drawn from the mix; timestamps are set at creation."""
-    rng = np.random.default_rng(seed)
-    kinds = rng.choice(list(mix), size=count, p=list(mix.values()))
-    for n, kind in enumerate(kinds):
-        i = int(rng.integers(len(data.clean)))
-        event_id = f"demo-{uuid.uuid4().hex[:12]}-{n}"
-        if kind == "malformed":
-            yield kind, _malformed(rng, event_id, data)
-            continue
-        x = _input_of_kind(str(kind), data, i, rng)
-        yield (
-            kind,
-            encode_event(
-                event_id,
-                x,
-                data.model_name,
-                data.model_version,
-                timestamp_ms=int(time.time() * 1000),
-                attributes={"demo_kind": kind},
-            ),
-        )
+def demo_events(data: DemoData, phase: Phase, number: int = 1, seed: int = 0) -> Iterator[tuple[str, bytes]]:
+    """`phase.count` (kind, event bytes) pairs drawn from its mix; timestamps are set at creation, and
+    each event's attributes name its kind and phase number (`demo_kind`, `demo_phase`)."""
+    rng = np.random.default_rng([seed, number])
+    for n, kind in enumerate(rng.choice(list(phase.mix), size=phase.count, p=list(phase.mix.values()))):
+        yield _demo_event(data, str(kind), number, n, rng)
+
+
+def _demo_event(data: DemoData, kind: str, phase: int, n: int, rng: np.random.Generator) -> tuple[str, bytes]:
+    i = int(rng.integers(len(data.clean)))
+    event_id = f"demo-{uuid.uuid4().hex[:12]}-{phase}-{n}"
+    if kind == "malformed":
+        return kind, _malformed(rng, event_id, data)
+    x = _input_of_kind(kind, data, i, rng)
+    return (
+        kind,
+        encode_event(
+            event_id,
+            x,
+            data.model_name,
+            data.model_version,
+            timestamp_ms=int(time.time() * 1000),
+            attributes={"demo_kind": kind, "demo_phase": phase},
+        ),
+    )
 
 
 def _input_of_kind(kind: str, data: DemoData, i: int, rng: np.random.Generator) -> np.ndarray:

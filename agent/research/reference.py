@@ -10,9 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
+from agent.engine.bundle import verify_bundle
 from agent.engine.fit import Dataset, FitOptions, fit_bundle
 from agent.engine.manifest import Manifest, ModelSpec
+from agent.errors import ConfigError
 from agent.research.datasets import Mnist, load_mnist
 from agent.research.models import mnist as mnist_model
 from agent.research.training import TrainOptions, train_classifier
@@ -57,6 +60,15 @@ def reference_version(options: TrainOptions) -> str:
     return version
 
 
+def _reference_model(root: Path, test_size: int) -> tuple[nn.Module, str, Split]:
+    """The model, version and calibration split of an MNIST reference bundle, for refitting."""
+    bundle = verify_bundle(root)
+    bundle.close()
+    if bundle.manifest.calibration.source != "mnist:t10k" or not bundle.manifest.calibration.source_indices:
+        raise ConfigError(f"{root}: not an MNIST reference bundle (calibration source unknown)")
+    return bundle.build_model(), bundle.manifest.model.version, calibration_split(bundle.manifest, test_size)
+
+
 def train_reference_mnist(
     out: Path,
     data_dir: Path | None = None,
@@ -65,11 +77,15 @@ def train_reference_mnist(
     force: bool = False,
     data: Mnist | None = None,
     train_size: int | None = None,
+    refit: Path | None = None,
+    layers: dict[str, str] | None = None,
 ) -> Manifest:
     """Trains the reference CNN and fits its bundle into `out`.
 
     `train_size` trains and indexes a seeded random subset of that many training images (smoke
-    tests and the end-to-end suite); the bundle's version then says so (`-n<size>`).
+    tests and the end-to-end suite); the bundle's version then says so (`-n<size>`). `refit` skips
+    training: the model, its version and the calibration split come from that (verified) reference
+    bundle, so two bundles differing only in how they are fitted can be compared on one model.
     """
     train_options = train_options or TrainOptions()
     data = data or load_mnist(data_dir)
@@ -79,8 +95,11 @@ def train_reference_mnist(
         rows = np.sort(np.random.default_rng(train_options.seed).choice(len(x_train), train_size, replace=False))
         x_train, y_train = x_train[rows], y_train[rows]
         source, version = f"mnist:train[{train_size} seeded rows]", f"{version}-n{train_size}"
-    model = train_classifier(mnist_model.build_model(), x_train, y_train, train_options)
-    split = draw_split(len(data.x_test), train_options.seed)
+    if refit is None:
+        model = train_classifier(mnist_model.build_model(), x_train, y_train, train_options)
+        split = draw_split(len(data.x_test), train_options.seed)
+    else:
+        model, version, split = _reference_model(refit, len(data.x_test))
     return fit_bundle(
         model=model,
         model_spec=ModelSpec(
@@ -89,7 +108,7 @@ def train_reference_mnist(
             factory="agent.research.models.mnist:build_model",
             num_classes=10,
         ),
-        layers=MNIST_LAYERS,
+        layers=layers or MNIST_LAYERS,
         train=Dataset(x_train, y_train, source=source),
         calibration=Dataset(
             data.x_test[split.calibration],

@@ -4,10 +4,13 @@
 #   deploy/local/demo.sh BUNDLE_DIR
 #
 # Starts the local Kafka broker, creates the topics, runs `dknn-agent run` with a live summary and
-# metrics on :9108, publishes a mix of clean, noisy, rotated, adversarial and malformed MNIST
-# events, waits until the agent has handled (scored or dead-lettered) every one of them, and keeps
-# the agent running so /metrics can be explored. Ctrl-C (or DEMO_HOLD_S seconds after the stream is
-# drained) stops the agent and the broker, and exits 0.
+# metrics on :9108 and, where they are installed, a local Prometheus (:9090) and Alertmanager
+# (:9093) with the shipped rules (deploy/observability/local.sh). It publishes three phases of MNIST
+# events — clean, then shifted (noise, rotated and FGSM digits), then clean again, each with 5%
+# malformed events — waits until the agent has handled (scored or dead-lettered) every one of them,
+# prints what the drift signals and alerts did, and keeps everything running so /metrics and the
+# alerts can be explored. Ctrl-C (or DEMO_HOLD_S seconds after the stream is drained) stops it all
+# and exits 0.
 #
 # It says "All N events handled" only when /metrics counts N scored plus dead-lettered events, and
 # only after a live summary line counting all of them has been printed. When the agent does not
@@ -15,12 +18,14 @@
 # says how many it handled, stops the agent and the broker, and exits 1.
 #
 # Environment:
-#   DEMO_COUNT (3000)          events to publish
+#   DEMO_COUNT (4000)          events to publish: 3/8 clean, 2/8 shifted, 3/8 clean
 #   DEMO_RATE (150)            events per second
 #   DEMO_WAIT_S (120)          seconds to wait, once the producer is done, for the agent to handle every event
 #   DEMO_HOLD_S (unset)        exit this many seconds after the stream is handled instead of waiting for Ctrl-C
 #   DEMO_TOPIC (inference-events)  the topic the producer publishes to (the agent reads inference-events)
 #   DKNN_METRICS_PORT (9108)   the agent's /metrics, /healthz and /readyz port
+#   DEMO_PROMETHEUS_PORT (9090), DEMO_ALERTMANAGER_PORT (9093)
+#   DEMO_ALERTING (1)          0: do not start Prometheus and Alertmanager even where installed
 #   DKNN_DEMO_KAFKA_DATA       the broker's data dir (default: $TMPDIR/dknn-demo-kafka, kept between runs)
 #   DKNN_BIN (.venv/bin)       where dknn-agent and python are
 # Other DKNN_* variables reach the agent as settings (README: "Running the agent").
@@ -29,12 +34,17 @@ here="$(cd "$(dirname "$0")" && pwd)"
 bundle="${1:?usage: demo.sh BUNDLE_DIR}"
 bin="${DKNN_BIN:-.venv/bin}"
 data_dir="${DKNN_DEMO_KAFKA_DATA:-${TMPDIR:-/tmp}/dknn-demo-kafka}"
-count="${DEMO_COUNT:-3000}"
+count="${DEMO_COUNT:-4000}"
 rate="${DEMO_RATE:-150}"
 wait_s="${DEMO_WAIT_S:-120}"
 topic="${DEMO_TOPIC:-inference-events}"
 port="${DKNN_METRICS_PORT:-9108}"
 case "$count$wait_s" in *[!0-9]*) echo "demo.sh: DEMO_COUNT and DEMO_WAIT_S must be whole numbers" >&2; exit 2 ;; esac
+[ "$count" -ge 8 ] || { echo "demo.sh: DEMO_COUNT must be at least 8 (three phases)" >&2; exit 2; }
+clean_mix="clean=0.95,malformed=0.05"
+shifted_mix="clean=0.4,noise=0.15,rotated=0.2,fgsm=0.2,malformed=0.05"
+first=$((count * 3 / 8)) shifted=$((count / 4))
+last=$((count - first - shifted))
 
 bash "$here/kafka.sh" fetch >/dev/null
 # --exit-with: should this script be killed outright, the broker does not outlive it.
@@ -53,6 +63,7 @@ cleanup() {
   # line out before this script exits.
   [ -z "$filter_pid" ] || wait "$filter_pid" 2>/dev/null || true
   bash "$here/kafka.sh" stop --data-dir "$data_dir" >/dev/null 2>&1 || true
+  bash "$here/../observability/local.sh" stop --dir "$work/observability" >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -91,8 +102,25 @@ if [ -z "$ready" ]; then
 fi
 echo "agent ready: http://127.0.0.1:$port/metrics  (/healthz, /readyz)"
 
-"$bin/dknn-agent" produce-demo --bootstrap-servers "$bootstrap" --artifacts "$bundle" --topic "$topic" \
-  --count "$count" --rate "$rate" --mix clean=0.8,noise=0.05,rotated=0.05,fgsm=0.05,malformed=0.05
+prometheus_url=""
+if [ "${DEMO_ALERTING:-1}" != 0 ]; then
+  status=0
+  urls="$(bash "$here/../observability/local.sh" start --dir "$work/observability" --agent "127.0.0.1:$port" \
+    --prometheus-port "${DEMO_PROMETHEUS_PORT:-9090}" --alertmanager-port "${DEMO_ALERTMANAGER_PORT:-9093}" \
+    --exit-with $$ 2>"$work/observability.err")" || status=$?
+  if [ "$status" = 0 ]; then
+    prometheus_url="$(echo "$urls" | sed -n 's/^PROMETHEUS_URL=//p')"
+    echo "Prometheus with the shipped rules: $prometheus_url/alerts"
+    echo "Alertmanager: $(echo "$urls" | sed -n 's/^ALERTMANAGER_URL=//p')"
+  elif [ "$status" = 3 ]; then
+    echo "(Prometheus and Alertmanager are not installed, so no alerts: deploy/observability/install.sh installs them)"
+  else
+    echo "(Prometheus and Alertmanager did not start, so no alerts: $(tail -n 1 "$work/observability.err"))"
+  fi
+fi
+
+"$bin/dknn-agent" produce-demo --bootstrap-servers "$bootstrap" --artifacts "$bundle" --topic "$topic" --rate "$rate" \
+  --phase "$first:$clean_mix" --phase "$shifted:$shifted_mix" --phase "$last:$clean_mix"
 
 metric_sum() {  # the sum of every sample of the counters matching $1 on /metrics; 0 when unreachable
   { curl -fs "http://127.0.0.1:$port/metrics" 2>/dev/null || true; } \
@@ -127,4 +155,17 @@ done
 echo
 echo "All $count events handled. Quarantined and dead-lettered events are in the topics"
 echo "inference-quarantine and inference-dead-letter; metrics stay on http://127.0.0.1:$port/metrics."
+changes="$(metric_sum dknn_drift_change_total)"
+if [ "$(metric_sum dknn_drift_shifted)" -ge 1 ]; then state="still on"; else state="off again"; fi
+echo "Drift: the change signal fired $changes time(s); the shifted-state signal is $state."
+if [ -n "$prometheus_url" ]; then
+  sleep 3  # one more scrape and rule evaluation
+  "$bin/python" - "$prometheus_url" <<'PY'
+import json, sys, urllib.request
+with urllib.request.urlopen(sys.argv[1] + "/api/v1/alerts", timeout=5) as response:
+    alerts = json.load(response)["data"]["alerts"]
+listed = ", ".join(f"{a['labels']['alertname']} ({a['labels'].get('severity', '?')}, {a['state']})" for a in alerts)
+print(f"Prometheus alerts: {listed or 'none'}; {sys.argv[1]}/alerts")
+PY
+fi
 if [ -n "${DEMO_HOLD_S:-}" ]; then sleep "$DEMO_HOLD_S"; else echo "Ctrl-C stops the agent and the broker."; wait "$agent_pid"; fi

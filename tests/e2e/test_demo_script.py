@@ -1,9 +1,11 @@
 """`make demo` for real: deploy/local/demo.sh with a Kafka broker, the agent and the demo producer.
 
-The script runs on the MNIST smoke bundle with a small stream (DEMO_COUNT=300) and DEMO_HOLD_S=1,
-so it exits by itself once every event is handled. A second run makes the agent read a topic the
-producer does not write to, so no event can be handled: the script must say so and exit 1 rather
-than claim success. Both runs must leave no broker behind.
+The script runs on the MNIST smoke bundle with a small stream (DEMO_COUNT=300: 112 clean, 75
+shifted, 113 clean events) and DEMO_HOLD_S=1, so it exits by itself once every event is handled;
+Prometheus and Alertmanager (installed by .ci/run) start with the shipped rules on free ports and
+must be gone afterwards. A second run makes the agent read a topic the producer does not write to,
+so no event can be handled: the script must say so and exit 1 rather than claim success. Both runs
+must leave no broker behind.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -80,13 +83,34 @@ def published(output: str) -> dict[str, int]:
     return {kind: int(n) for kind, n in (item.split("=") for item in match.group(1).split(", "))}
 
 
+def port_answers(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 def test_make_demo(kafka_jars: None, mnist_bundle: Path, tmp_path: Path) -> None:
-    env = {"DEMO_HOLD_S": "1", "DEMO_COUNT": "300", "DEMO_RATE": "300"}
+    prometheus, alertmanager = free_port(), free_port()
+    env = {
+        "DEMO_HOLD_S": "1",
+        "DEMO_COUNT": "300",
+        "DEMO_RATE": "300",
+        "DEMO_PROMETHEUS_PORT": str(prometheus),
+        "DEMO_ALERTMANAGER_PORT": str(alertmanager),
+    }
     run = run_demo(mnist_bundle, tmp_path / "kafka", env, timeout=400)
     assert run.returncode == 0, run.explain()
     output = run.output
     assert re.search(r"^Kafka at 127\.0\.0\.1:\d+$", output, re.M), run.explain()
     assert f"agent ready: http://127.0.0.1:{run.port}/metrics  (/healthz, /readyz)" in output, run.explain()
+    assert f"Prometheus with the shipped rules: http://127.0.0.1:{prometheus}/alerts" in output, run.explain()
+    assert f"Alertmanager: http://127.0.0.1:{alertmanager}" in output, run.explain()
+    phases = re.findall(r"^\[produce-demo\] phase (\d) of 3: (\d+) events \((.+)\)$", output, re.M)
+    assert [(n, int(count)) for n, count, _ in phases] == [("1", 112), ("2", 75), ("3", 113)], run.explain()
+    assert "noise" not in phases[0][2] and "noise 15%" in phases[1][2], run.explain()
+    assert re.search(r"^Drift: the change signal fired \d+ time\(s\); the shifted-state signal is ", output, re.M)
+    assert re.search(rf"^Prometheus alerts: .+; http://127.0.0.1:{prometheus}/alerts$", output, re.M), run.explain()
+    assert not port_answers(prometheus) and not port_answers(alertmanager), "demo.sh left Prometheus running"
     kinds = published(output)
     assert sum(kinds.values()) == 300 and set(kinds) <= {"clean", "noise", "rotated", "fgsm", "malformed"}, kinds
     assert "All 300 events handled. Quarantined and dead-lettered events are in the topics" in output, run.explain()
@@ -109,7 +133,7 @@ def test_make_demo_fails_loudly_when_events_are_not_handled(
     kafka_jars: None, mnist_bundle: Path, tmp_path: Path
 ) -> None:
     # The producer publishes to a topic the agent does not read, so nothing is handled.
-    env = {"DEMO_HOLD_S": "1", "DEMO_COUNT": "40", "DEMO_RATE": "200", "DEMO_WAIT_S": "2"}
+    env = {"DEMO_HOLD_S": "1", "DEMO_COUNT": "40", "DEMO_RATE": "200", "DEMO_WAIT_S": "2", "DEMO_ALERTING": "0"}
     run = run_demo(mnist_bundle, tmp_path / "kafka", {**env, "DEMO_TOPIC": "inference-unread"}, timeout=400)
     assert run.returncode == 1, run.explain()
     assert sum(published(run.output).values()) == 40, run.explain()

@@ -40,7 +40,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, ...]] = {
         "--summary-every",
         "DKNN_THRESHOLD",
     ),
-    ("produce-demo",): ("--bootstrap-servers", "--artifacts", "--count", "--rate", "--mix", "--topic"),
+    ("produce-demo",): ("--bootstrap-servers", "--artifacts", "--count", "--rate", "--mix", "--phase", "--topic"),
     ("train-reference",): ("{mnist}", "--out", "--epochs", "--train-size", "--seed", "--quiet", "--k", "--force"),
     ("fit",): (
         "--factory",

@@ -42,9 +42,11 @@ def test_pca_then_l2_roundtrip_through_arrays() -> None:
 def test_exact_backend_matches_numpy_brute_force() -> None:
     rng = np.random.default_rng(1)
     items, queries = rng.normal(size=(300, 5)).astype(np.float32), rng.normal(size=(17, 5)).astype(np.float32)
-    ids = ExactBackend(items).query(queries, k=7)
-    expected = np.argsort(((queries[:, None, :] - items[None, :, :]) ** 2).sum(-1), axis=1)[:, :7]
+    distances, ids = ExactBackend(items).search(queries, k=7)
+    all_distances = np.sqrt(((queries[:, None, :] - items[None, :, :]) ** 2).sum(-1))
+    expected = np.argsort(all_distances, axis=1)[:, :7]
     np.testing.assert_array_equal(ids, expected)
+    np.testing.assert_allclose(distances, np.take_along_axis(all_distances, expected, axis=1), rtol=1e-4, atol=1e-4)
 
 
 def test_annoy_backend_recall_and_item_vectors(tmp_path) -> None:
@@ -58,9 +60,15 @@ def test_annoy_backend_recall_and_item_vectors(tmp_path) -> None:
     assert annoy.n_items == 400
     np.testing.assert_allclose(annoy.item_vectors(), items, atol=1e-6)
     queries = rng.normal(size=(30, 6)).astype(np.float32)
-    found, exact = annoy.query(queries, 10), ExactBackend(items).query(queries, 10)
+    (found_distances, found), (exact_distances, exact) = (
+        annoy.search(queries, 10),
+        ExactBackend(items).search(queries, 10),
+    )
     recall = np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(found, exact, strict=True)])
     assert recall >= 0.95
+    # Both report Euclidean distances: where they found the same nearest item, the same distance.
+    same = found[:, 0] == exact[:, 0]
+    np.testing.assert_allclose(found_distances[same, 0], exact_distances[same, 0], rtol=1e-4, atol=1e-4)
 
 
 def test_tap_captures_named_layers_flattened() -> None:

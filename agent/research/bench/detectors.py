@@ -1,7 +1,7 @@
 """Baseline detectors beside DkNN credibility, scored on the same model and the same inputs.
 
-Softmax max-probability, Mahalanobis distance (Lee et al. 2018) and the deep-kNN distance (Sun et
-al. 2022) read the penultimate tapped layer; all scores are "higher = more in-distribution", so one
+Softmax max-probability and the energy score (Liu et al. 2020) read the model's logits; Mahalanobis
+distance (Lee et al. 2018) and the deep-kNN distance (Sun et al. 2022) the penultimate tapped layer; all scores are "higher = more in-distribution", so one
 AUROC and one FPR at 95% TPR (in-distribution as the positive class) cover every detector.
 """
 
@@ -37,12 +37,18 @@ def fit_detectors(scorer: DkNN, x_train: np.ndarray, y_train: np.ndarray, batch_
 
 
 def detector_scores(
-    detectors: Detectors, scorer: DkNN, x: np.ndarray, credibility: np.ndarray, softmax_max: np.ndarray, batch_size: int
+    detectors: Detectors,
+    scorer: DkNN,
+    x: np.ndarray,
+    credibility: np.ndarray,
+    from_logits: dict[str, np.ndarray],
+    batch_size: int,
 ) -> dict[str, np.ndarray]:
+    """Every detector's scores for `x`; `from_logits` (softmax, energy) come already computed."""
     feats = features(scorer, x, detectors.layer, batch_size)
     return {
         "dknn_credibility": credibility,
-        "softmax": softmax_max,
+        **from_logits,
         "mahalanobis": detectors.mahalanobis.score(feats),
         "deep_knn": detectors.deep_knn.score(feats),
     }

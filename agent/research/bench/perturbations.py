@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from torch import nn
 
 from agent.research.attacks import fgsm, pgd
-
-
-@dataclass(frozen=True)
-class EvalSet:
-    """Inputs plus the labels they should carry (None where no label is meaningful, e.g. noise)."""
-
-    name: str
-    x: np.ndarray
-    y: np.ndarray | None
+from agent.research.evalset import EvalSet as EvalSet
 
 
 def uniform_noise(n: int, shape: tuple[int, ...], seed: int) -> EvalSet:

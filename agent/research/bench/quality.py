@@ -1,8 +1,17 @@
-"""The quality benchmark of the MNIST reference bundle (issue #2's acceptance numbers).
+"""The quality benchmark of the MNIST reference bundle.
 
 Scores the evaluation split and its shifted versions with the annoy and the exact backend of the
 same bundle, then reports accuracy, credibility, AUROC (credibility vs softmax max-probability),
 conformal validity and Annoy recall@k per layer. Prints a table; saves JSON and Markdown.
+
+`--extended` adds the natural sets (`agent.research.natural_sets`, docs/data.md), reported apart
+from the synthetic ones because they are what a deployed model mostly meets:
+
+- far out-of-distribution (not digits): every detector's AUROC, and the share flagged at the
+  thresholds that flag 1% and 5% of clean traffic (TPR at 1%/5% FPR) — what a review queue sized
+  for 1% of traffic would catch;
+- covariate shift (digits from another population): DkNN accuracy against the model's own, and how
+  well credibility separates the model's right answers from its wrong ones, against the softmax.
 """
 
 from __future__ import annotations
@@ -18,12 +27,13 @@ from tqdm import tqdm
 
 from agent.engine.dknn import DkNN, ScoreBatch
 from agent.errors import ConfigError
-from agent.research.baselines import softmax_max
+from agent.research.baselines import energy, softmax_max
 from agent.research.bench.detectors import detector_scores, fit_detectors, fpr_at_95_tpr
 from agent.research.bench.perturbations import EvalSet, gaussian_noise, inverted, iterative_attack_sets, shifted_sets
 from agent.research.bench.plots import credibility_histograms, reliability_diagram
 from agent.research.bench.reports import save_report
 from agent.research.datasets import Mnist, load_mnist
+from agent.research.natural_sets import COVARIATE_SHIFT, FAR_OOD, SET_KINDS, natural_sets
 from agent.research.reference import calibration_split
 
 VALIDITY_TAUS = (0.05, 0.1, 0.2)
@@ -51,6 +61,7 @@ class SetScores:
     p_values: np.ndarray
     model_prediction: np.ndarray
     softmax_max: np.ndarray
+    energy: np.ndarray
     label_free: np.ndarray  # s(x) = min_j α(x, j), what the drift detector reads
     neighbor_ids: np.ndarray
 
@@ -69,6 +80,7 @@ def score_set(scorer: DkNN, data: EvalSet, batch_size: int, label: str) -> SetSc
         p_values=cat("p_values"),
         model_prediction=cat("model_prediction"),
         softmax_max=softmax_max(cat("model_outputs")),
+        energy=energy(cat("model_outputs")),
         label_free=cat("label_free_score"),
         neighbor_ids=cat("neighbor_ids"),
     )
@@ -88,6 +100,25 @@ def recall_at_k(approximate: np.ndarray, exact: np.ndarray) -> list[float]:
         hits = sum(len(np.intersect1d(approximate[i, layer], exact[i, layer])) for i in range(n))
         recalls.append(hits / (n * k))
     return recalls
+
+
+def tpr_at_fpr(in_distribution: np.ndarray, shifted: np.ndarray, fpr: float) -> float:
+    """Share of shifted inputs flagged (score below the threshold) when the threshold flags at most
+    `fpr` of the in-distribution ones: quarantine at a review budget."""
+    threshold = np.quantile(in_distribution, fpr, method="lower")
+    return float((shifted < threshold).mean())
+
+
+def right_vs_wrong(data: EvalSet, scores: SetScores) -> dict[str, float | None]:
+    """AUROC of credibility and of the softmax at telling the model's right answers (positives)
+    from its wrong ones, within one labelled set: None when the model is all right or all wrong."""
+    right = scores.model_prediction == data.y
+    if right.all() or not right.any():
+        return {"credibility": None, "softmax": None}
+    return {
+        "credibility": float(roc_auc_score(right, scores.credibility)),
+        "softmax": float(roc_auc_score(right, scores.softmax_max)),
+    }
 
 
 def model_wrong_aurocs(shifted: list[EvalSet], by_set: dict[str, SetScores], score: str) -> dict[str, float]:
@@ -144,6 +175,7 @@ def run_quality(options: QualityOptions) -> dict:
             gaussian_noise(len(clean.x), clean.x.shape[1:], options.seed),
             inverted(clean),
             *iterative_attack_sets(model, clean, options.epsilon, options.seed),
+            *natural_sets(),
         ]
 
     scores = {
@@ -162,6 +194,7 @@ def run_quality(options: QualityOptions) -> dict:
             "n_trees": manifest.index.n_trees,
             "search_k": manifest.index.search_k,
             "calibration_size": manifest.calibration.size,
+            "nonconformity": manifest.nonconformity.model_dump(mode="json"),
         },
         "epsilon": options.epsilon,
         "backends": {},
@@ -179,6 +212,11 @@ def run_quality(options: QualityOptions) -> dict:
             "auroc_credibility_model_wrong": model_wrong_aurocs(sets[1:], by_set, "credibility"),
             "auroc_softmax_model_wrong": model_wrong_aurocs(sets[1:], by_set, "softmax_max"),
             "validity": validity(clean, clean_scores),
+            "right_vs_wrong": {
+                data.name: right_vs_wrong(data, by_set[data.name])
+                for data in sets
+                if SET_KINDS.get(data.name) == COVARIATE_SHIFT
+            },
         }
     if len(backends) == 2:
         result["recall_at_k"] = {
@@ -208,7 +246,12 @@ def compare_detectors(
     detectors = fit_detectors(scorer, mnist.x_train, mnist.y_train, batch_size)
     per_set = {
         data.name: detector_scores(
-            detectors, scorer, data.x, by_set[data.name].credibility, by_set[data.name].softmax_max, batch_size
+            detectors,
+            scorer,
+            data.x,
+            by_set[data.name].credibility,
+            {"softmax": by_set[data.name].softmax_max, "energy": by_set[data.name].energy},
+            batch_size,
         )
         for data in sets
     }
@@ -217,7 +260,12 @@ def compare_detectors(
         "layer": detectors.layer,
         "sets": {
             data.name: {
-                name: {"auroc": auroc(clean[name], values), "fpr_at_95_tpr": fpr_at_95_tpr(clean[name], values)}
+                name: {
+                    "auroc": auroc(clean[name], values),
+                    "fpr_at_95_tpr": fpr_at_95_tpr(clean[name], values),
+                    "tpr_at_1_fpr": tpr_at_fpr(clean[name], values, 0.01),
+                    "tpr_at_5_fpr": tpr_at_fpr(clean[name], values, 0.05),
+                }
                 for name, values in per_set[data.name].items()
             }
             for data in sets[1:]
@@ -242,7 +290,17 @@ def markdown(result: dict) -> str:
         "",
         f"k={result['bundle']['k']}, layers {result['bundle']['layers']}, "
         f"Annoy n_trees={result['bundle']['n_trees']} search_k={result['bundle']['search_k']}, "
-        f"{result['bundle']['calibration_size']} calibration points, FGSM ε={result['epsilon']}.",
+        f"{result['bundle']['calibration_size']} calibration points, FGSM ε={result['epsilon']}, "
+        f"nonconformity {result['bundle'].get('nonconformity', {}).get('kind', 'labels')}"
+        + (
+            f" (distance weight {result['bundle']['nonconformity']['distance_weight']})"
+            if result["bundle"].get("nonconformity", {}).get("kind", "labels") != "labels"
+            else ""
+        )
+        + ".",
+        "",
+        *natural_markdown(result),
+        "## Every set",
         "",
         "AUROC: clean evaluation points against the set, by DkNN credibility and by softmax max-probability; "
         "'model wrong' uses only the set's inputs the model misclassifies.",
@@ -315,8 +373,50 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def natural_markdown(result: dict) -> list[str]:
+    """The natural sets first: what a deployed model mostly meets (docs/data.md)."""
+    if "detectors" not in result:
+        return []
+    per_set = result["detectors"]["sets"]
+    far = [name for name in per_set if SET_KINDS.get(name) == FAR_OOD]
+    names = list(next(iter(per_set.values())))
+    lines = [
+        "## Natural sets: far out-of-distribution (not digits)",
+        "",
+        f"AUROC and the share flagged at the thresholds that flag 1% / 5% of clean traffic "
+        f"({result['detectors']['backend']} backend):",
+        "",
+        "| set | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for set_name in far:
+        cells = [
+            f"{_num(d['auroc'])} ({_pct(d['tpr_at_1_fpr'])} / {_pct(d['tpr_at_5_fpr'])})"
+            for d in (per_set[set_name][n] for n in names)
+        ]
+        lines.append(f"| {set_name} | " + " | ".join(cells) + " |")
+    body = result["backends"][result["detectors"]["backend"]]
+    lines += [
+        "",
+        "## Natural sets: covariate shift (digits from another population)",
+        "",
+        "| set | n | model acc | DkNN acc | mean cred | right vs wrong answers: AUROC cred | AUROC softmax |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for set_name, aurocs in body["right_vs_wrong"].items():
+        metrics = body["sets"][set_name]
+        lines.append(
+            f"| {set_name} | {metrics['n']} | {_pct(metrics['model_accuracy'])} | {_pct(metrics['dknn_accuracy'])} | "
+            f"{_num(metrics['mean_credibility'])} | {_num(aurocs['credibility'])} | {_num(aurocs['softmax'])} |"
+        )
+    return [*lines, ""]
+
+
 def _stem(result: dict) -> str:
     suffix = f"-{result['bundle']['version']}-extended" if result.get("extended") else ""
+    spec = result["bundle"].get("nonconformity") or {}
+    if spec.get("kind", "labels") != "labels":  # refitted bundles share the model's version
+        suffix += f"-distance-w{spec['distance_weight']}"
     return f"quality-{result['bundle']['model']}{suffix}"
 
 

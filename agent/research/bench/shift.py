@@ -57,6 +57,8 @@ class ShiftOptions:
     arl_runs: tuple[int, ...] = (300, 200, 100)  # per ARL target
     shift_length: int = 2_000
     seed: int = 0
+    save_scores: Path | None = None  # the pools as .npz, for the peer comparison (shift_peer.py)
+    scores_only: bool = False  # stop after saving them
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,20 @@ def pools(scorer: DkNN, options: ShiftOptions) -> dict[str, Pool]:
         scored = score_set(scorer, data, 512, data.name)
         out[data.name] = Pool(scores=scored.label_free, low=scored.credibility < DEFAULT_THRESHOLD)
     return out
+
+
+def save_pools(path: Path, by_kind: dict[str, Pool], scorer: DkNN) -> None:
+    """Everything a detector needs to replay these streams, without the bundle or torch."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, np.ndarray] = {
+        "calibration_alpha": scorer.calibration_alpha,
+        "calibration_label_free": scorer.calibration_label_free,
+        "threshold": np.array(DEFAULT_THRESHOLD),
+    }
+    arrays |= {f"scores_{kind}": pool.scores for kind, pool in by_kind.items()}
+    arrays |= {f"low_{kind}": pool.low for kind, pool in by_kind.items()}
+    np.savez_compressed(path, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as its allow_pickle
+    print(f"scores of {len(by_kind)} kinds of input saved to {path}")
 
 
 def monitor_for(scorer: DkNN, arl: float, seed: int) -> DriftMonitor:
@@ -200,6 +216,10 @@ def delays(scorer: DkNN, by_kind: dict[str, Pool], options: ShiftOptions) -> tup
 def run_shift(options: ShiftOptions) -> dict[str, Any]:
     scorer = DkNN.from_bundle(options.artifacts)
     by_kind = pools(scorer, options)
+    if options.save_scores is not None:
+        save_pools(options.save_scores, by_kind, scorer)
+    if options.scores_only:
+        return {}
     result: dict[str, Any] = {
         "benchmark": "shift",
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
