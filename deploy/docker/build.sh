@@ -114,13 +114,16 @@ cp "$HERE/Dockerfile" "$context/"
 cp -l "$wheels"/*.whl "$context/wheels/" 2>/dev/null || cp "$wheels"/*.whl "$context/wheels/"
 revision=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
 say "docker build $TAG (base $base_image)"
+# The build stage gets a tag of its own, so that pruning keeps it for the next build's cache.
+DOCKER_BUILDKIT=0 docker build -q --network=none --target build -t dknn-agent-build:latest \
+  --build-arg "BASE_IMAGE=$base_image" "$context" >/dev/null
 DOCKER_BUILDKIT=0 docker build -q --network=none -t "$TAG" \
   --build-arg "BASE_IMAGE=$base_image" --build-arg "VERSION=$VERSION" --build-arg "REVISION=$revision" \
   "$context" >/dev/null
 rm -rf "$context"
-# Dangling layers of earlier builds, except recent ones: the build stage is one of them, and the
-# next build reuses it.
-docker image prune -f --filter until=72h >/dev/null
+docker image prune -f >/dev/null # what earlier builds left untagged
+# Only this wheelhouse is kept (a changed pyproject.toml or torch version makes a new one).
+find "$CACHE" -maxdepth 1 -name 'wheels-*' ! -name "wheels-$key" -exec rm -rf {} +
 size=$(docker image inspect "$TAG" --format '{{.Size}}')
 echo "IMAGE=$TAG"
 echo "IMAGE_SIZE_BYTES=$size"

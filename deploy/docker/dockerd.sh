@@ -45,6 +45,8 @@ case "${1:-}" in
       kill "$pid"
       for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
     fi
+    # dockerd leaves its network namespace mounted in the exec root; nothing else uses it.
+    awk -v root="$STATE/exec/" 'index($2, root) == 1 {print $2}' /proc/mounts | xargs -r umount
     ;;
   status) running && echo "running: DOCKER_HOST=$HOST" || { echo "stopped"; exit 1; } ;;
   env) echo "DOCKER_HOST=$HOST" ;;
