@@ -34,12 +34,12 @@ from agent.errors import ConfigError
 from agent.research.bench.perturbations import EvalSet, gaussian_noise, inverted, shifted_sets
 from agent.research.bench.quality import score_set
 from agent.research.bench.reports import save_report
+from agent.research.bench.score_pools import KINDS, Pool, SavedPools, delay_summary, events, mixed, save_pools
 from agent.research.datasets import load_mnist
 from agent.research.reference import calibration_split
 from agent.runtime.drift import DEFAULT_ARL_EVENTS, DriftMonitor
 from agent.runtime.routing import DEFAULT_THRESHOLD
 
-KINDS = ("rotated", "noise", "gaussian", "inverted", "fgsm")
 FRACTIONS = (0.05, 0.2, 0.5, 1.0)
 ARL_TARGETS = (1_000, 10_000, 100_000)
 BATCH = 64
@@ -61,18 +61,6 @@ class ShiftOptions:
     scores_only: bool = False  # stop after saving them
 
 
-@dataclass(frozen=True)
-class Pool:
-    """Per-input label-free scores and low-credibility flags of one kind of traffic."""
-
-    scores: np.ndarray
-    low: np.ndarray
-
-    def draw(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-        rows = rng.integers(len(self.scores), size=n)
-        return self.scores[rows], self.low[rows]
-
-
 def _feed(monitor: DriftMonitor, scores: np.ndarray, low: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     change, shifted = [], []
     for start in range(0, len(scores), BATCH):
@@ -80,13 +68,6 @@ def _feed(monitor: DriftMonitor, scores: np.ndarray, low: np.ndarray) -> tuple[n
         change.append(signals.change)
         shifted.append(signals.shifted)
     return np.concatenate(change), np.concatenate(shifted)
-
-
-def _mixed(rng: np.random.Generator, clean: Pool, shifted: Pool, fraction: float, n: int) -> tuple[np.ndarray, ...]:
-    clean_scores, clean_low = clean.draw(rng, n)
-    shift_scores, shift_low = shifted.draw(rng, n)
-    take = rng.random(n) < fraction
-    return np.where(take, shift_scores, clean_scores), np.where(take, shift_low, clean_low)
 
 
 def pools(scorer: DkNN, options: ShiftOptions) -> dict[str, Pool]:
@@ -106,20 +87,6 @@ def pools(scorer: DkNN, options: ShiftOptions) -> dict[str, Pool]:
         scored = score_set(scorer, data, 512, data.name)
         out[data.name] = Pool(scores=scored.label_free, low=scored.credibility < DEFAULT_THRESHOLD)
     return out
-
-
-def save_pools(path: Path, by_kind: dict[str, Pool], scorer: DkNN) -> None:
-    """Everything a detector needs to replay these streams, without the bundle or torch."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arrays: dict[str, np.ndarray] = {
-        "calibration_alpha": scorer.calibration_alpha,
-        "calibration_label_free": scorer.calibration_label_free,
-        "threshold": np.array(DEFAULT_THRESHOLD),
-    }
-    arrays |= {f"scores_{kind}": pool.scores for kind, pool in by_kind.items()}
-    arrays |= {f"low_{kind}": pool.low for kind, pool in by_kind.items()}
-    np.savez_compressed(path, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as its allow_pickle
-    print(f"scores of {len(by_kind)} kinds of input saved to {path}")
 
 
 def monitor_for(scorer: DkNN, arl: float, seed: int) -> DriftMonitor:
@@ -177,10 +144,10 @@ def delays(scorer: DkNN, by_kind: dict[str, Pool], options: ShiftOptions) -> tup
             found, resolution, rearmed, state_on = [], [], 0, 0
             for onset in range(options.onsets):
                 monitor = copy.deepcopy(prefixes[onset // per_prefix])
-                scores, low = _mixed(rng, by_kind["clean"], by_kind[kind], fraction, options.shift_length)
+                scores, low = mixed(rng, by_kind["clean"], by_kind[kind], fraction, options.shift_length)
                 change, state = _feed(monitor, scores, low)
                 if not change.any():  # keep going up to the cap
-                    more = _mixed(rng, by_kind["clean"], by_kind[kind], fraction, DETECTION_CAP - len(change))
+                    more = mixed(rng, by_kind["clean"], by_kind[kind], fraction, DETECTION_CAP - len(change))
                     extra, state = _feed(monitor, *more)
                     change = np.concatenate([change, extra])
                 found.append(int(np.argmax(change)) + 1 if change.any() else None)
@@ -190,15 +157,13 @@ def delays(scorer: DkNN, by_kind: dict[str, Pool], options: ShiftOptions) -> tup
                     state_on += 1
                     resolution.append(int(np.argmin(after_state)) if not after_state.all() else None)
                 rearmed += int(after_change.any())
-            detected = np.array([d for d in found if d is not None], dtype=float)
+            detected, summary = delay_summary(found)
             cleared = np.array([r for r in resolution if r is not None], dtype=float)
             row = {
                 "kind": kind,
                 "fraction": fraction,
                 "onsets": options.onsets,
-                "detected": len(detected),
-                "delay_median": float(np.median(detected)) if len(detected) else None,
-                "delay_p95": float(np.percentile(detected, 95)) if len(detected) else None,
+                **summary,
                 "state_on_at_shift_end": state_on,
                 "state_cleared": len(cleared),
                 "resolution_median": float(np.median(cleared)) if len(cleared) else None,
@@ -217,7 +182,8 @@ def run_shift(options: ShiftOptions) -> dict[str, Any]:
     scorer = DkNN.from_bundle(options.artifacts)
     by_kind = pools(scorer, options)
     if options.save_scores is not None:
-        save_pools(options.save_scores, by_kind, scorer)
+        saved = SavedPools(by_kind, scorer.calibration_alpha, scorer.calibration_label_free, DEFAULT_THRESHOLD)
+        save_pools(options.save_scores, saved)
     if options.scores_only:
         return {}
     result: dict[str, Any] = {
@@ -287,9 +253,9 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     for row in result["delays"]:
         lines.append(
-            f"| {row['kind']} | {row['fraction']:.0%} | {row['detected']}/{row['onsets']} | {_n(row['delay_median'])} | "
-            f"{_n(row['delay_p95'])} | {row['state_on_at_shift_end']}/{row['onsets']} | "
-            f"{_n(row['resolution_median'])} | {row['change_alarms_after_shift_ended']}/{row['onsets']} |"
+            f"| {row['kind']} | {row['fraction']:.0%} | {row['detected']}/{row['onsets']} | {events(row['delay_median'])} | "
+            f"{events(row['delay_p95'])} | {row['state_on_at_shift_end']}/{row['onsets']} | "
+            f"{events(row['resolution_median'])} | {row['change_alarms_after_shift_ended']}/{row['onsets']} |"
         )
     lines += [
         "",
@@ -298,7 +264,3 @@ def markdown(result: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def _n(value: float | None) -> str:
-    return "–" if value is None else f"{value:,.0f}"

@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 
 from agent.research.bench.reports import save_report
+from agent.research.bench.score_pools import KINDS, SavedPools, delay_summary, events, load_pools, mixed
 from agent.runtime.drift import DriftMonitor
 
-KINDS = ("rotated", "noise", "gaussian", "inverted", "fgsm")
 FRACTIONS = (0.2, 0.5, 1.0)
 ERTS = (1_000, 10_000)
 DETECTORS = ("dknn-agent (SR)", "alibi CVMDriftOnline", "alibi FETDriftOnline")
@@ -56,35 +56,12 @@ class PeerOptions:
     seed: int = 0
 
 
-@dataclass(frozen=True)
-class Pools:
-    """Per-input label-free scores and quarantine flags per kind of input, plus the calibration."""
-
-    scores: dict[str, np.ndarray]
-    low: dict[str, np.ndarray]
-    calibration_alpha: np.ndarray
-    calibration_label_free: np.ndarray
-    threshold: float
-
-    @classmethod
-    def load(cls, path: Path) -> Pools:
-        with np.load(path, allow_pickle=False) as npz:
-            kinds = [name.removeprefix("scores_") for name in npz.files if name.startswith("scores_")]
-            return cls(
-                scores={k: npz[f"scores_{k}"] for k in kinds},
-                low={k: npz[f"low_{k}"].astype(bool) for k in kinds},
-                calibration_alpha=npz["calibration_alpha"],
-                calibration_label_free=npz["calibration_label_free"],
-                threshold=float(npz["threshold"]),
-            )
-
-
 # One alarm test per event: feed(events) -> index of the first alarm within them, or None.
 Detector = Callable[[np.ndarray, np.ndarray], int | None]
 
 
 class AgentDetector:
-    def __init__(self, pools: Pools, ert: float, seed: int) -> None:
+    def __init__(self, pools: SavedPools, ert: float, seed: int) -> None:
         self.monitor = DriftMonitor(
             pools.calibration_alpha, pools.calibration_label_free, pools.threshold, arl_events=ert, seed=seed
         )
@@ -114,12 +91,13 @@ class AlibiDetector:
         return None
 
 
-def configure_peers(pools: Pools, reference_rows: np.ndarray, options: PeerOptions) -> dict[tuple[str, int], Any]:
+def configure_peers(pools: SavedPools, reference_rows: np.ndarray, options: PeerOptions) -> dict[tuple[str, int], Any]:
     from alibi_detect.cd import CVMDriftOnline, FETDriftOnline
 
     rng = np.random.default_rng(options.seed)
-    ref_scores = pools.scores["clean"][reference_rows] + rng.uniform(0, 1, len(reference_rows))
-    ref_low = pools.low["clean"][reference_rows].astype(np.float64)
+    reference = pools.by_kind["clean"].subset(reference_rows)
+    ref_scores = reference.scores + rng.uniform(0, 1, len(reference_rows))
+    ref_low = reference.low.astype(np.float64)
     peers = {}
     for ert in ERTS:
         started = time.perf_counter()
@@ -141,24 +119,19 @@ def configure_peers(pools: Pools, reference_rows: np.ndarray, options: PeerOptio
     return peers
 
 
-def make_detector(name: str, ert: int, pools: Pools, peers: dict[tuple[str, int], Any], seed: int) -> Detector:
+def make_detector(name: str, ert: int, pools: SavedPools, peers: dict[tuple[str, int], Any], seed: int) -> Detector:
     if name == DETECTORS[0]:
         return AgentDetector(pools, ert, seed)
     return AlibiDetector(peers[(name, ert)], binary="FET" in name, seed=seed)
 
 
 def run_peer(options: PeerOptions) -> dict[str, Any]:
-    pools = Pools.load(options.scores)
+    pools = load_pools(options.scores)
     rng = np.random.default_rng(options.seed)
-    clean_rows = rng.permutation(len(pools.scores["clean"]))
+    clean_rows = rng.permutation(len(pools.by_kind["clean"].scores))
     reference_rows, stream_rows = clean_rows[: options.reference], clean_rows[options.reference :]
     peers = configure_peers(pools, reference_rows, options)
-
-    def draw(kind: str, n: int, draw_rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        rows = draw_rng.integers(len(pools.scores[kind]), size=n)
-        if kind == "clean":
-            rows = stream_rows[draw_rng.integers(len(stream_rows), size=n)]
-        return pools.scores[kind][rows], pools.low[kind][rows]
+    clean = pools.by_kind["clean"].subset(stream_rows)  # the peers' reference never enters a stream
 
     false_alarms, delays = [], []
     for ert in ERTS:
@@ -167,7 +140,7 @@ def run_peer(options: PeerOptions) -> dict[str, Any]:
             lengths, censored = [], 0
             for run in range(options.false_alarm_runs):
                 detector = make_detector(name, ert, pools, peers, seed=run)
-                alarm = detector(*draw("clean", cap, np.random.default_rng([options.seed, ert, run])))
+                alarm = detector(*clean.draw(np.random.default_rng([options.seed, ert, run]), cap))
                 censored += alarm is None
                 lengths.append(cap if alarm is None else alarm + 1)
             mean = float(np.mean(lengths))
@@ -191,31 +164,25 @@ def run_peer(options: PeerOptions) -> dict[str, Any]:
                 warm_rng = np.random.default_rng([options.seed, ert, i])
                 while True:  # a false alarm during the warm-up: start that prefix again
                     detector = make_detector(name, ert, pools, peers, seed=i)
-                    if detector(*draw("clean", options.warm, warm_rng)) is None:
+                    if detector(*clean.draw(warm_rng, options.warm)) is None:
                         break
                 prefixes.append(detector)
             for kind in KINDS:
                 for fraction in FRACTIONS:
-                    found = []
+                    found: list[int | None] = []
                     for onset in range(options.onsets):
                         stream_rng = np.random.default_rng([options.seed, ert, onset, KINDS.index(kind)])
-                        clean_scores, clean_low = draw("clean", options.cap, stream_rng)
-                        shift_scores, shift_low = draw(kind, options.cap, stream_rng)
-                        take = stream_rng.random(options.cap) < fraction
-                        detector = copy.deepcopy(prefixes[onset // PER_PREFIX])
-                        found.append(
-                            detector(np.where(take, shift_scores, clean_scores), np.where(take, shift_low, clean_low))
-                        )
-                    detected = np.array([a + 1 for a in found if a is not None], dtype=float)
+                        stream = mixed(stream_rng, clean, pools.by_kind[kind], fraction, options.cap)
+                        alarm = copy.deepcopy(prefixes[onset // PER_PREFIX])(*stream)
+                        found.append(None if alarm is None else alarm + 1)
+                    detected, summary = delay_summary(found)
                     row = {
                         "detector": name,
                         "ert": ert,
                         "kind": kind,
                         "fraction": fraction,
                         "onsets": options.onsets,
-                        "detected": len(detected),
-                        "delay_median": float(np.median(detected)) if len(detected) else None,
-                        "delay_p95": float(np.percentile(detected, 95)) if len(detected) else None,
+                        **summary,
                     }
                     delays.append(row)
                     print(
@@ -287,14 +254,12 @@ def markdown(result: dict[str, Any]) -> str:
                 cells = []
                 for name in DETECTORS:
                     r = by_key[(ert, kind, fraction, name)]
-                    cells.append(f"{_n(r['delay_median'])} / {_n(r['delay_p95'])} ({r['detected']}/{r['onsets']})")
+                    cells.append(
+                        f"{events(r['delay_median'])} / {events(r['delay_p95'])} ({r['detected']}/{r['onsets']})"
+                    )
                 lines.append(f"| {ert:,} | {kind} | {fraction:.0%} | " + " | ".join(cells) + " |")
     lines.append("")
     return "\n".join(lines)
-
-
-def _n(value: float | None) -> str:
-    return "–" if value is None else f"{value:,.0f}"
 
 
 def main(argv: list[str] | None = None) -> int:
