@@ -28,7 +28,7 @@ from tqdm import tqdm
 from agent.engine.dknn import DkNN, ScoreBatch
 from agent.errors import ConfigError
 from agent.research.baselines import energy, softmax_max
-from agent.research.bench.detectors import detector_scores, fit_detectors, fpr_at_95_tpr
+from agent.research.bench.detectors import detector_scores, fit_detectors, fpr_at_95_tpr, tpr_at_fpr
 from agent.research.bench.perturbations import EvalSet, gaussian_noise, inverted, iterative_attack_sets, shifted_sets
 from agent.research.bench.plots import credibility_histograms, reliability_diagram
 from agent.research.bench.reports import save_report
@@ -100,13 +100,6 @@ def recall_at_k(approximate: np.ndarray, exact: np.ndarray) -> list[float]:
         hits = sum(len(np.intersect1d(approximate[i, layer], exact[i, layer])) for i in range(n))
         recalls.append(hits / (n * k))
     return recalls
-
-
-def tpr_at_fpr(in_distribution: np.ndarray, shifted: np.ndarray, fpr: float) -> float:
-    """Share of shifted inputs flagged (score below the threshold) when the threshold flags at most
-    `fpr` of the in-distribution ones: quarantine at a review budget."""
-    threshold = np.quantile(in_distribution, fpr, method="lower")
-    return float((shifted < threshold).mean())
 
 
 def right_vs_wrong(data: EvalSet, scores: SetScores) -> dict[str, float | None]:
