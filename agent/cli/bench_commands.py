@@ -117,11 +117,30 @@ def register(commands: argparse._SubParsersAction) -> None:
     stream.add_argument("--count", type=int, default=5000, help="events for the throughput phase (default: 5000)")
     stream.add_argument("--latency-count", type=int, default=2000, help="events for the latency phase (default: 2000)")
     stream.add_argument(
-        "--latency-rate", type=float, default=None, help="events/s in the latency phase (default: half the throughput)"
+        "--latency-rate", type=float, default=1000.0, help="events/s in the latency phase (default: 1000)"
     )
-    stream.add_argument("--batch-size", type=int, default=64)
+    stream.add_argument("--batch-size", type=int, default=256, help="the agent's events per batch (default: 256)")
     stream.add_argument("--out", type=Path, default=Path("docs/results"))
     stream.set_defaults(handler=_stream)
+
+    perf = kinds.add_parser(
+        "perf",
+        help="scoring inputs/s against the model's own forward pass, stage by stage, Annoy against exact",
+        description="In one run on MNIST evaluation inputs: the model's plain forward pass (the floor), each "
+        "stage of the scoring path timed alone (decode, activations, preprocessing and k-NN per layer, conformal, "
+        "output encoding), DkNN scoring with Annoy and with exact search, and the quality Annoy trades: accuracy, "
+        "credibility AUROC against FGSM, noise and rotated digits, recall@k per layer on clean and shifted inputs.",
+    )
+    perf.add_argument("--artifacts", type=Path, required=True, help="MNIST reference bundle")
+    perf.add_argument("--data", type=Path, default=None, help="MNIST IDX directory (default: the shared copy)")
+    perf.add_argument("--count", type=int, default=4096, help="clean evaluation inputs (default: 4096)")
+    perf.add_argument(
+        "--exact-count", type=int, default=1024, help="inputs for the exact backend's rate (default: 1024)"
+    )
+    perf.add_argument("--batch-size", type=int, default=256, help="inputs per forward pass (default: 256)")
+    perf.add_argument("--seed", type=int, default=0, help="seed for the input sample and the noise (default: 0)")
+    perf.add_argument("--out", type=Path, default=Path("docs/results"), help="where to write JSON + Markdown")
+    perf.set_defaults(handler=_perf)
 
 
 def _quality(args: argparse.Namespace) -> int:
@@ -184,6 +203,23 @@ def _stream(args: argparse.Namespace) -> int:
             latency_count=args.latency_count,
             latency_rate=args.latency_rate,
             batch_size=args.batch_size,
+            out_dir=args.out,
+        )
+    )
+    return 0
+
+
+def _perf(args: argparse.Namespace) -> int:
+    from agent.research.bench.perf import PerfOptions, run_perf
+
+    run_perf(
+        PerfOptions(
+            artifacts=args.artifacts,
+            count=args.count,
+            exact_count=args.exact_count,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            data_dir=args.data,
             out_dir=args.out,
         )
     )

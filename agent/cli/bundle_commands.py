@@ -12,6 +12,7 @@ from agent.engine.bundle import BundleTrust
 from agent.engine.fit import FitOptions
 from agent.engine.index import BACKENDS
 from agent.engine.manifest import NonconformitySpec
+from agent.engine.tuning import RecallTarget
 from agent.errors import BundleError, ConfigError, DataError
 
 
@@ -28,11 +29,29 @@ def add_index_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--n-trees",
         type=int,
-        default=50,
-        help="Annoy trees per layer; more = better recall, bigger files (default: 50)",
+        default=10,
+        help="Annoy trees per layer; more = better recall at a given --search-k, bigger files (default: 10)",
     )
     group.add_argument(
-        "--search-k", type=int, default=-1, help="Annoy nodes inspected per query; -1 = n_trees*k (default)"
+        "--search-k",
+        type=int,
+        default=None,
+        help="Annoy nodes inspected per query, for every layer; -1 = n_trees*k (default: chosen per layer by "
+        "the recall targets)",
+    )
+    defaults = RecallTarget()
+    group.add_argument(
+        "--recall-target",
+        type=float,
+        default=defaults.heldout,
+        help="per layer, the smallest search_k whose recall@k against exact search on held-out inputs reaches "
+        f"this (default: {defaults.heldout})",
+    )
+    group.add_argument(
+        "--shifted-recall-target",
+        type=float,
+        default=defaults.shifted,
+        help=f"... and on the same inputs with noise added (default: {defaults.shifted})",
     )
     group.add_argument("--batch-size", type=int, default=512, help="inputs per forward pass (default: 512)")
     group.add_argument(
@@ -78,10 +97,16 @@ def fit_options(args: argparse.Namespace) -> FitOptions:
     for name in ("k", "n_trees", "batch_size"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.search_k is not None and args.search_k < -1:
+        raise ConfigError("--search-k must be -1 (Annoy's default) or positive")
+    for name in ("recall_target", "shifted_recall_target"):
+        if not 0 <= getattr(args, name) <= 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1]")
     return FitOptions(
         k=args.k,
         n_trees=args.n_trees,
         search_k=args.search_k,
+        recall_target=RecallTarget(heldout=args.recall_target, shifted=args.shifted_recall_target),
         seed=args.seed,
         batch_size=args.batch_size,
         progress=not args.quiet,
@@ -170,7 +195,7 @@ def _register_train_reference(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--layers",
         default=None,
-        help="layers and their preprocessing, as for fit (default: relu1=pca:128,relu2=pca:128,relu3,logits)",
+        help="layers and their preprocessing, as for fit (default: relu1=pca:32,relu2=pca:32,relu3=pca:32,logits)",
     )
     parser.add_argument(
         "--refit",
@@ -179,6 +204,14 @@ def _register_train_reference(commands: argparse._SubParsersAction) -> None:
         metavar="BUNDLE",
         help="do not train: fit a new bundle around this reference bundle's model (same version and calibration "
         "split), e.g. to compare --nonconformity choices on one model",
+    )
+    parser.add_argument(
+        "--index-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="index N points: the training images plus seeded rotated, scaled and shifted copies of them "
+        "(the scale benchmark's 1,000,000-point reference; default: the training images only)",
     )
     add_index_options(parser)
     parser.set_defaults(handler=_train_reference)
@@ -192,6 +225,8 @@ def _train_reference(args: argparse.Namespace) -> int:
         raise ConfigError("--epochs must be at least 1 and --shift-px at least 0")
     if args.train_size is not None and args.train_size < args.k:
         raise ConfigError(f"--train-size must be at least --k ({args.k}): every layer needs k neighbours")
+    if args.index_size is not None and args.index_size < 1:
+        raise ConfigError("--index-size must be positive")
     manifest = train_reference_mnist(
         out=args.out,
         data_dir=args.data,
@@ -211,6 +246,7 @@ def _train_reference(args: argparse.Namespace) -> int:
         force=args.force,
         refit=args.refit,
         layers=parse_layers(args.layers) if args.layers is not None else None,
+        index_size=args.index_size,
     )
     print(
         f"wrote {args.out} ({manifest.model.name} {manifest.model.version}, layers {', '.join(manifest.layer_names)})"
@@ -408,10 +444,9 @@ def _info(args: argparse.Namespace) -> int:
     )
     print(f"factory    {trusted}")
     print(f"input      {manifest.input.dtype} {list(manifest.input.shape)} range {manifest.input.value_range}")
-    print(
-        f"neighbours k={manifest.k}, {manifest.index.kind} n_trees={manifest.index.n_trees} "
-        f"search_k={manifest.index.search_k}"
-    )
+    tuned = all(layer.search_k is not None for layer in manifest.layers)
+    search_k = "per layer" if tuned else f"search_k={manifest.index.search_k}"
+    print(f"neighbours k={manifest.k}, {manifest.index.kind} n_trees={manifest.index.n_trees} {search_k}")
     print(f"train      {manifest.train.size} points ({manifest.train.source})")
     print(f"calibrate  {manifest.calibration.size} points ({manifest.calibration.source})")
     spec = manifest.nonconformity
@@ -423,5 +458,10 @@ def _info(args: argparse.Namespace) -> int:
     )
     print(f"alpha      {spec.kind}: disagreeing neighbours in {', '.join(manifest.label_layers)}{distance}")
     for layer in manifest.layers:
-        print(f"layer      {layer.name:<12} {layer.input_dim:>6} -> {layer.dim:<5} {layer.preprocessing}")
+        recall = (
+            f"  search_k={layer.search_k} recall@k {layer.recall.heldout:.3f} held-out, {layer.recall.shifted:.3f} noisy"
+            if layer.recall is not None
+            else ""
+        )
+        print(f"layer      {layer.name:<12} {layer.input_dim:>6} -> {layer.dim:<5} {layer.preprocessing:<10}{recall}")
     return 0

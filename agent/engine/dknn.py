@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from threadpoolctl import ThreadpoolController
 from torch import nn
 
 from agent.engine import conformal
@@ -81,6 +82,7 @@ class DkNN:
         self._label_rows = [names.index(name) for name in manifest.label_layers]
         self._distance_rows = [names.index(name) for name in manifest.distance_layers]
         self.digest: str | None = None  # the bundle digest, when built from a verified bundle
+        self._blas = ThreadpoolController()
 
     @classmethod
     def from_bundle(
@@ -99,10 +101,14 @@ class DkNN:
             manifest = bundle.manifest
             model = bundle.build_model()
             _check_model_output(model, manifest, bundle.root)
-            effective_search_k = manifest.index.search_k if search_k is None else search_k
             indexes = {
                 layer.name: open_index(
-                    bundle.index_path(layer.name), layer.dim, manifest.train.size, backend, effective_search_k, threads
+                    bundle.index_path(layer.name),
+                    layer.dim,
+                    manifest.train.size,
+                    backend,
+                    manifest.search_k(layer.name) if search_k is None else search_k,
+                    threads,
                 )
                 for layer in manifest.layers
             }
@@ -138,12 +144,20 @@ class DkNN:
             raise InputError("input contains NaN or infinity")
 
     def neighbors(self, activations: Activations) -> tuple[np.ndarray, np.ndarray]:
-        """`(n, L, k)` distances and training row ids, nearest first, for each tapped layer."""
-        per_layer = [
-            self.indexes[name].search(self.preprocessors[name].transform(activations.layers[name]), self.k)
-            for name in self.manifest.layer_names
-        ]
+        """`(n, L, k)` distances and training row ids, nearest first, for each tapped layer.
+
+        numpy's BLAS runs single-threaded here: its idle threads busy-wait after each PCA
+        projection and took the cores from the index threads, halving the k-NN rate on 2 cores
+        (docs/results/perf-mnist-cnn.md)."""
+        with self.single_threaded_blas():
+            per_layer = [
+                self.indexes[name].search(self.preprocessors[name].transform(activations.layers[name]), self.k)
+                for name in self.manifest.layer_names
+            ]
         return np.stack([d for d, _ in per_layer], axis=1), np.stack([i for _, i in per_layer], axis=1)
+
+    def single_threaded_blas(self) -> AbstractContextManager:
+        return self._blas.limit(limits=1, user_api="blas")
 
     def nonconformity(self, neighbor_labels: np.ndarray, neighbor_distances: np.ndarray) -> np.ndarray:
         """α(x, j) for every candidate label, `(n, C)` int64, as the manifest's nonconformity says."""

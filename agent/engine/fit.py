@@ -42,6 +42,7 @@ from agent.engine.manifest import (
 )
 from agent.engine.preprocess import Preprocessor
 from agent.engine.taps import ActivationTap
+from agent.engine.tuning import PROBE_SIZE, RecallTarget, TunedLayer, noisy_probe, tune_layer
 from agent.errors import ConfigError, DataError
 
 
@@ -50,8 +51,9 @@ class FitOptions:
     """How to fit: neighbours, index quality, batch sizes and the PCA sample."""
 
     k: int = 75
-    n_trees: int = 50
-    search_k: int = -1
+    n_trees: int = 10
+    search_k: int | None = None  # None: chosen per layer from `recall_target` (agent.engine.tuning)
+    recall_target: RecallTarget = RecallTarget()
     seed: int = 0
     batch_size: int = 512
     pca_sample: int = 10_000
@@ -116,16 +118,19 @@ def _fit_into(
     tap = ActivationTap(model, list(layers))
     preprocessors = _fit_preprocessors(tap, layers, train.x, options)
     builders = {name: AnnoyBuilder(pre.output_dim, options.seed) for name, pre in preprocessors.items()}
-    for activations in _progress(tap.batches(train.x, options.batch_size), len(train.x), options, "index"):
+    for activations in _progress(
+        tap.batches(train.x, options.batch_size), -(-len(train.x) // options.batch_size), options, "index"
+    ):
         for name, builder in builders.items():
             builder.add(preprocessors[name].transform(activations.layers[name]))
 
+    index_files = {name: f"layers/{name.replace('.', '_')}.ann" for name in preprocessors}
+    for name, builder in builders.items():
+        builder.save(root / index_files[name], options.n_trees)
+    tuned = _tune_search_k(root, tap, preprocessors, index_files, calibration.x, options, value_range)
     layer_specs = []
     for name, pre in preprocessors.items():
-        safe = name.replace(".", "_")
-        index_file = f"layers/{safe}.ann"
-        builders[name].save(root / index_file, options.n_trees)
-        params_file = f"layers/{safe}.npz" if pre.has_params else None
+        params_file = f"layers/{name.replace('.', '_')}.npz" if pre.has_params else None
         if params_file:
             np.savez(root / params_file, **pre.arrays())  # type: ignore[arg-type]  # numpy's stub types **kwds badly
         layer_specs.append(
@@ -134,8 +139,10 @@ def _fit_into(
                 input_dim=pre.input_dim,
                 dim=pre.output_dim,
                 preprocessing=pre.spec,
-                index_file=index_file,
+                index_file=index_files[name],
                 params_file=params_file,
+                search_k=tuned[name].search_k if name in tuned else None,
+                recall=tuned[name].recall if name in tuned else None,
             )
         )
     torch.save(model.state_dict(), root / WEIGHTS_FILE)
@@ -147,7 +154,9 @@ def _fit_into(
         input=InputSpec(shape=tuple(train.x.shape[1:]), dtype=str(train.x.dtype), value_range=value_range),
         layers=tuple(layer_specs),
         k=options.k,
-        index=IndexSpec(n_trees=options.n_trees, search_k=options.search_k, seed=options.seed),
+        index=IndexSpec(
+            n_trees=options.n_trees, search_k=-1 if options.search_k is None else options.search_k, seed=options.seed
+        ),
         train=SplitSpec(size=len(train.y), source=train.source, source_indices=train.source_indices),
         calibration=SplitSpec(
             size=len(calibration.y), source=calibration.source, source_indices=calibration.source_indices
@@ -164,6 +173,33 @@ def _fit_into(
     manifest = draft.model_copy(update={"files": files})
     (root / MANIFEST_FILE).write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
     return manifest
+
+
+def _tune_search_k(
+    root: Path,
+    tap: ActivationTap,
+    preprocessors: dict[str, Preprocessor],
+    index_files: dict[str, str],
+    heldout_x: np.ndarray,
+    options: FitOptions,
+    value_range: tuple[float, float] | None,
+) -> dict[str, TunedLayer]:
+    """Per layer, the cheapest search_k reaching the recall target (none when --search-k fixes it)."""
+    if options.search_k is not None:
+        return {}
+    probe = heldout_x[:PROBE_SIZE]
+    heldout, shifted = tap(probe), tap(noisy_probe(probe, value_range, options.seed))
+    tuned = {}
+    for name, pre in _progress(preprocessors.items(), len(preprocessors), options, "search_k", "layer"):
+        tuned[name] = tune_layer(
+            root / index_files[name],
+            pre.output_dim,
+            pre.transform(heldout.layers[name]),
+            pre.transform(shifted.layers[name]),
+            options.k,
+            options.recall_target,
+        )
+    return tuned
 
 
 def _fit_preprocessors(
@@ -198,7 +234,9 @@ def _calibrate(
     """The calibration file's arrays, queried through the saved indexes: α of the true labels and
     s(x) of the calibration set, sorted, and for distance-aware bundles the distance reference."""
     indexes = {
-        layer.name: open_index(str(root / layer.index_file), layer.dim, draft.train.size, "annoy", draft.index.search_k)
+        layer.name: open_index(
+            str(root / layer.index_file), layer.dim, draft.train.size, "annoy", draft.search_k(layer.name)
+        )
         for layer in draft.layers
     }
     placeholder = np.zeros(1)  # p-values are not needed here, only α
@@ -267,10 +305,8 @@ def _check_datasets(train: Dataset, calibration: Dataset, num_classes: int, k: i
         raise ConfigError(f"k={k} exceeds the {len(train.x)} training points")
 
 
-def _progress(iterable: Any, total_rows: int, options: FitOptions, what: str) -> Any:
-    return tqdm(
-        iterable, total=-(-total_rows // options.batch_size), desc=what, unit="batch", disable=not options.progress
-    )
+def _progress(iterable: Any, steps: int, options: FitOptions, what: str, unit: str = "batch") -> Any:
+    return tqdm(iterable, total=steps, desc=what, unit=unit, disable=not options.progress)
 
 
 def _library_versions() -> dict[str, str]:

@@ -66,6 +66,13 @@ class InputSpec(_Frozen):
         return shape
 
 
+class MeasuredRecall(_Frozen):
+    """Recall@k of a layer's index against exact search, measured at fit time at the chosen search_k."""
+
+    heldout: float = Field(ge=0.0, le=1.0, description="on held-out inputs (the calibration set)")
+    shifted: float = Field(ge=0.0, le=1.0, description="on the same inputs with noise added")
+
+
 class LayerSpec(_Frozen):
     name: Name
     input_dim: int = Field(ge=1, le=MAX_FEATURES, description="flattened activation size")
@@ -73,6 +80,10 @@ class LayerSpec(_Frozen):
     preprocessing: str = Field("none", max_length=64)
     index_file: RelativePath
     params_file: RelativePath | None = None
+    search_k: int | None = Field(
+        None, ge=-1, le=100_000_000, description="this layer's Annoy search_k; None: the index's"
+    )
+    recall: MeasuredRecall | None = None  # absent where search_k was not tuned
 
 
 class IndexSpec(_Frozen):
@@ -176,3 +187,8 @@ class Manifest(_Frozen):
 
     def layer(self, name: str) -> LayerSpec:
         return next(spec for spec in self.layers if spec.name == name)
+
+    def search_k(self, name: str) -> int:
+        """The Annoy search_k a layer is queried with: its own where fitting tuned it, else the index's."""
+        own = self.layer(name).search_k
+        return self.index.search_k if own is None else own

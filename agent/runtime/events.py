@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -119,9 +120,11 @@ def _schema_message(exc: ValidationError) -> str:
     return f"invalid {loc}: {first['msg']}{more}"
 
 
-def _accepted_dtypes(spec: InputSpec) -> set[str]:
-    little = np.dtype(spec.dtype).newbyteorder("<")
-    return {spec.dtype, little.name, little.str, little.str[1:]}
+@functools.lru_cache(maxsize=8)
+def _accepted_dtypes(dtype: str) -> frozenset[str]:
+    """The spellings of the bundle's dtype an event may use (cached: it is asked once per event)."""
+    little = np.dtype(dtype).newbyteorder("<")
+    return frozenset({dtype, little.name, little.str, little.str[1:]})
 
 
 def _from_b64(text: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -199,7 +202,7 @@ def decode_event(
             "unknown_model", f"event is for model {event.model.name[:64]!r}, this agent serves {model_name!r}"
         )
     payload = event.input
-    if payload.dtype not in _accepted_dtypes(spec):
+    if payload.dtype not in _accepted_dtypes(spec.dtype):
         raise EventError("dtype", f"input.dtype {payload.dtype!r}, expected {spec.dtype!r} (little-endian)")
     shape = tuple(spec.shape)
     if tuple(payload.shape) != shape:

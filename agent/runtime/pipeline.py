@@ -180,21 +180,22 @@ class Pipeline:
             quarantined = verdict == QUARANTINED
             # Once per batch, like everything in this step: the signals go into the score records.
             signals = self.drift.update(scores.label_free_score, quarantined)
-            for row, (record, event) in enumerate(valid):
-                outcome = Outcome(
-                    record=record,
-                    event=event,
-                    scores=scores,
-                    row=row,
-                    verdict=str(verdict[row]),
-                    drift_change=bool(signals.change[row]),
-                    drift_shifted=bool(signals.shifted[row]),
-                )
-                messages.extend(
-                    scored_messages(
-                        outcome, self.topics, manifest, self.options.threshold, self.options.max_output_bytes
+            with self.telemetry.stage("encode"):
+                for row, (record, event) in enumerate(valid):
+                    outcome = Outcome(
+                        record=record,
+                        event=event,
+                        scores=scores,
+                        row=row,
+                        verdict=str(verdict[row]),
+                        drift_change=bool(signals.change[row]),
+                        drift_shifted=bool(signals.shifted[row]),
                     )
-                )
+                    messages.extend(
+                        scored_messages(
+                            outcome, self.topics, manifest, self.options.threshold, self.options.max_output_bytes
+                        )
+                    )
         return PreparedBatch(invalid, valid, scores, quarantined, messages)
 
     # -- 2. send and confirm (the only step that is retried) ---------------------------------

@@ -29,7 +29,7 @@ from agent.runtime.drift import DriftMonitor
 from agent.runtime.routing import OUTPUTS, UNDELIVERABLE, VERDICTS
 
 NAMESPACE = "dknn"
-STAGES = ("poll", "decode", "activations", "knn", "score", "produce", "commit")
+STAGES = ("poll", "decode", "activations", "knn", "score", "encode", "produce", "commit")
 DEAD_LETTER_REASONS = (*EVENT_ERROR_REASONS, UNDELIVERABLE, "other")
 WINDOWS = (100, 1000)
 PROBABILITY_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)

@@ -562,7 +562,7 @@ def stage_latency(pid: int, q: float, *, w: int = 12, h: int = 8) -> PanelBuilde
     return ts_panel(
         pid,
         f"Stage duration p{round(q * 100)} by stage",
-        "Per micro-batch duration of each stage (poll, decode, activations, knn, score, produce, commit), "
+        "Per micro-batch duration of each stage (poll, decode, activations, knn, score, encode, produce, commit), "
         f"{round(q * 100)}th percentile over the selected replicas (dknn_stage_duration_seconds).",
         [(quantile(q, "dknn_stage_duration_seconds", by="stage"), "{{stage}}")],
         unit="s",

@@ -51,11 +51,14 @@ def test_info_verifies_and_describes_the_bundle(mnist_bundle: Path) -> None:
     assert lines[2].endswith("10 classes")
     assert lines[3] == "factory    trusted by default"
     assert "input      float32 [1, 28, 28]" in result.stdout
-    assert "neighbours k=75, annoy n_trees=50" in result.stdout
+    assert "neighbours k=75, annoy n_trees=10 per layer" in result.stdout
     assert "train      1000 points" in result.stdout and "calibrate  750 points" in result.stdout
     layer_lines = [line.split() for line in lines if line.startswith("layer ")]
     assert [fields[1] for fields in layer_lines] == LAYERS, explain(result)
-    assert layer_lines[0][2:] == ["12544", "->", "128", "pca:128"], explain(result)
+    assert layer_lines[0][2:6] == ["12544", "->", "32", "pca:32"], explain(result)
+    # each layer's search_k was chosen at fit time, with the recall it measured
+    assert all(re.fullmatch(r"search_k=\d+", fields[6]) for fields in layer_lines), explain(result)
+    assert all(fields[7] == "recall@k" for fields in layer_lines), explain(result)
 
     as_json = run_cli("info", mnist_bundle, "--json", timeout=120)
     assert as_json.returncode == 0, explain(as_json)

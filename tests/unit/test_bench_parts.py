@@ -9,7 +9,7 @@ import numpy as np
 from agent.research.bench.detectors import fpr_at_95_tpr
 from agent.research.bench.perturbations import EvalSet, gaussian_noise, inverted
 from agent.research.bench.plots import credibility_histograms, reliability_diagram
-from agent.research.bench.quality import auroc, recall_at_k, write_results
+from agent.research.bench.quality import auroc, recall_per_layer, write_results
 
 
 def test_fpr_at_95_tpr_and_auroc() -> None:
@@ -19,10 +19,10 @@ def test_fpr_at_95_tpr_and_auroc() -> None:
     assert auroc(np.array([0.1]), np.array([0.9])) == 0.0
 
 
-def test_recall_at_k_counts_shared_ids_per_layer() -> None:
+def test_recall_per_layer_counts_shared_ids_per_layer() -> None:
     exact = np.array([[[1, 2, 3], [4, 5, 6]]])
     approx = np.array([[[3, 2, 9], [4, 5, 6]]])
-    assert recall_at_k(approx, exact) == [2 / 3, 1.0]
+    assert recall_per_layer(approx, exact) == [2 / 3, 1.0]
 
 
 def test_shifts_keep_shape_and_range() -> None:

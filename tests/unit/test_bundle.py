@@ -54,14 +54,23 @@ def test_annoy_and_exact_agree_on_the_same_bundle(tiny_bundle: Path, tiny_proble
     assert np.abs(annoy.credibility - exact.credibility).mean() < 0.02
 
 
-def test_calibration_is_valid_on_fresh_in_distribution_data(tiny_bundle: Path, tiny_problem: TinyProblem) -> None:
-    from tests.conftest import blobs
+def test_calibration_is_valid_on_fresh_in_distribution_data(tiny_problem: TinyProblem, tmp_path: Path) -> None:
+    """Conformal validity is a promise over calibration draws: P(true-label p ≤ τ) ≤ τ on average.
+    One 200-point draw can miss by 0.05 when α takes few values (a tuned, small search_k makes it
+    lumpy), so five draws are fitted around the same model and their mean is checked."""
+    from dataclasses import replace
 
-    fresh = blobs(2000, seed=9)
-    scores = DkNN.from_bundle(tiny_bundle).score(fresh.x)
-    true_p = scores.p_values[np.arange(len(fresh.y)), fresh.y]
-    for tau in (0.05, 0.1, 0.2):
-        assert (true_p <= tau).mean() <= tau + 0.03
+    from tests.conftest import blobs, fit_tiny
+
+    fresh = blobs(4000, seed=9)
+    rates = []
+    for seed in (2, 5, 7, 11, 13):
+        bundle = fit_tiny(replace(tiny_problem, calibration=blobs(200, seed=seed)), tmp_path / f"calibration-{seed}")
+        scores = DkNN.from_bundle(bundle).score(fresh.x)
+        true_p = scores.p_values[np.arange(len(fresh.y)), fresh.y]
+        rates.append([(true_p <= tau).mean() for tau in (0.05, 0.1, 0.2)])
+    for tau, rate in zip((0.05, 0.1, 0.2), np.mean(rates, axis=0), strict=True):
+        assert rate <= tau + 0.02, (tau, rates)
 
 
 def test_inputs_between_classes_get_lower_credibility(tiny_bundle: Path, tiny_problem: TinyProblem) -> None:

@@ -26,6 +26,7 @@ from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from agent.engine.dknn import DkNN, ScoreBatch
+from agent.engine.index import recall_at_k
 from agent.errors import ConfigError
 from agent.research.baselines import energy, softmax_max
 from agent.research.bench.detectors import detector_scores, fit_detectors, fpr_at_95_tpr, tpr_at_fpr
@@ -92,14 +93,9 @@ def auroc(in_distribution: np.ndarray, shifted: np.ndarray) -> float:
     return float(roc_auc_score(labels, np.r_[in_distribution, shifted]))
 
 
-def recall_at_k(approximate: np.ndarray, exact: np.ndarray) -> list[float]:
-    """Per layer: the fraction of exact k-NN ids that the approximate search also returned."""
-    n, layers, k = exact.shape
-    recalls = []
-    for layer in range(layers):
-        hits = sum(len(np.intersect1d(approximate[i, layer], exact[i, layer])) for i in range(n))
-        recalls.append(hits / (n * k))
-    return recalls
+def recall_per_layer(approximate: np.ndarray, exact: np.ndarray) -> list[float]:
+    """Per layer of `(n, L, k)` ids: the fraction of exact k-NN ids the approximate search also returned."""
+    return [recall_at_k(approximate[:, layer], exact[:, layer]) for layer in range(exact.shape[1])]
 
 
 def right_vs_wrong(data: EvalSet, scores: SetScores) -> dict[str, float | None]:
@@ -216,7 +212,7 @@ def run_quality(options: QualityOptions) -> dict:
             data.name: dict(
                 zip(
                     manifest.layer_names,
-                    recall_at_k(scores["annoy"][data.name].neighbor_ids, scores["exact"][data.name].neighbor_ids),
+                    recall_per_layer(scores["annoy"][data.name].neighbor_ids, scores["exact"][data.name].neighbor_ids),
                     strict=True,
                 )
             )

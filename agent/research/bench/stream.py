@@ -1,10 +1,13 @@
 """The stream benchmark: events/s and event latency through a real broker (`dknn-agent bench stream`).
 
-Phase 1 (throughput): N clean events are published first, then one in-process agent drains them;
-events/s = N / (time from its first poll to the last commit). Phase 2 (latency): events are
-published at a fixed rate below that throughput while the agent runs; an event's latency is the
-broker timestamp of its score record minus the `timestamp_ms` the producer stamped on it, so it
-includes the broker hops, batching, scoring and the confirmed produce.
+Phase 0 (scoring only): the same inputs scored in-process in batches of the agent's batch size —
+the rate the stream is compared with, measured in the same run. Phase 1 (throughput): N clean
+events are published first, then one in-process agent drains them; events/s = N / (time from its
+first poll to the last commit), and the scores topic must then hold a record for every one of the
+N events. Phase 2 (latency): events are published at a steady rate (1,000 events/s by default)
+while the agent runs; an event's latency is the broker timestamp of its score record minus the
+`timestamp_ms` the producer stamped on it, so it includes the broker hops, batching, scoring and
+the confirmed produce.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from agent.runtime.drift import DriftMonitor
 from agent.runtime.events import encode_event
 from agent.runtime.pipeline import Pipeline, PipelineOptions
 from agent.runtime.routing import Topics
-from agent.runtime.telemetry import Telemetry
+from agent.runtime.telemetry import STAGES, Telemetry
 from connectors.base import Record
 from connectors.kafka import KafkaSink, KafkaSource, ensure_topics
 
@@ -39,8 +42,8 @@ class StreamOptions:
     bootstrap_servers: str
     count: int = 5000
     latency_count: int = 2000
-    latency_rate: float | None = None  # default: half the measured throughput
-    batch_size: int = 64
+    latency_rate: float = 1000.0
+    batch_size: int = 256
     partitions: int = 3
     out_dir: Path = Path("docs/results")
 
@@ -61,17 +64,22 @@ def _paced_events(data: DemoData, n: int, rate: float, bootstrap: str, topic: st
         sink.flush(120)
 
 
-def _latency_stamps(
-    bootstrap: str, topic: str, expected: int, stamp: Callable[[Record], int | None], timeout_s: float = 300
+def _stamps(
+    bootstrap: str,
+    topic: str,
+    prefix: str,
+    expected: int,
+    stamp: Callable[[Record], int | None],
+    timeout_s: float = 300,
 ) -> dict[str, int]:
-    """event_id -> stamp(record) for the latency-phase events ("lat-" ids) found on `topic`."""
+    """event_id -> stamp(record) for the events of one phase (ids starting with `prefix`) on `topic`."""
     found: dict[str, int] = {}
     deadline = time.monotonic() + timeout_s
     with KafkaSource(bootstrap, [topic], f"bench-reader-{uuid.uuid4().hex[:8]}") as source:
         while len(found) < expected and time.monotonic() < deadline:
             for record in source.poll(2000, 0.5):
                 event_id = json.loads(record.value)["event_id"]
-                if event_id.startswith("lat-") and (value := stamp(record)) is not None:
+                if event_id.startswith(prefix) and (value := stamp(record)) is not None:
                     found.setdefault(event_id, value)
     return found
 
@@ -82,6 +90,13 @@ def run_stream(options: StreamOptions) -> dict:
     ensure_topics(options.bootstrap_servers, [topics["input"]], partitions=options.partitions)
     ensure_topics(options.bootstrap_servers, [topics["quarantine"], topics["dead-letter"], topics["scores"]])
     data = load_demo_data(options.artifacts, None, need_fgsm=False)
+    scorer = DkNN.from_bundle(options.artifacts)
+    inputs = np.stack([data.clean[i % len(data.clean)] for i in range(options.count)])
+    batches = [inputs[start : start + options.batch_size] for start in range(0, len(inputs), options.batch_size)]
+    started = time.monotonic()
+    for batch in batches:
+        scorer.score(batch)
+    scoring_only = options.count / (time.monotonic() - started)
     _publish(
         options.bootstrap_servers,
         topics["input"],
@@ -91,7 +106,6 @@ def run_stream(options: StreamOptions) -> dict:
         ],
     )
 
-    scorer = DkNN.from_bundle(options.artifacts)
     source = KafkaSource(
         options.bootstrap_servers, [topics["input"]], f"bench-agent-{run_id}", max_poll_records=options.batch_size
     )
@@ -105,6 +119,7 @@ def run_stream(options: StreamOptions) -> dict:
         DriftMonitor(scorer.calibration_alpha, scorer.calibration_label_free, PipelineOptions().threshold),
         PipelineOptions(batch_size=options.batch_size, max_batch_wait_s=0.05),
     )
+    telemetry = pipeline.telemetry
     stop = threading.Event()
     agent = threading.Thread(target=pipeline.run, args=(stop,), name="agent")
     agent.start()
@@ -114,20 +129,28 @@ def run_stream(options: StreamOptions) -> dict:
         started = time.monotonic()
         while pipeline.stats.consumed < options.count:
             time.sleep(0.01)
-        throughput = options.count / (time.monotonic() - started)
-        rate = options.latency_rate or max(1.0, throughput / 2)
+        elapsed = time.monotonic() - started
+        throughput = options.count / elapsed
+        stages = _stage_seconds(telemetry)
+        accounted = len(_stamps(options.bootstrap_servers, topics["scores"], "thr-", options.count, lambda _: 0))
+        rate = options.latency_rate
         _paced_events(data, options.latency_count, rate, options.bootstrap_servers, topics["input"])
-        scored = _latency_stamps(
-            options.bootstrap_servers, topics["scores"], options.latency_count, lambda record: record.timestamp_ms
+        scored = _stamps(
+            options.bootstrap_servers,
+            topics["scores"],
+            "lat-",
+            options.latency_count,
+            lambda record: record.timestamp_ms,
         )
     finally:
         stop.set()
         agent.join(60)
         source.close()
         sink.close()
-    sent = _latency_stamps(
+    sent = _stamps(
         options.bootstrap_servers,
         topics["input"],
+        "lat-",
         options.latency_count,
         lambda record: json.loads(record.value)["timestamp_ms"],
     )
@@ -138,8 +161,12 @@ def run_stream(options: StreamOptions) -> dict:
         "bundle": {"model": scorer.manifest.model.name, "version": scorer.manifest.model.version},
         "batch_size": options.batch_size,
         "partitions": options.partitions,
+        "scoring_only_events_per_s": round(scoring_only, 1),
         "throughput_events_per_s": round(throughput, 1),
+        "throughput_share_of_scoring": round(throughput / scoring_only, 3),
         "throughput_events": options.count,
+        "throughput_events_scored": accounted,
+        "throughput_stage_share": {name: round(seconds / elapsed, 3) for name, seconds in stages.items()},
         "latency_rate_events_per_s": round(rate, 1),
         "latency_events": int(len(latencies_ms)),
         "latency_ms": {
@@ -153,15 +180,32 @@ def run_stream(options: StreamOptions) -> dict:
     return result
 
 
+def _stage_seconds(telemetry: Telemetry) -> dict[str, float]:
+    """Seconds the agent spent in each stage so far, from its own dknn_stage_duration_seconds."""
+    seconds = {}
+    for stage in STAGES:
+        total = telemetry.registry.get_sample_value("dknn_stage_duration_seconds_sum", {"stage": stage})
+        seconds[stage] = total or 0.0
+    return seconds
+
+
 def _write(result: dict[str, Any], out_dir: Path) -> None:
     lat = result["latency_ms"]
     text = (
         f"# Stream: {result['bundle']['model']} {result['bundle']['version']}\n\n"
         f"One agent (batch size {result['batch_size']}, {result['partitions']} input partitions), "
         f"real Kafka broker on 127.0.0.1.\n\n"
-        f"| throughput (events/s) | latency rate (events/s) | p50 ms | p90 ms | p99 ms | max ms |\n"
-        f"|---|---|---|---|---|---|\n"
-        f"| {result['throughput_events_per_s']} | {result['latency_rate_events_per_s']} | {lat.get('p50')} | "
-        f"{lat.get('p90')} | {lat.get('p99')} | {lat.get('max')} |\n"
+        f"| scoring only (inputs/s) | throughput (events/s) | share of scoring | score records / events | "
+        f"latency rate (events/s) | p50 ms | p90 ms | p99 ms | max ms |\n"
+        f"|---|---|---|---|---|---|---|---|---|\n"
+        f"| {result['scoring_only_events_per_s']:,.0f} | {result['throughput_events_per_s']:,.0f} | "
+        f"{result['throughput_share_of_scoring']:.0%} | {result['throughput_events_scored']:,} / "
+        f"{result['throughput_events']:,} | {result['latency_rate_events_per_s']:,.0f} | {lat.get('p50')} | "
+        f"{lat.get('p90')} | {lat.get('p99')} | {lat.get('max')} |\n\n"
+        "Where the agent's time went in the throughput phase (its own stage timers, share of the wall time; "
+        "poll includes waiting for the broker):\n\n"
+        "| " + " | ".join(result["throughput_stage_share"]) + " |\n"
+        "|" + "---|" * len(result["throughput_stage_share"]) + "\n"
+        "| " + " | ".join(f"{share:.0%}" for share in result["throughput_stage_share"].values()) + " |\n"
     )
     save_report(result, text, out_dir, f"stream-{result['bundle']['model']}")

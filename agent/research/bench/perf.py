@@ -1,0 +1,308 @@
+"""The scoring-path benchmark (`dknn-agent bench perf`): how fast the agent scores, against the
+model's own forward pass measured in the same run, and what the approximate search costs in quality.
+
+Absolute rates on a shared 2-core machine move by ±20% from run to run, so every goal is a ratio
+taken within one run:
+
+- the floor: the model's plain forward pass (`torch.no_grad`, the same batches);
+- stage by stage, on the same clean inputs: event decoding, activations (the tapped forward pass),
+  per-layer preprocessing and k-NN, the conformal step, and encoding the output records;
+- scoring end to end (`DkNN.score`: activations → k-NN → p-values) with Annoy and with exact search;
+- quality, Annoy against exact on the same inputs: DkNN accuracy, credibility AUROC of clean against
+  FGSM, uniform noise and rotated digits, and recall@k per layer on clean and on shifted inputs —
+  out-of-distribution queries are where approximate search loses recall first.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from agent.engine import conformal
+from agent.engine.dknn import DkNN, ScoreBatch
+from agent.engine.index import recall_at_k
+from agent.engine.taps import Activations
+from agent.errors import ConfigError
+from agent.research.bench.memory import measure_two_agents
+from agent.research.bench.perturbations import EvalSet, shifted_sets
+from agent.research.bench.quality import auroc
+from agent.research.bench.reports import save_report
+from agent.research.datasets import load_mnist
+from agent.research.reference import calibration_split
+from agent.runtime.events import decode_event, encode_event
+from agent.runtime.routing import Outcome, Topics, scored_messages, verdicts
+from connectors.base import Record
+
+SCORING_GOAL = 0.5  # of the plain forward-pass rate
+EXACT_GOAL = 10.0  # Annoy scoring over exact scoring
+AUROC_TOLERANCE = 0.005
+ACCURACY_TOLERANCE = 0.2  # percentage points
+RSS_GOAL_MIB = 1536
+HIGHER_IS_BETTER = ("scoring / forward pass", "annoy / exact")
+SECOND_AGENT_GOAL = 0.3  # what a second agent on the same bundle adds, over the first's RSS
+
+
+@dataclass(frozen=True)
+class PerfOptions:
+    artifacts: Path
+    count: int = 4096
+    exact_count: int = 1024  # exact search is slow: its rate is measured on a prefix
+    batch_size: int = 256
+    epsilon: float = 0.25
+    seed: int = 0
+    data_dir: Path | None = None
+    out_dir: Path = Path("docs/results")
+
+
+def _rate(inputs: int, run: Callable[[], object]) -> float:
+    """Inputs per second of one timed run, after one untimed warm-up run."""
+    run()
+    start = time.perf_counter()
+    run()
+    return inputs / (time.perf_counter() - start)
+
+
+def _batches(x: np.ndarray, size: int) -> list[np.ndarray]:
+    return [np.ascontiguousarray(x[start : start + size]) for start in range(0, len(x), size)]
+
+
+def stage_rates(scorer: DkNN, clean: np.ndarray, batch_size: int) -> dict[str, float]:
+    """Inputs/s of each stage of the scoring path, each timed alone on the same clean inputs."""
+    manifest = scorer.manifest
+    batches = _batches(clean, batch_size)
+    events = [encode_event(f"e{i}", x, manifest.model.name, manifest.model.version) for i, x in enumerate(clean)]
+    rates = {
+        "decode": _rate(len(events), lambda: [decode_event(e, manifest.input, manifest.model.name) for e in events])
+    }
+    activations = [scorer.tap(batch) for batch in batches]
+    rates["activations"] = _rate(len(clean), lambda: [scorer.tap(batch) for batch in batches])
+    for name in manifest.layer_names:
+        rates[f"preprocess {name}"], rates[f"knn {name}"] = _layer_rates(scorer, name, activations, len(clean))
+    found = [scorer.neighbors(a) for a in activations]
+
+    def conformal_step() -> None:
+        for distances, ids in found:
+            alpha = scorer.nonconformity(scorer.label_neighbors(ids), distances)
+            conformal.summarise(alpha, conformal.p_values(alpha, scorer.calibration_alpha))
+
+    rates["conformal"] = _rate(len(clean), conformal_step)
+    scores = [scorer.score(batch) for batch in batches]
+    topics = Topics(quarantine="q", dead_letter="dl", scores="s")
+    decoded = [decode_event(e, manifest.input, manifest.model.name) for e in events]
+
+    def encode() -> None:
+        row = 0
+        for batch in scores:
+            verdict = verdicts(batch.credibility, 0.1)
+            for i in range(len(batch)):
+                record = Record("in", 0, row, None, events[row])
+                outcome = Outcome(record, decoded[row], batch, i, str(verdict[i]))
+                scored_messages(outcome, topics, manifest, 0.1, 1 << 20)
+                row += 1
+
+    rates["encode outputs"] = _rate(len(clean), encode)
+    return rates
+
+
+def _layer_rates(scorer: DkNN, name: str, activations: list[Activations], inputs: int) -> tuple[float, float]:
+    """Inputs/s of one layer's preprocessing and of its k-NN search, each alone, with the BLAS
+    threads limited as `DkNN.neighbors` limits them."""
+    pre, index = scorer.preprocessors[name], scorer.indexes[name]
+    vectors = [pre.transform(a.layers[name]) for a in activations]
+    with scorer.single_threaded_blas():
+        preprocess = _rate(inputs, lambda: [pre.transform(a.layers[name]) for a in activations])
+        search = _rate(inputs, lambda: [index.search(v, scorer.k) for v in vectors])
+    return preprocess, search
+
+
+def _score_all(scorer: DkNN, x: np.ndarray, batch_size: int) -> ScoreBatch:
+    parts = [scorer.score(batch) for batch in _batches(x, batch_size)]
+    return ScoreBatch(**{f: np.concatenate([getattr(p, f) for p in parts]) for f in ScoreBatch.__dataclass_fields__})
+
+
+def quality(annoy: DkNN, exact: DkNN, sets: list[EvalSet], batch_size: int) -> dict[str, Any]:
+    """Annoy against exact on the same inputs: accuracy, AUROCs and recall@k per layer."""
+    by_backend = {
+        name: {data.name: _score_all(scorer, data.x, batch_size) for data in sets}
+        for name, scorer in (("annoy", annoy), ("exact", exact))
+    }
+    clean = sets[0]
+    out: dict[str, Any] = {"accuracy": {}, "auroc": {}, "recall_at_k": {}}
+    for backend, scores in by_backend.items():
+        out["accuracy"][backend] = round(100 * float((scores["clean"].prediction == clean.y).mean()), 2)
+        out["auroc"][backend] = {
+            data.name: round(auroc(scores["clean"].credibility, scores[data.name].credibility), 4) for data in sets[1:]
+        }
+    for data in sets:
+        approximate, truth = by_backend["annoy"][data.name].neighbor_ids, by_backend["exact"][data.name].neighbor_ids
+        out["recall_at_k"][data.name] = {
+            name: round(recall_at_k(approximate[:, layer], truth[:, layer]), 3)
+            for layer, name in enumerate(annoy.manifest.layer_names)
+        }
+    return out
+
+
+def run_perf(options: PerfOptions) -> dict[str, Any]:
+    if options.count < options.batch_size or options.exact_count < 1 or options.batch_size < 1:
+        raise ConfigError("--count must be at least --batch-size, and --exact-count and --batch-size positive")
+    mnist = load_mnist(options.data_dir)
+    annoy = DkNN.from_bundle(options.artifacts, backend="annoy")
+    exact = DkNN.from_bundle(options.artifacts, backend="exact")
+    manifest = annoy.manifest
+    rows = calibration_split(manifest, len(mnist.x_test)).evaluation
+    rows = np.sort(np.random.default_rng(options.seed).choice(rows, size=min(options.count, len(rows)), replace=False))
+    clean = EvalSet("clean", mnist.x_test[rows], mnist.y_test[rows])
+    model = annoy.tap.model
+    batches = _batches(clean.x, options.batch_size)
+
+    @torch.no_grad()
+    def forward() -> None:
+        for batch in batches:
+            model(torch.as_tensor(batch))
+
+    floor = _rate(len(clean.x), forward)
+    stages = stage_rates(annoy, clean.x, options.batch_size)
+    annoy_rate = _rate(len(clean.x), lambda: [annoy.score(batch) for batch in batches])
+    exact_x = clean.x[: options.exact_count]
+    exact_rate = _rate(len(exact_x), lambda: [exact.score(batch) for batch in _batches(exact_x, options.batch_size)])
+    sets = [clean, *shifted_sets(model, clean, options.epsilon, options.seed)]
+    measured = quality(annoy, exact, sets, options.batch_size)
+    memory = measure_two_agents(options.artifacts)
+
+    auroc_gaps = {
+        name: round(measured["auroc"]["exact"][name] - value, 4) for name, value in measured["auroc"]["annoy"].items()
+    }
+    accuracy_gap = round(measured["accuracy"]["exact"] - measured["accuracy"]["annoy"], 2)
+    result: dict[str, Any] = {
+        "benchmark": "perf",
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "hardware": _hardware(),
+        "bundle": {
+            "path": str(options.artifacts),
+            "model": manifest.model.name,
+            "version": manifest.model.version,
+            "train_size": manifest.train.size,
+            "k": manifest.k,
+            "n_trees": manifest.index.n_trees,
+            "layers": {
+                layer.name: {"dim": layer.dim, "search_k": manifest.search_k(layer.name)} for layer in manifest.layers
+            },
+        },
+        "inputs": len(clean.x),
+        "exact_inputs": len(exact_x),
+        "batch_size": options.batch_size,
+        "rates": {
+            "plain forward pass": round(floor),
+            "scoring annoy": round(annoy_rate),
+            "scoring exact": round(exact_rate),
+        },
+        "stages": {name: round(rate) for name, rate in stages.items()},
+        "quality": measured,
+        "memory": memory,
+        "goals": {
+            "scoring / forward pass": {"measured": round(annoy_rate / floor, 3), "goal": SCORING_GOAL},
+            "annoy / exact": {"measured": round(annoy_rate / exact_rate, 1), "goal": EXACT_GOAL},
+            "max AUROC gap": {"measured": max(auroc_gaps.values()), "goal": AUROC_TOLERANCE},
+            "accuracy gap (points)": {"measured": accuracy_gap, "goal": ACCURACY_TOLERANCE},
+        },
+    }
+    if "first" in memory:
+        result["goals"]["agent RSS (MiB)"] = {"measured": memory["first"]["rss_mib"], "goal": RSS_GOAL_MIB}
+        result["goals"]["second agent adds / first RSS"] = {
+            "measured": memory["second_adds_share_of_first_rss"],
+            "goal": SECOND_AGENT_GOAL,
+        }
+    save_report(result, markdown(result), options.out_dir, f"perf-{manifest.model.name}")
+    return result
+
+
+def _hardware() -> dict[str, Any]:
+    model = "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        model = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in cpuinfo.read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            model,
+        )
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def _met(goal: dict[str, float], higher_is_better: bool) -> str:
+    ok = goal["measured"] >= goal["goal"] if higher_is_better else goal["measured"] <= goal["goal"]
+    return "met" if ok else "**not met**"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    bundle, rates, hardware = result["bundle"], result["rates"], result["hardware"]
+    floor = rates["plain forward pass"]
+    layers = ", ".join(f"{name} {spec['dim']}-d search_k {spec['search_k']}" for name, spec in bundle["layers"].items())
+    lines = [
+        f"# Scoring performance: {bundle['model']} {bundle['version']}",
+        "",
+        f"{hardware['cpu']}, {hardware['cores']} cores, torch {hardware['torch']} with {hardware['torch_threads']} "
+        f"threads. Bundle: {bundle['train_size']:,} training points, k = {bundle['k']}, Annoy {bundle['n_trees']} "
+        f"trees ({layers}). {result['inputs']:,} clean MNIST evaluation inputs in batches of {result['batch_size']} "
+        f"(exact search: the first {result['exact_inputs']:,}). Regenerate: `make bench-perf`.",
+        "",
+        "| path | inputs/s | share of the plain forward pass |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {name} | {rate:,} | {rate / floor:.0%} |" for name, rate in rates.items()]
+    lines += ["", "Each stage timed alone on the same inputs (inputs/s; the time per input is its inverse):", ""]
+    lines += ["| stage | inputs/s | µs per input |", "|---|---|---|"]
+    lines += [f"| {name} | {rate:,} | {1e6 / rate:.0f} |" for name, rate in result["stages"].items()]
+    goals = result["goals"]
+    lines += ["", "| goal | measured | target | |", "|---|---|---|---|"]
+    for name, goal in goals.items():
+        higher = name in HIGHER_IS_BETTER
+        lines.append(
+            f"| {name} | {goal['measured']} | {'≥' if higher else '≤'} {goal['goal']} | {_met(goal, higher)} |"
+        )
+    measured = result["quality"]
+    sets = list(measured["auroc"]["annoy"])
+    lines += ["", "| backend | clean DkNN accuracy % | " + " | ".join(f"AUROC clean vs {s}" for s in sets) + " |"]
+    lines.append("|---|---|" + "---|" * len(sets))
+    for backend in ("annoy", "exact"):
+        aurocs = " | ".join(f"{measured['auroc'][backend][s]:.4f}" for s in sets)
+        lines.append(f"| {backend} | {measured['accuracy'][backend]:.2f} | {aurocs} |")
+    memory = result["memory"]
+    if "first" in memory:
+        lines += [
+            "",
+            "Two scorer processes on the same bundle, both alive (MiB; unique = what exiting would free):",
+            "",
+        ]
+        lines += ["| process | RSS | PSS | unique | shared | anonymous |", "|---|---|---|---|---|---|"]
+        for name in ("first", "second"):
+            m = memory[name]
+            lines.append(
+                f"| {name} | {m['rss_mib']} | {m['pss_mib']} | {m['unique_mib']} | {m['shared_mib']} | "
+                f"{m['anonymous_mib']} |"
+            )
+    else:
+        lines += ["", f"Memory: not measured ({memory['skipped']})."]
+    layer_names = list(bundle["layers"])
+    lines += ["", "Annoy recall@k against exact search:", "", "| inputs | " + " | ".join(layer_names) + " |"]
+    lines.append("|---|" + "---|" * len(layer_names))
+    for name, per_layer in measured["recall_at_k"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{per_layer[layer]:.3f}" for layer in layer_names) + " |")
+    return "\n".join(lines) + "\n"
