@@ -7,7 +7,7 @@ BUNDLE ?= artifacts/mnist-cnn
 GRAFANA := dashboards/grafana
 
 .PHONY: setup test lint test-unit test-e2e observability-check dashboards demo demo-table bench-quality bench-snnl \
-	bench-stream bench-perf bench-shift bench-shift-peer clean
+	bench-stream bench-perf bench-scale bench-shift bench-shift-peer clean
 .PHONY: deploy-check chart-check image-check
 
 setup: $(STAMP)
@@ -116,6 +116,16 @@ bench-shift-peer: $(SHIFT_SCORES) $(PEER_VENV)/.installed
 # against exact (speed, accuracy, AUROC, recall@k); about 3 minutes.
 bench-perf: setup $(BUNDLE)/manifest.json
 	$(BIN)/dknn-agent bench perf --artifacts $(BUNDLE) --out docs/results
+
+# The scale check: a 1,000,000-point reference (the training images plus rotated, scaled and
+# shifted copies; fitting takes about 10 minutes and 6 GB, the bundle about 1 GB), then bench perf
+# on it with fewer inputs, since exact search over a million points scores about 30 inputs/s.
+SCALE_BUNDLE := artifacts/mnist-cnn-1m
+$(SCALE_BUNDLE)/manifest.json: $(BUNDLE)/manifest.json
+	$(BIN)/dknn-agent train-reference mnist --refit $(BUNDLE) --index-size 1000000 --out $(SCALE_BUNDLE) --force
+
+bench-scale: setup $(SCALE_BUNDLE)/manifest.json
+	$(BIN)/dknn-agent bench perf --artifacts $(SCALE_BUNDLE) --count 1024 --exact-count 128 --out docs/results/perf-1m
 
 bench-stream: setup $(BUNDLE)/manifest.json
 	bash deploy/local/kafka.sh fetch >/dev/null

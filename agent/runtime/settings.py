@@ -113,7 +113,9 @@ class AgentSettings(BaseSettings):
         lt=1.0,
         description="quarantine below this credibility; flags about this share of clean traffic",
     )
-    batch_size: int = Field(64, ge=1, le=100_000, description="events per micro-batch (one forward pass)")
+    batch_size: int = Field(
+        256, ge=1, le=100_000, description="most events per micro-batch (one forward pass); a poll takes what is there"
+    )
     max_batch_wait_s: float = Field(0.2, ge=0.0, le=60.0, description="longest wait to fill a micro-batch")
     max_event_bytes: int = Field(
         DEFAULT_MAX_EVENT_BYTES, ge=64, le=64 * 1_048_576, description="larger events are dead-lettered unparsed"

@@ -139,7 +139,14 @@ def test_the_readme_shows_the_commands_this_module_checks() -> None:
     shown = {shlex.split(s.text, comments=True)[1] for s in README_COMMANDS}
     assert {"run", "fit", "info", "score"} <= shown, README_COMMANDS
     recipes = {" ".join(shlex.split(s.text)[1:3]) for s in MAKEFILE_COMMANDS}
-    assert {"train-reference mnist", "demo --artifacts", "bench quality", "bench snnl", "bench stream"} <= recipes
+    assert {
+        "train-reference mnist",
+        "demo --artifacts",
+        "bench quality",
+        "bench snnl",
+        "bench stream",
+        "bench perf",
+    } <= recipes
 
 
 @pytest.mark.parametrize("snippet", README_COMMANDS + MAKEFILE_COMMANDS, ids=lambda s: s.where)

@@ -35,7 +35,7 @@ def test_defaults() -> None:
         "inference-dead-letter",
     )
     assert (s.scores_topic, s.group_id, s.metrics_port, s.threshold) == (None, "dknn-agent", 9108, 0.1)
-    assert (s.batch_size, s.max_batch_wait_s, s.max_event_bytes) == (64, 0.2, 1_048_576)
+    assert (s.batch_size, s.max_batch_wait_s, s.max_event_bytes) == (256, 0.2, 1_048_576)
     assert (s.index, s.search_k, s.drift_arl_events, s.source, s.sink) == ("annoy", None, 8.64e7, None, None)
     assert s.kafka_security.security_protocol == "PLAINTEXT"
     with pytest.raises(ValidationError):

@@ -62,6 +62,13 @@ class PerfOptions:
     data_dir: Path | None = None
     out_dir: Path = Path("docs/results")
 
+    def command(self) -> str:
+        """The command line that reproduces this run, for the report."""
+        return (
+            f"dknn-agent bench perf --artifacts {self.artifacts} --count {self.count} --exact-count "
+            f"{self.exact_count} --batch-size {self.batch_size} --seed {self.seed} --out {self.out_dir}"
+        )
+
 
 def _rate(inputs: int, run: Callable[[], object]) -> float:
     """Inputs per second of one timed run, after one untimed warm-up run."""
@@ -191,12 +198,14 @@ def run_perf(options: PerfOptions) -> dict[str, Any]:
             "model": manifest.model.name,
             "version": manifest.model.version,
             "train_size": manifest.train.size,
+            "size_mib": round(sum(f.stat().st_size for f in options.artifacts.rglob("*") if f.is_file()) / 2**20, 1),
             "k": manifest.k,
             "n_trees": manifest.index.n_trees,
             "layers": {
                 layer.name: {"dim": layer.dim, "search_k": manifest.search_k(layer.name)} for layer in manifest.layers
             },
         },
+        "command": options.command(),
         "inputs": len(clean.x),
         "exact_inputs": len(exact_x),
         "batch_size": options.batch_size,
@@ -259,9 +268,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"# Scoring performance: {bundle['model']} {bundle['version']}",
         "",
         f"{hardware['cpu']}, {hardware['cores']} cores, torch {hardware['torch']} with {hardware['torch_threads']} "
-        f"threads. Bundle: {bundle['train_size']:,} training points, k = {bundle['k']}, Annoy {bundle['n_trees']} "
-        f"trees ({layers}). {result['inputs']:,} clean MNIST evaluation inputs in batches of {result['batch_size']} "
-        f"(exact search: the first {result['exact_inputs']:,}). Regenerate: `make bench-perf`.",
+        f"threads. Bundle: {bundle['train_size']:,} training points ({bundle['size_mib']:,} MiB on disk), k = "
+        f"{bundle['k']}, Annoy {bundle['n_trees']} trees ({layers}). {result['inputs']:,} clean MNIST evaluation inputs in batches of {result['batch_size']} "
+        f"(exact search: the first {result['exact_inputs']:,}). Regenerate: `{result['command']}`.",
         "",
         "| path | inputs/s | share of the plain forward pass |",
         "|---|---|---|",

@@ -181,7 +181,7 @@ def run_quality(options: QualityOptions) -> dict:
             "k": manifest.k,
             "layers": {layer.name: layer.preprocessing for layer in manifest.layers},
             "n_trees": manifest.index.n_trees,
-            "search_k": manifest.index.search_k,
+            "search_k": {name: manifest.search_k(name) for name in manifest.layer_names},
             "calibration_size": manifest.calibration.size,
             "nonconformity": manifest.nonconformity.model_dump(mode="json"),
         },
