@@ -124,13 +124,14 @@ def _fit_into(
         for name, builder in builders.items():
             builder.add(preprocessors[name].transform(activations.layers[name]))
 
-    index_files = {name: f"layers/{name.replace('.', '_')}.ann" for name in preprocessors}
+    stems = {name: f"layers/{name.replace('.', '_')}" for name in preprocessors}  # file names without suffix
+    index_files = {name: f"{stem}.ann" for name, stem in stems.items()}
     for name, builder in builders.items():
         builder.save(root / index_files[name], options.n_trees)
     tuned = _tune_search_k(root, tap, preprocessors, index_files, calibration.x, options, value_range)
     layer_specs = []
     for name, pre in preprocessors.items():
-        params_file = f"layers/{name.replace('.', '_')}.npz" if pre.has_params else None
+        params_file = f"{stems[name]}.npz" if pre.has_params else None
         if params_file:
             np.savez(root / params_file, **pre.arrays())  # type: ignore[arg-type]  # numpy's stub types **kwds badly
         layer_specs.append(

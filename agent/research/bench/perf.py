@@ -28,13 +28,12 @@ import numpy as np
 import torch
 
 from agent.engine import conformal
-from agent.engine.dknn import DkNN, ScoreBatch
-from agent.engine.index import recall_at_k
+from agent.engine.dknn import DkNN
 from agent.engine.taps import Activations
 from agent.errors import ConfigError
 from agent.research.bench.memory import measure_two_agents
 from agent.research.bench.perturbations import EvalSet, shifted_sets
-from agent.research.bench.quality import auroc
+from agent.research.bench.quality import auroc, recall_per_layer, score_set
 from agent.research.bench.reports import save_report
 from agent.research.datasets import load_mnist
 from agent.research.reference import calibration_split
@@ -131,15 +130,10 @@ def _layer_rates(scorer: DkNN, name: str, activations: list[Activations], inputs
     return preprocess, search
 
 
-def _score_all(scorer: DkNN, x: np.ndarray, batch_size: int) -> ScoreBatch:
-    parts = [scorer.score(batch) for batch in _batches(x, batch_size)]
-    return ScoreBatch(**{f: np.concatenate([getattr(p, f) for p in parts]) for f in ScoreBatch.__dataclass_fields__})
-
-
 def quality(annoy: DkNN, exact: DkNN, sets: list[EvalSet], batch_size: int) -> dict[str, Any]:
     """Annoy against exact on the same inputs: accuracy, AUROCs and recall@k per layer."""
     by_backend = {
-        name: {data.name: _score_all(scorer, data.x, batch_size) for data in sets}
+        name: {data.name: score_set(scorer, data, batch_size, f"{name}:{data.name}") for data in sets}
         for name, scorer in (("annoy", annoy), ("exact", exact))
     }
     clean = sets[0]
@@ -151,9 +145,9 @@ def quality(annoy: DkNN, exact: DkNN, sets: list[EvalSet], batch_size: int) -> d
         }
     for data in sets:
         approximate, truth = by_backend["annoy"][data.name].neighbor_ids, by_backend["exact"][data.name].neighbor_ids
+        recalls = recall_per_layer(approximate, truth)
         out["recall_at_k"][data.name] = {
-            name: round(recall_at_k(approximate[:, layer], truth[:, layer]), 3)
-            for layer, name in enumerate(annoy.manifest.layer_names)
+            name: round(recall, 3) for name, recall in zip(annoy.manifest.layer_names, recalls, strict=True)
         }
     return out
 
