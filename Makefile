@@ -12,8 +12,9 @@ GRAFANA := dashboards/grafana
 
 setup: $(STAMP)
 
-# Re-installs only when the dependency list changes; the editable install picks up code edits.
-$(STAMP): pyproject.toml
+# Re-installs when the dependency list or the compiled module changes; the editable install picks
+# up Python edits by itself.
+$(STAMP): pyproject.toml setup.py agent/engine/_annoy_batch.cpp
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
@@ -134,4 +135,4 @@ bench-stream: setup $(BUNDLE)/manifest.json
 	  status=$$?; bash deploy/local/kafka.sh stop --data-dir /tmp/dknn-bench-kafka --purge >/dev/null; exit $$status
 
 clean:
-	rm -rf $(VENV) $(PEER_VENV) artifacts .pytest_cache .hypothesis .mypy_cache .ruff_cache .import_linter_cache
+	rm -rf $(VENV) $(PEER_VENV) artifacts build agent/engine/*.so .pytest_cache .hypothesis .mypy_cache .ruff_cache .import_linter_cache

@@ -1,9 +1,9 @@
 """Nearest-neighbour backends behind one small interface.
 
-- `annoy`: the production backend. One file per layer, memory-mapped on load so replicas on one
-  node share the page cache. A batch is cut into one contiguous slice per thread and each thread
-  loops over its slice: Annoy releases the GIL inside every query, so the threads search in
-  parallel, and a slice costs one task instead of one future per vector.
+- `annoy`: the production backend. One file per layer, written by Annoy's Python binding and
+  searched by Annoy's C++ index through `agent.engine._annoy_batch`: a whole batch crosses into
+  C++ once, the GIL is released for all of it, and the threads split it into contiguous slices.
+  The file is memory-mapped, so replicas on one node share the page cache.
 - `exact`: brute force with a torch matmul, chunked. The reference for tests and quality checks;
   it reads the item vectors back out of the same Annoy file, so both backends see one bundle.
 
@@ -15,13 +15,15 @@ as disagreeing with every label) and distance +inf.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
 import torch
 from annoy import AnnoyIndex
+
+from agent.engine._annoy_batch import BatchIndex
+from agent.errors import BundleError
 
 METRIC: Literal["euclidean"] = "euclidean"
 BACKENDS = ("annoy", "exact")
@@ -61,50 +63,24 @@ class AnnoyBuilder:
 
 
 class AnnoyBackend:
-    """An Annoy file opened read-only with mmap."""
+    """An Annoy file opened read-only with mmap; `threads` index threads share each batch."""
 
     def __init__(self, path: Path, dim: int, search_k: int = -1, threads: int | None = None) -> None:
         self.dim = dim
         self.search_k = search_k
-        self._index = AnnoyIndex(dim, METRIC)
-        self._index.load(str(path), prefault=False)
-        self.n_items = self._index.get_n_items()
+        try:
+            self._index = BatchIndex(str(path), dim)
+        except RuntimeError as exc:
+            raise BundleError(f"cannot open the Annoy index {exc}") from None
+        self.n_items = self._index.n_items
         self._threads = threads or os.cpu_count() or 1
-        self._pool = ThreadPoolExecutor(max_workers=self._threads)
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        rows = np.asarray(vectors, dtype=np.float32).tolist()  # Annoy converts lists fastest
-        found: list[tuple[list[int], list[float]]] = [([], [])] * len(rows)
-
-        def search_slice(start: int, stop: int) -> None:
-            query, search_k = self._index.get_nns_by_vector, self.search_k
-            for i in range(start, stop):
-                found[i] = query(rows[i], k, search_k, True)
-
-        bounds = np.linspace(0, len(rows), self._threads + 1).astype(int).tolist()
-        slices = [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
-        if len(slices) == 1:
-            search_slice(*slices[0])
-        else:
-            for task in [self._pool.submit(search_slice, a, b) for a, b in slices]:
-                task.result()
-        if all(len(ids) == k for ids, _ in found):  # the usual case: one conversion for the batch
-            return (
-                np.array([d for _, d in found], dtype=np.float32).reshape(len(rows), k),
-                np.array([i for i, _ in found], dtype=np.int64).reshape(len(rows), k),
-            )
-        ids = np.full((len(rows), k), MISSING, dtype=np.int64)
-        distances = np.full((len(rows), k), np.inf, dtype=np.float32)
-        for row, (found_ids, found_distances) in enumerate(found):
-            ids[row, : len(found_ids)] = found_ids
-            distances[row, : len(found_ids)] = found_distances
-        return distances, ids
+        return self._index.search(vectors, k, self.search_k, self._threads)
 
     def item_vectors(self) -> np.ndarray:
         """All stored vectors `(n_items, dim)`; used to build the exact backend from one file."""
-        return np.array([self._index.get_item_vector(i) for i in range(self.n_items)], dtype=np.float32).reshape(
-            self.n_items, self.dim
-        )
+        return self._index.item_vectors()
 
 
 class ExactBackend:

@@ -54,7 +54,7 @@ docker version >/dev/null 2>&1 || { say "no Docker daemon (DOCKER_HOST=${DOCKER_
 py="$CACHE/py"
 [ -x "$py/bin/python" ] || python3 -m venv "$py"
 "$py/bin/python" -m pip install -q --upgrade wheel
-key=$(cat "$ROOT/pyproject.toml" "$HERE/slim_torch.py" <(echo "$TORCH_VERSION $ANNOY_VERSION $ANNOY_MARCH ${TORCH_INDEX_URL:-}") | sha256sum | cut -c1-16)
+key=$(cat "$ROOT/pyproject.toml" "$ROOT/setup.py" "$ROOT/agent/engine/_annoy_batch.cpp" "$HERE/slim_torch.py" <(echo "$TORCH_VERSION $ANNOY_VERSION $ANNOY_MARCH ${TORCH_INDEX_URL:-}") | sha256sum | cut -c1-16)
 wheels="$CACHE/wheels-$key"
 if [ ! -f "$wheels/.done" ]; then
   say "preparing wheels in $wheels"
@@ -72,7 +72,8 @@ if [ ! -f "$wheels/.done" ]; then
   # Annoy's setup.py adds -march=native on x86-64; ANNOY_COMPILER_ARGS replaces its flags.
   ANNOY_COMPILER_ARGS="-D_CRT_SECURE_NO_WARNINGS,-fpermissive,-O3,-ffast-math,-fno-associative-math,-DANNOYLIB_MULTITHREADED_BUILD,-std=c++14,-march=$ANNOY_MARCH,-mtune=generic" \
     "$py/bin/python" -m pip wheel -q --no-deps --no-binary annoy --no-cache-dir -w "$wheels" "annoy==$ANNOY_VERSION"
-  "$py/bin/python" -m pip wheel -q --no-deps -w "$wheels" "$ROOT"
+  # The agent's own compiled module (setup.py) gets the same portable baseline.
+  DKNN_COMPILER_ARGS="-march=$ANNOY_MARCH -mtune=generic" "$py/bin/python" -m pip wheel -q --no-deps -w "$wheels" "$ROOT"
   printf '%s\nannoy==%s\n' "$torch_pin" "$ANNOY_VERSION" >"$CACHE/constraints.txt"
   # Everything else the agent needs, as wheels; torch and annoy resolve to the ones above.
   "$py/bin/python" -m pip download -q --only-binary :all: --find-links "$wheels" -c "$CACHE/constraints.txt" \
@@ -80,10 +81,13 @@ if [ ! -f "$wheels/.done" ]; then
   if ls "$wheels" | grep -Ei '^(nvidia|triton|cuda)'; then say "CUDA wheels in the wheelhouse"; exit 1; fi
   touch "$wheels/.done"
 fi
-# No AVX in Annoy: the image must run on any x86-64 the cluster has.
-annoy_so=$(unzip -Z1 "$wheels"/annoy-*.whl | grep '\.so$')
-unzip -p "$wheels"/annoy-*.whl "$annoy_so" >"$CACHE/annoylib.so"
-if objdump -d "$CACHE/annoylib.so" | grep -qE '%[yz]mm'; then say "annoy was compiled with AVX"; exit 1; fi
+# No AVX in Annoy's search, neither in annoy's module nor in the agent's: the image must run on
+# any x86-64 the cluster has.
+for wheel in "$wheels"/annoy-*.whl "$wheels"/dknn_agent-*.whl; do
+  so=$(unzip -Z1 "$wheel" | grep '\.so$')
+  unzip -p "$wheel" "$so" >"$CACHE/check.so"
+  if objdump -d "$CACHE/check.so" | grep -qE '%[yz]mm'; then say "$(basename "$wheel") was compiled with AVX"; exit 1; fi
+done
 
 # -- 2. the base image -----------------------------------------------------------------------
 base_image=$BASE

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from annoy import AnnoyIndex
 
 from agent.engine.index import AnnoyBackend, AnnoyBuilder, ExactBackend
 from agent.engine.preprocess import Preprocessor, parse_spec
@@ -69,6 +72,51 @@ def test_annoy_backend_recall_and_item_vectors(tmp_path) -> None:
     # Both report Euclidean distances: where they found the same nearest item, the same distance.
     same = found[:, 0] == exact[:, 0]
     np.testing.assert_allclose(found_distances[same, 0], exact_distances[same, 0], rtol=1e-4, atol=1e-4)
+
+
+def _small_index(tmp_path, n: int = 500, dim: int = 8) -> tuple[Path, np.ndarray]:
+    items = np.random.default_rng(3).normal(size=(n, dim)).astype(np.float32)
+    builder = AnnoyBuilder(dim=dim, seed=0)
+    builder.add(items)
+    builder.save(tmp_path / "layer.ann", n_trees=5)
+    return tmp_path / "layer.ann", items
+
+
+@pytest.mark.parametrize("search_k", [20, 200, -1])
+def test_batched_search_answers_exactly_what_annoys_binding_answers(tmp_path, search_k: int) -> None:
+    """The compiled batch query is Annoy's own search: same ids, same distances, same order."""
+    path, items = _small_index(tmp_path)
+    binding = AnnoyIndex(8, "euclidean")
+    binding.load(str(path))
+    queries = np.random.default_rng(4).normal(size=(33, 8)).astype(np.float32)
+    distances, ids = AnnoyBackend(path, dim=8, search_k=search_k, threads=3).search(queries, 12)
+    assert distances.dtype == np.float32 and ids.dtype == np.int64 and ids.shape == (33, 12)
+    for row, query in enumerate(queries):
+        expected_ids, expected_distances = binding.get_nns_by_vector(query.tolist(), 12, search_k, True)
+        have = len(expected_ids)
+        np.testing.assert_array_equal(ids[row, :have], expected_ids)
+        np.testing.assert_allclose(distances[row, :have], expected_distances, rtol=1e-6)
+        assert (ids[row, have:] == -1).all() and np.isinf(distances[row, have:]).all()
+
+
+def test_batched_search_takes_any_float_layout_and_rejects_a_wrong_width(tmp_path) -> None:
+    path, items = _small_index(tmp_path)
+    backend = AnnoyBackend(path, dim=8, search_k=-1, threads=2)
+    reference = backend.search(items[:10], 5)
+    as_float64_view = np.asfortranarray(items[:10].astype(np.float64))
+    for got, expected in zip(backend.search(as_float64_view, 5), reference, strict=True):
+        np.testing.assert_array_equal(got, expected)
+    assert backend.search(items[:0], 5)[1].shape == (0, 5)
+    with pytest.raises(ValueError, match=r"shape \(n, 8\)"):
+        backend.search(items[:10, :7], 5)
+
+
+def test_an_unreadable_index_file_is_a_bundle_error(tmp_path) -> None:
+    with pytest.raises(BundleError, match="cannot open the Annoy index"):
+        AnnoyBackend(tmp_path / "absent.ann", dim=8)
+    (tmp_path / "short.ann").write_bytes(b"\0" * 10)
+    with pytest.raises(BundleError, match="cannot open the Annoy index"):
+        AnnoyBackend(tmp_path / "short.ann", dim=8)
 
 
 def test_tap_captures_named_layers_flattened() -> None:
