@@ -108,7 +108,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "stream",
         help="events/s and p50/p99 event latency through a real Kafka broker",
         description="Publish MNIST events to a fresh topic, drain them with one in-process agent (throughput), "
-        "then publish at half that rate and measure each event's latency from its timestamp to its score record.",
+        "then publish at a steady --latency-rate and measure each event's latency from its timestamp to its score "
+        "record. The broker, the publisher and the agent share this machine's cores.",
     )
     stream.add_argument("--artifacts", type=Path, required=True, help="bundle to score with")
     stream.add_argument(

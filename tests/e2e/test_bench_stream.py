@@ -42,3 +42,7 @@ def test_bench_stream(mnist_bundle: Path, kafka_broker: str, tmp_path: Path) -> 
     assert report["throughput_events"] == 300 and report["latency_events"] == 100
     assert report["throughput_events_per_s"] > 0 and set(report["latency_ms"]) == {"p50", "p90", "p99", "max"}
     assert report["throughput_events_scored"] == 300 and report["scoring_only_events_per_s"] > 0
+    # The latency phase's breakdown covers every stage the agent times, and its batches held events.
+    latency_stages = report["latency_stage_ms_per_batch"]
+    assert set(latency_stages) == set(report["throughput_stage_share"]) and latency_stages["activations"] > 0
+    assert 1 <= report["latency_mean_batch"] <= 100

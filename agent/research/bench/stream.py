@@ -134,6 +134,7 @@ def run_stream(options: StreamOptions) -> dict:
         stages = _stage_seconds(telemetry)
         accounted = len(_stamps(options.bootstrap_servers, topics["scores"], "thr-", options.count, lambda _: 0))
         rate = options.latency_rate
+        before, batches_before = _stage_seconds(telemetry), _batches_scored(telemetry)
         _paced_events(data, options.latency_count, rate, options.bootstrap_servers, topics["input"])
         scored = _stamps(
             options.bootstrap_servers,
@@ -142,6 +143,11 @@ def run_stream(options: StreamOptions) -> dict:
             options.latency_count,
             lambda record: record.timestamp_ms,
         )
+        latency_batches = max(1, _batches_scored(telemetry) - batches_before)
+        latency_stage_ms = {
+            name: round(1000 * (seconds - before[name]) / latency_batches, 1)
+            for name, seconds in _stage_seconds(telemetry).items()
+        }
     finally:
         stop.set()
         agent.join(60)
@@ -169,6 +175,8 @@ def run_stream(options: StreamOptions) -> dict:
         "throughput_stage_share": {name: round(seconds / elapsed, 3) for name, seconds in stages.items()},
         "latency_rate_events_per_s": round(rate, 1),
         "latency_events": int(len(latencies_ms)),
+        "latency_mean_batch": round(options.latency_count / latency_batches, 1),
+        "latency_stage_ms_per_batch": latency_stage_ms,
         "latency_ms": {
             q: round(float(np.percentile(latencies_ms, p)), 1)
             for q, p in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
@@ -189,6 +197,12 @@ def _stage_seconds(telemetry: Telemetry) -> dict[str, float]:
     return seconds
 
 
+def _batches_scored(telemetry: Telemetry) -> int:
+    """Batches the agent has scored so far (each times its activations stage once)."""
+    count = telemetry.registry.get_sample_value("dknn_stage_duration_seconds_count", {"stage": "activations"})
+    return int(count or 0)
+
+
 def _write(result: dict[str, Any], out_dir: Path) -> None:
     lat = result["latency_ms"]
     text = (
@@ -206,6 +220,11 @@ def _write(result: dict[str, Any], out_dir: Path) -> None:
         "poll includes waiting for the broker):\n\n"
         "| " + " | ".join(result["throughput_stage_share"]) + " |\n"
         "|" + "---|" * len(result["throughput_stage_share"]) + "\n"
-        "| " + " | ".join(f"{share:.0%}" for share in result["throughput_stage_share"].values()) + " |\n"
+        "| " + " | ".join(f"{share:.0%}" for share in result["throughput_stage_share"].values()) + " |\n\n"
+        f"In the latency phase the agent scored {result['latency_mean_batch']:g} events per batch on average; "
+        "milliseconds per batch in each stage:\n\n"
+        "| " + " | ".join(result["latency_stage_ms_per_batch"]) + " |\n"
+        "|" + "---|" * len(result["latency_stage_ms_per_batch"]) + "\n"
+        "| " + " | ".join(f"{ms:g}" for ms in result["latency_stage_ms_per_batch"].values()) + " |\n"
     )
     save_report(result, text, out_dir, f"stream-{result['bundle']['model']}")
