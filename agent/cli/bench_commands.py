@@ -143,6 +143,31 @@ def register(commands: argparse._SubParsersAction) -> None:
     perf.add_argument("--out", type=Path, default=Path("docs/results"), help="where to write JSON + Markdown")
     perf.set_defaults(handler=_perf)
 
+    sharpness = kinds.add_parser(
+        "sharpness",
+        help="each model's accuracy as MNIST digits are blurred or pass through 8x8: why SNNL models fail on UCI digits",
+        description="The model's own accuracy (forward passes only, seconds per bundle) on MNIST evaluation digits "
+        "blurred (Gaussian σ 0.5, 1, 1.5) and passed through 16x16, 12x12 and 8x8 the way scikit-learn's 8x8 digits "
+        "reach the model, with thicker strokes as a control and the two covariate-shift sets beside them. Give "
+        "several bundles to compare their models on the same inputs.",
+    )
+    sharpness.add_argument(
+        "--artifacts", type=Path, action="append", required=True, help="a bundle; repeat to compare models"
+    )
+    sharpness.add_argument("--count", type=int, default=2000, help="MNIST evaluation digits (default: 2000)")
+    sharpness.add_argument("--data", type=Path, default=None, help="MNIST IDX directory (default: the shared copy)")
+    sharpness.add_argument(
+        "--out", type=Path, default=Path("docs/results/natural-study"), help="where to write JSON + Markdown"
+    )
+    sharpness.set_defaults(handler=_sharpness)
+
+
+def _sharpness(args: argparse.Namespace) -> int:
+    from agent.research.bench.sharpness import SharpnessOptions, run_sharpness
+
+    run_sharpness(SharpnessOptions(bundles=args.artifacts, count=args.count, data_dir=args.data, out_dir=args.out))
+    return 0
+
 
 def _quality(args: argparse.Namespace) -> int:
     from agent.research.bench.quality import QualityOptions, run_quality

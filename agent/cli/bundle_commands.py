@@ -173,6 +173,14 @@ def _register_train_reference(commands: argparse._SubParsersAction) -> None:
         help="augment training with random translations of up to N pixels (default: 2; 0 = off)",
     )
     parser.add_argument(
+        "--blur-sigma",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="augment training with a Gaussian blur of σ drawn from [0, S] pixels per image; SNNL-trained "
+        "models need it on soft digits (bench sharpness; default: 0, off)",
+    )
+    parser.add_argument(
         "--snnl-weight",
         type=float,
         default=0.0,
@@ -221,8 +229,8 @@ def _train_reference(args: argparse.Namespace) -> int:
     from agent.research.reference import train_reference_mnist
     from agent.research.training import TrainOptions
 
-    if args.epochs < 1 or args.shift_px < 0:
-        raise ConfigError("--epochs must be at least 1 and --shift-px at least 0")
+    if args.epochs < 1 or args.shift_px < 0 or not 0 <= args.blur_sigma <= 5:
+        raise ConfigError("--epochs must be at least 1, --shift-px at least 0 and --blur-sigma in [0, 5]")
     if args.train_size is not None and args.train_size < args.k:
         raise ConfigError(f"--train-size must be at least --k ({args.k}): every layer needs k neighbours")
     if args.index_size is not None and args.index_size < 1:
@@ -235,6 +243,7 @@ def _train_reference(args: argparse.Namespace) -> int:
             epochs=args.epochs,
             seed=args.seed,
             shift_px=args.shift_px,
+            blur_sigma=args.blur_sigma,
             progress=not args.quiet,
             snnl_weight=args.snnl_weight,
             snnl_temperature=args.snnl_temperature,

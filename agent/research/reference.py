@@ -55,6 +55,8 @@ def reference_version(options: TrainOptions) -> str:
     version = f"seed{options.seed}-e{options.epochs}"
     if options.shift_px != 2:
         version += f"-shift{options.shift_px}"
+    if options.blur_sigma:
+        version += f"-blur{options.blur_sigma:g}"
     if options.snnl_weight:
         temperature = "learned" if options.snnl_learn_temperature else f"{options.snnl_temperature:g}"
         version += (

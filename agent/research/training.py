@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,9 @@ class TrainOptions:
     learning_rate: float = 1e-3
     seed: int = 0
     shift_px: int = 0  # random translation of up to this many pixels per image (data augmentation)
+    # Gaussian blur of σ drawn uniformly from [0, blur_sigma] pixels per image (data augmentation;
+    # 0 = off). SNNL-trained models lean on crisp stroke edges and fail on soft digits (bench sharpness).
+    blur_sigma: float = 0.0
     # Soft nearest-neighbour loss (Frosst et al. 2019): total = CE − snnl_weight × Σ_layers SNNL, so a
     # positive weight entangles the classes in those hidden layers. The temperature is fixed unless
     # snnl_learn_temperature, which makes it follow argmin_T SNNL batch by batch (agent.research.snnl) — note
@@ -53,6 +57,7 @@ def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, options: Tr
             rows = order[start : start + options.batch_size]
             optimiser.zero_grad(set_to_none=True)
             batch = random_shift(inputs[rows], options.shift_px) if options.shift_px else inputs[rows]
+            batch = random_blur(batch, options.blur_sigma) if options.blur_sigma else batch
             loss = loss_fn(model(batch), labels[rows])
             if snnl is not None:
                 loss = loss - options.snnl_weight * snnl.total(labels[rows])
@@ -95,3 +100,22 @@ def random_shift(images: torch.Tensor, max_px: int) -> torch.Tensor:
     rows = dy + torch.arange(h).view(1, h, 1)
     cols = dx + torch.arange(w).view(1, 1, w)
     return padded[torch.arange(b).view(b, 1, 1), :, rows, cols].permute(0, 3, 1, 2)
+
+
+def random_blur(images: torch.Tensor, max_sigma: float) -> torch.Tensor:
+    """Blurs each image of `(B, 1, H, W)` with its own Gaussian of σ ~ U(0, max_sigma) pixels (one
+    separable pass, grouped by image) and rescales it to its own peak, as blurred test digits are
+    rescaled (`bench.perturbations.blurred`)."""
+    b, c, h, w = images.shape
+    radius = max(1, math.ceil(3 * max_sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=images.dtype)
+    sigma = torch.rand(b, 1, dtype=images.dtype) * max_sigma
+    kernel = torch.exp(-0.5 * (offsets / sigma.clamp_min(1e-3)) ** 2)  # σ near 0: a delta
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)
+    flat = images.reshape(1, b * c, h, w)
+    flat = torch.nn.functional.conv2d(flat, kernel.view(b * c, 1, 1, -1), padding=(0, radius), groups=b * c)
+    flat = torch.nn.functional.conv2d(flat, kernel.view(b * c, 1, -1, 1), padding=(radius, 0), groups=b * c)
+    blurred = flat.reshape(b, c, h, w)
+    peak_before = images.amax(dim=(-2, -1), keepdim=True)
+    peak_after = blurred.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+    return blurred * (peak_before / peak_after)

@@ -71,11 +71,12 @@ COMMANDS: dict[tuple[str, ...], tuple[str, ...]] = {
     ("score",): ("--artifacts", "--input", "--output", "--index", "{annoy,exact}", "--batch-size", "--search-k"),
     ("info",): ("artifacts", "--json"),
     ("demo",): ("--artifacts", "--count", "--threshold", "--data"),
-    ("bench",): ("quality", "snnl", "stream", "perf"),
+    ("bench",): ("quality", "snnl", "stream", "perf", "sharpness"),
     ("bench", "quality"): ("--artifacts", "--out", "--limit", "--extended"),
     ("bench", "snnl"): ("--seeds", "--out", "--snnl-weight", "--limit", "--name", "--epochs"),
     ("bench", "stream"): ("--artifacts", "--bootstrap-servers", "--out", "--count", "--latency-count"),
     ("bench", "perf"): ("--artifacts", "--out", "--count", "--exact-count", "--batch-size"),
+    ("bench", "sharpness"): ("--artifacts", "--count", "--out"),
 }
 
 

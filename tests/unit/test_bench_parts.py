@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.research.bench.detectors import fpr_at_95_tpr
-from agent.research.bench.perturbations import EvalSet, gaussian_noise, inverted
+from agent.research.bench.perturbations import EvalSet, blurred, gaussian_noise, inverted, through_resolution
 from agent.research.bench.plots import credibility_histograms, reliability_diagram
 from agent.research.bench.quality import auroc, recall_per_layer, write_results
 
@@ -31,6 +31,32 @@ def test_shifts_keep_shape_and_range() -> None:
     np.testing.assert_allclose(flipped.x + clean.x, 1.0, atol=1e-6)
     noise = gaussian_noise(10, (1, 5, 5), seed=0)
     assert noise.x.shape == (10, 1, 5, 5) and noise.x.min() >= 0 and noise.x.max() <= 1 and noise.y is None
+
+
+def _rings(n: int = 3) -> EvalSet:
+    """Sharp synthetic "zeros": a two-pixel ring, a different size in each image."""
+    radius = np.hypot(*np.meshgrid(np.arange(28) - 13.5, np.arange(28) - 13.5))
+    x = np.stack([((radius >= 5 + i) & (radius <= 7 + i)).astype(np.float32) for i in range(n)])[:, None]
+    return EvalSet("rings", x, np.arange(n))
+
+
+def _sharpness(x: np.ndarray) -> float:
+    """Mean squared difference between horizontal neighbours: high for crisp edges (the absolute
+    difference would not do: at a fixed peak it sums to twice the peak for any unimodal profile)."""
+    return float((np.diff(x, axis=-1) ** 2).mean())
+
+
+def test_blur_and_low_resolution_soften_strokes_but_keep_labels_ink_and_framing() -> None:
+    clean = _rings()
+    for softer in (blurred(clean, 1.0), through_resolution(clean, 8)):
+        assert softer.x.shape == clean.x.shape and softer.x.dtype == np.float32
+        np.testing.assert_array_equal(softer.y, clean.y)
+        assert np.allclose(softer.x.max(axis=(-2, -1)), 1.0, atol=1e-5) and softer.x.min() >= 0.0
+        # the ink spreads over more pixels with the same peak: per unit of ink, fewer crisp edges
+        assert (softer.x > 0.05).sum() > (clean.x > 0.05).sum()
+    assert blurred(clean, 1.5).name == "blur σ=1.5" and through_resolution(clean, 8).name == "through 8×8"
+    assert _sharpness(blurred(clean, 1.5).x) < _sharpness(blurred(clean, 0.5).x) < _sharpness(clean.x)
+    assert _sharpness(through_resolution(clean, 8).x) < _sharpness(through_resolution(clean, 16).x)
 
 
 def test_figures_are_written_as_png(tmp_path: Path) -> None:

@@ -159,3 +159,27 @@ def test_random_shift_translates_and_keeps_shape() -> None:
     positions = {tuple(torch.nonzero(image[0])[0].tolist()) for image in shifted}
     assert len(positions) > 5 and all(1 <= r <= 5 and 1 <= c <= 5 for r, c in positions)
     assert torch.equal(random_shift(images, 0), images)
+
+
+def test_random_blur_matches_a_gaussian_per_image_and_keeps_each_peak() -> None:
+    from scipy.ndimage import gaussian_filter
+
+    from agent.research.training import random_blur
+
+    torch.manual_seed(0)
+    images = torch.zeros(32, 1, 15, 15)
+    images[:, 0, 7, 7] = torch.linspace(0.5, 1.0, 32)  # one bright pixel: its blur is the kernel itself
+    blurred = random_blur(images, 1.5)
+    assert blurred.shape == images.shape
+    torch.testing.assert_close(blurred.amax(dim=(1, 2, 3)), images.amax(dim=(1, 2, 3)))
+    widths = []
+    for image, original in zip(blurred, images, strict=True):
+        profile = image[0, 7] / original.max()
+        # the σ that scipy's Gaussian needs to give the same centre-to-neighbour ratio
+        sigma = float(np.sqrt(-0.5 / np.log(max(float(profile[8]), 1e-30))))
+        reference = gaussian_filter(original[0].numpy(), sigma, mode="constant", truncate=4.5)
+        np.testing.assert_allclose(image[0].numpy(), reference * (original.max().item() / reference.max()), atol=2e-3)
+        widths.append(sigma)
+    assert 0.0 <= min(widths) < 0.6 and 1.0 < max(widths) <= 1.5  # σ drawn over [0, 1.5]
+    nearly_sharp = random_blur(images, 1e-4)
+    torch.testing.assert_close(nearly_sharp, images)

@@ -52,3 +52,36 @@ def shifted_sets(model: nn.Module, clean: EvalSet, epsilon: float, seed: int) ->
         rotated(clean),
         fgsm_set(model, clean, epsilon),
     ]
+
+
+# --- sharpness: the same writers, less detail (issue #10's covariate-shift collapse) -----------
+
+
+def blurred(clean: EvalSet, sigma: float) -> EvalSet:
+    """Each digit under a Gaussian blur of `sigma` pixels, peak ink rescaled to MNIST's 1.0."""
+    from scipy.ndimage import gaussian_filter  # scikit-learn's dependency, in the bench extra
+
+    x = gaussian_filter(clean.x, sigma=(0, 0, sigma, sigma)).astype(np.float32)
+    peak = x.max(axis=(-2, -1), keepdims=True)
+    return EvalSet(f"blur σ={sigma:g}", np.where(peak > 0, x / np.maximum(peak, 1e-12), x), clean.y)
+
+
+def through_resolution(clean: EvalSet, side: int) -> EvalSet:
+    """Each digit's ink box squared, averaged down to `side`×`side` pixels, then framed again by
+    `mnist_frame`: the path scikit-learn's 8×8 digits take into the model, applied to MNIST."""
+    from PIL import Image
+
+    from agent.research.natural_sets import mnist_frame
+
+    def degrade(image: np.ndarray) -> np.ndarray:
+        rows, cols = np.flatnonzero(image.any(axis=1)), np.flatnonzero(image.any(axis=0))
+        ink = image[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        height, width = ink.shape
+        square = np.zeros((max(height, width),) * 2, dtype=np.float32)
+        top, left = (len(square) - height) // 2, (len(square) - width) // 2
+        square[top : top + height, left : left + width] = ink
+        small = np.asarray(Image.fromarray(square).resize((side, side), Image.Resampling.BOX))
+        return mnist_frame(small)
+
+    x = np.stack([degrade(image[0]) for image in clean.x])[:, None]
+    return EvalSet(f"through {side}×{side}", x, clean.y)
