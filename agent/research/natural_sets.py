@@ -124,11 +124,12 @@ def mnist_frame(image: np.ndarray) -> np.ndarray:
     array = np.asarray(image, dtype=np.float32)
     if array.ndim != 2 or not np.isfinite(array).all() or array.max(initial=0.0) <= 0.0:
         raise DataError("mnist_frame needs a finite 2-D image with some ink (values > 0)")
-    box = _fit_box(_crop_to_ink(np.clip(array, 0.0, None)))
+    box = _fit_box(crop_to_ink(np.clip(array, 0.0, None)))
     return _centre_by_mass(box)
 
 
-def _crop_to_ink(array: np.ndarray) -> np.ndarray:
+def crop_to_ink(array: np.ndarray) -> np.ndarray:
+    """The smallest box holding every non-zero pixel of a 2-D image."""
     rows = np.flatnonzero(array.any(axis=1))
     cols = np.flatnonzero(array.any(axis=0))
     return array[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]

@@ -65,8 +65,9 @@ def reference_version(options: TrainOptions) -> str:
     return version
 
 
-def _reference_model(root: Path, test_size: int) -> tuple[nn.Module, str, Split]:
-    """The model, version and calibration split of an MNIST reference bundle, for refitting."""
+def reference_model(root: Path, test_size: int) -> tuple[nn.Module, str, Split]:
+    """The model, version and calibration split of an MNIST reference bundle (for refitting, and for
+    benchmarks that evaluate its model on the evaluation split)."""
     bundle = verify_bundle(root)
     bundle.close()
     if bundle.manifest.calibration.source != "mnist:t10k" or not bundle.manifest.calibration.source_indices:
@@ -105,7 +106,7 @@ def train_reference_mnist(
         model = train_classifier(mnist_model.build_model(), x_train, y_train, train_options)
         split = draw_split(len(data.x_test), train_options.seed)
     else:
-        model, version, split = _reference_model(refit, len(data.x_test))
+        model, version, split = reference_model(refit, len(data.x_test))
     if index_size is not None and index_size > len(x_train):
         progress = fit_options.progress if fit_options else True
         x_train, y_train = with_variants(x_train, y_train, index_size, train_options.seed, progress)

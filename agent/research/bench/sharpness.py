@@ -18,17 +18,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from agent.engine.bundle import verify_bundle
 from agent.errors import ConfigError
-from agent.research.bench.perturbations import blurred, through_resolution
+from agent.research.bench.perturbations import blurred, thickened, through_resolution
 from agent.research.bench.reports import save_report
 from agent.research.datasets import load_mnist
 from agent.research.evalset import EvalSet
 from agent.research.natural_sets import font_digits, sklearn_digits
-from agent.research.reference import calibration_split
+from agent.research.reference import reference_model
 
 BLUR_SIGMAS = (0.5, 1.0, 1.5)
 RESOLUTIONS = (16, 12, 8)
@@ -44,13 +42,6 @@ class SharpnessOptions:
     def command(self) -> str:
         bundles = " ".join(f"--artifacts {bundle}" for bundle in self.bundles)
         return f"dknn-agent bench sharpness {bundles} --count {self.count} --out {self.out_dir}"
-
-
-def thickened(clean: EvalSet) -> EvalSet:
-    """Strokes one pixel thicker (a 2×2 grey dilation): more ink at the same sharpness."""
-    from scipy.ndimage import grey_dilation
-
-    return EvalSet("thicker strokes", grey_dilation(clean.x, size=(1, 1, 2, 2)).astype(np.float32), clean.y)
 
 
 def evaluation_sets(clean: EvalSet) -> list[EvalSet]:
@@ -82,17 +73,11 @@ def run_sharpness(options: SharpnessOptions) -> dict[str, Any]:
     accuracy: dict[str, dict[str, float]] = {}
     sets: list[EvalSet] = []
     for root in options.bundles:
-        bundle = verify_bundle(root)
-        try:
-            model = bundle.build_model().eval()
-            manifest = bundle.manifest
-        finally:
-            bundle.close()
+        model, version, split = reference_model(root, len(mnist.x_test))
         if not sets:  # every bundle on the same inputs: the first bundle's evaluation rows
-            rows = calibration_split(manifest, len(mnist.x_test)).evaluation[: options.count]
+            rows = split.evaluation[: options.count]
             sets = evaluation_sets(EvalSet("MNIST", mnist.x_test[rows], mnist.y_test[rows]))
-        label = f"{manifest.model.name} {manifest.model.version}"
-        accuracy[label] = {data.name: round(100 * model_accuracy(model, data), 1) for data in sets}
+        accuracy[version] = {data.name: round(100 * model_accuracy(model.eval(), data), 1) for data in sets}
     result = {
         "benchmark": "sharpness",
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
