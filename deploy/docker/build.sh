@@ -54,6 +54,11 @@ docker version >/dev/null 2>&1 || { say "no Docker daemon (DOCKER_HOST=${DOCKER_
 py="$CACHE/py"
 [ -x "$py/bin/python" ] || python3 -m venv "$py"
 "$py/bin/python" -m pip install -q --upgrade wheel
+# The agent's own wheel is built on every run, from the code as it is now, with the same portable
+# baseline for its compiled module (setup.py reads DKNN_COMPILER_ARGS).
+agent_wheel="$CACHE/agent-wheel"
+rm -rf "$agent_wheel" && mkdir -p "$agent_wheel"
+DKNN_COMPILER_ARGS="-march=$ANNOY_MARCH -mtune=generic" "$py/bin/python" -m pip wheel -q --no-deps -w "$agent_wheel" "$ROOT"
 key=$(cat "$ROOT/pyproject.toml" "$HERE/slim_torch.py" <(echo "$TORCH_VERSION $ANNOY_VERSION $ANNOY_MARCH ${TORCH_INDEX_URL:-}") | sha256sum | cut -c1-16)
 wheels="$CACHE/wheels-$key"
 if [ ! -f "$wheels/.done" ]; then
@@ -72,20 +77,14 @@ if [ ! -f "$wheels/.done" ]; then
   # Annoy's setup.py adds -march=native on x86-64; ANNOY_COMPILER_ARGS replaces its flags.
   ANNOY_COMPILER_ARGS="-D_CRT_SECURE_NO_WARNINGS,-fpermissive,-O3,-ffast-math,-fno-associative-math,-DANNOYLIB_MULTITHREADED_BUILD,-std=c++14,-march=$ANNOY_MARCH,-mtune=generic" \
     "$py/bin/python" -m pip wheel -q --no-deps --no-binary annoy --no-cache-dir -w "$wheels" "annoy==$ANNOY_VERSION"
-  "$py/bin/python" -m pip wheel -q --no-deps -w "$wheels" "$ROOT" # only to resolve its dependencies below
   printf '%s\nannoy==%s\n' "$torch_pin" "$ANNOY_VERSION" >"$CACHE/constraints.txt"
   # Everything else the agent needs, as wheels; torch and annoy resolve to the ones above.
   "$py/bin/python" -m pip download -q --only-binary :all: --find-links "$wheels" -c "$CACHE/constraints.txt" \
-    -d "$wheels" "$wheels"/dknn_agent-*.whl
+    -d "$wheels" "$agent_wheel"/dknn_agent-*.whl
   if ls "$wheels" | grep -Ei '^(nvidia|triton|cuda)'; then say "CUDA wheels in the wheelhouse"; exit 1; fi
-  rm "$wheels"/dknn_agent-*.whl # the wheelhouse is keyed by the dependencies, not by the agent's code
+  rm -f "$wheels"/dknn_agent-*.whl # the wheelhouse is keyed by the dependencies, not by the agent's code
   touch "$wheels/.done"
 fi
-# The agent's own wheel is built on every run, from the code as it is now, with the same portable
-# baseline for its compiled module (setup.py reads DKNN_COMPILER_ARGS).
-agent_wheel="$CACHE/agent-wheel"
-rm -rf "$agent_wheel" && mkdir -p "$agent_wheel"
-DKNN_COMPILER_ARGS="-march=$ANNOY_MARCH -mtune=generic" "$py/bin/python" -m pip wheel -q --no-deps -w "$agent_wheel" "$ROOT"
 # No AVX in Annoy's search, neither in annoy's module nor in the agent's: the image must run on
 # any x86-64 the cluster has.
 for wheel in "$wheels"/annoy-*.whl "$agent_wheel"/dknn_agent-*.whl; do
