@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from agent.cli.options import parse_seeds, split_list
@@ -50,26 +51,36 @@ def register(commands: argparse._SubParsersAction) -> None:
         "cross-entropy, and cross-entropy − W × SNNL — fit both bundles, run the extended quality benchmark "
         "on each (annoy backend) and compare DkNN credibility's AUROC and FPR@95%TPR on every shifted and "
         "adversarial set. Bundles are cached in --work-dir, one per training configuration, and reused. "
-        "Per-model tables and plots go to OUT/NAME/, the comparison to OUT/NAME.{json,md}.",
+        "Per-model tables and plots go to OUT/NAME/, the comparison to OUT/NAME.{json,md}. "
+        "--adopted compares the reference configuration the project adopted (train-reference's defaults: SNNL, "
+        "blur augmentation, the distance-aware fit over relu3 and logits) with the previous one (the plain model, "
+        "the paper's DkNN), natural sets included.",
     )
     study.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default: 0,1,2)")
     study.add_argument("--epochs", type=int, default=10, help="training epochs for both conditions (default: 10)")
-    study.add_argument("--snnl-weight", type=float, default=1.0, help="W in CE − W × Σ SNNL (default: 1)")
-    study.add_argument("--snnl-temperature", type=float, default=0.1, help="SNNL temperature (default: 0.1)")
+    study.add_argument("--snnl-weight", type=float, default=None, help="W in CE − W × Σ SNNL (default: 1)")
+    study.add_argument("--snnl-temperature", type=float, default=None, help="SNNL temperature (default: 0.1)")
     study.add_argument(
         "--snnl-distance",
         choices=["euclidean", "cosine"],
-        default="cosine",
+        default=None,
         help="distance inside the SNNL (default: cosine, scale invariant)",
     )
-    study.add_argument("--snnl-layers", default="relu1,relu2,relu3", help="layers the SNNL term acts on")
+    study.add_argument("--snnl-layers", default=None, help="layers the SNNL term acts on (default: relu1,relu2,relu3)")
+    study.add_argument(
+        "--adopted",
+        action="store_true",
+        help="the adopted reference configuration against the previous reference (no --snnl-* options)",
+    )
     study.add_argument("--work-dir", type=Path, default=Path("artifacts/snnl-study"), help="where the bundles are kept")
     study.add_argument("--data", type=Path, default=None, help="MNIST IDX directory (default: the shared copy)")
     study.add_argument("--out", type=Path, default=Path("docs/results"))
     study.add_argument("--limit", type=int, default=None, help="evaluation points per model (default: all 9,250)")
     study.add_argument("--retrain", action="store_true", help="ignore cached bundles")
     study.add_argument(
-        "--name", default="snnl-study", help="results name: OUT/NAME.{json,md} and OUT/NAME/ (default: snnl-study)"
+        "--name",
+        default=None,
+        help="results name: OUT/NAME.{json,md} and OUT/NAME/ (default: snnl-study; with --adopted: adopted-study)",
     )
     study.set_defaults(handler=_snnl_study)
 
@@ -189,20 +200,26 @@ def _quality(args: argparse.Namespace) -> int:
 
 def _snnl_study(args: argparse.Namespace) -> int:
     from agent.research.bench.snnl_study import StudyOptions, run_study
+    from agent.research.reference import REFERENCE_TRAINING
     from agent.research.training import TrainOptions
 
     seeds = parse_seeds(args.seeds)
-    layers = split_list(args.snnl_layers)
-    if args.epochs < 1 or args.snnl_weight <= 0 or args.snnl_temperature <= 0 or not layers:
+    snnl_given = [args.snnl_weight, args.snnl_temperature, args.snnl_distance, args.snnl_layers]
+    if args.adopted:
+        if any(value is not None for value in snnl_given):
+            raise ConfigError("--adopted trains the adopted configuration; leave out the --snnl-* options")
+        training = replace(REFERENCE_TRAINING, epochs=args.epochs)
+    else:
+        training = TrainOptions(
+            epochs=args.epochs,
+            shift_px=2,
+            snnl_weight=1.0 if args.snnl_weight is None else args.snnl_weight,
+            snnl_temperature=0.1 if args.snnl_temperature is None else args.snnl_temperature,
+            snnl_distance=args.snnl_distance or "cosine",
+            snnl_layers=tuple(split_list(args.snnl_layers or "relu1,relu2,relu3")),
+        )
+    if training.epochs < 1 or training.snnl_weight <= 0 or training.snnl_temperature <= 0 or not training.snnl_layers:
         raise ConfigError("--epochs ≥ 1, --snnl-weight > 0, --snnl-temperature > 0 and at least one --snnl-layers")
-    training = TrainOptions(
-        epochs=args.epochs,
-        shift_px=2,
-        snnl_weight=args.snnl_weight,
-        snnl_temperature=args.snnl_temperature,
-        snnl_distance=args.snnl_distance,
-        snnl_layers=layers,
-    )
     run_study(
         StudyOptions(
             seeds=seeds,
@@ -212,7 +229,8 @@ def _snnl_study(args: argparse.Namespace) -> int:
             data_dir=args.data,
             limit=args.limit,
             retrain=args.retrain,
-            name=args.name,
+            name=args.name or ("adopted-study" if args.adopted else "snnl-study"),
+            adopted=args.adopted,
         )
     )
     return 0

@@ -37,11 +37,13 @@ def nonconformity(neighbor_labels: np.ndarray, num_classes: int) -> np.ndarray:
     return (num_layers * k - votes).astype(np.int64)
 
 
-def distance_statistic(neighbor_distances: np.ndarray, statistic: str) -> np.ndarray:
-    """`(n, L, k)` Euclidean distances (+inf = missing) -> `(n, L)`: the mean of the k, or the k-th."""
+def distance_statistic(neighbor_distances: np.ndarray, statistic: str, neighbors: int | None = None) -> np.ndarray:
+    """`(n, L, k)` Euclidean distances, nearest first (+inf = missing) -> `(n, L)`: over the nearest
+    `neighbors` (None: all k), their mean or the farthest of them."""
+    nearest = neighbor_distances[:, :, : neighbors or neighbor_distances.shape[2]]
     if statistic == "kth":
-        return neighbor_distances[:, :, -1].astype(np.float64)
-    return neighbor_distances.astype(np.float64).mean(axis=2)
+        return nearest[:, :, -1].astype(np.float64)
+    return nearest.astype(np.float64).mean(axis=2)
 
 
 def distance_penalty(distance: np.ndarray, reference_sorted: np.ndarray, weight: int, tail: float = 0.0) -> np.ndarray:

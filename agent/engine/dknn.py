@@ -164,7 +164,9 @@ class DkNN:
         alpha = conformal.nonconformity(neighbor_labels[:, self._label_rows], self.num_classes)
         if self.distance_reference is not None:
             spec = self.manifest.nonconformity
-            distance = conformal.distance_statistic(neighbor_distances[:, self._distance_rows], spec.distance_statistic)
+            distance = conformal.distance_statistic(
+                neighbor_distances[:, self._distance_rows], spec.distance_statistic, spec.distance_neighbors
+            )
             penalty = conformal.distance_penalty(
                 distance, self.distance_reference, spec.distance_weight, spec.distance_tail
             )

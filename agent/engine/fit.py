@@ -265,7 +265,7 @@ def _calibrate(
 
 
 def _distance_reference(scorer: DkNN, draft: Manifest, train_x: np.ndarray, options: FitOptions) -> np.ndarray:
-    """The k-NN distance statistic (mean or k-th) per distance layer of a seeded sample of training points, each queried
+    """The k-NN distance statistic (mean or farthest of the nearest m) per distance layer of a seeded sample of training points, each queried
     for k + 1 neighbours with itself dropped — so the reference, like a new input, is measured
     against the other training points, and is fixed before calibration (which keeps α a fixed
     function of x and j, and the p-values conformal)."""
@@ -286,7 +286,10 @@ def _distance_reference(scorer: DkNN, draft: Manifest, train_x: np.ndarray, opti
             keep = np.ones_like(itself)
             keep[np.arange(len(keep)), drop] = False
             per_layer.append(distances[keep].reshape(len(keep), 1, draft.k))
-        per_batch.append(distance_statistic(np.concatenate(per_layer, axis=1), draft.nonconformity.distance_statistic))
+        spec = draft.nonconformity
+        per_batch.append(
+            distance_statistic(np.concatenate(per_layer, axis=1), spec.distance_statistic, spec.distance_neighbors)
+        )
     return np.concatenate(per_batch)
 
 

@@ -110,7 +110,8 @@ class NonconformitySpec(_Frozen):
     - `labels`: the DkNN paper's — neighbours, over the voting layers, whose label is not j;
     - `labels+distance`: the same plus, per distance layer, floor(w · t(r_l(x))), where r_l(x) is the
       fraction of a reference sample of training points (each queried without itself) whose k-NN
-      distance statistic (mean of the k, or the k-th) at that layer is below x's, and
+      distance statistic (over the nearest m ≤ k neighbours: their mean, or the m-th) at that
+      layer is below x's, and
       t(r) = max(0, r − q) / (1 − q) keeps only the tail above q. The term is the same for every j:
       it moves credibility, never the prediction. Integers either way, so α keeps at most
       L·(k + w) + 1 values.
@@ -123,6 +124,7 @@ class NonconformitySpec(_Frozen):
     distance_reference_size: int = Field(0, ge=0, le=1_000_000)
     distance_statistic: Literal["mean", "kth"] = "mean"
     distance_tail: float = Field(0.0, ge=0.0, lt=1.0, description="q: only ranks above it count")
+    distance_neighbors: int | None = Field(None, ge=1, le=MAX_K, description="m: the nearest m count; None: all k")
 
     @model_validator(mode="after")
     def _consistent(self) -> NonconformitySpec:
@@ -165,6 +167,8 @@ class Manifest(_Frozen):
             unknown = sorted(set(chosen or ()) - names)
             if unknown:
                 raise ValueError(f"nonconformity names layers that are not tapped: {unknown}")
+        if (self.nonconformity.distance_neighbors or 0) > self.k:
+            raise ValueError(f"distance_neighbors {self.nonconformity.distance_neighbors} exceeds k = {self.k}")
         return self
 
     @property

@@ -94,6 +94,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# What `train-reference mnist --epochs 1 --train-size 1000` writes with the adopted defaults.
+SMOKE_VERSION = "seed0-e1-blur1.5-snnl1-euclidean-T100-relu1+relu2+relu3-n1000"
+SMOKE_LAYERS = ["relu3", "logits"]
+
+
 @dataclass(frozen=True)
 class SmokeBundle:
     """The MNIST reference bundle trained on a tiny budget, and the command's own output."""

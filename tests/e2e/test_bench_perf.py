@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import explain, run_cli
+from tests.e2e.conftest import SMOKE_LAYERS, explain, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,7 @@ def test_bench_perf(mnist_bundle: Path, tmp_path: Path) -> None:
     assert report["benchmark"] == "perf" and report["inputs"] == 128 and report["exact_inputs"] == 64
     assert set(report["rates"]) == {"plain forward pass", "scoring annoy", "scoring exact"}
     assert all(rate > 0 for rate in report["rates"].values())
-    layers = ["relu1", "relu2", "relu3", "logits"]
+    layers = SMOKE_LAYERS
     expected_stages = {"decode", "activations", "conformal", "encode outputs"}
     expected_stages |= {f"{stage} {layer}" for stage in ("preprocess", "knn") for layer in layers}
     assert set(report["stages"]) == expected_stages

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import explain, run_cli
+from tests.e2e.conftest import SMOKE_VERSION, explain, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -31,14 +31,14 @@ def test_bench_stream(mnist_bundle: Path, kafka_broker: str, tmp_path: Path) -> 
         timeout=400,
     )
     assert result.returncode == 0, explain(result)
-    assert "# Stream: mnist-cnn seed0-e1-n1000" in result.stdout, explain(result)
+    assert f"# Stream: mnist-cnn {SMOKE_VERSION}" in result.stdout, explain(result)
     assert re.search(r"^\| [\d,.]+ \| [\d,.]+ \| \d+% \| 300 / 300 \|( [\d,.]+ \|){5}$", result.stdout, re.M), explain(
         result
     )  # the one row of numbers: every event has its score record
     saved = re.search(r"^saved (\S+\.json) and (\S+\.md)$", result.stdout, re.M)
     assert saved and Path(saved.group(1)).parent == tmp_path and Path(saved.group(2)).is_file(), explain(result)
     report = json.loads(Path(saved.group(1)).read_text())
-    assert report["benchmark"] == "stream" and report["bundle"] == {"model": "mnist-cnn", "version": "seed0-e1-n1000"}
+    assert report["benchmark"] == "stream" and report["bundle"] == {"model": "mnist-cnn", "version": SMOKE_VERSION}
     assert report["throughput_events"] == 300 and report["latency_events"] == 100
     assert report["throughput_events_per_s"] > 0 and set(report["latency_ms"]) == {"p50", "p90", "p99", "max"}
     assert report["throughput_events_scored"] == 300 and report["scoring_only_events_per_s"] > 0

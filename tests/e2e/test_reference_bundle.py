@@ -16,21 +16,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import Digits, SmokeBundle, explain, run_cli
+from tests.e2e.conftest import SMOKE_LAYERS, SMOKE_VERSION, Digits, SmokeBundle, explain, run_cli
 
 pytestmark = pytest.mark.slow
 
-LAYERS = ["relu1", "relu2", "relu3", "logits"]
+LAYERS = SMOKE_LAYERS
 
 
 def test_train_reference_writes_a_bundle(mnist_smoke: SmokeBundle) -> None:
     result, path = mnist_smoke.result, mnist_smoke.path
-    assert result.stdout.strip() == f"wrote {path} (mnist-cnn seed0-e1-n1000, layers {', '.join(LAYERS)})", explain(
+    assert result.stdout.strip() == f"wrote {path} (mnist-cnn {SMOKE_VERSION}, layers {', '.join(LAYERS)})", explain(
         result
     )
     assert "Traceback" not in result.stderr, explain(result)
     manifest = json.loads((path / "manifest.json").read_text())
-    assert manifest["model"]["name"] == "mnist-cnn" and manifest["model"]["version"] == "seed0-e1-n1000"
+    assert manifest["model"]["name"] == "mnist-cnn" and manifest["model"]["version"] == SMOKE_VERSION
     assert manifest["model"]["factory"] == "agent.research.models.mnist:build_model"
     assert [layer["name"] for layer in manifest["layers"]] == LAYERS
     assert manifest["k"] == 75 and manifest["train"]["size"] == 1000 and manifest["calibration"]["size"] == 750
@@ -47,7 +47,7 @@ def test_info_verifies_and_describes_the_bundle(mnist_bundle: Path) -> None:
     )
     digest = "sha256:" + hashlib.sha256((mnist_bundle / "manifest.json").read_bytes()).hexdigest()
     assert lines[1].startswith(f"digest     {digest}")  # what --bundle-digest / DKNN_BUNDLE_DIGEST pin
-    assert lines[2].startswith("model      mnist-cnn seed0-e1-n1000 via agent.research.models.mnist:build_model")
+    assert lines[2].startswith(f"model      mnist-cnn {SMOKE_VERSION} via agent.research.models.mnist:build_model")
     assert lines[2].endswith("10 classes")
     assert lines[3] == "factory    trusted by default"
     assert "input      float32 [1, 28, 28]" in result.stdout
@@ -55,7 +55,7 @@ def test_info_verifies_and_describes_the_bundle(mnist_bundle: Path) -> None:
     assert "train      1000 points" in result.stdout and "calibrate  750 points" in result.stdout
     layer_lines = [line.split() for line in lines if line.startswith("layer ")]
     assert [fields[1] for fields in layer_lines] == LAYERS, explain(result)
-    assert layer_lines[0][2:6] == ["12544", "->", "32", "pca:32"], explain(result)
+    assert layer_lines[0][2:6] == ["128", "->", "32", "l2+pca:32"], explain(result)
     # each layer's search_k was chosen at fit time, with the recall it measured
     assert all(re.fullmatch(r"search_k=\d+", fields[6]) for fields in layer_lines), explain(result)
     assert all(fields[7] == "recall@k" for fields in layer_lines), explain(result)
@@ -113,7 +113,7 @@ def test_demo_table(mnist_bundle: Path) -> None:
     result = run_cli("demo", "--artifacts", mnist_bundle, "--count", "50", timeout=300)
     assert result.returncode == 0, explain(result)
     lines = result.stdout.splitlines()
-    assert lines[0].startswith(f"bundle {mnist_bundle}: mnist-cnn seed0-e1-n1000, k=75"), explain(result)
+    assert lines[0].startswith(f"bundle {mnist_bundle}: mnist-cnn {SMOKE_VERSION}, k=75"), explain(result)
     header = next(i for i, line in enumerate(lines) if line.startswith("set"))
     assert lines[header].split() == ["set", "n", "model", "acc", "DkNN", "acc", "mean", "cred", "quarantined"]
     rows = [line.split() for line in lines[header + 1 : header + 5]]
@@ -131,7 +131,7 @@ def test_bench_quality(mnist_bundle: Path, tmp_path: Path) -> None:
     """`make bench-quality` without --extended (BIM / PGD and the baselines take a minute more)."""
     result = run_cli("bench", "quality", "--artifacts", mnist_bundle, "--out", tmp_path, "--limit", "100", timeout=400)
     assert result.returncode == 0, explain(result)
-    assert "# Quality: mnist-cnn seed0-e1-n1000" in result.stdout
+    assert f"# Quality: mnist-cnn {SMOKE_VERSION}" in result.stdout
     for backend in ("annoy", "exact"):
         for name in ("clean", "noise", "rotated", "fgsm"):
             assert re.search(rf"^\| {backend} \| {name} \| 100 \|", result.stdout, re.M), (backend, name)

@@ -10,7 +10,7 @@ import numpy as np
 from agent.runtime.events import encode_event
 from connectors.file import read_sink_file
 from tests.conftest import TinyProblem
-from tests.e2e.conftest import Digits, explain, run_cli, summaries
+from tests.e2e.conftest import SMOKE_LAYERS, Digits, explain, run_cli, summaries
 
 
 def test_run_on_files_routes_every_event(tiny_bundle: Path, tiny_problem: TinyProblem, tmp_path: Path) -> None:
@@ -114,7 +114,7 @@ def test_run_on_files_with_the_mnist_smoke_bundle(mnist_bundle: Path, mnist_digi
     assert [json.loads(h["value"])["event"]["event_id"] for h in held] == quarantined
     for h in held:
         record = json.loads(h["value"])["dknn"]
-        assert record["verdict"] == "quarantined" and set(record["neighbors"]) == {"relu1", "relu2", "relu3", "logits"}
+        assert record["verdict"] == "quarantined" and set(record["neighbors"]) == set(SMOKE_LAYERS)
 
     final = summaries(result.stderr)[-1]  # printed at exit
     assert final["events"] == 51 and final["scored"] == 48 and final["dead"] == 3, explain(result)

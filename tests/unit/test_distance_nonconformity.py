@@ -28,6 +28,7 @@ KTH_TAIL = NonconformitySpec(
     distance_reference_size=200,
     distance_statistic="kth",
     distance_tail=0.5,
+    distance_neighbors=3,
 )
 
 
@@ -50,6 +51,19 @@ def test_distance_statistic_is_the_mean_or_the_kth() -> None:
     distances = np.array([[[1.0, 2.0, 6.0]], [[1.0, 1.0, np.inf]]])
     np.testing.assert_array_equal(conformal.distance_statistic(distances, "mean"), [[3.0], [np.inf]])
     np.testing.assert_array_equal(conformal.distance_statistic(distances, "kth"), [[6.0], [np.inf]])
+
+
+def test_distance_statistic_can_read_only_the_nearest_neighbours() -> None:
+    distances = np.array([[[1.0, 2.0, 6.0]], [[1.0, 1.0, np.inf]]])
+    np.testing.assert_array_equal(conformal.distance_statistic(distances, "mean", 2), [[1.5], [1.0]])
+    np.testing.assert_array_equal(conformal.distance_statistic(distances, "kth", 1), [[1.0], [1.0]])
+
+
+def test_more_distance_neighbours_than_k_are_refused(tiny_bundle: Path) -> None:
+    document = json.loads((tiny_bundle / "manifest.json").read_text())
+    document["nonconformity"] = DISTANCE.model_copy(update={"distance_neighbors": document["k"] + 1}).model_dump()
+    with pytest.raises(ValueError, match="exceeds k"):
+        Manifest.model_validate(document)
 
 
 def test_the_spec_refuses_half_configured_distance() -> None:

@@ -1,13 +1,40 @@
-"""`train-reference --refit`: only an MNIST reference bundle's model can be refitted."""
+"""`train-reference`: its defaults are the adopted configuration, and only an MNIST reference
+bundle's model can be refitted."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from agent.cli import build_parser
+from agent.cli.bundle_commands import fit_options, reference_training
+from agent.engine.manifest import NonconformitySpec
 from agent.errors import ConfigError
-from agent.research.reference import train_reference_mnist
+from agent.research.reference import REFERENCE_NONCONFORMITY, REFERENCE_TRAINING, train_reference_mnist
+
+
+def parse(*options: str):
+    return build_parser().parse_args(["train-reference", "mnist", "--out", "x", *options])
+
+
+def test_the_commands_defaults_are_the_adopted_configuration() -> None:
+    args = parse()
+    assert reference_training(args) == REFERENCE_TRAINING
+    assert fit_options(args, REFERENCE_NONCONFORMITY).nonconformity == REFERENCE_NONCONFORMITY
+
+
+def test_options_change_only_what_they_name() -> None:
+    args = parse("--snnl-weight", "0", "--blur-sigma", "0", "--seed", "3")
+    assert reference_training(args) == replace(REFERENCE_TRAINING, snnl_weight=0.0, blur_sigma=0.0, seed=3)
+    explicit = parse("--nonconformity", "labels")
+    assert fit_options(explicit, REFERENCE_NONCONFORMITY).nonconformity == NonconformitySpec()
+
+
+def test_distance_options_need_an_explicit_nonconformity() -> None:
+    with pytest.raises(ConfigError, match="explicit --nonconformity"):
+        fit_options(parse("--distance-weight", "5"), REFERENCE_NONCONFORMITY)
 
 
 def test_refit_refuses_a_bundle_that_is_not_an_mnist_reference(tiny_bundle: Path, tmp_path: Path) -> None:

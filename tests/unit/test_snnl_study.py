@@ -8,7 +8,16 @@ import pytest
 
 from agent.errors import ConfigError
 from agent.research.bench.quality import QualityOptions, run_quality
-from agent.research.bench.snnl_study import StudyOptions, compare, condition_options, markdown
+from agent.research.bench.snnl_study import (
+    ADOPTED_FIT,
+    PAPER_FIT,
+    StudyOptions,
+    compare,
+    condition_fit,
+    condition_options,
+    markdown,
+)
+from agent.research.reference import REFERENCE_TRAINING
 
 
 def run(auroc: float, accuracy: float) -> dict:
@@ -16,13 +25,24 @@ def run(auroc: float, accuracy: float) -> dict:
         "model_accuracy": accuracy,
         "dknn_accuracy": accuracy - 0.001,
         "mean_credibility_correct": 0.6,
+        "validity": {"0.05": 0.04, "0.1": 0.09, "0.2": 0.19},
         "sets": {
             "fgsm": {
                 "auroc_credibility": auroc,
                 "fpr95_credibility": 1 - auroc,
+                "tpr1_credibility": auroc / 2,
                 "auroc_softmax": 0.9,
+                "auroc_deep_knn": 0.95,
                 "mean_credibility": 0.1,
                 "model_accuracy": 0.2,
+            }
+        },
+        "covariate": {
+            "sklearn_digits": {
+                "model_accuracy": 0.94,
+                "dknn_accuracy": accuracy - 0.05,
+                "right_vs_wrong_credibility": auroc - 0.05,
+                "right_vs_wrong_softmax": 0.9,
             }
         },
         "snnl": {"relu1": 0.5, "relu2": 0.4},
@@ -58,7 +78,11 @@ def test_compare_pairs_seeds_and_counts_wins() -> None:
     }
     text = markdown(result)
     assert "| fgsm | AUROC credibility | 0.910 ± 0.014 | 0.930 ± 0.028 | +0.020 | 1/2 |" in text
-    assert "| snnl | 1 | 0.500 | 0.400 |" in text
+    assert "| SNNL | 1 | 0.040 | 0.090 | 0.190 | 0.500 | 0.400 |" in text
+    assert "| sklearn_digits | right vs wrong: credibility | 0.860 ± 0.014 | 0.880 ± 0.028 | +0.020 | 1/2 |" in text
+    assert "| fgsm | TPR@1%FPR credibility | 0.455 ± 0.007 | 0.465 ± 0.014 | +0.010 | 1/2 |" in text
+    adopted = markdown(result | {"adopted": True, "training": result["training"] | {"blur_sigma": 1.5}})
+    assert adopted.startswith("# The adopted reference configuration") and "| metric | previous | adopted |" in adopted
 
 
 def test_conditions_differ_only_in_the_snnl_weight() -> None:
@@ -67,6 +91,15 @@ def test_conditions_differ_only_in_the_snnl_weight() -> None:
     assert baseline.snnl_weight == 0 and snnl.snnl_weight == options.training.snnl_weight
     assert {**baseline.__dict__, "snnl_weight": None} == {**snnl.__dict__, "snnl_weight": None}
     assert baseline.seed == snnl.seed == 4
+    assert condition_fit(options, "baseline") == condition_fit(options, "snnl") == PAPER_FIT
+
+
+def test_the_adopted_study_compares_against_the_previous_reference() -> None:
+    options = StudyOptions(training=REFERENCE_TRAINING, adopted=True)
+    baseline, adopted = condition_options(options, "baseline", 1), condition_options(options, "snnl", 1)
+    assert baseline.snnl_weight == 0 and baseline.blur_sigma == 0  # the plain model, as the previous reference
+    assert adopted == REFERENCE_TRAINING.__class__(**{**REFERENCE_TRAINING.__dict__, "seed": 1})
+    assert condition_fit(options, "baseline") == PAPER_FIT and condition_fit(options, "snnl") == ADOPTED_FIT
 
 
 def test_quality_rejects_unknown_backends(tmp_path: Path) -> None:

@@ -8,9 +8,16 @@ ones (AUROC, FPR at 95% TPR), next to the cost in clean accuracy. It also report
 trained model actually reaches on clean evaluation points, so a reader can see the term did
 entangle the representations rather than being ignored.
 
-Bundles are cached under the work directory, one directory per training configuration (named by
-its manifest version), and reused when the manifest matches; ``--retrain`` rebuilds them. So the
-baselines are trained once and shared by studies of different SNNL settings.
+With ``adopted`` the second condition is the configuration the project adopted for its reference
+bundle instead (README "Measured quality"): SNNL and blur augmentation in training, fitted over relu3
+and logits with the distance-aware nonconformity. The baseline is then the previous reference, the
+plain model fitted the paper's way, and the report adds what issue #10 asked of natural data:
+covariate-shift accuracy, right-versus-wrong AUROC, the share of far-OOD inputs quarantined at 1%
+of clean traffic, and conformal validity.
+
+Bundles are cached under the work directory, one directory per training configuration and fit
+(named by its manifest version), and reused when the manifest matches; ``--retrain`` rebuilds them.
+So the baselines are trained once and shared by studies of different SNNL settings.
 """
 
 from __future__ import annotations
@@ -26,11 +33,22 @@ import torch
 
 from agent.engine.bundle import read_manifest
 from agent.engine.dknn import DkNN
+from agent.engine.fit import FitOptions
+from agent.engine.manifest import Manifest
+from agent.engine.taps import ActivationTap
 from agent.errors import BundleError
 from agent.research.bench.quality import QualityOptions, run_quality
 from agent.research.bench.reports import save_report
 from agent.research.datasets import Mnist, load_mnist
-from agent.research.reference import calibration_split, reference_version, train_reference_mnist
+from agent.research.natural_sets import COVARIATE_SHIFT, SET_KINDS
+from agent.research.reference import (
+    PAPER_LAYERS,
+    REFERENCE_LAYERS,
+    REFERENCE_NONCONFORMITY,
+    calibration_split,
+    reference_version,
+    train_reference_mnist,
+)
 from agent.research.snnl import snnl_of_layers
 from agent.research.training import TrainOptions
 
@@ -54,32 +72,67 @@ class StudyOptions:
     limit: int | None = None
     retrain: bool = False
     name: str = "snnl-study"  # OUT/NAME.{json,md} and OUT/NAME/ for the per-model results
+    adopted: bool = False  # the second condition is the adopted reference configuration (training and fit)
+
+
+@dataclass(frozen=True)
+class Fit:
+    """How a condition's bundle is fitted: its layers and nonconformity."""
+
+    layers: dict[str, str]
+    options: FitOptions
+    suffix: str  # added to the bundle's directory name, so two fits of one model never share it
+
+
+PAPER_FIT = Fit(PAPER_LAYERS, FitOptions(), "")
+ADOPTED_FIT = Fit(REFERENCE_LAYERS, FitOptions(nonconformity=REFERENCE_NONCONFORMITY), "-adopted-fit")
 
 
 def condition_options(options: StudyOptions, condition: str, seed: int) -> TrainOptions:
-    """The same training budget for both conditions; only the SNNL weight differs."""
-    weight = options.training.snnl_weight if condition == "snnl" else 0.0
-    return replace(options.training, seed=seed, snnl_weight=weight)
+    """The same training budget for both conditions. The baseline is the plain model: no SNNL and no
+    blur; without `adopted` the study trains without blur, so only the SNNL weight differs."""
+    if condition == "snnl":
+        return replace(options.training, seed=seed)
+    return replace(options.training, seed=seed, snnl_weight=0.0, blur_sigma=0.0)
 
 
-def ensure_bundle(path: Path, training: TrainOptions, options: StudyOptions, mnist: Mnist) -> None:
-    """Train and fit unless `path` already holds a bundle of exactly this training configuration."""
+def condition_fit(options: StudyOptions, condition: str) -> Fit:
+    return ADOPTED_FIT if options.adopted and condition == "snnl" else PAPER_FIT
+
+
+def ensure_bundle(path: Path, training: TrainOptions, fit: Fit, options: StudyOptions, mnist: Mnist) -> None:
+    """Train and fit unless `path` already holds a bundle of exactly this training configuration and fit."""
     if not options.retrain and (path / "manifest.json").is_file():
         try:
-            if read_manifest(path)[0].model.version == reference_version(training):
+            if _matches(read_manifest(path)[0], training, fit):
                 return
         except BundleError:
             pass
-    train_reference_mnist(path, train_options=training, force=True, data=mnist)
+    train_reference_mnist(
+        path, train_options=training, force=True, data=mnist, layers=fit.layers, fit_options=fit.options
+    )
+
+
+def _matches(manifest: Manifest, training: TrainOptions, fit: Fit) -> bool:
+    return (
+        manifest.model.version == reference_version(training)
+        and list(manifest.layer_names) == list(fit.layers)
+        and manifest.nonconformity == fit.options.nonconformity
+    )
 
 
 def measured_snnl(bundle: Path, mnist: Mnist, training: TrainOptions) -> dict[str, float]:
     """SNNL per hidden layer on a fixed sample of clean evaluation points, with the study's distance
-    and temperature: higher means more entangled classes."""
+    and temperature: higher means more entangled classes. The layers are tapped here, since the
+    bundle need not index them."""
     scorer = DkNN.from_bundle(bundle)
     rows = calibration_split(scorer.manifest, len(mnist.x_test)).evaluation
     rows = np.sort(np.random.default_rng(0).choice(rows, size=SNNL_PROBE_SIZE, replace=False))
-    layers = next(iter(scorer.tap.batches(mnist.x_test[rows], SNNL_PROBE_SIZE))).layers
+    tap = ActivationTap(scorer.tap.model, training.snnl_layers)
+    try:
+        layers = next(iter(tap.batches(mnist.x_test[rows], SNNL_PROBE_SIZE))).layers
+    finally:
+        tap.close()
     labels = torch.as_tensor(mnist.y_test[rows], dtype=torch.long)
     probe_layers = {name: torch.as_tensor(layers[name]) for name in training.snnl_layers}
     values = snnl_of_layers(probe_layers, labels, training.snnl_temperature, distance=training.snnl_distance)
@@ -94,15 +147,28 @@ def summarise_run(quality: dict) -> dict:
         "model_accuracy": clean["model_accuracy"],
         "dknn_accuracy": clean["dknn_accuracy"],
         "mean_credibility_correct": clean["mean_credibility_correct"],
+        "validity": body["validity"],
         "sets": {
             name: {
                 "auroc_credibility": per_detector["dknn_credibility"]["auroc"],
                 "fpr95_credibility": per_detector["dknn_credibility"]["fpr_at_95_tpr"],
+                "tpr1_credibility": per_detector["dknn_credibility"]["tpr_at_1_fpr"],
                 "auroc_softmax": per_detector["softmax"]["auroc"],
+                "auroc_deep_knn": per_detector["deep_knn"]["auroc"],
                 "mean_credibility": body["sets"][name]["mean_credibility"],
                 "model_accuracy": body["sets"][name].get("model_accuracy"),
             }
             for name, per_detector in quality["detectors"]["sets"].items()
+        },
+        "covariate": {
+            name: {
+                "model_accuracy": body["sets"][name]["model_accuracy"],
+                "dknn_accuracy": body["sets"][name]["dknn_accuracy"],
+                "right_vs_wrong_credibility": separation["credibility"],
+                "right_vs_wrong_softmax": separation["softmax"],
+            }
+            for name, separation in body["right_vs_wrong"].items()
+            if SET_KINDS.get(name) == COVARIATE_SHIFT
         },
     }
 
@@ -114,10 +180,10 @@ def run_study(options: StudyOptions) -> dict:
     runs: dict[str, dict[str, dict]] = {condition: {} for condition in CONDITIONS}
     for seed in options.seeds:
         for condition in CONDITIONS:
-            training = condition_options(options, condition, seed)
-            bundle = options.work_dir / reference_version(training)  # one directory per configuration
+            training, fit = condition_options(options, condition, seed), condition_fit(options, condition)
+            bundle = options.work_dir / (reference_version(training) + fit.suffix)  # one per configuration
             print(f"== {condition}, seed {seed}: {bundle}", flush=True)
-            ensure_bundle(bundle, training, options, mnist)
+            ensure_bundle(bundle, training, fit, options, mnist)
             quality = run_quality(
                 QualityOptions(
                     artifacts=bundle,
@@ -135,6 +201,7 @@ def run_study(options: StudyOptions) -> dict:
             }
     result = {
         "benchmark": "snnl-study",
+        "adopted": options.adopted,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "seeds": list(options.seeds),
         "limit": options.limit,
@@ -165,22 +232,33 @@ def compare(runs: dict[str, dict[str, dict]], seeds: tuple[int, ...]) -> dict:
             "snnl_better_seeds": int(better.sum()),
         }
 
-    def per_set(name: str, metric: str) -> Callable[[dict[str, Any]], float]:
-        return lambda run: float(run["sets"][name][metric])
+    def pick(*path: str) -> Callable[[dict[str, Any]], float]:
+        def value(run: dict[str, Any]) -> float:
+            for key in path:
+                run = run[key]
+            return float(run)  # type: ignore[arg-type]
 
-    sets = list(runs["baseline"][str(seeds[0])]["sets"])
+        return value
+
+    first = runs["baseline"][str(seeds[0])]
     return {
-        "model_accuracy": paired(lambda run: run["model_accuracy"]),
-        "dknn_accuracy": paired(lambda run: run["dknn_accuracy"]),
-        "mean_credibility_correct": paired(lambda run: run["mean_credibility_correct"]),
+        "model_accuracy": paired(pick("model_accuracy")),
+        "dknn_accuracy": paired(pick("dknn_accuracy")),
+        "mean_credibility_correct": paired(pick("mean_credibility_correct")),
         "sets": {
             name: {
-                "auroc_credibility": paired(per_set(name, "auroc_credibility")),
-                "fpr95_credibility": paired(per_set(name, "fpr95_credibility"), higher_is_better=False),
-                "mean_credibility": paired(per_set(name, "mean_credibility"), higher_is_better=False),
-                "auroc_softmax": paired(per_set(name, "auroc_softmax")),
+                "auroc_credibility": paired(pick("sets", name, "auroc_credibility")),
+                "fpr95_credibility": paired(pick("sets", name, "fpr95_credibility"), higher_is_better=False),
+                "tpr1_credibility": paired(pick("sets", name, "tpr1_credibility")),
+                "mean_credibility": paired(pick("sets", name, "mean_credibility"), higher_is_better=False),
+                "auroc_softmax": paired(pick("sets", name, "auroc_softmax")),
+                "auroc_deep_knn": paired(pick("sets", name, "auroc_deep_knn")),
             }
-            for name in sets
+            for name in first["sets"]
+        },
+        "covariate": {
+            name: {metric: paired(pick("covariate", name, metric)) for metric in metrics}
+            for name, metrics in first["covariate"].items()
         },
     }
 
@@ -190,18 +268,33 @@ def markdown(result: dict) -> str:
     training = result["training"]
     comparison = result["comparison"]
     n = len(seeds)
+    adopted = result.get("adopted", False)
+    base, cand = ("previous", "adopted") if adopted else ("baseline", "SNNL")
+    snnl = (
+        f"loss = CE − {training['snnl_weight']:g} × Σ SNNL over {', '.join(training['snnl_layers'])} "
+        f"({training['snnl_distance']} distance, T = {training['snnl_temperature']:g}"
+        f"{', learned' if training['snnl_learn_temperature'] else ''})"
+    )
+    if adopted:
+        title = "# The adopted reference configuration against the previous reference, seed by seed"
+        conditions = (
+            f"previous: the plain model (cross-entropy) fitted the DkNN paper's way (relu1, relu2, relu3 and logits "
+            f"vote; labels only); adopted: {snnl} and blur augmentation σ ≤ {training['blur_sigma']:g} px, fitted over "
+            "relu3 and logits with the distance-aware nonconformity (docs/design.md §2.2)"
+        )
+    else:
+        title = "# Does entangling help? MNIST reference model with and without SNNL"
+        conditions = f"SNNL condition: {snnl}"
     lines = [
-        "# Does entangling help? MNIST reference model with and without SNNL",
+        title,
         "",
         f"Seeds {', '.join(map(str, seeds))}; {training['epochs']} epochs each, shift augmentation "
-        f"{training['shift_px']} px; SNNL condition: loss = CE − {training['snnl_weight']:g} × Σ SNNL over "
-        f"{', '.join(training['snnl_layers'])} ({training['snnl_distance']} distance, T = {training['snnl_temperature']:g}"
-        f"{', learned' if training['snnl_learn_temperature'] else ''}). "
+        f"{training['shift_px']} px; {conditions}. "
         f"Evaluation: {'all 9,250' if result['limit'] is None else result['limit']} evaluation points per seed, "
-        "annoy backend. Mean ± standard deviation over seeds; Δ = mean paired difference (SNNL − baseline); "
-        f"'SNNL ahead' counts the seeds (of {n}) where SNNL did better.",
+        f"annoy backend. Mean ± standard deviation over seeds; Δ = mean paired difference ({cand} − {base}); "
+        f"'{cand} ahead' counts the seeds (of {n}) where {cand} did better.",
         "",
-        "| metric | baseline | SNNL | Δ | SNNL ahead |",
+        f"| metric | {base} | {cand} | Δ | {cand} ahead |",
         "|---|---|---|---|---|",
     ]
     for label, key, scale in (
@@ -212,33 +305,52 @@ def markdown(result: dict) -> str:
         lines.append(_row(label, comparison[key], scale, n))
     lines += [
         "",
-        "DkNN credibility, clean evaluation points against each set (softmax max-probability AUROC for reference):",
+        "DkNN credibility, clean evaluation points against each set (softmax max-probability and deep-kNN AUROC on "
+        "the same model for reference; TPR@1% = share flagged at the threshold that flags 1% of clean points):",
         "",
-        "| set | metric | baseline | SNNL | Δ | SNNL ahead |",
+        f"| set | metric | {base} | {cand} | Δ | {cand} ahead |",
         "|---|---|---|---|---|---|",
     ]
     for name, metrics in comparison["sets"].items():
         for label, key in (
             ("AUROC credibility", "auroc_credibility"),
             ("FPR@95%TPR credibility", "fpr95_credibility"),
+            ("TPR@1%FPR credibility", "tpr1_credibility"),
             ("mean credibility", "mean_credibility"),
             ("AUROC softmax", "auroc_softmax"),
+            ("AUROC deep-kNN", "auroc_deep_knn"),
         ):
             lines.append(_row(f"{name} | {label}", metrics[key], 1, n))
+    lines += [
+        "",
+        "Covariate shift (digits from other populations): accuracy, and AUROC at telling the model's right answers "
+        "from its wrong ones:",
+        "",
+        f"| set | metric | {base} | {cand} | Δ | {cand} ahead |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, metrics in comparison["covariate"].items():
+        for label, key, scale in (
+            ("model accuracy", "model_accuracy", 100),
+            ("DkNN accuracy", "dknn_accuracy", 100),
+            ("right vs wrong: credibility", "right_vs_wrong_credibility", 1),
+            ("right vs wrong: softmax", "right_vs_wrong_softmax", 1),
+        ):
+            lines.append(_row(f"{name} | {label}", metrics[key], scale, n))
+    taus = list(next(iter(result["runs"]["baseline"].values()))["validity"])
     layers = list(next(iter(result["runs"]["baseline"].values()))["snnl"])
     lines += [
         "",
-        f"SNNL measured on {SNNL_PROBE_SIZE} clean evaluation points (same distance and temperature; "
-        "higher = more entangled):",
+        "Validity: share of clean points whose true-label p-value is ≤ τ (conformal wants ≲ τ), and SNNL measured on "
+        f"{SNNL_PROBE_SIZE} clean evaluation points (same distance and temperature; higher = more entangled):",
         "",
-        "| condition | seed | " + " | ".join(layers) + " |",
-        "|---|---|" + "---|" * len(layers),
+        "| condition | seed | " + " | ".join(f"τ = {tau}" for tau in taus) + " | " + " | ".join(layers) + " |",
+        "|---|---|" + "---|" * (len(taus) + len(layers)),
     ]
     for condition, by_seed in result["runs"].items():
         for seed, run in by_seed.items():
-            lines.append(
-                f"| {condition} | {seed} | " + " | ".join(f"{run['snnl'][layer]:.3f}" for layer in layers) + " |"
-            )
+            cells = [f"{run['validity'][tau]:.3f}" for tau in taus] + [f"{run['snnl'][layer]:.3f}" for layer in layers]
+            lines.append(f"| {base if condition == 'baseline' else cand} | {seed} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
