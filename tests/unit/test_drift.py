@@ -15,6 +15,7 @@ from agent.runtime.drift import (
     ShiryaevRoberts,
     binomial_upper_bound,
     expected_low_credibility_rate,
+    rate_upper_bound,
     log_bet,
 )
 
@@ -107,6 +108,32 @@ def test_the_state_turns_on_under_shift_and_off_after_it() -> None:
     off_at = int(np.argmin(cleared))
     assert not cleared[-1] and off_at < 1500, "off about one window after the shift ends"
     assert state.off_count < state.on_count
+
+
+def test_the_rate_bound_is_wilsons_upper_confidence_bound() -> None:
+    # by hand: (0.5 + 4/200 + 2·sqrt(0.25/100 + 4/40000)) / (1 + 4/100)
+    assert rate_upper_bound(0.5, 100, z=2.0) == pytest.approx(0.598058, abs=1e-6)
+    assert 0.1 < rate_upper_bound(0.1, 750) < rate_upper_bound(0.1, 75) < 1.0
+    assert rate_upper_bound(0.1, 10**9) == pytest.approx(0.1, abs=1e-4)
+    assert rate_upper_bound(0.0, 750) > 0.0  # no flagged calibration point is no proof of a zero rate
+
+
+def test_a_calibration_sample_that_flags_too_little_does_not_turn_the_state_on() -> None:
+    """The reference bundle's calibration flags 9.9% and clean traffic 11.5%: taken as exact, that
+    turned the state on every million clean events; its upper confidence bound does not."""
+    flags = np.random.default_rng(5).random(1_000_000) < 0.115
+    as_exact, bounded = LowCredibilityState(0.0987), LowCredibilityState(rate_upper_bound(0.0987, 750))
+    turned_on = np.diff(as_exact.update(flags).astype(np.int8)) == 1
+    assert turned_on.sum() >= 1
+    assert not bounded.update(flags).any()
+
+
+def test_the_monitor_uses_the_bound_on_its_calibration_rate() -> None:
+    rng = np.random.default_rng(3)
+    alpha, label_free = dknn_like(rng, N_CAL), dknn_like(rng, N_CAL)
+    monitor = DriftMonitor(alpha, label_free, threshold=0.1)
+    rate = expected_low_credibility_rate(alpha, label_free, 0.1)
+    assert monitor.state.expected_rate == pytest.approx(rate_upper_bound(rate, N_CAL))
 
 
 def test_binomial_bound_matches_a_direct_sum() -> None:

@@ -104,8 +104,8 @@ def test_counters_histograms_and_gauges_over_http(served: tuple[Telemetry, Metri
     with telemetry.stage("knn"):
         time.sleep(0.002)
     telemetry.set_lag("inference-events", 3, 42)
-    monitor = DriftMonitor(np.arange(20), np.arange(20), threshold=0.1, arl_events=100.0, window=10)
-    monitor.update(np.full(40, 30), np.ones(40, dtype=bool))  # strange and low-credibility: both signals
+    monitor = DriftMonitor(np.arange(200), np.arange(200), threshold=0.1, arl_events=100.0, window=10)
+    monitor.update(np.full(40, 300), np.ones(40, dtype=bool))  # strange and low-credibility: both signals
     telemetry.set_drift(monitor)
 
     s = scrape(server)
@@ -148,7 +148,7 @@ def test_counters_histograms_and_gauges_over_http(served: tuple[Telemetry, Metri
     telemetry.clear_lag("inference-events", 3)
     telemetry.clear_lag("inference-events", 99)  # unknown: harmless
     alarms = monitor.change.alarms
-    monitor.update(np.full(40, 30), np.ones(40, dtype=bool))
+    monitor.update(np.full(40, 300), np.ones(40, dtype=bool))
     telemetry.set_drift(monitor)  # the counter follows the monitor's alarms, never double-counts
     s = scrape(server)
     assert not any(name == "dknn_consumer_lag_messages" for name, _ in s)
