@@ -15,8 +15,8 @@ from agent.runtime.drift import (
     ShiryaevRoberts,
     binomial_upper_bound,
     expected_low_credibility_rate,
-    rate_upper_bound,
     log_bet,
+    rate_upper_bound,
 )
 
 N_CAL = 750
