@@ -119,8 +119,9 @@ def test_the_rate_bound_is_wilsons_upper_confidence_bound() -> None:
 
 
 def test_a_calibration_sample_that_flags_too_little_does_not_turn_the_state_on() -> None:
-    """The reference bundle's calibration flags 9.9% and clean traffic 11.5%: taken as exact, that
-    turned the state on every million clean events; its upper confidence bound does not."""
+    """The reference bundle's calibration flags 9.9% and its clean evaluation traffic 11.1%: taken
+    as exact, that turned the state on about once per million clean events (here, with traffic a
+    little further off, more often); its upper confidence bound does not."""
     flags = np.random.default_rng(5).random(1_000_000) < 0.115
     as_exact, bounded = LowCredibilityState(0.0987), LowCredibilityState(rate_upper_bound(0.0987, 750))
     turned_on = np.diff(as_exact.update(flags).astype(np.int8)) == 1
