@@ -6,7 +6,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from agent.cli.options import parse_seeds, split_list
+from agent.cli.options import given_training_options, parse_seeds
 from agent.errors import ConfigError
 
 
@@ -201,23 +201,13 @@ def _quality(args: argparse.Namespace) -> int:
 def _snnl_study(args: argparse.Namespace) -> int:
     from agent.research.bench.snnl_study import StudyOptions, run_study
     from agent.research.reference import REFERENCE_TRAINING
-    from agent.research.training import TrainOptions
 
     seeds = parse_seeds(args.seeds)
-    snnl_given = [args.snnl_weight, args.snnl_temperature, args.snnl_distance, args.snnl_layers]
-    if args.adopted:
-        if any(value is not None for value in snnl_given):
-            raise ConfigError("--adopted trains the adopted configuration; leave out the --snnl-* options")
-        training = replace(REFERENCE_TRAINING, epochs=args.epochs)
-    else:
-        training = TrainOptions(
-            epochs=args.epochs,
-            shift_px=2,
-            snnl_weight=1.0 if args.snnl_weight is None else args.snnl_weight,
-            snnl_temperature=0.1 if args.snnl_temperature is None else args.snnl_temperature,
-            snnl_distance=args.snnl_distance or "cosine",
-            snnl_layers=tuple(split_list(args.snnl_layers or "relu1,relu2,relu3")),
-        )
+    given = given_training_options(args)
+    if args.adopted and given:
+        raise ConfigError("--adopted trains the adopted configuration; leave out the --snnl-* options")
+    base = REFERENCE_TRAINING if args.adopted else StudyOptions().training
+    training = replace(base, epochs=args.epochs, **given)
     if training.epochs < 1 or training.snnl_weight <= 0 or training.snnl_temperature <= 0 or not training.snnl_layers:
         raise ConfigError("--epochs ≥ 1, --snnl-weight > 0, --snnl-temperature > 0 and at least one --snnl-layers")
     run_study(

@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.cli.options import parse_json_object, parse_layers, split_list
+from agent.cli.options import given_training_options, parse_json_object, parse_layers, split_list
 from agent.engine.bundle import BundleTrust
 from agent.engine.fit import FitOptions
 from agent.engine.index import BACKENDS
@@ -272,21 +272,13 @@ def reference_training(args: argparse.Namespace) -> TrainOptions:
     """The adopted training (`REFERENCE_TRAINING`) with whatever the options change."""
     from agent.research.reference import REFERENCE_TRAINING
 
-    given = {
-        "shift_px": args.shift_px,
-        "blur_sigma": args.blur_sigma,
-        "snnl_weight": args.snnl_weight,
-        "snnl_temperature": args.snnl_temperature,
-        "snnl_distance": args.snnl_distance,
-        "snnl_layers": tuple(split_list(args.snnl_layers)) if args.snnl_layers is not None else None,
-    }
     return replace(
         REFERENCE_TRAINING,
         epochs=args.epochs,
         seed=args.seed,
         progress=not args.quiet,
         snnl_learn_temperature=args.snnl_learn_temperature,
-        **{name: value for name, value in given.items() if value is not None},
+        **given_training_options(args),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from typing import Any
 
@@ -26,6 +27,19 @@ def parse_layers(text: str) -> dict[str, str]:
     if not layers:
         raise ConfigError("--layers needs at least one layer name")
     return layers
+
+
+# Training options a command may take, by their TrainOptions field (= argparse dest); None = not given.
+TRAINING_OPTIONS = ("shift_px", "blur_sigma", "snnl_weight", "snnl_temperature", "snnl_distance", "snnl_layers")
+
+
+def given_training_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The training options given on the command line, as TrainOptions fields: what the command's
+    base configuration (`dataclasses.replace`) should change, and nothing else."""
+    given = {name: getattr(args, name, None) for name in TRAINING_OPTIONS}
+    if given["snnl_layers"] is not None:
+        given["snnl_layers"] = split_list(given["snnl_layers"])
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def parse_json_object(text: str, option: str) -> dict[str, Any]:

@@ -2,9 +2,9 @@
 
 Calibration uses 750 points held out from the MNIST test set (the paper's choice), drawn with the
 seed and recorded in the manifest; the other 9,250 test points are the evaluation split. The fit
-is the one issue #10's study adopted (README "Measured quality", docs/quality-history.md, docs/design.md §2.2); the paper's
-(`PAPER_LAYERS` with the label-count nonconformity) stays one option away, for comparison on the
-same model.
+is the one issue #10's study adopted (README "Measured quality", docs/quality-history.md,
+docs/design.md §2.2); the paper's (`PAPER_LAYERS` with the label-count nonconformity) stays one
+option away, for comparison on the same model.
 """
 
 from __future__ import annotations
@@ -118,8 +118,8 @@ def train_reference_mnist(
     """Trains the reference CNN and fits its bundle into `out`.
 
     Without `layers` and `fit_options` it fits the adopted configuration (`REFERENCE_LAYERS`,
-    `REFERENCE_NONCONFORMITY`). `train_size` trains and indexes a seeded random subset of that many training images (smoke
-    tests and the end-to-end suite); the bundle's version then says so (`-n<size>`). `refit` skips
+    `REFERENCE_NONCONFORMITY`). `train_size` trains and indexes a seeded random subset of that
+    many training images (smoke tests and the end-to-end suite); the bundle's version then says so (`-n<size>`). `refit` skips
     training: the model, its version and the calibration split come from that (verified) reference
     bundle, so two bundles differing only in how they are fitted can be compared on one model.
     """

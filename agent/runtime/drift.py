@@ -27,10 +27,11 @@ Quarantining below τ flags a share q₀ of in-distribution traffic. q₀ is est
 calibration scores (about τ), and from a few hundred of them only: the estimate is off by about
 √(τ(1 − τ)/n), 1.1 points for n = 750, and a bound built on it as if exact turned on every
 15 minutes of clean traffic at 1,000 events/s when the sample happened to fall 1.2 points low
-(`bench shift` on the reference bundle, README). So q₀ is the estimate's 99% upper confidence bound (Wilson).
-Over the last W events the flagged count is then at most about Binomial(W, q₀); the state turns on
-when the count reaches the smallest k with P(count ≥ k) ≤ δ and turns off again at the mean plus
-three standard deviations (hysteresis, so it does not flicker at the boundary). It stays on while the traffic is shifted and clears about W events after
+(`bench shift` on the reference bundle, README). So q₀ is the estimate's 99% upper confidence
+bound (Wilson). Over the last W events the flagged count is then at most about Binomial(W, q₀);
+the state turns on when the count reaches the smallest k with P(count ≥ k) ≤ δ and turns off
+again at the mean plus three standard deviations (hysteresis, so it does not flicker at the
+boundary). It stays on while the traffic is shifted and clears about W events after
 the shift ends. It only sees shifts that lower credibility, which is what quarantine acts on.
 """
 
