@@ -1,7 +1,7 @@
 """End-to-end tests: every command the README shows, run as a real subprocess on small data.
 
 Every test collected under tests/e2e gets the `e2e` marker (`pytest -m e2e`, `-m "not e2e"`). The
-MNIST smoke bundle (`dknn-agent train-reference mnist --epochs 1 --train-size 1000`, about 20 s)
+MNIST smoke bundle (`dknn-agent train-reference mnist --epochs 1 --train-size 1000 --snnl-weight 0`, about 20 s)
 is trained once per session by the command itself and shared by every module that needs it.
 """
 
@@ -94,8 +94,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-# What `train-reference mnist --epochs 1 --train-size 1000` writes with the adopted defaults.
-SMOKE_VERSION = "seed0-e1-blur1.5-snnl1-euclidean-T100-relu1+relu2+relu3-n1000"
+# What the smoke command writes: the adopted fit and blur, without the SNNL term, because one
+# epoch of SNNL training on 1,000 images gave models from 25% to 48% accurate from run to run
+# (training is not bit-reproducible), too weak and too variable for the end-to-end assertions.
+SMOKE_VERSION = "seed0-e1-blur1.5-n1000"
 SMOKE_LAYERS = ["relu3", "logits"]
 
 
@@ -111,7 +113,8 @@ class SmokeBundle:
 @pytest.fixture(scope="session")
 def mnist_smoke(tmp_path_factory: pytest.TempPathFactory) -> SmokeBundle:
     path = tmp_path_factory.mktemp("mnist-smoke") / "mnist-cnn"
-    command = ["train-reference", "mnist", "--out", str(path), "--epochs", "1", "--train-size", "1000", "--quiet"]
+    command = ["train-reference", "mnist", "--out", str(path), "--epochs", "1", "--train-size", "1000"]
+    command += ["--snnl-weight", "0", "--quiet"]
     result = run_cli(*command, timeout=600)
     assert result.returncode == 0, explain(result)
     return SmokeBundle(path=path, command=command, result=result)

@@ -1,6 +1,6 @@
 """The MNIST reference model's commands, as the README shows them, on a small budget.
 
-`train-reference mnist --epochs 1 --train-size 1000` (the session fixture `mnist_smoke`), then `info`,
+`train-reference mnist --epochs 1 --train-size 1000 --snnl-weight 0` (the fixture `mnist_smoke`), then `info`,
 `score` with both neighbour backends, the offline `demo` table (`make demo-table`) and `bench
 quality` (`make bench-quality`) on that bundle. A one-epoch model on 1,000 digits is weak, so the
 assertions are about what every command must produce, not about the README's numbers.
