@@ -139,7 +139,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "perf",
         help="scoring inputs/s against the model's own forward pass, stage by stage, Annoy against exact",
         description="In one run on MNIST evaluation inputs: the model's plain forward pass (the floor), each "
-        "stage of the scoring path timed alone (decode, activations, preprocessing and k-NN per layer, conformal, "
+        "stage of the scoring path timed alone (decode, activations, preprocessing and k-NN per layer, the residual term, conformal, "
         "output encoding), DkNN scoring with Annoy and with exact search, and the quality Annoy trades: accuracy, "
         "credibility AUROC against FGSM, noise and rotated digits, recall@k per layer on clean and shifted inputs.",
     )

@@ -9,16 +9,21 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pydantic
+
 from agent.cli.options import given_training_options, parse_json_object, parse_layers, split_list
 from agent.engine.bundle import BundleTrust
 from agent.engine.fit import FitOptions
 from agent.engine.index import BACKENDS
-from agent.engine.manifest import NonconformitySpec
+from agent.engine.manifest import NonconformitySpec, ResidualSpec
 from agent.engine.tuning import RecallTarget
 from agent.errors import BundleError, ConfigError, DataError
 
 if TYPE_CHECKING:
     from agent.research.training import TrainOptions
+
+# What each --residual-* option means when absent: the schema's defaults (the MNIST study's choice).
+DEFAULT_RESIDUAL = {name: field.default for name, field in ResidualSpec.model_fields.items() if name != "layer"}
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -100,6 +105,40 @@ def add_index_options(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="labels+distance: only distance ranks above this quantile of the reference count (default: 0)",
     )
+    group.add_argument(
+        "--residual-layer",
+        default=None,
+        metavar="LAYER",
+        help="add the residual term: up to --residual-weight for inputs whose activation at LAYER (indexed or not) "
+        "lies further off the training data's principal directions than the training points' own "
+        "(docs/design.md §2.2; default: no residual term, train-reference: relu2)",
+    )
+    group.add_argument(
+        "--residual-components",
+        type=int,
+        default=DEFAULT_RESIDUAL["components"],
+        metavar="D",
+        help="residual term: principal directions the training data spans at the layer (default: %(default)s)",
+    )
+    group.add_argument(
+        "--residual-weight",
+        type=int,
+        default=DEFAULT_RESIDUAL["weight"],
+        help="residual term: what the farthest-off inputs add, in disagreeing neighbours (default: %(default)s)",
+    )
+    group.add_argument(
+        "--residual-tail",
+        type=float,
+        default=DEFAULT_RESIDUAL["tail"],
+        help="residual term: only ranks above this quantile of the reference count; high, so that digits from "
+        "other populations are left alone (default: %(default)s)",
+    )
+    group.add_argument(
+        "--residual-reference",
+        type=int,
+        default=DEFAULT_RESIDUAL["reference_size"],
+        help="residual term: training points sampled for its reference (default: %(default)s)",
+    )
     group.add_argument("--label-layers", default=None, help="layers whose neighbours vote (default: every layer)")
     group.add_argument(
         "--distance-layers", default=None, help="labels+distance: layers whose distances count (default: every layer)"
@@ -141,14 +180,18 @@ def nonconformity_spec(args: argparse.Namespace, default: NonconformitySpec | No
         or args.distance_tail
         or args.distance_neighbors is not None
     )
+    residual = residual_spec(args)
+    residual_given = residual is not None or _residual_options_changed(args)
     if args.nonconformity is None:  # train-reference without --nonconformity: the adopted one
-        if default is None or label_layers is not None or distance_given:
-            raise ConfigError("--label-layers and --distance-* options need an explicit --nonconformity")
+        if default is None or label_layers is not None or distance_given or residual_given:
+            raise ConfigError("--label-layers, --distance-* and --residual-* options need an explicit --nonconformity")
         return default
+    if residual is None and residual_given:
+        raise ConfigError("--residual-* options need --residual-layer")
     if args.nonconformity == "labels":
         if distance_given:
             raise ConfigError("--distance-* options need --nonconformity labels+distance")
-        return NonconformitySpec(label_layers=label_layers)
+        return NonconformitySpec(label_layers=label_layers, residual=residual)
     weight = args.k if args.distance_weight is None else args.distance_weight
     if weight < 1 or args.distance_reference < 1:
         raise ConfigError("--distance-weight and --distance-reference must be at least 1")
@@ -165,6 +208,41 @@ def nonconformity_spec(args: argparse.Namespace, default: NonconformitySpec | No
         distance_statistic=args.distance_statistic,
         distance_tail=args.distance_tail,
         distance_neighbors=args.distance_neighbors,
+        residual=residual,
+    )
+
+
+def residual_spec(args: argparse.Namespace) -> ResidualSpec | None:
+    """The --residual-* options as the manifest's residual term; None without --residual-layer."""
+    if args.residual_layer is None:
+        return None
+    if args.residual_components < 1 or args.residual_weight < 1 or args.residual_reference < 1:
+        raise ConfigError("--residual-components, --residual-weight and --residual-reference must be at least 1")
+    if not 0 <= args.residual_tail < 1:
+        raise ConfigError("--residual-tail must be in [0, 1)")
+    try:
+        return ResidualSpec(
+            layer=args.residual_layer,
+            components=args.residual_components,
+            weight=args.residual_weight,
+            tail=args.residual_tail,
+            reference_size=args.residual_reference,
+        )
+    except pydantic.ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = "-".join(str(part) for part in first["loc"])
+        raise ConfigError(f"--residual-{where.replace('_', '-')}: {first['msg']}") from None
+
+
+def _residual_options_changed(args: argparse.Namespace) -> bool:
+    return any(
+        getattr(args, f"residual_{name}") != DEFAULT_RESIDUAL[field]
+        for name, field in (
+            ("components", "components"),
+            ("weight", "weight"),
+            ("tail", "tail"),
+            ("reference", "reference_size"),
+        )
     )
 
 
@@ -523,6 +601,13 @@ def _info(args: argparse.Namespace) -> int:
         else ""
     )
     print(f"alpha      {spec.kind}: disagreeing neighbours in {', '.join(manifest.label_layers)}{distance}")
+    if spec.residual is not None:
+        term = spec.residual
+        print(
+            f"residual   + up to {term.weight} for a {term.layer} activation further off its {term.components} "
+            f"principal directions than the reference's {term.tail:g} quantile (reference of "
+            f"{term.reference_size} training points)"
+        )
     for layer in manifest.layers:
         recall = (
             f"  search_k={layer.search_k} recall@k {layer.recall.heldout:.3f} held-out, {layer.recall.shifted:.3f} noisy"

@@ -47,9 +47,11 @@ from agent.engine.manifest import (
     SCHEMA_VERSION,
     TRAIN_LABELS_FILE,
     Manifest,
+    ResidualSpec,
 )
 from agent.engine.model_factory import DEFAULT_FACTORY_MODULES, build_model, check_factory_allowed
 from agent.engine.preprocess import Preprocessor
+from agent.engine.residual import ResidualTerm
 from agent.errors import BundleError
 
 _ANNOY_EUCLIDEAN_NODE_OVERHEAD = 16  # n_descendants, bias, two children: 4 bytes each
@@ -93,6 +95,7 @@ class VerifiedBundle:
     calibration_label_free: np.ndarray  # sorted
     preprocessors: dict[str, Preprocessor]
     distance_reference: np.ndarray | None = None  # (m, distance layers), each column sorted
+    residual: ResidualTerm | None = None  # the nonconformity's residual term, when it has one
     _index_fds: dict[str, int] = field(default_factory=dict, repr=False)
 
     def index_path(self, layer_name: str) -> str:
@@ -171,6 +174,9 @@ def verify_bundle(root: str | Path, trust: BundleTrust | None = None, *, importi
     required = {manifest.model.weights, TRAIN_LABELS_FILE, CALIBRATION_FILE}
     index_files = {layer.index_file: layer.name for layer in manifest.layers}
     required |= set(index_files) | {layer.params_file for layer in manifest.layers if layer.params_file}
+    residual_spec = manifest.nonconformity.residual
+    if residual_spec is not None:
+        required.add(residual_spec.params_file)
     unlisted = sorted(required - manifest.files.keys())
     if unlisted:
         raise BundleError(f"{root / unlisted[0]}: not listed in {MANIFEST_FILE} with a sha256")
@@ -201,9 +207,12 @@ def verify_bundle(root: str | Path, trust: BundleTrust | None = None, *, importi
             preprocessors={},
             _index_fds=fds,
         )
+        calibration = _load_npz(contents[CALIBRATION_FILE], root / CALIBRATION_FILE)
         bundle.calibration_alpha, bundle.calibration_label_free, bundle.distance_reference = _calibration(
-            contents[CALIBRATION_FILE], root / CALIBRATION_FILE, manifest
+            calibration, root / CALIBRATION_FILE, manifest
         )
+        if residual_spec is not None:
+            bundle.residual = _residual(residual_spec, contents, calibration, root)
         for layer in manifest.layers:
             _check_index_size(fds[layer.name], root / layer.index_file, layer.dim, manifest.train.size)
             params = _load_npz(contents[layer.params_file], root / layer.params_file) if layer.params_file else {}
@@ -310,10 +319,11 @@ def _train_labels(data: bytes, path: Path, manifest: Manifest) -> np.ndarray:
     return labels.astype(np.int64)
 
 
-def _calibration(data: bytes, path: Path, manifest: Manifest) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _calibration(
+    arrays: dict[str, np.ndarray], path: Path, manifest: Manifest
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Sorted calibration nonconformity (true labels) and label-free scores, and the distance
     reference (each column sorted) when the bundle's nonconformity uses distances."""
-    arrays = _load_npz(data, path)
     expected = manifest.calibration.size
     out = []
     for name in ("alpha", "label_free"):
@@ -338,6 +348,17 @@ def _distance_reference(arrays: dict[str, np.ndarray], path: Path, manifest: Man
     if np.isnan(reference).any() or (reference < 0).any():  # +inf: a reference point short of k neighbours
         raise BundleError(f"{path}: 'distance_reference' holds negative or NaN distances")
     return np.sort(reference.astype(np.float64), axis=0)
+
+
+def _residual(
+    spec: ResidualSpec, contents: dict[str, bytes], calibration: dict[str, np.ndarray], root: Path
+) -> ResidualTerm:
+    """The residual term from its parameters file and the calibration file's reference."""
+    params = _load_npz(contents[spec.params_file], root / spec.params_file)
+    try:
+        return ResidualTerm.from_arrays(spec, params, calibration.get("residual_reference"))
+    except BundleError as exc:
+        raise BundleError(f"{root / spec.params_file} with {root / CALIBRATION_FILE}: {exc}") from None
 
 
 def _preprocessor(layer_name: str, arrays: dict[str, np.ndarray], root: Path, manifest: Manifest) -> Preprocessor:

@@ -21,6 +21,7 @@ from agent.engine.bundle import BundleTrust, verify_bundle
 from agent.engine.index import BACKENDS, AnnoyBackend, ExactBackend, NeighborIndex
 from agent.engine.manifest import Manifest
 from agent.engine.preprocess import Preprocessor
+from agent.engine.residual import ResidualTerm
 from agent.engine.taps import Activations, ActivationTap
 from agent.errors import BundleError, ConfigError, InputError
 
@@ -65,9 +66,10 @@ class DkNN:
         calibration_alpha: np.ndarray,
         calibration_label_free: np.ndarray,
         distance_reference: np.ndarray | None = None,
+        residual: ResidualTerm | None = None,
     ) -> None:
         self.manifest = manifest
-        self.tap = ActivationTap(model, manifest.layer_names)
+        self.tap = ActivationTap(model, manifest.tapped_layers)
         self.preprocessors = preprocessors
         self.indexes = indexes
         self.train_labels = train_labels
@@ -78,6 +80,9 @@ class DkNN:
         self.distance_reference = distance_reference
         if bool(manifest.distance_layers) != (distance_reference is not None):
             raise BundleError("the manifest's nonconformity and the distance reference disagree")
+        self.residual = residual
+        if (manifest.nonconformity.residual is None) != (residual is None):
+            raise BundleError("the manifest's nonconformity and the residual term disagree")
         names = manifest.layer_names
         self._label_rows = [names.index(name) for name in manifest.label_layers]
         self._distance_rows = [names.index(name) for name in manifest.distance_layers]
@@ -123,7 +128,10 @@ class DkNN:
             bundle.calibration_alpha,
             bundle.calibration_label_free,
             bundle.distance_reference,
+            bundle.residual,
         )
+        if scorer.residual is not None:
+            _check_residual_width(scorer, bundle.root)
         scorer.digest = bundle.digest
         return scorer
 
@@ -159,7 +167,9 @@ class DkNN:
     def single_threaded_blas(self) -> AbstractContextManager:
         return self._blas.limit(limits=1, user_api="blas")
 
-    def nonconformity(self, neighbor_labels: np.ndarray, neighbor_distances: np.ndarray) -> np.ndarray:
+    def nonconformity(
+        self, neighbor_labels: np.ndarray, neighbor_distances: np.ndarray, activations: Activations
+    ) -> np.ndarray:
         """α(x, j) for every candidate label, `(n, C)` int64, as the manifest's nonconformity says."""
         alpha = conformal.nonconformity(neighbor_labels[:, self._label_rows], self.num_classes)
         if self.distance_reference is not None:
@@ -170,6 +180,10 @@ class DkNN:
             penalty = conformal.distance_penalty(
                 distance, self.distance_reference, spec.distance_weight, spec.distance_tail
             )
+            alpha = alpha + penalty[:, None]
+        if self.residual is not None:
+            with self.single_threaded_blas():  # one small product per batch; see `neighbors` on BLAS threads
+                penalty = self.residual.penalty(activations.layers[self.residual.spec.layer])
             alpha = alpha + penalty[:, None]
         return alpha
 
@@ -186,7 +200,7 @@ class DkNN:
             distances, ids = self.neighbors(activations)
         with stage("score"):
             labels = self.label_neighbors(ids)
-            alpha = self.nonconformity(labels, distances)
+            alpha = self.nonconformity(labels, distances, activations)
             p = conformal.p_values(alpha, self.calibration_alpha)
             verdicts = conformal.summarise(alpha, p)
         return ScoreBatch(
@@ -219,6 +233,19 @@ def _check_model_output(model: nn.Module, manifest: Manifest, root: Path) -> Non
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise BundleError(
             f"{root}: the model outputs {shape} for one input, manifest says {manifest.model.num_classes} classes"
+        )
+
+
+def _check_residual_width(scorer: DkNN, root: Path) -> None:
+    """The residual term's parameters must fit the layer the model actually has."""
+    assert scorer.residual is not None
+    spec = scorer.manifest.input
+    probe = np.zeros((1, *spec.shape), dtype=spec.dtype)
+    width = scorer.tap(probe).layers[scorer.residual.spec.layer].shape[1]
+    if width != scorer.residual.input_dim:
+        raise BundleError(
+            f"{root / scorer.residual.spec.params_file}: fitted for {scorer.residual.input_dim} features, "
+            f"layer {scorer.residual.spec.layer} has {width}"
         )
 
 

@@ -38,9 +38,11 @@ from agent.engine.manifest import (
     Manifest,
     ModelSpec,
     NonconformitySpec,
+    ResidualSpec,
     SplitSpec,
 )
 from agent.engine.preprocess import Preprocessor
+from agent.engine.residual import ResidualTerm
 from agent.engine.taps import ActivationTap
 from agent.engine.tuning import PROBE_SIZE, RecallTarget, TunedLayer, noisy_probe, tune_layer
 from agent.errors import ConfigError, DataError
@@ -115,7 +117,10 @@ def _fit_into(
     value_range: tuple[float, float] | None,
 ) -> Manifest:
     (root / "layers").mkdir()
-    tap = ActivationTap(model, list(layers))
+    nonconformity = _sized(options.nonconformity, len(train.y))
+    residual_spec = nonconformity.residual
+    tapped = list(layers) + ([residual_spec.layer] if residual_spec and residual_spec.layer not in layers else [])
+    tap = ActivationTap(model, tapped)
     preprocessors = _fit_preprocessors(tap, layers, train.x, options)
     builders = {name: AnnoyBuilder(pre.output_dim, options.seed) for name, pre in preprocessors.items()}
     for activations in _progress(
@@ -146,6 +151,10 @@ def _fit_into(
                 recall=tuned[name].recall if name in tuned else None,
             )
         )
+    residual = _fit_residual(tap, residual_spec, train.x, options) if residual_spec else None
+    if residual is not None and residual_spec is not None:
+        (root / residual_spec.params_file).parent.mkdir(parents=True, exist_ok=True)
+        np.savez(root / residual_spec.params_file, **residual.arrays())  # type: ignore[arg-type]
     torch.save(model.state_dict(), root / WEIGHTS_FILE)
     np.save(root / TRAIN_LABELS_FILE, train.y.astype(np.int64))
 
@@ -164,10 +173,10 @@ def _fit_into(
         ),
         libraries=_library_versions(),
         files={},
-        nonconformity=_sized(options.nonconformity, len(train.y)),
+        nonconformity=nonconformity,
     )
     tap.close()
-    arrays = _calibrate(root, draft, model, preprocessors, train, calibration, options)
+    arrays = _calibrate(root, draft, model, preprocessors, residual, train, calibration, options)
     np.savez(root / CALIBRATION_FILE, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds badly
 
     files = {str(path.relative_to(root)): sha256_file(path) for path in sorted(root.rglob("*")) if path.is_file()}
@@ -217,10 +226,33 @@ def _fit_preprocessors(
 
 
 def _sized(spec: NonconformitySpec, train_size: int) -> NonconformitySpec:
-    """The distance reference cannot sample more training points than there are."""
-    if spec.distance_reference_size <= train_size:
-        return spec
-    return spec.model_copy(update={"distance_reference_size": train_size})
+    """References cannot sample more training points than there are; the residual term's takes at
+    most half, so that its principal directions are fitted on other points."""
+    update: dict[str, Any] = {}
+    if spec.distance_reference_size > train_size:
+        update["distance_reference_size"] = train_size
+    if spec.residual is not None and spec.residual.reference_size > train_size // 2:
+        update["residual"] = spec.residual.model_copy(update={"reference_size": max(1, train_size // 2)})
+    return spec.model_copy(update=update) if update else spec
+
+
+def _fit_residual(tap: ActivationTap, spec: ResidualSpec, x: np.ndarray, options: FitOptions) -> ResidualTerm:
+    """The residual term from two disjoint seeded samples of the training set: the reference (its
+    shares rank new inputs) and up to `pca_sample` other points for the principal directions."""
+    rows = np.random.default_rng([options.seed, 2]).permutation(len(x))
+    reference_rows = np.sort(rows[: spec.reference_size])
+    sample_rows = np.sort(rows[spec.reference_size : spec.reference_size + options.pca_sample])
+
+    def layer_of(chosen: np.ndarray) -> np.ndarray:
+        return np.concatenate([batch.layers[spec.layer] for batch in tap.batches(x[chosen], options.batch_size)])
+
+    sample = layer_of(sample_rows)
+    if spec.components >= min(sample.shape):
+        raise ConfigError(
+            f"residual term: {spec.components} components need more than that many features and training points; "
+            f"{spec.layer} has {sample.shape[1]} features and {sample.shape[0]} points are left for fitting"
+        )
+    return ResidualTerm.fit(spec, sample, layer_of(reference_rows), options.seed)
 
 
 def _calibrate(
@@ -228,12 +260,13 @@ def _calibrate(
     draft: Manifest,
     model: nn.Module,
     preprocessors: dict[str, Preprocessor],
+    residual: ResidualTerm | None,
     train: Dataset,
     calibration: Dataset,
     options: FitOptions,
 ) -> dict[str, np.ndarray]:
     """The calibration file's arrays, queried through the saved indexes: α of the true labels and
-    s(x) of the calibration set, sorted, and for distance-aware bundles the distance reference."""
+    s(x) of the calibration set, sorted, and the references of the distance and residual terms."""
     indexes = {
         layer.name: open_index(
             str(root / layer.index_file), layer.dim, draft.train.size, "annoy", draft.search_k(layer.name)
@@ -241,16 +274,22 @@ def _calibrate(
         for layer in draft.layers
     }
     placeholder = np.zeros(1)  # p-values are not needed here, only α
-    labels_only = draft.model_copy(update={"nonconformity": NonconformitySpec()})
-    scorer = DkNN(labels_only, model, preprocessors, indexes, train.y.astype(np.int64), placeholder, placeholder)
+    train_labels = train.y.astype(np.int64)
     arrays: dict[str, np.ndarray] = {}
-    try:
-        if draft.distance_layers:
+    if draft.distance_layers:
+        labels_only = draft.model_copy(update={"nonconformity": NonconformitySpec()})
+        scorer = DkNN(labels_only, model, preprocessors, indexes, train_labels, placeholder, placeholder)
+        try:
             arrays["distance_reference"] = _distance_reference(scorer, draft, train.x, options)
-            scorer = DkNN(
-                draft, model, preprocessors, indexes, train.y.astype(np.int64), placeholder, placeholder,
-                np.sort(arrays["distance_reference"], axis=0),
-            )  # fmt: skip
+        finally:
+            scorer.tap.close()
+    if residual is not None:
+        arrays["residual_reference"] = residual.reference_sorted
+    distance_reference = np.sort(arrays["distance_reference"], axis=0) if draft.distance_layers else None
+    scorer = DkNN(
+        draft, model, preprocessors, indexes, train_labels, placeholder, placeholder, distance_reference, residual
+    )
+    try:
         alpha = np.concatenate(
             [
                 scorer.score(calibration.x[start : start + options.batch_size]).alpha

@@ -104,6 +104,30 @@ class SplitSpec(_Frozen):
     )
 
 
+class ResidualSpec(_Frozen):
+    """The residual term of α (docs/design.md §2.2): floor(w · t(r(x))), where r(x) is the fraction
+    of a reference sample of training points whose residual share at `layer` is below x's. The
+    residual share is the part of the centred activation's squared length that falls outside the
+    layer's top `components` principal directions of the training data (kept in `params_file`,
+    the reference in the calibration file); the reference points were not among those the directions were fitted on.
+    t(r) = max(0, r − q) / (1 − q) as for distances. Like the distance term it is the same for
+    every j, and it needs no index: one projection per input. It sees what the neighbours cannot —
+    an activation pattern the training data never made (uniform noise, photographs), where the
+    late layers still map the input close to some digit."""
+
+    layer: Name
+    # The defaults are what the MNIST study adopted (docs/quality-history.md); fit writes every field.
+    components: int = Field(64, ge=1, le=MAX_INDEX_DIM)
+    weight: int = Field(600, ge=1, le=MAX_K)
+    tail: float = Field(0.995, ge=0.0, lt=1.0, description="q: only ranks above it count")
+    reference_size: int = Field(5000, ge=1, le=1_000_000)
+
+    @property
+    def params_file(self) -> str:
+        """Where the bundle keeps the layer's mean and principal directions."""
+        return f"residual/{self.layer.replace('.', '_')}.npz"
+
+
 class NonconformitySpec(_Frozen):
     """How α(x, j) is computed (docs/design.md §2.2); the calibration in the bundle was made with it.
 
@@ -115,6 +139,8 @@ class NonconformitySpec(_Frozen):
       t(r) = max(0, r − q) / (1 − q) keeps only the tail above q. The term is the same for every j:
       it moves credibility, never the prediction. Integers either way, so α keeps at most
       L·(k + w) + 1 values.
+
+    Either kind may add the `residual` term (`ResidualSpec`); None leaves it out.
     """
 
     kind: Literal["labels", "labels+distance"] = "labels"
@@ -125,6 +151,7 @@ class NonconformitySpec(_Frozen):
     distance_statistic: Literal["mean", "kth"] = "mean"
     distance_tail: float = Field(0.0, ge=0.0, lt=1.0, description="q: only ranks above it count")
     distance_neighbors: int | None = Field(None, ge=1, le=MAX_K, description="m: the nearest m count; None: all k")
+    residual: ResidualSpec | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> NonconformitySpec:
@@ -174,6 +201,14 @@ class Manifest(_Frozen):
     @property
     def layer_names(self) -> tuple[str, ...]:
         return tuple(layer.name for layer in self.layers)
+
+    @property
+    def tapped_layers(self) -> tuple[str, ...]:
+        """Every layer a forward pass must capture: the indexed ones, then the residual term's."""
+        residual = self.nonconformity.residual
+        if residual is None or residual.layer in self.layer_names:
+            return self.layer_names
+        return (*self.layer_names, residual.layer)
 
     @property
     def label_layers(self) -> tuple[str, ...]:

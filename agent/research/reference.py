@@ -17,7 +17,7 @@ from torch import nn
 
 from agent.engine.bundle import verify_bundle
 from agent.engine.fit import Dataset, FitOptions, fit_bundle
-from agent.engine.manifest import Manifest, ModelSpec, NonconformitySpec
+from agent.engine.manifest import Manifest, ModelSpec, NonconformitySpec, ResidualSpec
 from agent.errors import ConfigError
 from agent.research.augment import with_variants
 from agent.research.datasets import Mnist, load_mnist
@@ -54,6 +54,7 @@ REFERENCE_NONCONFORMITY = NonconformitySpec(
     distance_statistic="mean",
     distance_neighbors=5,
     distance_tail=0.5,
+    residual=ResidualSpec(layer="relu2"),
 )
 
 

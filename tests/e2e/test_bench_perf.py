@@ -38,7 +38,8 @@ def test_bench_perf(mnist_bundle: Path, tmp_path: Path) -> None:
     assert set(report["rates"]) == {"plain forward pass", "scoring annoy", "scoring exact"}
     assert all(rate > 0 for rate in report["rates"].values())
     layers = SMOKE_LAYERS
-    expected_stages = {"decode", "activations", "conformal", "encode outputs"}
+    # the smoke bundle has the adopted residual term (relu2): timed alone, and inside conformal
+    expected_stages = {"decode", "activations", "residual relu2", "conformal, residual included", "encode outputs"}
     expected_stages |= {f"{stage} {layer}" for stage in ("preprocess", "knn") for layer in layers}
     assert set(report["stages"]) == expected_stages
     quality = report["quality"]

@@ -34,7 +34,9 @@ def test_train_reference_writes_a_bundle(mnist_smoke: SmokeBundle) -> None:
     assert manifest["model"]["factory"] == "agent.research.models.mnist:build_model"
     assert [layer["name"] for layer in manifest["layers"]] == LAYERS
     assert manifest["k"] == 75 and manifest["train"]["size"] == 1000 and manifest["calibration"]["size"] == 750
-    for name in ["model.pt", "train_labels.npy", "calibration.npz", *(f"layers/{layer}.ann" for layer in LAYERS)]:
+    assert manifest["nonconformity"]["residual"]["layer"] == "relu2"  # the adopted residual term
+    files = ["model.pt", "train_labels.npy", "calibration.npz", "residual/relu2.npz"]
+    for name in [*files, *(f"layers/{layer}.ann" for layer in LAYERS)]:
         assert (path / name).is_file(), name
 
 
@@ -53,6 +55,7 @@ def test_info_verifies_and_describes_the_bundle(mnist_bundle: Path) -> None:
     assert "input      float32 [1, 28, 28]" in result.stdout
     assert "neighbours k=75, annoy n_trees=10 per layer" in result.stdout
     assert "train      1000 points" in result.stdout and "calibrate  750 points" in result.stdout
+    assert "residual   + up to 600 for a relu2 activation further off its 64 principal directions" in result.stdout
     layer_lines = [line.split() for line in lines if line.startswith("layer ")]
     assert [fields[1] for fields in layer_lines] == LAYERS, explain(result)
     assert layer_lines[0][2:6] == ["128", "->", "32", "l2+pca:32"], explain(result)

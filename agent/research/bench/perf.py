@@ -100,14 +100,21 @@ def stage_rates(scorer: DkNN, clean: np.ndarray, batch_size: int) -> dict[str, f
     rates["activations"] = _rate(len(clean), lambda: [scorer.tap(batch) for batch in batches])
     for name in manifest.layer_names:
         rates[f"preprocess {name}"], rates[f"knn {name}"] = _layer_rates(scorer, name, activations, len(clean))
+    if scorer.residual is not None:
+        residual = scorer.residual
+        rates[f"residual {residual.spec.layer}"] = _rate(
+            len(clean), lambda: [residual.penalty(a.layers[residual.spec.layer]) for a in activations]
+        )
     found = [scorer.neighbors(a) for a in activations]
 
     def conformal_step() -> None:
-        for distances, ids in found:
-            alpha = scorer.nonconformity(scorer.label_neighbors(ids), distances)
+        for (distances, ids), batch_activations in zip(found, activations, strict=True):
+            alpha = scorer.nonconformity(scorer.label_neighbors(ids), distances, batch_activations)
             conformal.summarise(alpha, conformal.p_values(alpha, scorer.calibration_alpha))
 
-    rates["conformal"] = _rate(len(clean), conformal_step)
+    rates["conformal" if scorer.residual is None else "conformal, residual included"] = _rate(
+        len(clean), conformal_step
+    )
     scores = [scorer.score(batch) for batch in batches]
     topics = Topics(quarantine="q", dead_letter="dl", scores="s")
     decoded = [decode_event(e, manifest.input, manifest.model.name) for e in events]

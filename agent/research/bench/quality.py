@@ -273,6 +273,20 @@ def draw_figures(result: dict, sets: list[EvalSet], by_set: dict[str, SetScores]
     )
 
 
+def _nonconformity_words(spec: dict) -> str:
+    """`labels+distance (distance weight 600) + residual at relu2 (64 directions, weight 600, tail 0.995)`."""
+    words = spec.get("kind", "labels")
+    if words != "labels":
+        words += f" (distance weight {spec['distance_weight']})"
+    residual = spec.get("residual")
+    if residual:
+        words += (
+            f" + residual at {residual['layer']} ({residual['components']} directions, weight {residual['weight']}, "
+            f"tail {residual['tail']:g})"
+        )
+    return words
+
+
 def markdown(result: dict) -> str:
     lines = [
         f"# Quality: {result['bundle']['model']} {result['bundle']['version']}",
@@ -280,13 +294,7 @@ def markdown(result: dict) -> str:
         f"k={result['bundle']['k']}, layers {result['bundle']['layers']}, "
         f"Annoy n_trees={result['bundle']['n_trees']} search_k={result['bundle']['search_k']}, "
         f"{result['bundle']['calibration_size']} calibration points, FGSM ε={result['epsilon']}, "
-        f"nonconformity {result['bundle'].get('nonconformity', {}).get('kind', 'labels')}"
-        + (
-            f" (distance weight {result['bundle']['nonconformity']['distance_weight']})"
-            if result["bundle"].get("nonconformity", {}).get("kind", "labels") != "labels"
-            else ""
-        )
-        + ".",
+        f"nonconformity {_nonconformity_words(result['bundle'].get('nonconformity') or {})}.",
         "",
         *natural_markdown(result),
         "## Every set",
@@ -406,6 +414,8 @@ def _stem(result: dict) -> str:
     spec = result["bundle"].get("nonconformity") or {}
     if spec.get("kind", "labels") != "labels":  # refitted bundles share the model's version
         suffix += f"-distance-w{spec['distance_weight']}"
+    if spec.get("residual"):
+        suffix += f"-residual-{spec['residual']['layer']}"
     return f"quality-{result['bundle']['model']}{suffix}"
 
 

@@ -101,21 +101,35 @@ def condition_fit(options: StudyOptions, condition: str) -> Fit:
 
 
 def ensure_bundle(path: Path, training: TrainOptions, fit: Fit, options: StudyOptions, mnist: Mnist) -> None:
-    """Train and fit unless `path` already holds a bundle of exactly this training configuration and fit."""
-    if not options.retrain and (path / "manifest.json").is_file():
-        try:
-            if _matches(read_manifest(path)[0], training, fit):
-                return
-        except BundleError:
-            pass
+    """Train and fit unless `path` already holds a bundle of exactly this training configuration and
+    fit; a bundle of the same model fitted another way is refitted, not retrained."""
+    cached = None if options.retrain else _cached_manifest(path)
+    same_model = cached is not None and cached.model.version == reference_version(training)
+    if same_model and _fitted_as(cached, fit):
+        return
     train_reference_mnist(
-        path, train_options=training, force=True, data=mnist, layers=fit.layers, fit_options=fit.options
+        path,
+        train_options=training,
+        force=True,
+        data=mnist,
+        layers=fit.layers,
+        fit_options=fit.options,
+        refit=path if same_model else None,
     )
 
 
-def _matches(manifest: Manifest, training: TrainOptions, fit: Fit) -> bool:
+def _cached_manifest(path: Path) -> Manifest | None:
+    if not (path / "manifest.json").is_file():
+        return None
+    try:
+        return read_manifest(path)[0]
+    except BundleError:
+        return None
+
+
+def _fitted_as(manifest: Manifest | None, fit: Fit) -> bool:
     return (
-        manifest.model.version == reference_version(training)
+        manifest is not None
         and list(manifest.layer_names) == list(fit.layers)
         and manifest.nonconformity == fit.options.nonconformity
     )
