@@ -10,7 +10,7 @@ entangle the representations rather than being ignored.
 
 With ``adopted`` the second condition is the configuration the project adopted for its reference
 bundle instead (README "Measured quality"): SNNL and blur augmentation in training, fitted over relu3
-and logits with the distance-aware nonconformity. The baseline is then the previous reference, the
+and logits with the distance-aware nonconformity and the residual term at relu2. The baseline is then the previous reference, the
 plain model fitted the paper's way, and the report adds what issue #10 asked of natural data:
 covariate-shift accuracy, right-versus-wrong AUROC, the share of far-OOD inputs quarantined at 1%
 of clean traffic, and conformal validity.
@@ -294,7 +294,7 @@ def markdown(result: dict) -> str:
         conditions = (
             f"previous: the plain model (cross-entropy) fitted the DkNN paper's way (relu1, relu2, relu3 and logits "
             f"vote; labels only); adopted: {snnl} and blur augmentation σ ≤ {training['blur_sigma']:g} px, fitted over "
-            "relu3 and logits with the distance-aware nonconformity (docs/design.md §2.2)"
+            "relu3 and logits with the distance-aware nonconformity and the residual term at relu2 (docs/design.md §2.2)"
         )
     else:
         title = "# Does entangling help? MNIST reference model with and without SNNL"
