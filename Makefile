@@ -7,7 +7,7 @@ BUNDLE ?= artifacts/mnist-cnn
 GRAFANA := dashboards/grafana
 
 .PHONY: setup test lint test-unit test-e2e observability-check dashboards demo demo-table bench-quality bench-snnl bench-adopted \
-	bench-stream bench-perf bench-scale bench-shift bench-shift-peer clean
+	bench-stream bench-perf bench-perf-bf16 bench-scale bench-shift bench-shift-peer clean
 .PHONY: deploy-check chart-check image-check
 
 setup: $(STAMP)
@@ -122,6 +122,15 @@ bench-shift-peer: $(SHIFT_SCORES) $(PEER_VENV)/.installed
 # against exact (speed, accuracy, AUROC, recall@k); about 3 minutes.
 bench-perf: setup $(BUNDLE)/manifest.json
 	$(BIN)/dknn-agent bench perf --artifacts $(BUNDLE) --out docs/results
+
+# The same model and fit with its forward passes in bfloat16 (torch.autocast): about twice the
+# activation rate on CPUs with native bfloat16 (AVX512-BF16, AMX), slower elsewhere; about 4 minutes.
+BF16_BUNDLE := artifacts/mnist-cnn-bf16
+$(BF16_BUNDLE)/manifest.json: $(BUNDLE)/manifest.json
+	$(BIN)/dknn-agent train-reference mnist --refit $(BUNDLE) --compute-dtype bfloat16 --out $(BF16_BUNDLE) --force
+
+bench-perf-bf16: setup $(BF16_BUNDLE)/manifest.json
+	$(BIN)/dknn-agent bench perf --artifacts $(BF16_BUNDLE) --out docs/results/perf-bf16
 
 # The scale check: a 1,000,000-point reference (the training images plus rotated, scaled and
 # shifted copies; fitting takes about 6 minutes and several GB, the bundle about 450 MB), then bench perf

@@ -69,7 +69,7 @@ class DkNN:
         residual: ResidualTerm | None = None,
     ) -> None:
         self.manifest = manifest
-        self.tap = ActivationTap(model, manifest.tapped_layers)
+        self.tap = ActivationTap(model, manifest.tapped_layers, manifest.model.compute_dtype)
         self.preprocessors = preprocessors
         self.indexes = indexes
         self.train_labels = train_labels

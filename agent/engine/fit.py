@@ -61,6 +61,7 @@ class FitOptions:
     pca_sample: int = 10_000
     progress: bool = True
     nonconformity: NonconformitySpec = NonconformitySpec()
+    compute_dtype: str = "float32"  # "bfloat16": the forward passes under torch.autocast (`ActivationTap`)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ def fit_bundle(
 ) -> Manifest:
     """Writes a complete, verified bundle to `out`; `layers` maps layer name -> preprocessing."""
     _check_datasets(train, calibration, model_spec.num_classes, options.k)
+    model_spec = model_spec.model_copy(update={"compute_dtype": options.compute_dtype})
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise ConfigError(f"{out}: exists and is not empty (pass --force to replace it)")
@@ -120,7 +122,7 @@ def _fit_into(
     nonconformity = _sized(options.nonconformity, len(train.y))
     residual_spec = nonconformity.residual
     tapped = list(layers) + ([residual_spec.layer] if residual_spec and residual_spec.layer not in layers else [])
-    tap = ActivationTap(model, tapped)
+    tap = ActivationTap(model, tapped, model_spec.compute_dtype)
     preprocessors = _fit_preprocessors(tap, layers, train.x, options)
     builders = {name: AnnoyBuilder(pre.output_dim, options.seed) for name, pre in preprocessors.items()}
     for activations in _progress(

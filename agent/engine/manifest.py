@@ -49,6 +49,11 @@ class ModelSpec(_Frozen):
     )
     num_classes: int = Field(ge=2, le=MAX_CLASSES)
     weights: RelativePath = WEIGHTS_FILE
+    compute_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="precision of the forward passes that fit, calibrate and score (torch.autocast for "
+        "bfloat16): one precision for all three keeps the p-values conformal",
+    )
 
 
 class InputSpec(_Frozen):

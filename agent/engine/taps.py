@@ -56,12 +56,21 @@ class LayerCapture:
 
 
 class ActivationTap:
-    """Runs batched, gradient-free passes and returns the named layers' activations as numpy."""
+    """Runs batched, gradient-free passes and returns the named layers' activations as numpy.
 
-    def __init__(self, model: nn.Module, layer_names: Sequence[str]) -> None:
+    `compute_dtype="bfloat16"` runs the pass under `torch.autocast`: convolutions and matrix
+    products in bfloat16, activations handed back as float32. On a CPU with native bfloat16
+    (AVX512-BF16, AMX) that is about twice the float32 rate; elsewhere it is slower. A bundle
+    records the precision it was fitted in (`ModelSpec.compute_dtype`), and scoring uses the same.
+    """
+
+    def __init__(self, model: nn.Module, layer_names: Sequence[str], compute_dtype: str = "float32") -> None:
+        if compute_dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"compute dtype {compute_dtype!r}: use float32 or bfloat16")
         self._capture = LayerCapture(model, layer_names)
         self.model = model.eval()
         self.layer_names = self._capture.layer_names
+        self.compute_dtype = compute_dtype
 
     def close(self) -> None:
         """Removes the hooks, leaving the model as it was."""
@@ -72,7 +81,8 @@ class ActivationTap:
         """Activations for one batch; the batch is assumed to fit in memory."""
         tensor = torch.as_tensor(x, dtype=torch.float32)
         self._capture.outputs.clear()
-        outputs = self.model(tensor)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.compute_dtype == "bfloat16"):
+            outputs = self.model(tensor)
         layers = {
             name: self._capture.outputs[name].reshape(tensor.shape[0], -1).float().cpu().numpy()
             for name in self.layer_names
