@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from agent.errors import ConfigError
+from agent.research.bench import snnl_study
 from agent.research.bench.quality import QualityOptions, run_quality
 from agent.research.bench.snnl_study import (
     ADOPTED_FIT,
@@ -17,7 +20,7 @@ from agent.research.bench.snnl_study import (
     condition_options,
     markdown,
 )
-from agent.research.reference import REFERENCE_TRAINING
+from agent.research.reference import REFERENCE_TRAINING, reference_version
 
 
 def run(auroc: float, accuracy: float) -> dict:
@@ -105,3 +108,48 @@ def test_the_adopted_study_compares_against_the_previous_reference() -> None:
 def test_quality_rejects_unknown_backends(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="backends"):
         run_quality(QualityOptions(artifacts=tmp_path, backends=("faiss",)))
+
+
+@pytest.fixture()
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """What ensure_bundle asked train_reference_mnist to do, without training anything."""
+    seen: list[dict] = []
+    monkeypatch.setattr(snnl_study, "train_reference_mnist", lambda path, **kwargs: seen.append(kwargs))
+    return seen
+
+
+def _cached(tiny_bundle: Path, tmp_path: Path, version: str, nonconformity: dict, layers: list[str]) -> Path:
+    """A bundle directory whose manifest says it holds `version` fitted over `layers` that way."""
+    document = json.loads((tiny_bundle / "manifest.json").read_text())
+    document["model"]["version"] = version
+    document["nonconformity"] = nonconformity
+    document["layers"] = [{**document["layers"][0], "name": name} for name in layers]
+    (tmp_path / "cached").mkdir()
+    (tmp_path / "cached" / "manifest.json").write_text(json.dumps(document))
+    return tmp_path / "cached"
+
+
+def test_a_cached_model_fitted_another_way_is_refitted_not_retrained(
+    tiny_bundle: Path, tmp_path: Path, calls: list[dict]
+) -> None:
+    training = REFERENCE_TRAINING
+    paper_fitted = _cached(
+        tiny_bundle, tmp_path, reference_version(training), {"kind": "labels"}, list(PAPER_FIT.layers)
+    )
+    options = StudyOptions(training=training, adopted=True)
+    snnl_study.ensure_bundle(paper_fitted, training, ADOPTED_FIT, options, mnist=None)  # type: ignore[arg-type]
+    assert calls[-1]["refit"] == paper_fitted and calls[-1]["fit_options"] == ADOPTED_FIT.options
+
+
+def test_a_cached_bundle_of_exactly_this_fit_is_reused_and_another_model_retrained(
+    tiny_bundle: Path, tmp_path: Path, calls: list[dict]
+) -> None:
+    training = REFERENCE_TRAINING
+    spec = ADOPTED_FIT.options.nonconformity.model_dump(mode="json")
+    cached = _cached(tiny_bundle, tmp_path, reference_version(training), spec, list(ADOPTED_FIT.layers))
+    options = StudyOptions(training=training, adopted=True)
+    snnl_study.ensure_bundle(cached, training, ADOPTED_FIT, options, mnist=None)  # type: ignore[arg-type]
+    assert calls == []
+    other_seed = replace(training, seed=7)
+    snnl_study.ensure_bundle(cached, other_seed, ADOPTED_FIT, options, mnist=None)  # type: ignore[arg-type]
+    assert calls[-1]["refit"] is None and calls[-1]["train_options"] == other_seed
