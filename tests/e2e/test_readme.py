@@ -112,7 +112,7 @@ def mention_problems(tokens: list[str]) -> list[str]:
 
 
 def makefile_variables() -> dict[str, str]:
-    return dict(re.findall(r"^([A-Z_]+)\s*[:?]?=\s*(.*?)\s*$", MAKEFILE.read_text(), re.M))
+    return dict(re.findall(r"^([A-Z][A-Z0-9_]*)\s*[:?]?=\s*(.*?)\s*$", MAKEFILE.read_text(), re.M))
 
 
 def makefile_commands() -> list[Snippet]:
