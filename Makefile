@@ -92,7 +92,8 @@ bench-snnl: setup
 	$(BIN)/dknn-agent bench snnl --seeds 0,1,2 --out docs/results
 
 # The adopted reference configuration against the previous reference (plain model, the paper's
-# DkNN), three seeds, 3,000 evaluation points each, natural sets included (about 50 minutes).
+# DkNN), three seeds, 3,000 evaluation points each, natural sets included: about 25 minutes when
+# the six models are cached in artifacts/snnl-study (a changed fit refits them), longer when they train.
 bench-adopted: setup
 	$(BIN)/dknn-agent bench snnl --adopted --seeds 0,1,2 --limit 3000 --out docs/results
 
