@@ -124,6 +124,8 @@ def _fit_into(
     tapped = list(layers) + ([residual_spec.layer] if residual_spec and residual_spec.layer not in layers else [])
     tap = ActivationTap(model, tapped, model_spec.compute_dtype)
     preprocessors = _fit_preprocessors(tap, layers, train.x, options)
+    # Before the indexes: a residual term that cannot be fitted fails in seconds, not minutes.
+    residual = _fit_residual(tap, residual_spec, train.x, options) if residual_spec else None
     builders = {name: AnnoyBuilder(pre.output_dim, options.seed) for name, pre in preprocessors.items()}
     for activations in _progress(
         tap.batches(train.x, options.batch_size), -(-len(train.x) // options.batch_size), options, "index"
@@ -153,10 +155,9 @@ def _fit_into(
                 recall=tuned[name].recall if name in tuned else None,
             )
         )
-    residual = _fit_residual(tap, residual_spec, train.x, options) if residual_spec else None
-    if residual is not None and residual_spec is not None:
-        (root / residual_spec.params_file).parent.mkdir(parents=True, exist_ok=True)
-        np.savez(root / residual_spec.params_file, **residual.arrays())  # type: ignore[arg-type]
+    if residual is not None:
+        (root / residual.spec.params_file).parent.mkdir(parents=True, exist_ok=True)
+        np.savez(root / residual.spec.params_file, **residual.arrays())  # type: ignore[arg-type]
     torch.save(model.state_dict(), root / WEIGHTS_FILE)
     np.save(root / TRAIN_LABELS_FILE, train.y.astype(np.int64))
 

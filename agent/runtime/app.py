@@ -16,6 +16,7 @@ from contextlib import ExitStack
 
 from agent.engine.bundle import BundleTrust
 from agent.engine.dknn import DkNN
+from agent.engine.taps import native_bfloat16
 from agent.runtime.drift import DriftMonitor
 from agent.runtime.http_server import EndpointSecurity, MetricsServer
 from agent.runtime.pipeline import Pipeline, PipelineOptions, PipelineStats
@@ -35,6 +36,11 @@ def run_agent(settings: AgentSettings, summary_every_s: float | None = None) -> 
     with ExitStack() as opened:
         scorer = DkNN.from_bundle(settings.artifacts, backend=settings.index, search_k=settings.search_k, trust=trust)
         log.info("bundle %s verified: digest %s", settings.artifacts, scorer.digest)
+        if scorer.manifest.model.compute_dtype == "bfloat16" and not native_bfloat16():
+            log.warning(
+                "the bundle computes its forward passes in bfloat16, and this CPU has no native bfloat16 "
+                "(AVX512-BF16 or AMX): scoring will be slower than in float32; refit with --compute-dtype float32"
+            )
         telemetry = Telemetry()
         telemetry.set_bundle(scorer.manifest)
         server = opened.enter_context(

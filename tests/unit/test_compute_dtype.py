@@ -12,7 +12,7 @@ import torch
 
 from agent.engine.dknn import DkNN
 from agent.engine.manifest import ModelSpec
-from agent.engine.taps import ActivationTap
+from agent.engine.taps import ActivationTap, native_bfloat16
 from agent.errors import ConfigError
 from agent.research.models.tiny import build_model
 from tests.conftest import TinyProblem, fit_tiny
@@ -56,3 +56,21 @@ def test_the_bundle_records_its_precision_and_scores_in_it(bfloat16_bundle: Path
     p = batch.p_values[np.arange(len(held_out.y)), held_out.y]
     for tau in (0.05, 0.1, 0.2):
         assert (p <= tau).mean() <= tau + 0.08, tau  # 100 points: sampling noise allowed for
+
+
+@pytest.mark.parametrize(
+    ("flags", "native"),
+    [
+        ("fpu avx2 avx512f avx512_bf16 avx512vl", True),
+        ("fpu avx2 amx_bf16 amx_tile", True),
+        ("fpu avx2 avx512f", False),
+    ],
+)
+def test_native_bfloat16_reads_the_cpu_flags(tmp_path: Path, flags: str, native: bool) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    assert native_bfloat16(cpuinfo) is native
+
+
+def test_without_cpuinfo_bfloat16_is_not_assumed_native(tmp_path: Path) -> None:
+    assert native_bfloat16(tmp_path / "missing") is False

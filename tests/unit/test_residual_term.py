@@ -150,3 +150,12 @@ def test_cli_builds_the_term_only_when_a_layer_is_named() -> None:
         residual_spec(_cli_args(residual_layer="relu2", residual_tail=1.0))
     with pytest.raises(ConfigError, match="explicit --nonconformity"):
         nonconformity_spec(_cli_args(nonconformity=None, residual_layer="relu2"), default=NonconformitySpec())
+
+
+def test_a_term_with_no_residual_left_is_refused_before_any_index_is_built(
+    tiny_problem: TinyProblem, tmp_path: Path
+) -> None:
+    too_many = NonconformitySpec(residual=ResidualSpec(layer="relu1", components=16, reference_size=150))
+    with pytest.raises(ConfigError, match="16 components need more than that many features"):
+        fit_tiny(tiny_problem, tmp_path / "tiny", nonconformity=too_many)
+    assert not (tmp_path / "tiny").exists()  # the staging directory went with the error
