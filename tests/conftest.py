@@ -67,6 +67,14 @@ def fit_tiny(problem: TinyProblem, out: Path, **options) -> Path:
     return out
 
 
+def assert_held_out_p_values_valid(p_values: np.ndarray, labels: np.ndarray) -> None:
+    """Conformal validity on the tiny problem's 100 held-out points: the true label's p-value is
+    ≤ τ at most τ + 0.08 of the time (sampling noise allowed for)."""
+    p = p_values[np.arange(len(labels)), labels]
+    for tau in (0.05, 0.1, 0.2):
+        assert (p <= tau).mean() <= tau + 0.08, tau
+
+
 TEST_TOPICS = Topics(quarantine="q", dead_letter="dlq", scores="scores")
 
 

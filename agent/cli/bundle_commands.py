@@ -15,7 +15,7 @@ from agent.cli.options import given_training_options, parse_json_object, parse_l
 from agent.engine.bundle import BundleTrust
 from agent.engine.fit import FitOptions
 from agent.engine.index import BACKENDS
-from agent.engine.manifest import NonconformitySpec, ResidualSpec
+from agent.engine.manifest import COMPUTE_DTYPES, NonconformitySpec, ResidualSpec
 from agent.engine.tuning import RecallTarget
 from agent.errors import BundleError, ConfigError, DataError
 
@@ -145,7 +145,7 @@ def add_index_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--compute-dtype",
-        choices=("float32", "bfloat16"),
+        choices=COMPUTE_DTYPES,
         default="float32",
         help="precision of the model's forward passes, at fit time and whenever the bundle scores: bfloat16 "
         "(torch.autocast) is about twice as fast on CPUs with native bfloat16 (AVX512-BF16, AMX) and slower "

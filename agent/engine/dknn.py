@@ -22,7 +22,7 @@ from agent.engine.index import BACKENDS, AnnoyBackend, ExactBackend, NeighborInd
 from agent.engine.manifest import Manifest
 from agent.engine.preprocess import Preprocessor
 from agent.engine.residual import ResidualTerm
-from agent.engine.taps import Activations, ActivationTap
+from agent.engine.taps import Activations, ActivationTap, LayerCapture
 from agent.errors import BundleError, ConfigError, InputError
 
 
@@ -105,7 +105,7 @@ class DkNN:
         try:
             manifest = bundle.manifest
             model = bundle.build_model()
-            _check_model_output(model, manifest, bundle.root)
+            _check_model_output(model, manifest, bundle.residual, bundle.root)
             indexes = {
                 layer.name: open_index(
                     bundle.index_path(layer.name),
@@ -130,8 +130,6 @@ class DkNN:
             bundle.distance_reference,
             bundle.residual,
         )
-        if scorer.residual is not None:
-            _check_residual_width(scorer, bundle.root)
         scorer.digest = bundle.digest
         return scorer
 
@@ -218,10 +216,12 @@ class DkNN:
         )
 
 
-def _check_model_output(model: nn.Module, manifest: Manifest, root: Path) -> None:
+def _check_model_output(model: nn.Module, manifest: Manifest, residual: ResidualTerm | None, root: Path) -> None:
     """One forward pass on zeros: the factory's model must take the manifest's input and give one
-    output per class, or every event would fail later, one by one."""
+    output per class, and the residual term's layer must be as wide as its parameters, or every
+    event would fail later, one by one."""
     probe = torch.zeros((1, *manifest.input.shape), dtype=getattr(torch, manifest.input.dtype))
+    capture = LayerCapture(model, [residual.spec.layer]) if residual is not None else None
     try:
         with torch.no_grad():
             out = model(probe)
@@ -229,24 +229,21 @@ def _check_model_output(model: nn.Module, manifest: Manifest, root: Path) -> Non
         raise BundleError(
             f"{root}: the model does not accept input {list(manifest.input.shape)}: {type(exc).__name__}"
         ) from None
+    finally:
+        if capture is not None:
+            capture.close()
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, manifest.model.num_classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise BundleError(
             f"{root}: the model outputs {shape} for one input, manifest says {manifest.model.num_classes} classes"
         )
-
-
-def _check_residual_width(scorer: DkNN, root: Path) -> None:
-    """The residual term's parameters must fit the layer the model actually has."""
-    assert scorer.residual is not None
-    spec = scorer.manifest.input
-    probe = np.zeros((1, *spec.shape), dtype=spec.dtype)
-    width = scorer.tap(probe).layers[scorer.residual.spec.layer].shape[1]
-    if width != scorer.residual.input_dim:
-        raise BundleError(
-            f"{root / scorer.residual.spec.params_file}: fitted for {scorer.residual.input_dim} features, "
-            f"layer {scorer.residual.spec.layer} has {width}"
-        )
+    if residual is not None and capture is not None:
+        width = capture.outputs[residual.spec.layer].reshape(1, -1).shape[1]
+        if width != residual.input_dim:
+            raise BundleError(
+                f"{root / residual.spec.params_file}: fitted for {residual.input_dim} features, "
+                f"layer {residual.spec.layer} has {width}"
+            )
 
 
 def open_index(

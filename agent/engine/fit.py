@@ -32,6 +32,7 @@ from agent.engine.manifest import (
     MANIFEST_FILE,
     TRAIN_LABELS_FILE,
     WEIGHTS_FILE,
+    ComputeDtype,
     IndexSpec,
     InputSpec,
     LayerSpec,
@@ -40,6 +41,7 @@ from agent.engine.manifest import (
     NonconformitySpec,
     ResidualSpec,
     SplitSpec,
+    tapped_layers,
 )
 from agent.engine.preprocess import Preprocessor
 from agent.engine.residual import ResidualTerm
@@ -61,7 +63,7 @@ class FitOptions:
     pca_sample: int = 10_000
     progress: bool = True
     nonconformity: NonconformitySpec = NonconformitySpec()
-    compute_dtype: str = "float32"  # "bfloat16": the forward passes under torch.autocast (`ActivationTap`)
+    compute_dtype: ComputeDtype = "float32"  # "bfloat16": the forward passes under torch.autocast (`ActivationTap`)
 
 
 @dataclass(frozen=True)
@@ -121,8 +123,7 @@ def _fit_into(
     (root / "layers").mkdir()
     nonconformity = _sized(options.nonconformity, len(train.y))
     residual_spec = nonconformity.residual
-    tapped = list(layers) + ([residual_spec.layer] if residual_spec and residual_spec.layer not in layers else [])
-    tap = ActivationTap(model, tapped, model_spec.compute_dtype)
+    tap = ActivationTap(model, tapped_layers(list(layers), nonconformity), model_spec.compute_dtype)
     preprocessors = _fit_preprocessors(tap, layers, train.x, options)
     # Before the indexes: a residual term that cannot be fitted fails in seconds, not minutes.
     residual = _fit_residual(tap, residual_spec, train.x, options) if residual_spec else None

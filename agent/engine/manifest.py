@@ -10,7 +10,8 @@ made /metrics 106 MB before these bounds existed.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from collections.abc import Sequence
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
@@ -32,6 +33,9 @@ MAX_POINTS = 1_000_000_000
 Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 RelativePath = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+# The precisions a model's forward passes can run in (`ModelSpec.compute_dtype`).
+ComputeDtype = Literal["float32", "bfloat16"]
+COMPUTE_DTYPES: tuple[str, ...] = get_args(ComputeDtype)
 # Factory arguments are plain JSON scalars: a nested object could only smuggle structure in.
 FactoryArgument = Annotated[str, StringConstraints(max_length=256)] | bool | int | float | None
 
@@ -49,7 +53,7 @@ class ModelSpec(_Frozen):
     )
     num_classes: int = Field(ge=2, le=MAX_CLASSES)
     weights: RelativePath = WEIGHTS_FILE
-    compute_dtype: Literal["float32", "bfloat16"] = Field(
+    compute_dtype: ComputeDtype = Field(
         "float32",
         description="precision of the forward passes that fit, calibrate and score (torch.autocast for "
         "bfloat16): one precision for all three keeps the p-values conformal",
@@ -209,11 +213,7 @@ class Manifest(_Frozen):
 
     @property
     def tapped_layers(self) -> tuple[str, ...]:
-        """Every layer a forward pass must capture: the indexed ones, then the residual term's."""
-        residual = self.nonconformity.residual
-        if residual is None or residual.layer in self.layer_names:
-            return self.layer_names
-        return (*self.layer_names, residual.layer)
+        return tapped_layers(self.layer_names, self.nonconformity)
 
     @property
     def label_layers(self) -> tuple[str, ...]:
@@ -236,3 +236,11 @@ class Manifest(_Frozen):
         """The Annoy search_k a layer is queried with: its own where fitting tuned it, else the index's."""
         own = self.layer(name).search_k
         return self.index.search_k if own is None else own
+
+
+def tapped_layers(indexed: Sequence[str], nonconformity: NonconformitySpec) -> tuple[str, ...]:
+    """Every layer a forward pass must capture: the indexed ones, then the residual term's."""
+    residual = nonconformity.residual
+    if residual is None or residual.layer in indexed:
+        return tuple(indexed)
+    return (*indexed, residual.layer)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from agent.engine.manifest import COMPUTE_DTYPES
 from agent.errors import ConfigError
 
 
@@ -77,8 +78,8 @@ class ActivationTap:
     """
 
     def __init__(self, model: nn.Module, layer_names: Sequence[str], compute_dtype: str = "float32") -> None:
-        if compute_dtype not in ("float32", "bfloat16"):
-            raise ConfigError(f"compute dtype {compute_dtype!r}: use float32 or bfloat16")
+        if compute_dtype not in COMPUTE_DTYPES:
+            raise ConfigError(f"compute dtype {compute_dtype!r}: use {' or '.join(COMPUTE_DTYPES)}")
         self._capture = LayerCapture(model, layer_names)
         self.model = model.eval()
         self.layer_names = self._capture.layer_names
