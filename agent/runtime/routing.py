@@ -18,11 +18,11 @@ the position its headers cite.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import orjson
 
 from agent.engine.manifest import Manifest
 from agent.runtime.events import DecodedEvent
@@ -131,13 +131,13 @@ def score_record(outcome: Outcome) -> bytes:
         **_verdict_fields(outcome),
         "drift": {"change": outcome.drift_change, "shifted": outcome.drift_shifted},
     }
-    return json.dumps(body, separators=(",", ":")).encode()
+    return orjson.dumps(body)
 
 
 def quarantine_record(outcome: Outcome, threshold: float, layer_names: tuple[str, ...], max_bytes: int) -> bytes:
     """The original event plus a `dknn` block explaining why it is held for review.
 
-    Re-serialising an event can make it bigger than it arrived (`1e-5` becomes `1e-05`), so a
+    Re-serialising an event can make it bigger than it arrived (`1e-5` becomes `0.00001`), so a
     record over `max_bytes` carries the event without its input (`"input_omitted": true`); the
     input stays on the input topic at `dknn.source`.
     """
@@ -158,11 +158,11 @@ def quarantine_record(outcome: Outcome, threshold: float, layer_names: tuple[str
         "neighbors": neighbours,
         "source": _position(outcome.record),
     }
-    body = json.dumps({"event": outcome.event.document, "dknn": block}, separators=(",", ":")).encode()
+    body = orjson.dumps({"event": outcome.event.document, "dknn": block})
     if len(body) <= max_bytes:
         return body
     event = {key: value for key, value in outcome.event.document.items() if key != "input"}
-    return json.dumps({"event": event, "input_omitted": True, "dknn": block}, separators=(",", ":")).encode()
+    return orjson.dumps({"event": event, "input_omitted": True, "dknn": block})
 
 
 def scored_messages(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 import time
@@ -120,6 +121,22 @@ def test_run_stops_when_asked_and_marks_ready(tiny_bundle: Path, tiny_problem: T
     stop.set()
     thread.join(5)
     assert not thread.is_alive() and source.committed == {("in", 0): 5}
+
+
+def test_run_takes_the_start_up_heap_out_of_the_garbage_collectors_walks(
+    tiny_bundle: Path, tiny_problem: TinyProblem
+) -> None:
+    """Full collections must not walk the model and the clients (a 100 ms pause on the reference)."""
+    values = [encode_event(f"e{i}", x, "tiny", "1") for i, x in enumerate(tiny_problem.test.x[:3])]
+    pipeline, source, _ = build(tiny_bundle, values)
+    gc.unfreeze()
+    alive_before_the_loop = len(gc.get_objects())
+    try:
+        pipeline.run(threading.Event())  # returns when the finite source runs dry
+        assert pipeline.stats.scored == 3
+        assert gc.get_freeze_count() >= alive_before_the_loop // 2  # the scorer's objects among them
+    finally:
+        gc.unfreeze()
 
 
 def test_dead_letter_the_sink_refuses_goes_without_its_value(tiny_bundle: Path) -> None:

@@ -7,12 +7,15 @@ first poll to the last commit), and the scores topic must then hold a record for
 N events. Phase 2 (latency): events are published at a steady rate (1,000 events/s by default)
 while the agent runs; an event's latency is the broker timestamp of its score record minus the
 `timestamp_ms` the producer stamped on it, so it includes the broker hops, batching, scoring and
-the confirmed produce.
+the confirmed produce. The paced producer runs in a process of its own
+(`agent.research.bench.paced_producer` says why) and starts with half a second of warm-up events
+that are not measured: the latency is the steady state's.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import threading
 import time
 import uuid
@@ -25,8 +28,10 @@ from typing import Any
 import numpy as np
 
 from agent.engine.dknn import DkNN
+from agent.errors import ConnectorError
+from agent.research.bench.paced_producer import publish_paced
 from agent.research.bench.reports import save_report
-from agent.research.demo_traffic import DemoData, load_demo_data, paced
+from agent.research.demo_traffic import load_demo_data
 from agent.runtime.drift import DriftMonitor
 from agent.runtime.events import encode_event
 from agent.runtime.pipeline import Pipeline, PipelineOptions
@@ -52,15 +57,6 @@ def _publish(bootstrap: str, topic: str, values: list[bytes]) -> None:
     with KafkaSink(bootstrap) as sink:
         for value in values:
             sink.send(topic, value)
-        sink.flush(120)
-
-
-def _paced_events(data: DemoData, n: int, rate: float, bootstrap: str, topic: str) -> None:
-    with KafkaSink(bootstrap) as sink:
-        for i in paced(range(n), rate):
-            x = data.clean[i % len(data.clean)]
-            stamp = int(time.time() * 1000)
-            sink.send(topic, encode_event(f"lat-{i}", x, data.model_name, data.model_version, timestamp_ms=stamp))
         sink.flush(120)
 
 
@@ -135,7 +131,26 @@ def run_stream(options: StreamOptions) -> dict:
         accounted = len(_stamps(options.bootstrap_servers, topics["scores"], "thr-", options.count, lambda _: 0))
         rate = options.latency_rate
         before, batches_before = _stage_seconds(telemetry), _batches_scored(telemetry)
-        _paced_events(data, options.latency_count, rate, options.bootstrap_servers, topics["input"])
+        scored_before = pipeline.stats.scored
+        producer = multiprocessing.get_context("spawn").Process(
+            target=publish_paced,
+            args=(
+                data.clean,
+                data.model_name,
+                data.model_version,
+                options.latency_count,
+                rate,
+                options.bootstrap_servers,
+                topics["input"],
+                "lat-",
+                int(rate / 2),
+            ),
+            name="paced-producer",
+        )
+        producer.start()
+        producer.join()
+        if producer.exitcode != 0:
+            raise ConnectorError(f"the paced producer failed (exit code {producer.exitcode}); see its traceback above")
         scored = _stamps(
             options.bootstrap_servers,
             topics["scores"],
@@ -144,6 +159,7 @@ def run_stream(options: StreamOptions) -> dict:
             lambda record: record.timestamp_ms,
         )
         latency_batches = max(1, _batches_scored(telemetry) - batches_before)
+        latency_scored = pipeline.stats.scored - scored_before  # the warm-up events included
         latency_stage_ms = {
             name: round(1000 * (seconds - before[name]) / latency_batches, 1)
             for name, seconds in _stage_seconds(telemetry).items()
@@ -175,7 +191,7 @@ def run_stream(options: StreamOptions) -> dict:
         "throughput_stage_share": {name: round(seconds / elapsed, 3) for name, seconds in stages.items()},
         "latency_rate_events_per_s": round(rate, 1),
         "latency_events": int(len(latencies_ms)),
-        "latency_mean_batch": round(options.latency_count / latency_batches, 1),
+        "latency_mean_batch": round(latency_scored / latency_batches, 1),
         "latency_stage_ms_per_batch": latency_stage_ms,
         "latency_ms": {
             q: round(float(np.percentile(latencies_ms, p)), 1)
