@@ -8,6 +8,7 @@ exits 2.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -35,8 +36,27 @@ def _terminate(_signum: int, _frame: object) -> None:
     raise Terminated
 
 
+# The commands whose hot path alternates torch's forward pass with the k-NN index threads.
+SCORING_COMMANDS = (("run",), ("score",), ("bench", "perf"), ("bench", "stream"))
+
+
+def _let_torch_threads_sleep(arguments: Sequence[str]) -> None:
+    """Sets OMP_WAIT_POLICY=PASSIVE for the scoring commands, unless the environment says otherwise.
+
+    Why: after each forward pass, torch's OpenMP threads busy-wait for the next parallel region
+    and keep the cores the Annoy threads then need: on 2 cores the k-NN step took 85-90 µs per
+    input right after a forward pass against 55-60 µs alone, and passive threads bring it back
+    (scoring +10%, docs/design.md §2.7). Training is the other way round (7% slower passive), so
+    only the scoring commands ask. It must happen before torch is imported: the OpenMP runtime
+    reads the variable once, when it loads.
+    """
+    if any(tuple(arguments[: len(command)]) == command for command in SCORING_COMMANDS):
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
+    _let_torch_threads_sleep(arguments)
     # From here on SIGTERM unwinds (closing what was opened) instead of killing the process; the
     # agent replaces this with a graceful stop once its loop runs.
     signal.signal(signal.SIGTERM, _terminate)
