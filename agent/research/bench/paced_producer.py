@@ -1,9 +1,10 @@
 """The stream benchmark's load generator: freshly stamped events at a steady rate.
 
-It runs in a process of its own, as a model server would, and this module imports neither torch
-nor the agent: in the agent's process every event it encoded and sent would take the interpreter
-lock from the agent, and with torch imported its own full garbage collections would pause its
-producer for about 100 ms at a time. Either way the latency would measure the load generator.
+It runs in a process of its own, as a model server would, and nothing it imports loads torch
+(a unit test checks): in the agent's process every event it encoded and sent would take the
+interpreter lock from the agent, and with torch imported its own full garbage collections would
+pause its producer for about 100 ms at a time. Either way the latency would measure the load
+generator.
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ entangle the representations rather than being ignored.
 
 With ``adopted`` the second condition is the configuration the project adopted for its reference
 bundle instead (README "Measured quality"): SNNL and blur augmentation in training, fitted over relu3
-and logits with the distance-aware nonconformity and the residual term at relu2. The baseline is then the previous reference, the
-plain model fitted the paper's way, and the report adds what issue #10 asked of natural data:
+and logits with the distance-aware nonconformity and the residual term at relu2. The baseline is
+then the previous reference, the plain model fitted the paper's way, and the report adds what
+issue #10 asked of natural data:
 covariate-shift accuracy, right-versus-wrong AUROC, the share of far-OOD inputs quarantined at 1%
 of clean traffic, and conformal validity.
 
