@@ -1,19 +1,27 @@
 """The streaming loop: poll → decode → score → route → confirm → account → commit.
 
 Delivery is at-least-once (docs/design.md §5): each polled batch is fully routed, every output is
-confirmed by the sink's `flush`, and only then are the batch's offsets committed. Nothing is held
-across polls, so a rebalance or a crash can only replay the uncommitted batch, never skip it.
+confirmed by the sink's `flush`, and only then are the batch's offsets committed. Batches are
+finished and committed in the order they were polled.
+
+Under a backlog the next batch is scored while this one is delivered. Scoring is torch and
+Annoy, which release the interpreter lock; delivery is the Kafka client's Python code, which
+holds it, and waits on the broker. Overlapped, they fill each other's idle time on the cores (9%
+more events/s on average in `bench stream`, design §5.4). So one batch can be in flight across a
+poll: at most two batches are uncommitted at any time, and a crash or a rebalance replays them
+(duplicates downstream), never skips one.
 
 Side effects happen once per batch, in this order, whatever the broker does:
 
-1. `_prepare`: decode and score every record, and build every output message. Pure but for the
-   stage timers, so it runs once.
-2. `_deliver`: send the messages and wait for the sink to confirm them. This is the only step a
+1. `_begin`: decode every record and start scoring the valid ones (on the scoring thread).
+2. `_prepare`: take the scores, feed the drift detector, build every output message. Pure but for
+   the detector and the stage timers, so it runs once.
+3. `_deliver`: send the messages and wait for the sink to confirm them. This is the only step a
    retriable fault repeats; a repeat re-sends the same messages (duplicates are allowed,
    gaps are not).
-3. `_account`: counters, histograms, the drift detector and the live summary, once the outputs
-   are confirmed, so a retried flush never counts an event twice or feeds the detector twice.
-4. commit the offsets (retried on its own).
+4. `_account`: counters, histograms and the live summary, once the outputs are confirmed, so a
+   retried flush never counts an event twice.
+5. commit the offsets (retried on its own).
 
 A low-credibility event is a normal result (routed to quarantine); a malformed one is data
 (routed to the dead-letter topic with its original bytes); only faults raise. A record the sink
@@ -29,6 +37,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -88,6 +97,16 @@ class PipelineStats:
 
 
 @dataclass(frozen=True)
+class StartedBatch:
+    """One polled batch, decoded, its valid events being scored; nothing sent yet."""
+
+    records: list[Record]
+    invalid: list[tuple[Record, EventError]]
+    valid: list[tuple[Record, DecodedEvent]]
+    scores: Future[ScoreBatch] | None  # None when no event was valid
+
+
+@dataclass(frozen=True)
 class PreparedBatch:
     """One polled batch, decoded and scored, with every output it owes; nothing sent yet."""
 
@@ -97,6 +116,13 @@ class PreparedBatch:
     quarantined: np.ndarray  # (len(valid),) bool
     messages: list[Message]
     refused: list[Message] = field(default_factory=list)  # replaced by their fallbacks on delivery
+
+
+def _score_now(score: Callable[..., ScoreBatch], *args: Any, **kwargs: Any) -> Future[ScoreBatch]:
+    """Scores on the calling thread; a fault raises here, as the caller expects."""
+    done: Future[ScoreBatch] = Future()
+    done.set_result(score(*args, **kwargs))
+    return done
 
 
 def _freeze_startup_heap() -> None:
@@ -139,28 +165,50 @@ class Pipeline:
             self.telemetry.clear_lag(topic, partition)
 
     def run(self, stop: threading.Event) -> None:
-        """Processes batches until `stop` is set or a finite source runs dry; the batch in hand is
-        always finished (routed, confirmed, committed) first."""
+        """Processes batches until `stop` is set or a finite source runs dry; the batches in hand
+        are always finished (routed, confirmed, committed) first.
+
+        A full batch means a backlog: the next batch is polled and scored while this one is
+        delivered, and that poll takes only what the source already holds (timeout 0), since
+        waiting for more would hold back the delivery. A short batch means the loop has caught up:
+        it is delivered at once, so overlapping never adds latency to a stream that keeps up.
+        """
         _freeze_startup_heap()
-        while not stop.is_set():
-            with self.telemetry.stage("poll"):
-                records = self.source.poll(self.options.batch_size, self.options.max_batch_wait_s)
-            self.telemetry.set_ready(bool(self.source.assignment()))
-            if records:
-                self.process(records)
-                for (topic, partition), lag in self.source.lag().items():
-                    self.telemetry.set_lag(topic, partition, lag)
-            elif self.source.exhausted:
-                return
+        in_flight: StartedBatch | None = None
+        # Leaving the block waits for a batch still being scored; a fault leaves it uncommitted,
+        # so it is replayed, never lost.
+        with ThreadPoolExecutor(1, thread_name_prefix="dknn-scoring") as scoring:
+            while not stop.is_set():
+                wait_s = 0.0 if in_flight else self.options.max_batch_wait_s
+                with self.telemetry.stage("poll"):
+                    records = self.source.poll(self.options.batch_size, wait_s)
+                self.telemetry.set_ready(bool(self.source.assignment()))
+                started = self._begin(records, scoring.submit) if records else None
+                if in_flight:
+                    self._finish(in_flight)
+                    in_flight = None
+                if started and len(records) == self.options.batch_size:
+                    in_flight = started  # finished after the next poll
+                elif started:
+                    self._finish(started)
+                if records:
+                    for (topic, partition), lag in self.source.lag().items():
+                        self.telemetry.set_lag(topic, partition, lag)
+                elif in_flight is None and self.source.exhausted:
+                    return
+            if in_flight:
+                self._finish(in_flight)
 
     def process(self, records: list[Record]) -> None:
-        """Routes one batch, waits for the sink to confirm it, accounts for it, then commits."""
-        self.telemetry.consumed(len(records))
-        self.stats.consumed += len(records)
-        batch = self._prepare(records)
+        """Routes one batch, waits for the sink to confirm it, accounts for it, then commits; the
+        same steps as `run`, without the overlap."""
+        self._finish(self._begin(records, _score_now))
+
+    def _finish(self, started: StartedBatch) -> None:
+        batch = self._prepare(started)
         self._retrying(lambda: self._deliver(batch), "deliver and flush")
         self._account(batch)
-        offsets = next_offsets(records)
+        offsets = next_offsets(started.records)
         with self.telemetry.stage("commit"):
             try:
                 self._retrying(lambda: self.source.commit(offsets), "commit")
@@ -170,9 +218,11 @@ class Pipeline:
                 log.warning("%s; the batch will be redelivered to the partitions' new owner", rejected)
                 self.telemetry.commit_rejected()
 
-    # -- 1. decode, score, build messages (once) ---------------------------------------------
+    # -- 1. decode and start scoring ----------------------------------------------------------
 
-    def _prepare(self, records: list[Record]) -> PreparedBatch:
+    def _begin(self, records: list[Record], submit: Callable[..., Future[ScoreBatch]]) -> StartedBatch:
+        self.telemetry.consumed(len(records))
+        self.stats.consumed += len(records)
         manifest = self.scorer.manifest
         invalid: list[tuple[Record, EventError]] = []
         valid: list[tuple[Record, DecodedEvent]] = []
@@ -186,11 +236,22 @@ class Pipeline:
                     invalid.append((record, error))
                 else:
                     valid.append((record, event))
+        scores = None
+        if valid:
+            inputs = np.stack([event.x for _, event in valid])
+            scores = submit(self.scorer.score, inputs, stage=self.telemetry.stage)
+        return StartedBatch(records, invalid, valid, scores)
+
+    # -- 2. route: build every message (once) -------------------------------------------------
+
+    def _prepare(self, started: StartedBatch) -> PreparedBatch:
+        manifest = self.scorer.manifest
+        invalid, valid = started.invalid, started.valid
         topic = self.topics.dead_letter
         messages = [dead_letter(record, error.reason, str(error), topic) for record, error in invalid]
         scores, quarantined = None, np.zeros(0, dtype=bool)
-        if valid:
-            scores = self.scorer.score(np.stack([event.x for _, event in valid]), stage=self.telemetry.stage)
+        if started.scores is not None:
+            scores = started.scores.result()
             verdict = verdicts(scores.credibility, self.options.threshold)
             quarantined = verdict == QUARANTINED
             # Once per batch, like everything in this step: the signals go into the score records.
@@ -213,7 +274,7 @@ class Pipeline:
                     )
         return PreparedBatch(invalid, valid, scores, quarantined, messages)
 
-    # -- 2. send and confirm (the only step that is retried) ---------------------------------
+    # -- 3. send and confirm (the only step that is retried) ---------------------------------
 
     def _deliver(self, batch: PreparedBatch) -> None:
         """Sends every message and waits for the sink; a refused one is replaced by its fallback
@@ -255,7 +316,7 @@ class Pipeline:
         refused.append(message)
         return message.fallback
 
-    # -- 3. metrics and summary (once, after confirmation) -----------------------------------
+    # -- 4. metrics and summary (once, after confirmation) -----------------------------------
 
     def _account(self, batch: PreparedBatch) -> None:
         for _, error in batch.invalid:

@@ -6,6 +6,7 @@ import gc
 import json
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,14 @@ from agent.runtime.pipeline import Pipeline
 from agent.runtime.routing import VERDICTS
 from connectors.memory import MemorySink, MemorySource
 from tests.conftest import TinyProblem, pipeline_for
+
+
+@pytest.fixture(autouse=True)
+def unfrozen_heap() -> Iterator[None]:
+    """`Pipeline.run` freezes the heap; thawed after each test, so the session's garbage stays
+    collectable (frozen objects outlive the interpreter and extension modules report them)."""
+    yield
+    gc.unfreeze()
 
 
 def build(bundle: Path, values: list[bytes], **options) -> tuple[Pipeline, MemorySource, MemorySink]:
@@ -131,12 +140,9 @@ def test_run_takes_the_start_up_heap_out_of_the_garbage_collectors_walks(
     pipeline, source, _ = build(tiny_bundle, values)
     gc.unfreeze()
     alive_before_the_loop = len(gc.get_objects())
-    try:
-        pipeline.run(threading.Event())  # returns when the finite source runs dry
-        assert pipeline.stats.scored == 3
-        assert gc.get_freeze_count() >= alive_before_the_loop // 2  # the scorer's objects among them
-    finally:
-        gc.unfreeze()
+    pipeline.run(threading.Event())  # returns when the finite source runs dry
+    assert pipeline.stats.scored == 3
+    assert gc.get_freeze_count() >= alive_before_the_loop // 2  # the scorer's objects among them
 
 
 def test_dead_letter_the_sink_refuses_goes_without_its_value(tiny_bundle: Path) -> None:
@@ -241,3 +247,119 @@ def test_a_refused_record_without_a_replacement_stops_the_agent_uncommitted(tiny
     with pytest.raises(ConnectorError, match="no replacement left"):
         drain(pipeline, source)
     assert source.committed == {}
+
+
+class OrderLog:
+    """Records, across threads, when each batch's scoring starts and when each commit happens."""
+
+    def __init__(self) -> None:
+        self.entries: list[str] = []
+        self.second_scoring_started = threading.Event()
+
+
+def logged_pipeline(bundle: Path, values: list[bytes], log: OrderLog) -> tuple[Pipeline, MemorySource, MemorySink]:
+    pipeline, source, sink = build(bundle, values, batch_size=4)
+    score, commit = pipeline.scorer.score, source.commit
+
+    def logged_score(x, **kwargs):
+        log.entries.append(f"score {len(x)} on {threading.current_thread().name.split('_')[0]}")
+        if sum(entry.startswith("score") for entry in log.entries) == 2:
+            log.second_scoring_started.set()
+        return score(x, **kwargs)
+
+    def logged_commit(offsets):
+        log.entries.append(f"commit {offsets[('in', 0)]}")
+        commit(offsets)
+
+    pipeline.scorer.score = logged_score  # type: ignore[method-assign]
+    source.commit = logged_commit  # type: ignore[method-assign]
+    return pipeline, source, sink
+
+
+def test_run_scores_the_next_batch_while_this_one_is_delivered(tiny_bundle: Path, tiny_problem: TinyProblem) -> None:
+    """The overlap the stream's throughput rests on: batch 2 is scored (on the scoring thread)
+    before batch 1 is confirmed, and still every batch is committed in poll order."""
+    values = [encode_event(f"e{i}", x, "tiny", "1") for i, x in enumerate(tiny_problem.test.x[:10])]
+    log = OrderLog()
+    pipeline, source, sink = logged_pipeline(tiny_bundle, values, log)
+    flush = sink.flush
+    overlapped: list[bool] = []
+
+    def flush_once_scoring_moved_on(timeout_s: float = 30.0) -> None:
+        if not overlapped:  # batch 1's confirmation: batch 2 must be on the scoring thread by now
+            overlapped.append(log.second_scoring_started.wait(10))
+        flush(timeout_s)
+
+    sink.flush = flush_once_scoring_moved_on  # type: ignore[method-assign]
+    pipeline.run(threading.Event())
+
+    assert overlapped == [True], "batch 2 was not scored while batch 1 was being delivered"
+    assert [entry for entry in log.entries if entry.startswith("commit")] == ["commit 4", "commit 8", "commit 10"]
+    assert all(entry.endswith("on dknn-scoring") for entry in log.entries if entry.startswith("score"))
+    assert len(sink.topics["scores"]) == 10 and pipeline.stats.scored == 10
+
+
+def test_a_fault_while_the_next_batch_is_scored_commits_neither(tiny_bundle: Path, tiny_problem: TinyProblem) -> None:
+    """Batch 1's delivery fails for good while batch 2 is in flight: run raises, leaves no scoring
+    thread behind, and commits nothing, so both batches are replayed on restart."""
+    values = [encode_event(f"e{i}", x, "tiny", "1") for i, x in enumerate(tiny_problem.test.x[:8])]
+    log = OrderLog()
+    pipeline, source, sink = logged_pipeline(tiny_bundle, values, log)
+
+    def broken_flush(timeout_s: float = 30.0) -> None:
+        log.second_scoring_started.wait(10)
+        raise ConnectorError("the broker refused the whole batch", retriable=False)
+
+    sink.flush = broken_flush  # type: ignore[method-assign]
+    with pytest.raises(ConnectorError, match="refused the whole batch"):
+        pipeline.run(threading.Event())
+
+    assert source.committed == {} and not [entry for entry in log.entries if entry.startswith("commit")]
+    assert log.second_scoring_started.is_set()
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("dknn-scoring")]
+
+
+def test_stop_finishes_the_batch_in_flight(tiny_bundle: Path, tiny_problem: TinyProblem) -> None:
+    """Stopped while batch 2 is being scored, the loop still delivers and commits it before returning."""
+    values = [encode_event(f"e{i}", x, "tiny", "1") for i, x in enumerate(tiny_problem.test.x[:12])]
+    log = OrderLog()
+    pipeline, source, sink = logged_pipeline(tiny_bundle, values, log)
+    stop = threading.Event()
+    flush = sink.flush
+
+    def stop_during_first_flush(timeout_s: float = 30.0) -> None:
+        log.second_scoring_started.wait(10)
+        stop.set()
+        flush(timeout_s)
+
+    sink.flush = stop_during_first_flush  # type: ignore[method-assign]
+    pipeline.run(stop)
+
+    assert source.committed == {("in", 0): 8}  # two batches of 4; the third was never polled
+    assert len(sink.topics["scores"]) == 8
+
+
+def test_a_short_batch_is_delivered_before_the_next_poll(tiny_bundle: Path, tiny_problem: TinyProblem) -> None:
+    """A batch shorter than batch_size means the loop has caught up: it is committed at once, not
+    held in flight across another poll (which would add a poll's wait to its events' latency)."""
+    values = [encode_event(f"e{i}", x, "tiny", "1") for i, x in enumerate(tiny_problem.test.x[:6])]
+    log = OrderLog()
+    pipeline, source, _ = logged_pipeline(tiny_bundle, values, log)
+    poll = source.poll
+
+    def logged_poll(max_records: int = 500, timeout_s: float = 1.0):
+        records = poll(max_records, timeout_s)
+        log.entries.append(f"poll {len(records)} waiting {timeout_s:g}s")
+        return records
+
+    source.poll = logged_poll  # type: ignore[method-assign]
+    pipeline.run(threading.Event())
+
+    wait = pipeline.options.max_batch_wait_s
+    assert [entry for entry in log.entries if not entry.startswith("score")] == [
+        f"poll 4 waiting {wait:g}s",  # full: a backlog, so the next batch is polled at once
+        "poll 2 waiting 0s",
+        "commit 4",
+        "commit 6",  # short: delivered before the next poll
+        f"poll 0 waiting {wait:g}s",
+    ]
