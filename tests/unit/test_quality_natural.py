@@ -26,7 +26,8 @@ def test_right_vs_wrong_ranks_right_answers_first() -> None:
     scores = SetScores(
         credibility=np.array([0.9, 0.8, 0.1, 0.2]),
         prediction=np.array([0, 1, 0, 0]),
-        p_values=np.zeros((4, 4)),
+        # the p-value of the model's answer ranks one wrong answer (row 3's label 0) above a right one
+        p_values=np.array([[0.7, 0, 0, 0], [0, 0.2, 0, 0], [0.1, 0, 0, 0], [0.5, 0, 0, 0]]),
         model_prediction=np.array([0, 1, 0, 0]),  # right, right, wrong, wrong
         softmax_max=np.array([0.1, 0.9, 0.8, 0.2]),
         energy=np.zeros(4),
@@ -34,7 +35,7 @@ def test_right_vs_wrong_ranks_right_answers_first() -> None:
         neighbor_ids=np.zeros((4, 1, 1), dtype=np.int64),
     )
     result = right_vs_wrong(EvalSet("digits", np.zeros((4, 1, 28, 28), np.float32), y), scores)
-    assert result == {"credibility": 1.0, "softmax": 0.5}
+    assert result == {"credibility": 1.0, "model_answer_p": 0.75, "softmax": 0.5}
 
 
 def test_energy_keeps_the_logit_scale_that_the_softmax_maximum_forgets() -> None:

@@ -99,13 +99,18 @@ def recall_per_layer(approximate: np.ndarray, exact: np.ndarray) -> list[float]:
 
 
 def right_vs_wrong(data: EvalSet, scores: SetScores) -> dict[str, float | None]:
-    """AUROC of credibility and of the softmax at telling the model's right answers (positives)
-    from its wrong ones, within one labelled set: None when the model is all right or all wrong."""
+    """AUROC at telling the model's right answers (positives) from its wrong ones, within one
+    labelled set, of: credibility (the p-value of DkNN's own prediction, the acceptance measure);
+    the p-value of the model's answer (what the training data says of the answer actually served,
+    like for like with the softmax, which also speaks of the model's answer); and the softmax.
+    None when the model is all right or all wrong."""
     right = scores.model_prediction == data.y
     if right.all() or not right.any():
-        return {"credibility": None, "softmax": None}
+        return {"credibility": None, "model_answer_p": None, "softmax": None}
+    model_answer_p = scores.p_values[np.arange(len(right)), scores.model_prediction]
     return {
         "credibility": float(roc_auc_score(right, scores.credibility)),
+        "model_answer_p": float(roc_auc_score(right, model_answer_p)),
         "softmax": float(roc_auc_score(right, scores.softmax_max)),
     }
 
@@ -397,14 +402,16 @@ def natural_markdown(result: dict) -> list[str]:
         "",
         "## Natural sets: covariate shift (digits from another population)",
         "",
-        "| set | n | model acc | DkNN acc | mean cred | right vs wrong answers: AUROC cred | AUROC softmax |",
-        "|---|---|---|---|---|---|---|",
+        "| set | n | model acc | DkNN acc | mean cred | right vs wrong answers: AUROC cred "
+        "| AUROC p-value of the model's answer | AUROC softmax |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for set_name, aurocs in body["right_vs_wrong"].items():
         metrics = body["sets"][set_name]
         lines.append(
             f"| {set_name} | {metrics['n']} | {_pct(metrics['model_accuracy'])} | {_pct(metrics['dknn_accuracy'])} | "
-            f"{_num(metrics['mean_credibility'])} | {_num(aurocs['credibility'])} | {_num(aurocs['softmax'])} |"
+            f"{_num(metrics['mean_credibility'])} | {_num(aurocs['credibility'])} | "
+            f"{_num(aurocs.get('model_answer_p'))} | {_num(aurocs['softmax'])} |"
         )
     return [*lines, ""]
 
