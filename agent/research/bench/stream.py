@@ -5,9 +5,9 @@ the rate the stream is compared with, measured in the same run. Phase 1 (through
 events are published first, then one in-process agent drains them; events/s = N / (time from its
 first poll until the sink confirmed the last event's outputs), and the scores topic must then hold
 a record for every one of the N events. Phase 2 (latency): events are published at a steady rate
-(1,000 events/s by default) while the agent runs; an event's latency is the broker timestamp of its score record minus the
-`timestamp_ms` the producer stamped on it, so it includes the broker hops, batching, scoring and
-the confirmed produce. The paced producer runs in a process of its own
+(1,000 events/s by default) while the agent runs; an event's latency is the broker timestamp of
+its score record minus the `timestamp_ms` the producer stamped on it, so it includes the broker
+hops, batching, scoring and the confirmed produce. The paced producer runs in a process of its own
 (`agent.research.bench.paced_producer` says why) and starts with half a second of warm-up events
 that are not measured: the latency is the steady state's.
 """
