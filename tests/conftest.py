@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,3 +99,11 @@ def single_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def unfrozen_heap() -> Iterator[None]:
+    """`Pipeline.run` freezes the heap; thawed after each test, so the session's garbage stays
+    collectable (frozen objects outlive the interpreter and extension modules report them)."""
+    yield
+    gc.unfreeze()

@@ -118,13 +118,6 @@ class PreparedBatch:
     refused: list[Message] = field(default_factory=list)  # replaced by their fallbacks on delivery
 
 
-def _score_now(score: Callable[..., ScoreBatch], *args: Any, **kwargs: Any) -> Future[ScoreBatch]:
-    """Scores on the calling thread; a fault raises here, as the caller expects."""
-    done: Future[ScoreBatch] = Future()
-    done.set_result(score(*args, **kwargs))
-    return done
-
-
 def _freeze_startup_heap() -> None:
     """Moves every object alive now (torch, the model, the clients: about 200,000) out of the
     cyclic garbage collector's reach.
@@ -199,12 +192,8 @@ class Pipeline:
             if in_flight:
                 self._finish(in_flight)
 
-    def process(self, records: list[Record]) -> None:
-        """Routes one batch, waits for the sink to confirm it, accounts for it, then commits; the
-        same steps as `run`, without the overlap."""
-        self._finish(self._begin(records, _score_now))
-
     def _finish(self, started: StartedBatch) -> None:
+        """Routes one batch, waits for the sink to confirm it, accounts for it, then commits."""
         batch = self._prepare(started)
         self._retrying(lambda: self._deliver(batch), "deliver and flush")
         self._account(batch)

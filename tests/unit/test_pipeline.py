@@ -6,7 +6,6 @@ import gc
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +17,6 @@ from agent.runtime.pipeline import Pipeline
 from agent.runtime.routing import VERDICTS
 from connectors.memory import MemorySink, MemorySource
 from tests.conftest import TinyProblem, pipeline_for
-
-
-@pytest.fixture(autouse=True)
-def unfrozen_heap() -> Iterator[None]:
-    """`Pipeline.run` freezes the heap; thawed after each test, so the session's garbage stays
-    collectable (frozen objects outlive the interpreter and extension modules report them)."""
-    yield
-    gc.unfreeze()
 
 
 def build(bundle: Path, values: list[bytes], **options) -> tuple[Pipeline, MemorySource, MemorySink]:
@@ -51,8 +42,9 @@ def mixed_events(problem: TinyProblem) -> tuple[list[bytes], set[int]]:
 
 
 def drain(pipeline: Pipeline, source: MemorySource) -> None:
-    while records := source.poll(pipeline.options.batch_size):
-        pipeline.process(records)
+    """The agent's own loop, which returns once the finite source runs dry."""
+    assert not source.exhausted
+    pipeline.run(threading.Event())
 
 
 def test_every_offset_is_accounted_for(tiny_bundle: Path, tiny_problem: TinyProblem) -> None:

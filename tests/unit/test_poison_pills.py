@@ -8,6 +8,7 @@ the batch was never committed, and every restart crashed again.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +51,7 @@ def run_over_files(bundle: Path, lines: list[bytes], tmp_path: Path, **options) 
     source_path.write_bytes(b"\n".join(lines) + b"\n")
     source, sink = FileSource(source_path, topic="in"), FileSink(tmp_path / "out")
     pipeline = pipeline_for(bundle, source, sink, batch_size=8, retry_budget_s=2, **options)
-    while records := source.poll(8, 0.0):
-        pipeline.process(records)
+    pipeline.run(threading.Event())  # returns once the file is consumed
     source.close()
     sink.close()
     return pipeline, tmp_path / "out"
