@@ -77,8 +77,9 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-pytho
 class KafkaSource(Source):
     """A consumer-group member that hands out batches and commits only what it is told to.
 
-    `auto_offset_reset="earliest"`: a new group starts at the beginning of the topic, because a
-    monitor that silently skips the backlog it was deployed to watch is surprising.
+    `auto_offset_reset="earliest"` by default: a new group starts at the beginning of the topic,
+    because a monitor that silently skips the backlog it was deployed to watch is surprising (the
+    agent's `auto_offset_reset` setting can choose "latest").
     `session_timeout_ms=10000` (the client's default is 45 s): a killed agent's partitions move
     to the survivors within seconds instead of sitting unread for most of a minute.
     """

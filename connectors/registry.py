@@ -34,9 +34,12 @@ def open_source(
     max_poll_records: int,
     max_record_bytes: int = 1 << 20,
     security: KafkaSecurity | None = None,
+    auto_offset_reset: str = "earliest",
 ) -> Source:
     """The source behind `uri`; a file source reads `uri`'s JSONL file as partition 0 of `topic`,
-    cutting lines longer than `max_record_bytes` (they are dead-lettered as too large anyway)."""
+    cutting lines longer than `max_record_bytes` (they are dead-lettered as too large anyway).
+    `auto_offset_reset` is where a Kafka consumer group without committed offsets starts (a file
+    source always reads from the start)."""
     scheme, target = split_uri(uri)
     if scheme == "file":
         from connectors.file import FileSource
@@ -44,7 +47,14 @@ def open_source(
         return FileSource(Path(target), topic=topic, max_line_bytes=max_record_bytes)
     from connectors.kafka import KafkaSource
 
-    return KafkaSource(target, [topic], group_id, max_poll_records=max_poll_records, security=security)
+    return KafkaSource(
+        target,
+        [topic],
+        group_id,
+        max_poll_records=max_poll_records,
+        auto_offset_reset=auto_offset_reset,
+        security=security,
+    )
 
 
 def open_sink(uri: str, *, security: KafkaSecurity | None = None) -> Sink:

@@ -56,6 +56,7 @@ def run_agent(settings: AgentSettings, summary_every_s: float | None = None) -> 
                 max_poll_records=settings.batch_size,
                 max_record_bytes=settings.max_event_bytes,
                 security=security,
+                auto_offset_reset=settings.auto_offset_reset,
             )
         )
         sink = opened.enter_context(open_sink(settings.sink_uri, security=security))

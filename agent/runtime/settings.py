@@ -95,6 +95,11 @@ class AgentSettings(BaseSettings):
         max_length=255,
         description="consumer group; replicas in one group share the partitions",
     )
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest",
+        description="where a consumer group without committed offsets starts: earliest = the oldest "
+        "retained event (the backlog is scored), latest = only events produced after it joins",
+    )
     metrics_host: str = Field("0.0.0.0", description="address /metrics, /healthz and /readyz bind to")
     metrics_port: int = Field(
         9108, ge=0, le=65535, description="port of /metrics, /healthz, /readyz; 0 = any free port"

@@ -29,6 +29,26 @@ def test_file_uris_open_file_connectors(tmp_path: Path) -> None:
     sink.close()
 
 
+class _ConsumerCreatedError(Exception):
+    """Raised by the stand-in KafkaConsumer once it has recorded its configuration."""
+
+
+@pytest.mark.parametrize("reset", ["earliest", "latest"])
+def test_auto_offset_reset_reaches_the_consumer_configuration(monkeypatch: pytest.MonkeyPatch, reset: str) -> None:
+    import connectors.kafka
+
+    seen: dict[str, object] = {}
+
+    def consumer(**config: object) -> None:
+        seen.update(config)
+        raise _ConsumerCreatedError
+
+    monkeypatch.setattr(connectors.kafka, "KafkaConsumer", consumer)
+    with pytest.raises(_ConsumerCreatedError):
+        open_source("kafka://k:9092", topic="events", group_id="g", max_poll_records=10, auto_offset_reset=reset)
+    assert seen["auto_offset_reset"] == reset and seen["group_id"] == "g" and seen["enable_auto_commit"] is False
+
+
 def test_security_settings_reach_the_client_with_the_secret_unwrapped() -> None:
     security = KafkaSecurity(
         security_protocol="SASL_SSL",

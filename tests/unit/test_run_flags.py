@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
 from agent.cli import build_parser
 from agent.cli.stream_commands import setting_overrides
+from agent.runtime.app import run_agent
 from agent.runtime.settings import AgentSettings, load_settings
 from connectors.kafka_security import KafkaSecurity
 
@@ -66,3 +68,32 @@ def test_flags_become_nested_settings_and_win_over_the_environment(monkeypatch: 
 def test_a_choice_flag_refuses_an_unknown_value() -> None:
     with pytest.raises(SystemExit):
         run_parser().parse_args(["--artifacts", "b", "--index", "faiss"])
+    with pytest.raises(SystemExit):
+        run_parser().parse_args(["--artifacts", "b", "--auto-offset-reset", "none"])
+
+
+class _ConsumerCreatedError(Exception):
+    """Raised by the stand-in KafkaConsumer once it has recorded its configuration."""
+
+
+def test_the_auto_offset_reset_flag_reaches_the_agents_kafka_consumer(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import connectors.kafka
+
+    seen: dict[str, object] = {}
+
+    def consumer(**config: object) -> None:
+        seen.update(config)
+        raise _ConsumerCreatedError
+
+    monkeypatch.setattr(connectors.kafka, "KafkaConsumer", consumer)
+    flags = ["--artifacts", str(tiny_bundle), "--bootstrap-servers", "k:9092", "--metrics-host", "127.0.0.1"]
+    args = run_parser().parse_args([*flags, "--metrics-port", "0", "--auto-offset-reset", "latest"])
+    with pytest.raises(_ConsumerCreatedError):
+        run_agent(load_settings(None, setting_overrides(args)))
+    assert (seen["auto_offset_reset"], seen["bootstrap_servers"], seen["group_id"]) == (
+        "latest",
+        "k:9092",
+        "dknn-agent",
+    )

@@ -38,6 +38,7 @@ def test_defaults() -> None:
     assert (s.batch_size, s.max_batch_wait_s, s.max_event_bytes) == (256, 0.2, 1_048_576)
     assert (s.index, s.search_k, s.drift_arl_events, s.source, s.sink) == ("annoy", None, 8.64e7, None, None)
     assert s.kafka_security.security_protocol == "PLAINTEXT"
+    assert s.auto_offset_reset == "earliest"  # what KafkaSource always used: a new group scores the backlog
     with pytest.raises(ValidationError):
         s.threshold = 0.5  # frozen
 
@@ -93,6 +94,7 @@ def test_plain_environment_without_a_file(monkeypatch: pytest.MonkeyPatch) -> No
         ("artifacts: b\nbootstrap_servers: k\nbatch_size: many\n", {}, "batch_size"),
         ("artifacts: b\nbootstrap_servers: k\n", {"input_topic": "bad topic!"}, "input_topic"),
         ("artifacts: b\nbootstrap_servers: k\n", {"index": "faiss"}, "index"),
+        ("artifacts: b\nbootstrap_servers: k\nauto_offset_reset: none\n", {}, "auto_offset_reset"),
         ("artifacts: b\nbootstrap_servers: k\n", {"source": "ftp://x"}, "source"),
         ("artifacts: b\nbootstrap_servers: k\n", {"drift_arl_events": 1.0}, "drift_arl_events"),
         ("artifacts: b\nbootstrap_servers: k\n", {"no_such_flag": 1}, "no_such_flag"),
@@ -190,3 +192,10 @@ def test_trusted_factories_from_a_comma_separated_variable(monkeypatch: pytest.M
     monkeypatch.setenv("DKNN_TRUSTED_FACTORIES", "agent.research.models, mypkg.models")
     settings = load_settings(None, {"artifacts": "b", "bootstrap_servers": "k"})
     assert settings.trusted_factories == ("agent.research.models", "mypkg.models")
+
+
+def test_auto_offset_reset_from_the_file_or_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = write(tmp_path, "artifacts: b\nbootstrap_servers: k\nauto-offset-reset: latest\n")
+    assert load_settings(config).auto_offset_reset == "latest"
+    monkeypatch.setenv("DKNN_AUTO_OFFSET_RESET", "earliest")
+    assert load_settings(config).auto_offset_reset == "earliest"
