@@ -5,8 +5,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BUNDLE ?= artifacts/mnist-cnn
 GRAFANA := dashboards/grafana
+# Tools fetched without root into ~/.cache/dknn-agent (`make tools`) come first on PATH for every
+# recipe and what it runs (tests, demo).
+export PATH := $(or $(DKNN_TOOLS_CACHE),$(HOME)/.cache/dknn-agent)/bin:$(PATH)
 
-.PHONY: setup test lint test-unit test-e2e observability-check dashboards demo demo-table bench-quality bench-snnl bench-adopted \
+.PHONY: setup tools test lint test-unit test-e2e observability-check dashboards demo demo-table bench-quality bench-snnl bench-adopted \
 	bench-stream bench-perf bench-perf-bf16 bench-scale bench-shift bench-shift-peer clean
 .PHONY: deploy-check chart-check image-check
 
@@ -19,6 +22,11 @@ $(STAMP): pyproject.toml setup.py agent/engine/_annoy_batch.cpp
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	touch $(STAMP)
+
+# promtool, amtool, prometheus and prometheus-alertmanager, no root needed: Debian's packages unpacked
+# into ~/.cache/dknn-agent/bin unless all four are on PATH (a fraction of a second once there).
+tools:
+	bash deploy/observability/install.sh
 
 # Everything CI runs: the static checks first (seconds), then the fast unit suite, then the
 # slow groups — end-to-end commands as a user types them, and the real Kafka broker.
@@ -34,8 +42,8 @@ lint: setup
 
 # Prometheus rules (promtool check + unit tests in which every alert fires and clears), the
 # Alertmanager config (amtool), the runbook's anchors, and the dashboards against Grafana's own
-# schema and a real Prometheus. Tools: deploy/observability/install.sh (.ci/run calls it).
-observability-check: setup
+# schema and a real Prometheus.
+observability-check: setup tools
 	bash $(GRAFANA)/validate.sh
 	$(BIN)/python -m pytest -q tests/observability
 
@@ -48,7 +56,7 @@ test-unit: setup
 
 # README commands as subprocesses (train-reference on a small budget, make demo, ...) and the
 # agent against a real Kafka 4 broker started by deploy/local/kafka.sh.
-test-e2e: setup
+test-e2e: setup tools
 	$(BIN)/python -m pytest -q tests/e2e tests/integration
 
 # Kubernetes deployment (deploy/helm, deploy/docker; .ci/run runs it after `make test`): the chart
@@ -76,7 +84,7 @@ $(BUNDLE)/manifest.json: | setup
 	$(BIN)/dknn-agent train-reference mnist --out $(BUNDLE)
 
 # The streaming demo: local Kafka broker, the agent (metrics on :9108) and a demo producer.
-demo: setup $(BUNDLE)/manifest.json
+demo: setup tools $(BUNDLE)/manifest.json
 	bash deploy/local/demo.sh $(BUNDLE)
 
 # Offline: accuracy and credibility on clean and shifted MNIST, one table.
