@@ -15,7 +15,8 @@
 #   kubectl         the machine's, else built from the same module
 #   docker-compose  Compose v2 built from github.com/docker/compose/v2 (a wrapper go.mod: its own go.mod
 #                   has `exclude` lines, which `go install` refuses), for `docker-compose config`
-#   etcd            Debian's etcd-server (apt-get)
+#   etcd            the machine's, else Debian's etcd-server unpacked (not installed; no root) by
+#                   deploy/tools/debian-package.sh into etcd-server-<os>-<arch>
 #   schemas         Kubernetes JSON schemas from PyPI's kubernetes-validate, rewritten for kubeconform;
 #                   KEDA and prometheus-operator CRDs from their Go modules, converted to JSON schemas
 set -euo pipefail
@@ -100,10 +101,14 @@ if [ ! -x "$COMPOSE_DIR/docker-compose" ]; then
     mv "$COMPOSE_DIR/docker-compose.tmp" "$COMPOSE_DIR/docker-compose")
 fi
 
-if ! command -v etcd >/dev/null; then
-  say "installing Debian's etcd-server"
-  apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends etcd-server >/dev/null
+ETCD=$(command -v etcd || true)
+if [ -z "$ETCD" ]; then
+  debian_package="$(dirname "$0")/../tools/debian-package.sh"
+  tag=$(bash "$debian_package" tag) || { say "etcd is not on PATH: install etcd 3.4+ by hand"; exit 1; }
+  ETCD_DIR="$TOOLS/etcd-server-$tag"
+  bash "$debian_package" "$ETCD_DIR" etcd-server
+  ETCD="$ETCD_DIR/usr/bin/etcd"
+  "$ETCD" --version >/dev/null || { say "$ETCD does not run (delete $ETCD_DIR and run again)"; exit 1; }
 fi
 
 # JSON schemas for kubeconform, built once per version set.
@@ -134,7 +139,7 @@ if [ "${1:-}" = env ]; then
   echo "KUBECONFORM=$TOOLS/kubeconform-$KUBECONFORM_VERSION/kubeconform"
   echo "KUBE_APISERVER=$K8S_DIR/kube-apiserver"
   echo "KUBECTL=$KUBECTL"
-  echo "ETCD=$(command -v etcd)"
+  echo "ETCD=$ETCD"
   echo "KUBE_SCHEMAS=$SCHEMAS"
   echo "KUBE_SCHEMA_VERSION=$KUBE_SCHEMA_VERSION"
   echo "CRD_YAML=$SCHEMAS/crd-yaml"
