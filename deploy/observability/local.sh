@@ -12,8 +12,9 @@
 # does but delivers nowhere: firing alerts are on its page and on Prometheus' /alerts. For the
 # shipped routing to a pager, see dashboards/alertmanager/alertmanager.yml.
 #
-# Needs prometheus and prometheus-alertmanager on PATH (deploy/observability/install.sh installs
-# them); exits 3 when they are not, so callers can go on without them. A port in use is an error.
+# Needs prometheus and prometheus-alertmanager on PATH (deploy/observability/install.sh fetches
+# them without root; make demo runs it and puts them on PATH); exits 3 when they are not, so callers
+# can go on without them. A port in use is an error.
 # --exit-with PID: both stop when PID exits, so a killed demo leaves nothing behind.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -71,7 +72,7 @@ wait_ready() {  # $1 url, $2 pid, $3 log
 cmd_start() {
   [ -n "$agent" ] || die "--agent HOST:PORT is required"
   for tool in prometheus prometheus-alertmanager; do
-    command -v "$tool" >/dev/null 2>&1 || { echo "local.sh: $tool not installed (deploy/observability/install.sh)" >&2; exit 3; }
+    command -v "$tool" >/dev/null 2>&1 || { echo "local.sh: $tool not on PATH (make tools, or deploy/observability/install.sh bin-dir)" >&2; exit 3; }
   done
   for port in "$prom_port" "$am_port"; do
     port_free "$port" || die "port $port on 127.0.0.1 is in use (choose another with --prometheus-port/--alertmanager-port)"

@@ -11,7 +11,8 @@ file in which every duration (range selectors and `for:`) is divided by `DKNN_TE
 (default 30: 10m -> 20s); nothing else differs, which the test checks. Set it to 1 to run the
 shipped file unchanged (about 12 minutes).
 
-Needs `prometheus`, `prometheus-alertmanager` and `promtool` on PATH (deploy/observability/install.sh).
+Needs `prometheus`, `prometheus-alertmanager` and `promtool` on PATH (`make tools` fetches them, no root
+needed, and make puts them on PATH).
 """
 
 from __future__ import annotations
@@ -204,7 +205,10 @@ def shifted_points(n: int, seed: int) -> np.ndarray:
 def stack(kafka_bootstrap: str, tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
-        pytest.fail(f"{', '.join(missing)} not on PATH: run deploy/observability/install.sh")
+        pytest.fail(
+            f"{', '.join(missing)} not on PATH: run `make tools` (no root needed), then the tests through make, "
+            "which puts ~/.cache/dknn-agent/bin on PATH"
+        )
     tmp = tmp_path_factory.mktemp("alerting")
     name = f"alerting-{uuid.uuid4().hex[:8]}"
     topics = {kind: f"{name}-{kind}" for kind in ("input", "quarantine", "dead_letter", "scores")}

@@ -1,5 +1,5 @@
 """The `observability` marker: Prometheus rules, Alertmanager config and runbook, checked with the real
-promtool and amtool (installed by deploy/observability/install.sh)."""
+promtool and amtool (on PATH; `make tools` fetches them, no root needed)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ HERE = Path(__file__).parent
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "observability: checks dashboards/ with promtool and amtool (deploy/observability/install.sh)"
+        "markers", "observability: checks dashboards/ with promtool and amtool (on PATH: make tools)"
     )
 
 

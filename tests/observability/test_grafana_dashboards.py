@@ -12,8 +12,8 @@
 - the panels on-call needs are there, with stable uids and panel ids.
 
 A missing tool is a failure, not a skip: node, npm and check-jsonschema (dashboards/grafana/validate.sh
-says what to install), the pinned grafana-foundation-sdk, prometheus and promtool
-(deploy/observability/install.sh).
+says what to install), the pinned grafana-foundation-sdk, prometheus and promtool (on PATH: `make tools`
+fetches them without root, and make puts them on PATH).
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ VALIDATE = GRAFANA / "validate.sh"
 DASHBOARD_FILES = {"dknn-overview": GRAFANA / "dknn-overview.json", "dknn-detail": GRAFANA / "dknn-detail.json"}
 SDK_PIN = "grafana-foundation-sdk==1769699379!11.6.0"
 HINT = f"see {VALIDATE.relative_to(ROOT)} (node, npm, check-jsonschema) and pip install '{SDK_PIN}'"
-PROMETHEUS_HINT = "run deploy/observability/install.sh (as root) to install prometheus and promtool"
+PROMETHEUS_HINT = (
+    "run `make tools` (no root needed), then the tests through make, which puts ~/.cache/dknn-agent/bin on PATH"
+)
 
 TARGET_LABELS = {"job", "instance"}
 SCOPE = 'job="$job", instance=~"$instance"'

@@ -8,7 +8,8 @@
   a heading of docs/runbook.md;
 - every metric the rules read is one the agent exports (docs/design.md §6).
 
-promtool and amtool missing is a failure, not a skip: deploy/observability/install.sh installs them.
+promtool and amtool missing is a failure, not a skip: `make tools` fetches them (no root needed), and
+make puts them on PATH.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ ALERTMANAGER = ROOT / "dashboards" / "alertmanager" / "alertmanager.yml"
 RUNBOOK = ROOT / "docs" / "runbook.md"
 RUNBOOK_URL = "https://github.com/dknn-agent/dknn-agent/blob/main/docs/runbook.md#"
 GRAFANA_DASHBOARDS = sorted((ROOT / "dashboards" / "grafana").glob("*.json"))
-INSTALL_HINT = "run deploy/observability/install.sh (as root) to install promtool and amtool"
+INSTALL_HINT = (
+    "run `make tools` (no root needed), then the tests through make, which puts ~/.cache/dknn-agent/bin on PATH"
+)
 
 SEVERITIES = {"page", "ticket"}
 
