@@ -6,7 +6,10 @@
 - dashboards/alertmanager/alertmanager.yml passes `amtool check-config` and routes by severity;
 - every alert has a severity, a summary, a templated description and a runbook_url whose anchor is
   a heading of docs/runbook.md;
-- every metric the rules read is one the agent exports (docs/design.md §6).
+- every metric the rules read is one the agent exports (docs/design.md §6);
+- rules.yml is dashboards/prometheus/generate.py's rendering of rules.yml.in with the default
+  thresholds, and other thresholds render valid rules too;
+- the traffic alerts aggregate by namespace and job: one job name in two namespaces is two alerts.
 
 promtool and amtool missing is a failure, not a skip: `make tools` fetches them (no root needed), and
 make puts them on PATH.
@@ -18,6 +21,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,7 @@ from tests.observability.metric_contract import ALERT_NAMES, CONTRACT, LABEL_VAL
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "dashboards" / "prometheus" / "rules.yml"
+GENERATE = ROOT / "dashboards" / "prometheus" / "generate.py"
 RULE_TESTS = sorted((ROOT / "dashboards" / "prometheus" / "tests").glob("*.yml"))
 ALERTMANAGER = ROOT / "dashboards" / "alertmanager" / "alertmanager.yml"
 RUNBOOK = ROOT / "docs" / "runbook.md"
@@ -166,16 +171,52 @@ def test_alert_labels_and_annotations(rule: dict[str, Any]) -> None:
     assert anchor in runbook_anchors(), f"{name}: docs/runbook.md has no heading for #{anchor}"
 
 
-def test_shift_alerts_aggregate_by_job() -> None:
-    """Replicas of one consumer group each run a detector: one shift must be one alert per job."""
-    shift = {"DknnDistributionShiftDetected", "DknnTrafficShifted", "DknnLowCredibilityRateHigh"}
+def test_traffic_alerts_aggregate_by_namespace_and_job() -> None:
+    """Replicas of one consumer group each run a detector: one shift must be one alert per job, and
+    the same job name in two namespaces (two deployments) must stay two."""
+    traffic = {
+        "DknnDistributionShiftDetected",
+        "DknnTrafficShifted",
+        "DknnLowCredibilityRateHigh",
+        "DknnDeadLetterRateHigh",
+        "DknnConsumerLagGrowing",
+    }
     recorded = {rule["record"]: rule["expr"] for rule in recordings()}
+
+    def expand(expr: str) -> str:  # the expression with the recorded series it reads, recursively
+        return " ".join([expr, *(expand(recorded[n]) for n in RECORDED_NAME.findall(expr) if n in recorded)])
+
     for rule in alerts():
-        if rule["alert"] in shift:
-            expr = " ".join(
-                [rule["expr"], *(recorded[n] for n in RECORDED_NAME.findall(rule["expr"]) if n in recorded)]
+        if rule["alert"] in traffic:
+            expr = expand(rule["expr"])
+            assert re.search(r"\b(sum|max|min|count) by \(namespace, job[,)]", expr), (
+                f"{rule['alert']} is not aggregated by namespace and job"
             )
-            assert re.search(r"\b(sum|max|min|count) by \(job\)", expr), f"{rule['alert']} is not aggregated by job"
+            assert not re.search(r"\bby \(job\b", expr), f"{rule['alert']} aggregates by job alone somewhere"
+    for name in recorded:
+        assert name.startswith("namespace_job"), f"{name}: every recording rule keeps namespace and job"
+
+
+def test_rules_yml_is_the_template_rendered_with_the_defaults() -> None:
+    result = run(sys.executable, str(GENERATE), "--check")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_other_thresholds_render_valid_rules(tmp_path: Path) -> None:
+    """What the chart does with prometheusRule.thresholds, checked by promtool."""
+    out = tmp_path / "rules.yml"
+    values = ["deadLetterRatio=0.2", "deadLetterFor=30m", "lagMessages=250000", "lagGrowingFor=1h"]
+    result = run(sys.executable, str(GENERATE), "--out", str(out), *(f"--set={value}" for value in values))
+    assert result.returncode == 0, result.stderr
+    checked = run(tool("promtool"), "check", "rules", str(out))
+    assert checked.returncode == 0 and "SUCCESS" in checked.stdout, checked.stdout + checked.stderr
+    rendered = {rule["alert"]: rule for group in load(out)["groups"] for rule in group["rules"] if "alert" in rule}
+    dead = rendered["DknnDeadLetterRateHigh"]
+    assert dead["expr"].endswith("> 0.2") and dead["for"] == "30m"
+    assert "{{ 0.2 | humanizePercentage }} for 30m" in dead["annotations"]["description"]
+    lag = rendered["DknnConsumerLagGrowing"]
+    assert "> 250000 and" in lag["expr"] and lag["for"] == "1h"
+    assert rendered["DknnTrafficShifted"] == {rule["alert"]: rule for rule in alerts()}["DknnTrafficShifted"]
 
 
 def test_every_metric_is_in_the_contract() -> None:
@@ -272,3 +313,17 @@ def test_two_replicas_page_once_for_one_shift() -> None:
                 assert "instance" not in case["exp_alerts"][0]["exp_labels"]
                 return
     pytest.fail("no unit test where two replicas' change detectors fire and one alert is expected")
+
+
+def test_one_job_name_in_two_namespaces_is_two_alerts() -> None:
+    """A unit test feeds one job name from two namespaces and expects alerts that keep them apart."""
+    for test in rule_tests():
+        namespaces = {m for s in test.get("input_series", []) for m in re.findall(r'namespace="([^"]+)"', s["series"])}
+        jobs = {m for s in test.get("input_series", []) for m in re.findall(r'job="([^"]+)"', s["series"])}
+        if len(namespaces) < 2 or len(jobs) != 1:
+            continue
+        for case in test.get("alert_rule_test", []):
+            expected = case.get("exp_alerts") or []
+            if len(expected) == 2 and {alert["exp_labels"].get("namespace") for alert in expected} == namespaces:
+                return
+    pytest.fail("no unit test where one job name in two namespaces gives one alert per namespace")
