@@ -5,11 +5,13 @@ dashboards/ (one source of truth, also after `helm package`)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
 import subprocess
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import yaml
@@ -66,6 +68,11 @@ def test_lint_strict_passes_with_default_and_production_values(tools: Tools) -> 
         ([*MINIMAL, "--set", "replicaCount=two"], "replicaCount"),  # wrong type
         ([*MINIMAL, "--set", "autoscaling.mode=vpa"], "/autoscaling/mode"),  # not one of the choices
         ([*MINIMAL, "--set", "config.threshold=1.5"], "threshold"),  # out of the agent's range
+        ([*MINIMAL, "--set-json", "prometheusRule.thresholds.deadLetterRate=0.1"], "deadLetterRate"),
+        ([*MINIMAL, "--set-json", "prometheusRule.thresholds.deadLetterRatio=1.5"], "deadLetterRatio"),
+        ([*MINIMAL, "--set", "prometheusRule.thresholds.deadLetterRatio=0.1"], "deadLetterRatio"),  # a string
+        ([*MINIMAL, "--set", "prometheusRule.thresholds.lagMessages=many"], "lagMessages"),
+        ([*MINIMAL, "--set", "prometheusRule.thresholds.deadLetterFor=10min"], "deadLetterFor"),
     ],
 )
 def test_values_schema_refuses_typos_and_bad_values(tools: Tools, args: list[str], complaint: str) -> None:
@@ -269,6 +276,90 @@ def test_one_source_of_truth_survives_helm_package(tools: Tools, tmp_path: Path)
     docs = tools.render(*EVERYTHING, chart=package)
     assert one(docs, "PrometheusRule")["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]
     listing = subprocess.run(["tar", "tzf", str(package)], capture_output=True, text=True, check=True).stdout.split()
+    # The rules' template (what the PrometheusRule renders), not its default rendering nor its generator.
     assert sorted(name for name in listing if "/files/" in name) == sorted(
-        ["dknn-agent/files/prometheus/rules.yml"] + [f"dknn-agent/files/grafana/{path.name}" for path in DASHBOARDS]
+        ["dknn-agent/files/prometheus/rules.yml.in"] + [f"dknn-agent/files/grafana/{path.name}" for path in DASHBOARDS]
     )
+
+
+# -- the alert thresholds (dashboards/prometheus/rules.yml.in) ---------------------------------
+
+TRAFFIC_ALERTS = {
+    "DknnDistributionShiftDetected",
+    "DknnTrafficShifted",
+    "DknnLowCredibilityRateHigh",
+    "DknnDeadLetterRateHigh",
+    "DknnConsumerLagGrowing",
+}
+
+
+def _rules_generator() -> ModuleType:
+    """dashboards/prometheus/generate.py, loaded by path (dashboards/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("dknn_rules_generate", ROOT / "dashboards/prometheus/generate.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _alerts(groups: list[dict]) -> dict[str, dict]:
+    return {rule["alert"]: rule for group in groups for rule in group["rules"] if "alert" in rule}
+
+
+def test_the_charts_default_thresholds_are_the_ones_rules_yml_is_rendered_with() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["prometheusRule"]["thresholds"] == _rules_generator().DEFAULTS
+
+
+def test_changed_thresholds_show_up_in_the_prometheus_rule(tools: Tools) -> None:
+    changed = {"deadLetterRatio": 0.2, "lagMessages": 250000}
+    docs = tools.render(
+        *EVERYTHING,
+        "--set-json",
+        "prometheusRule.thresholds=" + json.dumps(changed),
+        "--set",
+        "prometheusRule.thresholds.deadLetterFor=30m,prometheusRule.thresholds.trafficShiftedFor=1h",
+    )
+    groups = one(docs, "PrometheusRule")["spec"]["groups"]
+    alerts = _alerts(groups)
+    dead = alerts["DknnDeadLetterRateHigh"]
+    assert dead["expr"].endswith(" > 0.2") and dead["for"] == "30m"
+    assert "(alert above {{ 0.2 | humanizePercentage }} for 30m)" in dead["annotations"]["description"]
+    lag = alerts["DknnConsumerLagGrowing"]
+    assert " > 250000 and deriv(" in lag["expr"] and lag["for"] == "15m"
+    assert alerts["DknnTrafficShifted"]["for"] == "1h" and alerts["DknnLowCredibilityRateHigh"]["for"] == "10m"
+    # Exactly what the generator renders with the same thresholds; nothing else moved.
+    generate = _rules_generator()
+    rendered = generate.render({**generate.DEFAULTS, **changed, "deadLetterFor": "30m", "trafficShiftedFor": "1h"})
+    assert groups == yaml.safe_load(rendered)["groups"]
+    shipped = _alerts(yaml.safe_load(RULES.read_text())["groups"])
+    assert {name for name in alerts if alerts[name] != shipped[name]} == {
+        "DknnDeadLetterRateHigh",
+        "DknnConsumerLagGrowing",
+        "DknnTrafficShifted",
+    }
+
+
+def test_a_threshold_without_a_value_fails_rendering(tools: Tools) -> None:
+    proc = tools.template(*EVERYTHING, "--set", "prometheusRule.thresholds.lagMessages=null", check=False)
+    assert proc.returncode != 0 and "prometheusRule.thresholds has no value for ${lagMessages}" in proc.stderr
+
+
+def test_the_charts_alerts_keep_namespace_and_job(tools: Tools) -> None:
+    """Two releases with one job name in two namespaces must not merge: every aggregation of every
+    rule the chart ships keeps namespace and job, and the traffic alerts do aggregate."""
+    groups = one(tools.render(*EVERYTHING), "PrometheusRule")["spec"]["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    for rule in rules:
+        for kept in re.findall(r"\b(?:by|on) \(([^)]*)\)", rule["expr"]):
+            assert kept.startswith("namespace, job"), f"{rule.get('alert') or rule['record']}: by/on ({kept})"
+        if "record" in rule:
+            assert rule["record"].startswith("namespace_job"), rule["record"]
+    recorded = {rule["record"]: rule["expr"] for rule in rules if "record" in rule}
+
+    def expand(expr: str) -> str:  # the expression with the recorded series it reads, recursively
+        return " ".join([expr, *(expand(recorded[n]) for n in re.findall(r"namespace_job\w*:\w+:\w+", expr))])
+
+    for name, alert in _alerts(groups).items():
+        if name in TRAFFIC_ALERTS:
+            assert "by (namespace, job" in expand(alert["expr"]), f"{name} does not aggregate"
