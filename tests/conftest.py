@@ -13,7 +13,8 @@ import torch
 
 from agent.engine.dknn import DkNN
 from agent.engine.fit import Dataset, FitOptions, fit_bundle
-from agent.engine.manifest import ModelSpec
+from agent.engine.manifest import PROGRAM_FILE, ModelSpec
+from agent.engine.program import export_program
 from agent.research.models.tiny import build_model
 from agent.research.training import TrainOptions, train_classifier
 from agent.runtime.drift import DriftMonitor
@@ -53,12 +54,25 @@ def tiny_problem(tmp_path_factory: pytest.TempPathFactory) -> TinyProblem:
     return TinyProblem(train=train, calibration=calibration, test=test, weights=weights)
 
 
-def fit_tiny(problem: TinyProblem, out: Path, **options) -> Path:
+def tiny_model(problem: TinyProblem) -> torch.nn.Module:
     model = build_model()
     model.load_state_dict(torch.load(problem.weights, weights_only=True))
+    return model.eval()
+
+
+def fit_tiny(problem: TinyProblem, out: Path, *, factory: bool = False, **options) -> Path:
+    """The tiny model's bundle: its model as a serialized program (as users ship it), or, with
+    `factory`, named by its factory (a bundle only a trusting agent opens)."""
+    model = tiny_model(problem)
+    source = model if factory else export_program(model, (torch.zeros(2, 8),))
+    spec = (
+        ModelSpec(name="tiny", version="1", factory=TINY_FACTORY, num_classes=3)
+        if factory
+        else ModelSpec(name="tiny", version="1", program=PROGRAM_FILE, num_classes=3)
+    )
     fit_bundle(
-        model=model,
-        model_spec=ModelSpec(name="tiny", version="1", factory=TINY_FACTORY, num_classes=3),
+        model=source,
+        model_spec=spec,
         layers=TINY_LAYERS,
         train=problem.train,
         calibration=problem.calibration,
@@ -90,6 +104,12 @@ def pipeline_for(bundle: Path, source: Source, sink: Sink, **options) -> Pipelin
 def tiny_bundle(tiny_problem: TinyProblem, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bundle fitted once per session; tests that corrupt a bundle copy it first."""
     return fit_tiny(tiny_problem, tmp_path_factory.mktemp("bundle") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_factory_bundle(tiny_problem: TinyProblem, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny bundle with its model named by a factory: opening it is a trust decision."""
+    return fit_tiny(tiny_problem, tmp_path_factory.mktemp("bundle") / "tiny-factory", factory=True)
 
 
 @pytest.fixture(scope="module")

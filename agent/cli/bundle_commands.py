@@ -7,7 +7,7 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pydantic
 
@@ -16,8 +16,9 @@ from agent.engine.bundle import BundleTrust
 from agent.engine.fit import FitOptions
 from agent.engine.index import BACKENDS
 from agent.engine.manifest import COMPUTE_DTYPES, NonconformitySpec, ResidualSpec
+from agent.engine.recommend import PRESETS
 from agent.engine.tuning import RecallTarget
-from agent.errors import BundleError, ConfigError, DataError
+from agent.errors import BundleError, ConfigError, DataError, DknnError
 
 if TYPE_CHECKING:
     from agent.research.training import TrainOptions
@@ -28,6 +29,7 @@ DEFAULT_RESIDUAL = {name: field.default for name, field in ResidualSpec.model_fi
 
 def register(commands: argparse._SubParsersAction) -> None:
     _register_train_reference(commands)
+    _register_layers(commands)
     _register_fit(commands)
     _register_score(commands)
     _register_info(commands)
@@ -67,27 +69,29 @@ def add_index_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--nonconformity",
         choices=("labels", "labels+distance"),
-        default="labels",
-        help="labels: the DkNN paper's count of disagreeing neighbours (fit's default); labels+distance: plus, "
-        "per layer, up to --distance-weight for neighbours farther than the training points' own "
-        "(docs/design.md §2.2; train-reference's default, with the adopted settings, when absent)",
+        default=None,
+        help="labels: the DkNN paper's count of disagreeing neighbours; labels+distance: plus, per layer, up to "
+        "--distance-weight for neighbours farther than the training points' own (docs/design.md §2.2). "
+        "Absent, this and every option below take the preset's value (fit: --preset; train-reference: the "
+        "adopted configuration); given, each replaces just that part",
     )
     group.add_argument(
         "--distance-weight",
         type=int,
         default=None,
-        help="labels+distance: what the farthest inputs add per layer, in disagreeing neighbours (default: k)",
+        help="labels+distance: what the farthest inputs add per layer, in disagreeing neighbours "
+        "(recommended: 600; with an explicit --nonconformity labels+distance: k)",
     )
     group.add_argument(
         "--distance-reference",
         type=int,
-        default=5000,
+        default=None,
         help="labels+distance: training points sampled for the distance reference (default: 5000)",
     )
     group.add_argument(
         "--distance-statistic",
         choices=("mean", "kth"),
-        default="mean",
+        default=None,
         help="labels+distance: a layer's distance is the mean of the nearest --distance-neighbors' or the farthest "
         "of them (default: mean)",
     )
@@ -97,47 +101,51 @@ def add_index_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="M",
         help="labels+distance: how many of the k nearest neighbours the distance statistic reads; a few see a "
-        "far input better than all 75 (default: k)",
+        "far input better than all 75 (recommended: 5; with an explicit --nonconformity: k)",
     )
     group.add_argument(
         "--distance-tail",
         type=float,
-        default=0.0,
-        help="labels+distance: only distance ranks above this quantile of the reference count (default: 0)",
+        default=None,
+        help="labels+distance: only distance ranks above this quantile of the reference count "
+        "(recommended: 0.5; with an explicit --nonconformity: 0)",
     )
     group.add_argument(
         "--residual-layer",
         default=None,
         metavar="LAYER",
-        help="add the residual term: up to --residual-weight for inputs whose activation at LAYER (indexed or not) "
-        "lies further off the training data's principal directions than the training points' own "
-        "(docs/design.md §2.2; default: no residual term, train-reference: relu2)",
+        help="the residual term's layer: up to --residual-weight for inputs whose activation at LAYER (indexed or "
+        "not) lies further off the training data's principal directions than the training points' own "
+        "(docs/design.md §2.2; recommended: the activation before the last hidden layer)",
     )
+    group.add_argument("--no-residual", action="store_true", help="leave the residual term out")
     group.add_argument(
         "--residual-components",
         type=int,
-        default=DEFAULT_RESIDUAL["components"],
+        default=None,
         metavar="D",
-        help="residual term: principal directions the training data spans at the layer (default: %(default)s)",
+        help="residual term: principal directions the training data spans at the layer; clipped to half the "
+        f"layer's width (default: {DEFAULT_RESIDUAL['components']})",
     )
     group.add_argument(
         "--residual-weight",
         type=int,
-        default=DEFAULT_RESIDUAL["weight"],
-        help="residual term: what the farthest-off inputs add, in disagreeing neighbours (default: %(default)s)",
+        default=None,
+        help=f"residual term: what the farthest-off inputs add, in disagreeing neighbours (default: "
+        f"{DEFAULT_RESIDUAL['weight']})",
     )
     group.add_argument(
         "--residual-tail",
         type=float,
-        default=DEFAULT_RESIDUAL["tail"],
-        help="residual term: only ranks above this quantile of the reference count; high, so that digits from "
-        "other populations are left alone (default: %(default)s)",
+        default=None,
+        help="residual term: only ranks above this quantile of the reference count; high, so that inputs from "
+        f"other populations of the same classes are left alone (default: {DEFAULT_RESIDUAL['tail']})",
     )
     group.add_argument(
         "--residual-reference",
         type=int,
-        default=DEFAULT_RESIDUAL["reference_size"],
-        help="residual term: training points sampled for its reference (default: %(default)s)",
+        default=None,
+        help=f"residual term: training points sampled for its reference (default: {DEFAULT_RESIDUAL['reference_size']})",
     )
     group.add_argument("--label-layers", default=None, help="layers whose neighbours vote (default: every layer)")
     group.add_argument(
@@ -155,9 +163,9 @@ def add_index_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def fit_options(args: argparse.Namespace, default_nonconformity: NonconformitySpec | None = None) -> FitOptions:
-    """The fitting options; `default_nonconformity` is what an absent --nonconformity means (train-reference:
-    the adopted one), and only then may --nonconformity be absent."""
+def fit_options(args: argparse.Namespace, preset: NonconformitySpec) -> FitOptions:
+    """The fitting options: the index flags, and the nonconformity of `preset` with whatever the
+    nonconformity flags change (`nonconformity_spec`)."""
     for name in ("k", "n_trees", "batch_size"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
@@ -174,85 +182,85 @@ def fit_options(args: argparse.Namespace, default_nonconformity: NonconformitySp
         seed=args.seed,
         batch_size=args.batch_size,
         progress=not args.quiet,
-        nonconformity=nonconformity_spec(args, default_nonconformity),
+        nonconformity=nonconformity_spec(args, preset),
         compute_dtype=args.compute_dtype,
     )
 
 
-def nonconformity_spec(args: argparse.Namespace, default: NonconformitySpec | None = None) -> NonconformitySpec:
-    """The --nonconformity options as the manifest's spec; distance options without distance are an error."""
-    label_layers = split_list(args.label_layers) if args.label_layers is not None else None
-    distance_layers = split_list(args.distance_layers) if args.distance_layers is not None else None
-    distance_given = (
-        args.distance_weight is not None
-        or distance_layers is not None
-        or args.distance_tail
-        or args.distance_neighbors is not None
-    )
-    residual = residual_spec(args)
-    residual_given = residual is not None or _residual_options_changed(args)
-    if args.nonconformity is None:  # train-reference without --nonconformity: the adopted one
-        if default is None or label_layers is not None or distance_given or residual_given:
-            raise ConfigError("--label-layers, --distance-* and --residual-* options need an explicit --nonconformity")
-        return default
-    if residual is None and residual_given:
-        raise ConfigError("--residual-* options need --residual-layer")
-    if args.nonconformity == "labels":
+def nonconformity_spec(args: argparse.Namespace, preset: NonconformitySpec) -> NonconformitySpec:
+    """`preset` with every nonconformity flag that was given applied on top. An explicit
+    --nonconformity other than the preset's starts that kind from its own defaults (labels+distance:
+    weight k, all k neighbours, no tail) rather than the preset's values."""
+    kind = args.nonconformity or preset.kind
+    label_layers = split_list(args.label_layers) if args.label_layers is not None else preset.label_layers
+    residual = residual_spec(args, preset.residual)
+    distance_flags = ("distance_weight", "distance_reference", "distance_statistic", "distance_neighbors")
+    distance_given = args.distance_layers is not None or args.distance_tail is not None
+    distance_given = distance_given or any(getattr(args, name) is not None for name in distance_flags)
+    if kind == "labels":
         if distance_given:
             raise ConfigError("--distance-* options need --nonconformity labels+distance")
         return NonconformitySpec(label_layers=label_layers, residual=residual)
-    weight = args.k if args.distance_weight is None else args.distance_weight
-    if weight < 1 or args.distance_reference < 1:
+    base = (
+        preset
+        if preset.kind == kind
+        else NonconformitySpec(kind="labels+distance", distance_weight=args.k, distance_reference_size=5000)
+    )
+    distance_layers = split_list(args.distance_layers) if args.distance_layers is not None else base.distance_layers
+    weight = args.distance_weight if args.distance_weight is not None else base.distance_weight
+    reference = args.distance_reference if args.distance_reference is not None else base.distance_reference_size
+    tail = args.distance_tail if args.distance_tail is not None else base.distance_tail
+    neighbors = args.distance_neighbors if args.distance_neighbors is not None else base.distance_neighbors
+    if weight < 1 or reference < 1:
         raise ConfigError("--distance-weight and --distance-reference must be at least 1")
-    if not 0 <= args.distance_tail < 1:
+    if not 0 <= tail < 1:
         raise ConfigError("--distance-tail must be in [0, 1)")
-    if args.distance_neighbors is not None and not 1 <= args.distance_neighbors <= args.k:
+    if neighbors is not None and not 1 <= neighbors <= args.k:
         raise ConfigError(f"--distance-neighbors must be in [1, k = {args.k}]")
     return NonconformitySpec(
         kind="labels+distance",
         label_layers=label_layers,
         distance_layers=distance_layers,
         distance_weight=weight,
-        distance_reference_size=args.distance_reference,
-        distance_statistic=args.distance_statistic,
-        distance_tail=args.distance_tail,
-        distance_neighbors=args.distance_neighbors,
+        distance_reference_size=reference,
+        distance_statistic=args.distance_statistic or base.distance_statistic,
+        distance_tail=tail,
+        distance_neighbors=neighbors,
         residual=residual,
     )
 
 
-def residual_spec(args: argparse.Namespace) -> ResidualSpec | None:
-    """The --residual-* options as the manifest's residual term; None without --residual-layer."""
-    if args.residual_layer is None:
+def residual_spec(args: argparse.Namespace, preset: ResidualSpec | None) -> ResidualSpec | None:
+    """The residual term: the preset's (or --residual-layer's) with the --residual-* flags given; None with
+    --no-residual."""
+    given = {
+        "components": args.residual_components,
+        "weight": args.residual_weight,
+        "tail": args.residual_tail,
+        "reference_size": args.residual_reference,
+    }
+    given = {name: value for name, value in given.items() if value is not None}
+    if args.no_residual:
+        if given or args.residual_layer is not None:
+            raise ConfigError("--no-residual leaves the residual term out: drop the --residual-* options")
         return None
-    if args.residual_components < 1 or args.residual_weight < 1 or args.residual_reference < 1:
+    layer = args.residual_layer or (preset.layer if preset else None)
+    if layer is None:
+        if given:
+            raise ConfigError("--residual-* options need --residual-layer")
+        return None
+    base = preset.model_dump() if preset is not None else {}
+    base.update(layer=layer, **given)
+    if given.get("components", 1) < 1 or given.get("weight", 1) < 1 or given.get("reference_size", 1) < 1:
         raise ConfigError("--residual-components, --residual-weight and --residual-reference must be at least 1")
-    if not 0 <= args.residual_tail < 1:
+    if not 0 <= given.get("tail", 0) < 1:
         raise ConfigError("--residual-tail must be in [0, 1)")
     try:
-        return ResidualSpec(
-            layer=args.residual_layer,
-            components=args.residual_components,
-            weight=args.residual_weight,
-            tail=args.residual_tail,
-            reference_size=args.residual_reference,
-        )
+        return ResidualSpec(**base)
     except pydantic.ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
         where = "-".join(str(part) for part in first["loc"])
         raise ConfigError(f"--residual-{where.replace('_', '-')}: {first['msg']}") from None
-
-
-def _residual_options_changed(args: argparse.Namespace) -> bool:
-    return any(
-        getattr(args, f"residual_{name}") != DEFAULT_RESIDUAL[field]
-        for name, field in (
-            ("components", "components"),
-            ("weight", "weight"),
-            ("tail", "tail"),
-            ("reference", "reference_size"),
-        )
-    )
 
 
 # --- train-reference -----------------------------------------------------------------------------
@@ -404,7 +412,177 @@ def _train_reference(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- layers --------------------------------------------------------------------------------------
+
+
+def _register_layers(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "layers",
+        help="list a model's tappable layers and the ones fit would choose",
+        description="Run the model once on a few inputs and list every value a bundle can tap: module calls by "
+        "their named_modules() path (a module called twice gets #1 for its second call), parts of tuple or "
+        "dict outputs as [i] / [key], and, in a serialized program, functional operations as MODULE:OP "
+        "(--all). Marks the layers `fit --preset recommended` (and paper) would index and where the residual "
+        "term would look.",
+        epilog="examples:\n  dknn-agent layers model.pt2\n"
+        "  dknn-agent layers --factory mypkg.models:build --weights model.pt --data train.npz\n"
+        "  dknn-agent layers bundle/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "source", nargs="?", type=Path, default=None, help="a .pt2 program or a bundle directory (or use --factory)"
+    )
+    add_model_options(parser, required=False)
+    parser.add_argument(
+        "--data",
+        default=None,
+        metavar="DATA",
+        help="inputs to run the model on (the first rows; needed for a factory, or for a program whose inputs "
+        "have dynamic sizes besides the batch)",
+    )
+    parser.add_argument("--all", action="store_true", help="also list operations and values that cannot be tapped")
+    parser.add_argument("--json", action="store_true", help="print the list as JSON")
+    add_trust_options(parser)
+    parser.set_defaults(handler=_layers)
+
+
+def _layers(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from agent.engine.data_files import load_dataset
+    from agent.engine.recommend import suggest
+
+    model, output, manifest_inputs = _layers_model(args)
+    probe: list[np.ndarray]
+    if args.data is not None:
+        data = load_dataset(args.data, labelled=False)
+        names = [name for name, _, _ in manifest_inputs] if manifest_inputs else list(data.inputs)
+        probe = [array[:PROBE_ROWS] for array in data.arrays_for(names)]
+    elif manifest_inputs is not None:
+        probe = []
+        for name, dtype, shape in manifest_inputs:
+            if any(size is None for size in shape[1:]):
+                raise ConfigError(f"input {name!r} has dynamic sizes {list(shape)}: give inputs with --data")
+            probe.append(np.zeros((PROBE_ROWS, *[int(size) for size in shape[1:] if size is not None]), dtype=dtype))
+    else:
+        raise ConfigError("a factory's inputs are unknown: give a few with --data")
+    points, num_classes = probe_model(model, probe, output)
+    suggestion = suggest(points, num_classes)
+    recommended, paper = suggestion.layers("recommended"), suggestion.layers("paper")
+    residual = suggestion.residual_spec()
+
+    def role(name: str) -> str:
+        marks = []
+        if name in recommended:
+            marks.append(f"recommended {recommended[name]}")
+        if residual is not None and name == residual.layer:
+            marks.append(f"residual ({residual.components} components)")
+        if name in paper:
+            marks.append("paper")
+        return ", ".join(marks)
+
+    shown = [point for point in points if args.all or (point.tappable and (":" not in point.name or role(point.name)))]
+    if args.json:
+        rows = [
+            {
+                "name": point.name,
+                "kind": point.kind,
+                "shape": list(point.shape),
+                "features": point.width,
+                "dtype": point.dtype,
+                "tappable": point.tappable,
+                "suggested": role(point.name) or None,
+            }
+            for point in shown
+        ]
+        print(json.dumps({"classes": num_classes, "layers": rows}, indent=2))
+        return 0
+    width = max([len(point.name) for point in shown] + [5])
+    print(f"{'layer':<{width}}  {'kind':<18} {'shape':<18} {'features':>9}  suggested")
+    for point in shown:
+        mark = role(point.name) if point.tappable else "(not batch-first or not floating: cannot be tapped)"
+        size = "x".join(str(dim) for dim in point.shape) or "scalar"
+        print(f"{point.name:<{width}}  {point.kind[:18]:<18} {size[:18]:<18} {point.width:>9,}  {mark}")
+    print(
+        f"\n{num_classes} classes. fit without --layers indexes: "
+        + ", ".join(f"{k}={v}" for k, v in recommended.items())
+    )
+    return 0
+
+
+def _layers_model(
+    args: argparse.Namespace,
+) -> tuple[Any, str | None, list[tuple[str, str, tuple[int | None, ...]]] | None]:
+    """The model, its output selector, and its inputs as (name, dtype, shape) where known."""
+    from agent.engine.program import Program
+
+    if args.source is not None and (args.model is not None or args.factory is not None):
+        raise ConfigError("give the model once: a path, or --model, or --factory")
+    if args.source is not None and args.source.is_dir():
+        from agent.engine.bundle import verify_bundle
+
+        bundle = verify_bundle(args.source, bundle_trust(args))
+        bundle.close()
+        inputs = [(spec.name, spec.dtype, (None, *spec.shape)) for spec in bundle.manifest.inputs]
+        return bundle.build_model(), args.output or bundle.manifest.model.output, list(inputs)
+    if args.source is not None:
+        args.model = args.source
+    model = load_model_source(args)
+    return model, args.output, model.input_meta() if isinstance(model, Program) else None
+
+
 # --- fit -----------------------------------------------------------------------------------------
+
+
+def add_model_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    """Where the model comes from: a serialized program, or a factory plus weights."""
+    group = parser.add_argument_group("model (one of --model and --factory)")
+    group.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="the model as a torch.export program (.pt2, from torch.export.save; export it with a dynamic "
+        "batch dimension): read as data, no code to trust (docs/security.md)",
+    )
+    group.add_argument(
+        "--factory", default=None, help="or: importable model factory, package.module:function (code you trust)"
+    )
+    group.add_argument("--factory-kwargs", default="{}", help="JSON object of keyword arguments for the factory")
+    group.add_argument("--weights", type=Path, default=None, help="the factory model's state_dict (torch.save)")
+    group.add_argument(
+        "--output",
+        default=None,
+        metavar="SELECTOR",
+        help="where the logits are in the model's output, when it is a tuple, dict or ModelOutput: [0], [logits] "
+        "or logits (default: the output is the logits)",
+    )
+    parser.set_defaults(model_required=required)
+
+
+def load_model_source(args: argparse.Namespace) -> Any:
+    """The model the --model / --factory options name: a checked Program, or the factory's module."""
+    from agent.engine.bundle import load_state_dict
+    from agent.engine.model_factory import build_model
+    from agent.engine.program import load_program
+
+    if (args.model is None) == (args.factory is None):
+        raise ConfigError("name the model with exactly one of --model FILE.pt2 and --factory MODULE:FUNCTION")
+    if args.model is not None:
+        if args.weights is not None or args.factory_kwargs != "{}":
+            raise ConfigError("--weights and --factory-kwargs go with --factory (a program carries its weights)")
+        try:
+            data = args.model.read_bytes()
+        except OSError as exc:
+            raise DataError(f"{args.model}: cannot read the program ({exc.strerror or exc})") from None
+        return load_program(data, args.model)
+    module = build_model(args.factory, parse_json_object(args.factory_kwargs, "--factory-kwargs"))
+    if args.weights is None:
+        raise ConfigError("--factory needs --weights (the state_dict to load into the factory's model)")
+    try:
+        module.load_state_dict(load_state_dict(args.weights))
+    except RuntimeError as exc:
+        raise ConfigError(f"{args.weights}: weights do not fit {args.factory}: {str(exc).splitlines()[0]}") from None
+    return module.eval()
 
 
 def _register_fit(commands: argparse._SubParsersAction) -> None:
@@ -412,25 +590,45 @@ def _register_fit(commands: argparse._SubParsersAction) -> None:
         "fit",
         help="fit a bundle for your own model",
         description="Build a bundle from a trained model: per-layer Annoy indexes of the training set's "
-        "activations and calibration scores from a held-out labelled set.",
-        epilog="example:\n  dknn-agent fit --factory agent.research.models.tiny:build_model --weights model.pt \\\n"
-        "    --layers relu1,relu2,logits --train train.npz --calibration cal.npz --out bundle/",
+        "activations and calibration scores from a held-out labelled set.\n\n"
+        "Without --layers it picks them the way the MNIST reference was tuned (--preset recommended): the "
+        "last hidden layer (unit rows, 32 principal directions) and the logits, each voting with its k "
+        "neighbours and adding distance, plus a residual term at the activation before the last hidden "
+        "layer. `dknn-agent layers MODEL` shows the choice before you fit. --preset paper fits the DkNN "
+        "paper's label vote over the hidden activations and the logits instead.\n\n"
+        "Data (--train, --calibration): an .npz whose 'y' holds integer labels and whose other arrays are "
+        "the model's inputs by name ('x' for a single input), or NAME=FILE.npy,...,y=FILE.npy; uncompressed "
+        "archives and .npy files are memory-mapped.",
+        epilog="examples:\n"
+        "  dknn-agent fit --model model.pt2 --train train.npz --calibration calibration.npz --out bundle/\n"
+        "  dknn-agent fit --factory mypkg.models:build --weights model.pt --layers features.3=pca:64,classifier \\\n"
+        "    --train train.npz --calibration calibration.npz --out bundle/ --model-name my-model",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--factory", required=True, help="importable model factory, package.module:function")
-    parser.add_argument("--factory-kwargs", default="{}", help="JSON object of keyword arguments for the factory")
-    parser.add_argument("--weights", type=Path, required=True, help="state_dict saved with torch.save")
+    add_model_options(parser, required=True)
+    parser.add_argument("--train", required=True, metavar="DATA", help="training inputs and labels")
+    parser.add_argument("--calibration", required=True, metavar="DATA", help="inputs and labels held out from training")
+    parser.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    parser.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default="recommended",
+        help="the configuration options leave unsaid (default: recommended)",
+    )
     parser.add_argument(
         "--layers",
-        required=True,
-        help="comma-separated named_modules() paths, each optionally "
-        "=PREPROCESSING (none, l2, pca:D, or a +chain such as pca:64+l2)",
+        default=None,
+        help="comma-separated tap names (dknn-agent layers lists them), each optionally =PREPROCESSING (none, l2, "
+        "pca:D, or a +chain such as l2+pca:32) (default: the preset's)",
     )
-    parser.add_argument("--train", type=Path, required=True, help=".npz with float32 'x' and integer 'y'")
     parser.add_argument(
-        "--calibration", type=Path, required=True, help=".npz with float32 'x' and integer 'y' held out from training"
+        "--input-range",
+        action="append",
+        default=None,
+        metavar="NAME=LOW:HIGH",
+        help="the values an integer input accepts (token ids up to the vocabulary size); events outside are "
+        "dead-lettered (default: the range seen in the data)",
     )
-    parser.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     parser.add_argument(
         "--model-name", default="model", help="name recorded in the manifest and matched against events"
     )
@@ -440,43 +638,87 @@ def _register_fit(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_fit)
 
 
+def parse_ranges(items: list[str] | None) -> dict[str, tuple[float, float]]:
+    ranges: dict[str, tuple[float, float]] = {}
+    for item in items or ():
+        name, _, bounds = item.partition("=")
+        low, _, high = bounds.partition(":")
+        try:
+            ranges[name] = (float(low), float(high))
+        except ValueError:
+            raise ConfigError(f"--input-range {item!r}: use NAME=LOW:HIGH, e.g. input_ids=0:30521") from None
+        if not name or ranges[name][0] > ranges[name][1]:
+            raise ConfigError(f"--input-range {item!r}: use NAME=LOW:HIGH with LOW <= HIGH")
+    return ranges
+
+
 def _fit(args: argparse.Namespace) -> int:
-    import torch
+    from agent.engine.data_files import load_dataset
+    from agent.engine.fit import fit_bundle, input_specs
+    from agent.engine.manifest import PROGRAM_FILE, ModelSpec
+    from agent.engine.program import Program
+    from agent.engine.recommend import recommended_nonconformity, suggest
 
-    from agent.engine.bundle import load_state_dict
-    from agent.engine.fit import fit_bundle, load_labelled_npz
-    from agent.engine.manifest import ModelSpec
-    from agent.engine.model_factory import build_model
-
-    layers = parse_layers(args.layers)
-    kwargs = parse_json_object(args.factory_kwargs, "--factory-kwargs")
-    model = build_model(args.factory, kwargs)
-    try:
-        model.load_state_dict(load_state_dict(args.weights))
-    except RuntimeError as exc:
-        raise ConfigError(f"{args.weights}: weights do not fit {args.factory}: {str(exc).splitlines()[0]}") from None
-    train, calibration = load_labelled_npz(args.train), load_labelled_npz(args.calibration)
-    with torch.no_grad():
-        num_classes = int(model.eval()(torch.as_tensor(train.x[:1])).shape[1])
+    model = load_model_source(args)
+    train = load_dataset(args.train, labelled=True)
+    calibration = load_dataset(args.calibration, labelled=True)
+    inputs = input_specs(model, train, calibration, input_ranges=parse_ranges(args.input_range))
+    probe = [array[:PROBE_ROWS] for array in train.arrays_for([spec.name for spec in inputs])]
+    points, num_classes = probe_model(model, probe, args.output)
+    suggestion = suggest(points, num_classes)
+    preset = NonconformitySpec() if args.preset == "paper" else recommended_nonconformity(suggestion.residual_spec())
+    layers = parse_layers(args.layers) if args.layers is not None else suggestion.layers(args.preset)
+    is_program = isinstance(model, Program)
     spec = ModelSpec(
         name=args.model_name,
         version=args.model_version,
-        factory=args.factory,
-        factory_kwargs=kwargs,
+        program=PROGRAM_FILE if is_program else None,
+        factory=None if is_program else args.factory,
+        factory_kwargs={} if is_program else parse_json_object(args.factory_kwargs, "--factory-kwargs"),
+        output=args.output,
         num_classes=num_classes,
     )
-    fit_bundle(
+    manifest = fit_bundle(
         model=model,
         model_spec=spec,
         layers=layers,
         train=train,
         calibration=calibration,
         out=args.out,
-        options=fit_options(args),
+        options=fit_options(args, preset),
+        input_ranges=parse_ranges(args.input_range),
         force=args.force,
     )
-    print(f"wrote {args.out}")
+    residual = manifest.nonconformity.residual
+    print(
+        f"wrote {args.out}: layers {', '.join(f'{layer.name}={layer.preprocessing}' for layer in manifest.layers)}; "
+        f"{manifest.nonconformity.kind}" + (f", residual term at {residual.layer}" if residual else "")
+    )
     return 0
+
+
+PROBE_ROWS = 3  # rows of a probe pass (agent.engine.taps.PROBE_BATCH)
+
+
+def probe_model(model: Any, probe: list[Any], output: str | None) -> tuple[list[Any], int]:
+    """The model's tap points and its number of classes, from one pass on a few rows."""
+    import torch
+
+    from agent.engine.taps import as_tappable, as_tensors
+
+    tappable = as_tappable(model)
+    tensors = as_tensors(probe)
+    try:
+        points = tappable.tap_points(tensors, output)
+    except DknnError:
+        raise
+    except Exception as exc:  # the model's own error on these inputs
+        raise DataError(f"the model fails on the data's first rows: {type(exc).__name__}: {exc}") from None
+    with torch.no_grad():
+        out = tappable.classifier(output)(*tensors)
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        raise ConfigError("the model's output is not (batch, classes) logits: name them with --output")
+    return points, int(out.shape[1])
 
 
 # --- score ---------------------------------------------------------------------------------------
@@ -485,13 +727,13 @@ def _fit(args: argparse.Namespace) -> int:
 def _register_score(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "score",
-        help="score a .npy batch of inputs",
-        description="Score every input of a .npy array (float32, the model's input layout, e.g. "
-        "(N, 1, 28, 28) in [0, 1] for MNIST) and write one JSON object per input: index, prediction, "
-        "credibility, confidence, model_prediction, p_values.",
+        help="score a batch of inputs from files",
+        description="Score every input of a data set (an .npy array in the model's input layout, e.g. "
+        "(N, 1, 28, 28) float32 for MNIST; an .npz of named inputs; or NAME=FILE.npy,...) and write one JSON "
+        "object per input: index, prediction, credibility, confidence, model_prediction, p_values.",
     )
     parser.add_argument("--artifacts", type=Path, required=True, help="bundle directory")
-    parser.add_argument("--input", type=Path, required=True, help=".npy file of inputs")
+    parser.add_argument("--input", required=True, metavar="DATA", help="the inputs (labels, if any, are ignored)")
     parser.add_argument("--output", type=Path, default=None, help="JSONL file to write (default: stdout)")
     parser.add_argument(
         "--index", choices=BACKENDS, default="annoy", help="neighbour backend (default: annoy; exact = brute force)"
@@ -512,8 +754,8 @@ def add_trust_options(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=None,
         metavar="MODULE",
-        help="also trust model factories in this module or package (repeatable; trusted "
-        f"by default: {', '.join(DEFAULT_FACTORY_MODULES)})",
+        help="trust model factories in this module or package (repeatable; trusted by default: "
+        f"{', '.join(DEFAULT_FACTORY_MODULES) or 'none'}; bundles carrying a serialized program need none)",
     )
     group.add_argument(
         "--bundle-digest",
@@ -532,16 +774,17 @@ def bundle_trust(args: argparse.Namespace) -> BundleTrust:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from agent.engine.batch_scoring import load_inputs, write_jsonl
+    from agent.engine.batch_scoring import write_jsonl
+    from agent.engine.data_files import load_dataset
     from agent.engine.dknn import DkNN
 
     if args.batch_size < 1:
         raise ConfigError("--batch-size must be at least 1")
-    x = load_inputs(args.input)
+    data = load_dataset(args.input, labelled=False)
     scorer = DkNN.from_bundle(args.artifacts, backend=args.index, search_k=args.search_k, trust=bundle_trust(args))
-    scorer.check_layout(x.shape, x.dtype)
+    scorer.check_layout(data.arrays_for([spec.name for spec in scorer.manifest.inputs]))
     if args.output is None:
-        write_jsonl(scorer, x, args.batch_size, sys.stdout)
+        write_jsonl(scorer, data, args.batch_size, sys.stdout)
         return 0
     if args.output.is_dir():
         raise DataError(f"--output {args.output} is a directory; name the JSONL file to write")
@@ -549,7 +792,7 @@ def _score(args: argparse.Namespace) -> int:
     try:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         with partial.open("w") as sink:
-            count = write_jsonl(scorer, x, args.batch_size, sink)
+            count = write_jsonl(scorer, data, args.batch_size, sink)
         partial.replace(args.output)
     except OSError as exc:
         raise DataError(f"cannot write {args.output}: {exc.strerror or exc}") from None
@@ -581,22 +824,23 @@ def _info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(manifest.model_dump(mode="json"), indent=2))
         return 0
-    try:
-        check_factory_allowed(manifest.model.factory, DEFAULT_FACTORY_MODULES)
-        trusted = "trusted by default"
-    except BundleError:
-        trusted = "NOT trusted by default: pass --trust-factory / set DKNN_TRUSTED_FACTORIES to run it"
+    model = manifest.model
+    if model.program is not None:
+        source, trusted = f"the serialized program {model.program}", "none needed: the program is read as data"
+    else:
+        source = f"the factory {model.factory}"
+        try:
+            check_factory_allowed(model.factory or "", DEFAULT_FACTORY_MODULES)
+            trusted = "trusted by default"
+        except BundleError:
+            trusted = "pass --trust-factory / set DKNN_TRUSTED_FACTORIES to run it"
+    output = f", logits at {model.output}" if model.output else ""
     print(f"bundle     {args.artifacts} (verified: {len(manifest.files)} files)")
     print(f"digest     {bundle.digest}  (pin it: --bundle-digest / DKNN_BUNDLE_DIGEST)")
-    print(
-        f"model      {manifest.model.name} {manifest.model.version} via {manifest.model.factory}, "
-        f"{manifest.model.num_classes} classes"
-    )
-    print(f"factory    {trusted}")
-    print(
-        f"input      {manifest.input.dtype} {list(manifest.input.shape)} range {manifest.input.value_range}, "
-        f"forward pass in {manifest.model.compute_dtype}"
-    )
+    print(f"model      {model.name} {model.version} from {source}, {model.num_classes} classes{output}")
+    print(f"trust      {trusted}; forward pass in {model.compute_dtype}")
+    for one in manifest.inputs:
+        print(f"input      {one.name}: {one.dtype} {list(one.shape)} range {one.value_range}")
     tuned = all(layer.search_k is not None for layer in manifest.layers)
     search_k = "per layer" if tuned else f"search_k={manifest.index.search_k}"
     print(f"neighbours k={manifest.k}, {manifest.index.kind} n_trees={manifest.index.n_trees} {search_k}")

@@ -9,8 +9,10 @@ A bundle is data that names code (its model factory), so opening one is a trust 
    `BundleError`, before anything is parsed further.
 2. The manifest is validated with bounds on every field (a manifest with a million classes or a
    shape of 1e18 is refused here, not discovered by dead-lettering every event).
-3. The factory must live in a module the operator trusts (`BundleTrust.factory_modules`): the
-   manifest picks the code that runs, so `weights_only=True` alone protects nothing.
+3. A model given as a factory must live in a module the operator trusts
+   (`BundleTrust.factory_modules`): the manifest picks the code that runs, so `weights_only=True`
+   alone protects nothing. A model given as a serialized program (`model.pt2`) needs no trust: it
+   is read as data (agent.engine.program), so the MNIST reference bundle trusts no Python module.
 4. Every file is opened once, without following symlinks, and verified *as opened*: small files
    are read into memory, hashed and parsed from those same bytes; an Annoy file is hashed through
    its open descriptor, which stays open and is what Annoy maps (`/proc/self/fd/N`). Swapping a
@@ -51,7 +53,9 @@ from agent.engine.manifest import (
 )
 from agent.engine.model_factory import DEFAULT_FACTORY_MODULES, build_model, check_factory_allowed
 from agent.engine.preprocess import Preprocessor
+from agent.engine.program import load_program
 from agent.engine.residual import ResidualTerm
+from agent.engine.taps import ModuleModel, TappableModel
 from agent.errors import BundleError
 
 _ANNOY_EUCLIDEAN_NODE_OVERHEAD = 16  # n_descendants, bias, two children: 4 bytes each
@@ -89,7 +93,7 @@ class VerifiedBundle:
     root: Path
     manifest: Manifest
     digest: str
-    state_dict: dict[str, torch.Tensor]
+    model_bytes: bytes  # the program archive, or the factory model's state_dict file
     train_labels: np.ndarray
     calibration_alpha: np.ndarray  # sorted
     calibration_label_free: np.ndarray  # sorted
@@ -104,17 +108,25 @@ class VerifiedBundle:
         proc = f"/proc/self/fd/{fd}"
         return proc if os.path.exists(proc) else str(self.root / self.manifest.layer(layer_name).index_file)
 
-    def build_model(self) -> nn.Module:
-        """The model from its (trusted) factory with the verified weights, in eval mode."""
+    def build_model(self) -> TappableModel:
+        """The model, from its serialized program or from its (trusted) factory with the verified weights."""
         spec = self.manifest.model
-        model = build_model(spec.factory, dict(spec.factory_kwargs))
+        if spec.program is not None:
+            return load_program(self.model_bytes, self.root / spec.program)
+        assert spec.factory is not None and spec.weights is not None  # ModelSpec guarantees it
+        module = build_model(spec.factory, dict(spec.factory_kwargs))
+        state = load_state_dict_bytes(self.model_bytes, self.root / spec.weights)
         try:
-            model.load_state_dict(self.state_dict, strict=True)
+            module.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise BundleError(
                 f"{self.root / spec.weights}: weights do not fit {spec.factory}: {_first_line(exc)}"
             ) from None
-        return model.eval()
+        return ModuleModel(module.eval())
+
+    def build_classifier(self) -> nn.Module:
+        """The model as a module of its inputs returning its logits (for attacks and demo traffic)."""
+        return self.build_model().classifier(self.manifest.model.output).eval()
 
     def close(self) -> None:
         for fd in self._index_fds.values():
@@ -146,7 +158,7 @@ def parse_manifest(raw: bytes, path: Path) -> Manifest:
         raise BundleError(f"{path}: invalid manifest at {where}: {first['msg']}") from None
     except (RecursionError, ValueError, TypeError) as exc:
         raise BundleError(f"{path}: invalid manifest ({type(exc).__name__})") from None
-    if manifest.schema_version != SCHEMA_VERSION:
+    if manifest.schema_version != SCHEMA_VERSION:  # version 1 was upgraded while validating
         raise BundleError(f"{path}: schema_version {manifest.schema_version}, expected {SCHEMA_VERSION}")
     return manifest
 
@@ -169,9 +181,9 @@ def verify_bundle(root: str | Path, trust: BundleTrust | None = None, *, importi
     digest = manifest_digest(raw)
     if trust.digest is not None and digest != trust.digest:
         raise BundleError(f"{root / MANIFEST_FILE}: bundle digest {digest} is not the pinned {trust.digest}")
-    if importing:
+    if importing and manifest.model.factory is not None:
         check_factory_allowed(manifest.model.factory, trust.factory_modules)
-    required = {manifest.model.weights, TRAIN_LABELS_FILE, CALIBRATION_FILE}
+    required = {*manifest.model.files, TRAIN_LABELS_FILE, CALIBRATION_FILE}
     index_files = {layer.index_file: layer.name for layer in manifest.layers}
     required |= set(index_files) | {layer.params_file for layer in manifest.layers if layer.params_file}
     residual_spec = manifest.nonconformity.residual
@@ -200,7 +212,7 @@ def verify_bundle(root: str | Path, trust: BundleTrust | None = None, *, importi
             root=root,
             manifest=manifest,
             digest=digest,
-            state_dict=load_state_dict_bytes(contents[manifest.model.weights], root / manifest.model.weights),
+            model_bytes=contents[manifest.model.files[0]],
             train_labels=_train_labels(contents[TRAIN_LABELS_FILE], root / TRAIN_LABELS_FILE, manifest),
             calibration_alpha=np.empty(0),
             calibration_label_free=np.empty(0),

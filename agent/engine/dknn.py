@@ -6,13 +6,12 @@ nonconformity and p-values (docs/design.md §2); see `agent.engine.conformal` fo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from threadpoolctl import ThreadpoolController
 from torch import nn
 
@@ -22,8 +21,10 @@ from agent.engine.index import BACKENDS, AnnoyBackend, ExactBackend, NeighborInd
 from agent.engine.manifest import Manifest
 from agent.engine.preprocess import Preprocessor
 from agent.engine.residual import ResidualTerm
-from agent.engine.taps import Activations, ActivationTap, LayerCapture
-from agent.errors import BundleError, ConfigError, InputError
+from agent.engine.taps import PROBE_BATCH, Activations, ActivationTap, TappableModel
+from agent.errors import BundleError, ConfigError, DknnError, InputError
+
+Inputs = np.ndarray | Sequence[np.ndarray]  # one array per model input; a bare array for a single-input model
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class DkNN:
     def __init__(
         self,
         manifest: Manifest,
-        model: nn.Module,
+        model: nn.Module | TappableModel,
         preprocessors: dict[str, Preprocessor],
         indexes: dict[str, NeighborIndex],
         train_labels: np.ndarray,
@@ -69,7 +70,9 @@ class DkNN:
         residual: ResidualTerm | None = None,
     ) -> None:
         self.manifest = manifest
-        self.tap = ActivationTap(model, manifest.tapped_layers, manifest.model.compute_dtype)
+        self.tap = ActivationTap(
+            model, manifest.tapped_layers, manifest.model.compute_dtype, output=manifest.model.output
+        )
         self.preprocessors = preprocessors
         self.indexes = indexes
         self.train_labels = train_labels
@@ -105,7 +108,6 @@ class DkNN:
         try:
             manifest = bundle.manifest
             model = bundle.build_model()
-            _check_model_output(model, manifest, bundle.residual, bundle.root)
             indexes = {
                 layer.name: open_index(
                     bundle.index_path(layer.name),
@@ -131,23 +133,75 @@ class DkNN:
             bundle.residual,
         )
         scorer.digest = bundle.digest
+        scorer.check_model(bundle.root)
         return scorer
 
-    def check_layout(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
-        """Raises InputError unless a batch of this shape and dtype fits the bundle's model."""
-        spec = self.manifest.input
-        if np.dtype(dtype) != np.dtype(spec.dtype):
-            raise InputError(f"input dtype {np.dtype(dtype)}, expected {spec.dtype}")
-        if len(shape) != len(spec.shape) + 1 or tuple(shape[1:]) != tuple(spec.shape):
-            raise InputError(f"input shape {tuple(shape)}, expected {('N', *spec.shape)}")
+    def as_inputs(self, x: Inputs) -> list[np.ndarray]:
+        """One array per model input, in the manifest's order; a bare array is the only input's batch."""
+        arrays = [x] if isinstance(x, np.ndarray) else list(x)
+        if len(arrays) != len(self.manifest.inputs):
+            names = [spec.name for spec in self.manifest.inputs]
+            raise InputError(f"expected {len(names)} input array(s) ({', '.join(names)}), got {len(arrays)}")
+        return arrays
 
-    def check_input(self, x: np.ndarray) -> None:
-        """Raises InputError unless `x` is a finite batch of the bundle's dtype and shape."""
-        if not isinstance(x, np.ndarray):
-            raise InputError(f"expected a numpy array, got {type(x).__name__}")
-        self.check_layout(x.shape, x.dtype)
-        if not np.isfinite(x).all():
-            raise InputError("input contains NaN or infinity")
+    def check_layout(self, x: Inputs) -> None:
+        """Raises InputError unless each array's dtype and shape fit its input (the values are not read)."""
+        arrays = self.as_inputs(x)
+        for spec, array in zip(self.manifest.inputs, arrays, strict=True):
+            label = f"input {spec.name!r}: " if len(arrays) > 1 else "input "
+            if np.dtype(array.dtype) != np.dtype(spec.dtype):
+                raise InputError(f"{label}dtype {np.dtype(array.dtype)}, expected {spec.dtype}")
+            if array.ndim != len(spec.shape) + 1 or tuple(array.shape[1:]) != tuple(spec.shape):
+                raise InputError(f"{label}shape {tuple(array.shape)}, expected {('N', *spec.shape)}")
+            if len(array) != len(arrays[0]):
+                raise InputError(f"{label}has {len(array)} rows, the first input {len(arrays[0])}")
+
+    def check_input(self, x: Inputs) -> list[np.ndarray]:
+        """The arrays of a batch, once they fit the bundle: dtype, shape, finite floats, integers in range."""
+        arrays = self.as_inputs(x)
+        if not all(isinstance(array, np.ndarray) for array in arrays):
+            raise InputError(f"expected numpy arrays, got {[type(array).__name__ for array in arrays]}")
+        self.check_layout(arrays)
+        for spec, array in zip(self.manifest.inputs, arrays, strict=True):
+            if spec.dtype.startswith("float") and not np.isfinite(array).all():
+                raise InputError(f"input {spec.name!r} contains NaN or infinity")
+            if spec.is_integer and spec.value_range is not None and array.size:
+                low, high = spec.value_range
+                if array.min() < low or array.max() > high:
+                    raise InputError(f"input {spec.name!r} holds values outside [{low:g}, {high:g}]")
+        return arrays
+
+    def check_model(self, where: Path) -> None:
+        """One forward pass on a probe batch: the model must take the manifest's inputs, give one
+        logit per class, and every tapped layer must be as wide as the bundle says, or every event
+        would fail later, one by one."""
+        probe = [
+            np.full((PROBE_BATCH, *spec.shape), spec.value_range[0] if spec.is_integer and spec.value_range else 0,
+                    dtype=spec.dtype)
+            for spec in self.manifest.inputs
+        ]  # fmt: skip
+        try:
+            activations = self.tap(probe)
+        except DknnError as exc:
+            raise BundleError(f"{where}: {exc}") from None
+        except Exception as exc:  # whatever the model raises, it does not fit the manifest
+            shapes = [list(spec.shape) for spec in self.manifest.inputs]
+            raise BundleError(
+                f"{where}: the model does not accept inputs {shapes}: {type(exc).__name__}: {_first_line(exc)}"
+            ) from None
+        if activations.outputs.shape[1] != self.num_classes:
+            raise BundleError(
+                f"{where}: the model outputs {activations.outputs.shape[1]} logits, manifest says {self.num_classes}"
+            )
+        widths = {layer.name: layer.input_dim for layer in self.manifest.layers}
+        if self.residual is not None:
+            widths[self.residual.spec.layer] = self.residual.input_dim
+        for name, width in widths.items():
+            if activations.layers[name].shape[1] != width:
+                raise BundleError(
+                    f"{where}: layer {name} has {activations.layers[name].shape[1]} features, the bundle was "
+                    f"fitted for {width}"
+                )
 
     def neighbors(self, activations: Activations) -> tuple[np.ndarray, np.ndarray]:
         """`(n, L, k)` distances and training row ids, nearest first, for each tapped layer.
@@ -188,12 +242,13 @@ class DkNN:
     def label_neighbors(self, neighbor_ids: np.ndarray) -> np.ndarray:
         return np.where(neighbor_ids >= 0, self.train_labels[np.maximum(neighbor_ids, 0)], -1)
 
-    def score(self, x: np.ndarray, stage: StageTimer = _untimed) -> ScoreBatch:
-        """Scores one batch (validated first); the caller chooses the batch size. `stage` times
-        the activations / knn / score phases (the agent passes its Prometheus histogram)."""
-        self.check_input(x)
+    def score(self, x: Inputs, stage: StageTimer = _untimed) -> ScoreBatch:
+        """Scores one batch (validated first): an array, or one per model input; the caller chooses
+        the batch size. `stage` times the activations / knn / score phases (the agent passes its
+        Prometheus histogram)."""
+        arrays = self.check_input(x)
         with stage("activations"):
-            activations = self.tap(x)
+            activations = self.tap(arrays)
         with stage("knn"):
             distances, ids = self.neighbors(activations)
         with stage("score"):
@@ -216,34 +271,9 @@ class DkNN:
         )
 
 
-def _check_model_output(model: nn.Module, manifest: Manifest, residual: ResidualTerm | None, root: Path) -> None:
-    """One forward pass on zeros: the factory's model must take the manifest's input and give one
-    output per class, and the residual term's layer must be as wide as its parameters, or every
-    event would fail later, one by one."""
-    probe = torch.zeros((1, *manifest.input.shape), dtype=getattr(torch, manifest.input.dtype))
-    capture = LayerCapture(model, [residual.spec.layer]) if residual is not None else None
-    try:
-        with torch.no_grad():
-            out = model(probe)
-    except Exception as exc:  # whatever the model raises, it does not fit the manifest
-        raise BundleError(
-            f"{root}: the model does not accept input {list(manifest.input.shape)}: {type(exc).__name__}"
-        ) from None
-    finally:
-        if capture is not None:
-            capture.close()
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, manifest.model.num_classes):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise BundleError(
-            f"{root}: the model outputs {shape} for one input, manifest says {manifest.model.num_classes} classes"
-        )
-    if residual is not None and capture is not None:
-        width = capture.outputs[residual.spec.layer].reshape(1, -1).shape[1]
-        if width != residual.input_dim:
-            raise BundleError(
-                f"{root / residual.spec.params_file}: fitted for {residual.input_dim} features, "
-                f"layer {residual.spec.layer} has {width}"
-            )
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 def open_index(

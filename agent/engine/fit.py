@@ -1,8 +1,12 @@
 """Fitting a bundle: activations of the training set into per-layer indexes, then calibration.
 
-The training set is streamed twice in batches — once (a sample) to fit the preprocessing, once to
-fill the indexes — so a 12,544-dim conv layer over 60,000 images never sits in memory. The
+The training set is streamed in batches — a sample to fit the preprocessing, then all of it to
+fill the indexes — so neither a 12,544-dim conv layer over 60,000 images nor a memory-mapped
+training set (agent.engine.data_files) ever sits in memory whole. A probe pass on a few rows
+checks every layer (it exists, is batch-first, and fits an index) before any of that starts. The
 manifest is written last: a directory without one is an unfinished fit, never a valid bundle.
+Every file is written readable by any user (0644 files, 0755 folders): the agent that serves the
+bundle usually runs as another uid (10001 in the image).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import json
 import platform
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,13 +29,15 @@ from tqdm import tqdm
 import agent
 from agent.engine.bundle import BundleTrust, sha256_file, verify_bundle
 from agent.engine.conformal import distance_statistic
+from agent.engine.data_files import Dataset
 from agent.engine.dknn import DkNN, open_index
 from agent.engine.index import AnnoyBuilder
 from agent.engine.manifest import (
     CALIBRATION_FILE,
+    INPUT_DTYPES,
     MANIFEST_FILE,
+    MAX_INDEX_DIM,
     TRAIN_LABELS_FILE,
-    WEIGHTS_FILE,
     ComputeDtype,
     IndexSpec,
     InputSpec,
@@ -41,13 +47,17 @@ from agent.engine.manifest import (
     NonconformitySpec,
     ResidualSpec,
     SplitSpec,
+    file_stem,
     tapped_layers,
 )
-from agent.engine.preprocess import Preprocessor
+from agent.engine.preprocess import Preprocessor, parse_spec
+from agent.engine.program import Program
 from agent.engine.residual import ResidualTerm
-from agent.engine.taps import ActivationTap
+from agent.engine.taps import PROBE_BATCH, ActivationTap
 from agent.engine.tuning import PROBE_SIZE, RecallTarget, TunedLayer, noisy_probe, tune_layer
-from agent.errors import ConfigError, DataError
+from agent.errors import ConfigError, DataError, FitError
+
+__all__ = ["Dataset", "FitOptions", "fit_bundle", "input_specs"]
 
 
 @dataclass(frozen=True)
@@ -66,19 +76,9 @@ class FitOptions:
     compute_dtype: ComputeDtype = "float32"  # "bfloat16": the forward passes under torch.autocast (`ActivationTap`)
 
 
-@dataclass(frozen=True)
-class Dataset:
-    """Inputs in the model's layout, integer labels, and where they came from."""
-
-    x: np.ndarray
-    y: np.ndarray
-    source: str = ""
-    source_indices: list[int] | None = field(default=None)
-
-
 def fit_bundle(
     *,
-    model: nn.Module,
+    model: nn.Module | Program,
     model_spec: ModelSpec,
     layers: dict[str, str],
     train: Dataset,
@@ -86,10 +86,19 @@ def fit_bundle(
     out: Path,
     options: FitOptions = FitOptions(),
     value_range: tuple[float, float] | None = None,
+    input_ranges: dict[str, tuple[float, float]] | None = None,
     force: bool = False,
 ) -> Manifest:
-    """Writes a complete, verified bundle to `out`; `layers` maps layer name -> preprocessing."""
-    _check_datasets(train, calibration, model_spec.num_classes, options.k)
+    """Writes a complete, verified bundle to `out`; `layers` maps layer name -> preprocessing.
+
+    `model` is a factory's module (`model_spec.factory`: its state_dict is saved) or a checked
+    program (`model_spec.program`: its archive is copied). `value_range` is recorded for float
+    inputs; integer inputs accept `input_ranges[name]`, else the range of the data.
+    """
+    if (model_spec.program is not None) != isinstance(model, Program):
+        raise ConfigError("a program model needs a ModelSpec with `program`, a module one with `factory`")
+    inputs = input_specs(model, train, calibration, value_range, input_ranges)
+    _check_labels(train, calibration, model_spec.num_classes, options.k)
     model_spec = model_spec.model_copy(update={"compute_dtype": options.compute_dtype})
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
@@ -97,7 +106,8 @@ def fit_bundle(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        manifest = _fit_into(staging, model, model_spec, layers, train, calibration, options, value_range)
+        manifest = _fit_into(staging, model, model_spec, inputs, layers, train, calibration, options)
+        _readable_by_all(staging)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
@@ -105,40 +115,166 @@ def fit_bundle(
         if staging.exists():
             shutil.rmtree(staging)
     # The operator named this factory on the command line: it is trusted for this check.
-    factory_module = model_spec.factory.partition(":")[0]
-    verify_bundle(out, BundleTrust(factory_modules=(factory_module,))).close()
+    factory_modules = (model_spec.factory.partition(":")[0],) if model_spec.factory else ()
+    verify_bundle(out, BundleTrust(factory_modules=factory_modules)).close()
     return manifest
+
+
+def _readable_by_all(root: Path) -> None:
+    root.chmod(0o755)
+    for path in root.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def input_specs(
+    model: nn.Module | Program,
+    train: Dataset,
+    calibration: Dataset,
+    value_range: tuple[float, float] | None = None,
+    input_ranges: dict[str, tuple[float, float]] | None = None,
+) -> tuple[InputSpec, ...]:
+    """The manifest's inputs from the data (names, shapes, dtypes, ranges), checked against each other
+    and, for a program, against what the program takes; DataError names the first mismatch."""
+    names = list(train.inputs)
+    if isinstance(model, Program):
+        expected = model.input_meta()
+        if len(names) == 1 and len(expected) == 1:
+            names = [expected[0][0]]  # one array is the one input, whatever the file called it
+        elif sorted(names) != sorted(name for name, _, _ in expected):
+            raise DataError(
+                f"the program takes inputs {[name for name, _, _ in expected]}, the data has {list(train.inputs)}"
+            )
+        else:
+            names = [name for name, _, _ in expected]
+    arrays = _by_name(train, names)
+    held_out = _by_name(calibration, names)
+    specs = []
+    for name in names:
+        array, other = arrays[name], held_out[name]
+        dtype = str(array.dtype)
+        if dtype not in INPUT_DTYPES:
+            raise DataError(f"input {name!r} is {dtype}; inputs may be {', '.join(INPUT_DTYPES)}")
+        if other.dtype != array.dtype or other.shape[1:] != array.shape[1:]:
+            raise DataError(
+                f"input {name!r}: training {array.dtype}{list(array.shape[1:])} and calibration "
+                f"{other.dtype}{list(other.shape[1:])} differ"
+            )
+        if array.ndim < 2:
+            raise DataError(f"input {name!r} has shape {list(array.shape)}: rows of at least one value are expected")
+        if dtype.startswith("float") and not _finite(array):
+            raise DataError(f"input {name!r} contains NaN or infinity: the indexes would be meaningless")
+        given = (input_ranges or {}).get(name)
+        if dtype.startswith("float"):
+            value_range_here = value_range
+        elif dtype == "bool":
+            value_range_here = None
+        else:
+            value_range_here = given or (float(min(array.min(), other.min())), float(max(array.max(), other.max())))
+        specs.append(InputSpec(name=name, shape=tuple(array.shape[1:]), dtype=dtype, value_range=value_range_here))
+    if isinstance(model, Program):
+        for spec, (name, dtype, shape) in zip(specs, model.input_meta(), strict=True):
+            if dtype != spec.dtype:
+                raise DataError(f"input {name!r}: the program takes {dtype}, the data is {spec.dtype}")
+            if shape[0] is not None:
+                raise DataError(
+                    f"the program's input {name!r} has a fixed batch size of {shape[0]}: export it with a dynamic "
+                    f"batch, e.g. torch.export.export(model, args, dynamic_shapes={{{name!r}: {{0: "
+                    "torch.export.Dim('batch')}})"
+                )
+            if (
+                any(size is not None and size != got for size, got in zip(shape[1:], spec.shape, strict=False))
+                or len(shape) != len(spec.shape) + 1
+            ):
+                raise DataError(f"input {name!r}: the program takes {list(shape)}, the data has {['N', *spec.shape]}")
+    return tuple(specs)
+
+
+def _by_name(data: Dataset, names: list[str]) -> dict[str, np.ndarray]:
+    return dict(zip(names, data.arrays_for(names), strict=True))
+
+
+def _finite(array: np.ndarray) -> bool:
+    return all(np.isfinite(array[i : i + 4096]).all() for i in range(0, len(array), 4096))
+
+
+def _check_labels(train: Dataset, calibration: Dataset, num_classes: int, k: int) -> None:
+    for name, data in (("training", train), ("calibration", calibration)):
+        y = data.y
+        if y is None or y.ndim != 1 or len(y) != len(data):
+            raise DataError(f"{name} labels must be 1-d with one label per input")
+        if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= num_classes:
+            raise DataError(
+                f"{name} labels must be integers in 0..{num_classes - 1} (the model has {num_classes} outputs)"
+            )
+    if k > len(train):
+        raise ConfigError(f"k={k} exceeds the {len(train)} training points")
+
+
+def check_layers(tap: ActivationTap, layers: dict[str, str], probe: list[np.ndarray]) -> dict[str, int]:
+    """Each tapped layer's width from one pass on a few rows, before anything is fitted: an unknown or
+    misshapen layer, a PCA wider than its layer, or a vector too wide for an index fails here, in
+    seconds. Returns the widths by layer."""
+    activations = tap(probe)
+    widths = {name: values.shape[1] for name, values in activations.layers.items()}
+    for name, spec in layers.items():
+        pca = [dim for step, dim in parse_spec(spec) if step == "pca"]
+        dim = pca[0] if pca else widths[name]
+        if pca and dim is not None and dim > widths[name]:
+            raise ConfigError(f"layer {name} has {widths[name]} features: pca:{dim} cannot keep more than that")
+        if dim is not None and dim > MAX_INDEX_DIM:
+            raise ConfigError(
+                f"layer {name} has {widths[name]} features; an index holds at most {MAX_INDEX_DIM}: add "
+                f"preprocessing, e.g. {name}=pca:64"
+            )
+    return widths
+
+
+def _clipped(spec: NonconformitySpec, widths: dict[str, int]) -> NonconformitySpec:
+    """The residual term needs fewer principal directions than its layer has features: more than
+    the layer's width are clipped to half of it (the manifest records what was used)."""
+    residual = spec.residual
+    if residual is None or residual.components < widths[residual.layer]:
+        return spec
+    components = max(1, widths[residual.layer] // 2)
+    return spec.model_copy(update={"residual": residual.model_copy(update={"components": components})})
 
 
 def _fit_into(
     root: Path,
-    model: nn.Module,
+    model: nn.Module | Program,
     model_spec: ModelSpec,
+    inputs: tuple[InputSpec, ...],
     layers: dict[str, str],
     train: Dataset,
     calibration: Dataset,
     options: FitOptions,
-    value_range: tuple[float, float] | None,
 ) -> Manifest:
     (root / "layers").mkdir()
-    nonconformity = _sized(options.nonconformity, len(train.y))
+    nonconformity = _sized(options.nonconformity, len(train))
+    names = [spec.name for spec in inputs]
+    train_x = _by_name(train, names)
+    tap = ActivationTap(model, tapped_layers(list(layers), nonconformity), model_spec.compute_dtype, model_spec.output)
+    probe = [np.ascontiguousarray(array[:PROBE_BATCH]) for array in train_x.values()]
+    logits = tap(probe).outputs.shape[1]
+    if logits != model_spec.num_classes:
+        raise ConfigError(f"the model gives {logits} logits; the bundle says {model_spec.num_classes} classes")
+    nonconformity = _clipped(nonconformity, check_layers(tap, layers, probe))
     residual_spec = nonconformity.residual
-    tap = ActivationTap(model, tapped_layers(list(layers), nonconformity), model_spec.compute_dtype)
-    preprocessors = _fit_preprocessors(tap, layers, train.x, options)
+    preprocessors = _fit_preprocessors(tap, layers, train, names, options)
     # Before the indexes: a residual term that cannot be fitted fails in seconds, not minutes.
-    residual = _fit_residual(tap, residual_spec, train.x, options) if residual_spec else None
+    residual = _fit_residual(tap, residual_spec, train, names, options) if residual_spec else None
     builders = {name: AnnoyBuilder(pre.output_dim, options.seed) for name, pre in preprocessors.items()}
-    for activations in _progress(
-        tap.batches(train.x, options.batch_size), -(-len(train.x) // options.batch_size), options, "index"
-    ):
+    steps = -(-len(train) // options.batch_size)
+    for activations in _progress(tap.batches(list(train_x.values()), options.batch_size), steps, options, "index"):
         for name, builder in builders.items():
             builder.add(preprocessors[name].transform(activations.layers[name]))
 
-    stems = {name: f"layers/{name.replace('.', '_')}" for name in preprocessors}  # file names without suffix
+    stems = _stems(list(preprocessors))
     index_files = {name: f"{stem}.ann" for name, stem in stems.items()}
     for name, builder in builders.items():
         builder.save(root / index_files[name], options.n_trees)
-    tuned = _tune_search_k(root, tap, preprocessors, index_files, calibration.x, options, value_range)
+    held_out = [np.ascontiguousarray(array[:PROBE_SIZE]) for array in _by_name(calibration, names).values()]
+    tuned = _tune_search_k(root, tap, preprocessors, index_files, held_out, inputs, options)
     layer_specs = []
     for name, pre in preprocessors.items():
         params_file = f"{stems[name]}.npz" if pre.has_params else None
@@ -159,21 +295,27 @@ def _fit_into(
     if residual is not None:
         (root / residual.spec.params_file).parent.mkdir(parents=True, exist_ok=True)
         np.savez(root / residual.spec.params_file, **residual.arrays())  # type: ignore[arg-type]
-    torch.save(model.state_dict(), root / WEIGHTS_FILE)
+    if isinstance(model, Program):
+        assert model_spec.program is not None
+        (root / model_spec.program).write_bytes(model.archive)
+    else:
+        assert model_spec.weights is not None
+        torch.save(model.state_dict(), root / model_spec.weights)
+    assert train.y is not None and calibration.y is not None  # _check_labels
     np.save(root / TRAIN_LABELS_FILE, train.y.astype(np.int64))
 
     draft = Manifest(
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         model=model_spec,
-        input=InputSpec(shape=tuple(train.x.shape[1:]), dtype=str(train.x.dtype), value_range=value_range),
+        inputs=inputs,
         layers=tuple(layer_specs),
         k=options.k,
         index=IndexSpec(
             n_trees=options.n_trees, search_k=-1 if options.search_k is None else options.search_k, seed=options.seed
         ),
-        train=SplitSpec(size=len(train.y), source=train.source, source_indices=train.source_indices),
+        train=SplitSpec(size=len(train), source=train.source, source_indices=train.source_indices),
         calibration=SplitSpec(
-            size=len(calibration.y), source=calibration.source, source_indices=calibration.source_indices
+            size=len(calibration), source=calibration.source, source_indices=calibration.source_indices
         ),
         libraries=_library_versions(),
         files={},
@@ -189,20 +331,32 @@ def _fit_into(
     return manifest
 
 
+def _stems(names: list[str]) -> dict[str, str]:
+    """Index file names without suffix, one per layer, distinct even where two names share a stem."""
+    stems: dict[str, str] = {}
+    for name in names:
+        stem, n = f"layers/{file_stem(name)}", 1
+        while stem in stems.values():
+            n += 1
+            stem = f"layers/{file_stem(name)}-{n}"
+        stems[name] = stem
+    return stems
+
+
 def _tune_search_k(
     root: Path,
     tap: ActivationTap,
     preprocessors: dict[str, Preprocessor],
     index_files: dict[str, str],
-    heldout_x: np.ndarray,
+    held_out: list[np.ndarray],
+    inputs: tuple[InputSpec, ...],
     options: FitOptions,
-    value_range: tuple[float, float] | None,
 ) -> dict[str, TunedLayer]:
     """Per layer, the cheapest search_k reaching the recall target (none when --search-k fixes it)."""
     if options.search_k is not None:
         return {}
-    probe = heldout_x[:PROBE_SIZE]
-    heldout, shifted = tap(probe), tap(noisy_probe(probe, value_range, options.seed))
+    noisy = [_noisy(array, spec, options.seed) for array, spec in zip(held_out, inputs, strict=True)]
+    heldout, shifted = tap(held_out), tap(noisy)
     tuned = {}
     for name, pre in _progress(preprocessors.items(), len(preprocessors), options, "search_k", "layer"):
         tuned[name] = tune_layer(
@@ -216,16 +370,28 @@ def _tune_search_k(
     return tuned
 
 
+def _noisy(array: np.ndarray, spec: InputSpec, seed: int) -> np.ndarray:
+    """The shifted probe of one input: noise on numbers (rounded for integers), booleans as they are."""
+    if spec.dtype == "bool":
+        return array
+    noisy = noisy_probe(array.astype(np.float64), spec.value_range, seed)
+    return (np.rint(noisy) if spec.is_integer else noisy).astype(array.dtype)
+
+
 def _fit_preprocessors(
-    tap: ActivationTap, layers: dict[str, str], x: np.ndarray, options: FitOptions
+    tap: ActivationTap, layers: dict[str, str], train: Dataset, names: list[str], options: FitOptions
 ) -> dict[str, Preprocessor]:
     rng = np.random.default_rng(options.seed)
-    sample_rows = np.sort(rng.choice(len(x), size=min(options.pca_sample, len(x)), replace=False))
-    batches = list(tap.batches(x[sample_rows], options.batch_size))
+    sample_rows = np.sort(rng.choice(len(train), size=min(options.pca_sample, len(train)), replace=False))
+    sample_x = [np.ascontiguousarray(array[sample_rows]) for array in _by_name(train, names).values()]
+    batches = list(tap.batches(sample_x, options.batch_size))
     preprocessors = {}
     for name, spec in layers.items():
         sample = np.concatenate([batch.layers[name] for batch in batches])
-        preprocessors[name] = Preprocessor(spec=spec, input_dim=sample.shape[1]).fit(sample, options.seed)
+        try:
+            preprocessors[name] = Preprocessor(spec=spec, input_dim=sample.shape[1]).fit(sample, options.seed)
+        except FitError as exc:
+            raise FitError(f"layer {name}: {exc}") from None
     return preprocessors
 
 
@@ -240,15 +406,19 @@ def _sized(spec: NonconformitySpec, train_size: int) -> NonconformitySpec:
     return spec.model_copy(update=update) if update else spec
 
 
-def _fit_residual(tap: ActivationTap, spec: ResidualSpec, x: np.ndarray, options: FitOptions) -> ResidualTerm:
+def _fit_residual(
+    tap: ActivationTap, spec: ResidualSpec, train: Dataset, names: list[str], options: FitOptions
+) -> ResidualTerm:
     """The residual term from two disjoint seeded samples of the training set: the reference (its
     shares rank new inputs) and up to `pca_sample` other points for the principal directions."""
-    rows = np.random.default_rng([options.seed, 2]).permutation(len(x))
+    arrays = list(_by_name(train, names).values())
+    rows = np.random.default_rng([options.seed, 2]).permutation(len(train))
     reference_rows = np.sort(rows[: spec.reference_size])
     sample_rows = np.sort(rows[spec.reference_size : spec.reference_size + options.pca_sample])
 
     def layer_of(chosen: np.ndarray) -> np.ndarray:
-        return np.concatenate([batch.layers[spec.layer] for batch in tap.batches(x[chosen], options.batch_size)])
+        chosen_x = [np.ascontiguousarray(array[chosen]) for array in arrays]
+        return np.concatenate([batch.layers[spec.layer] for batch in tap.batches(chosen_x, options.batch_size)])
 
     sample = layer_of(sample_rows)
     if spec.components >= min(sample.shape):
@@ -262,7 +432,7 @@ def _fit_residual(tap: ActivationTap, spec: ResidualSpec, x: np.ndarray, options
 def _calibrate(
     root: Path,
     draft: Manifest,
-    model: nn.Module,
+    model: nn.Module | Program,
     preprocessors: dict[str, Preprocessor],
     residual: ResidualTerm | None,
     train: Dataset,
@@ -278,13 +448,16 @@ def _calibrate(
         for layer in draft.layers
     }
     placeholder = np.zeros(1)  # p-values are not needed here, only α
+    assert train.y is not None and calibration.y is not None
     train_labels = train.y.astype(np.int64)
+    names = [spec.name for spec in draft.inputs]
+    train_x, calibration_x = _by_name(train, names), list(_by_name(calibration, names).values())
     arrays: dict[str, np.ndarray] = {}
     if draft.distance_layers:
         labels_only = draft.model_copy(update={"nonconformity": NonconformitySpec()})
         scorer = DkNN(labels_only, model, preprocessors, indexes, train_labels, placeholder, placeholder)
         try:
-            arrays["distance_reference"] = _distance_reference(scorer, draft, train.x, options)
+            arrays["distance_reference"] = _distance_reference(scorer, draft, list(train_x.values()), options)
         finally:
             scorer.tap.close()
     if residual is not None:
@@ -296,8 +469,10 @@ def _calibrate(
     try:
         alpha = np.concatenate(
             [
-                scorer.score(calibration.x[start : start + options.batch_size]).alpha
-                for start in range(0, len(calibration.x), options.batch_size)
+                scorer.score(
+                    [np.ascontiguousarray(array[start : start + options.batch_size]) for array in calibration_x]
+                ).alpha
+                for start in range(0, len(calibration), options.batch_size)
             ]
         )
     finally:
@@ -307,18 +482,18 @@ def _calibrate(
     return arrays
 
 
-def _distance_reference(scorer: DkNN, draft: Manifest, train_x: np.ndarray, options: FitOptions) -> np.ndarray:
+def _distance_reference(scorer: DkNN, draft: Manifest, train_x: list[np.ndarray], options: FitOptions) -> np.ndarray:
     """The k-NN distance statistic (mean or farthest of the nearest m) per distance layer of a seeded sample of training points, each queried
     for k + 1 neighbours with itself dropped — so the reference, like a new input, is measured
     against the other training points, and is fixed before calibration (which keeps α a fixed
     function of x and j, and the p-values conformal)."""
     rng = np.random.default_rng([options.seed, 1])
     size = draft.nonconformity.distance_reference_size
-    rows = np.sort(rng.choice(len(train_x), size=size, replace=False))
+    rows = np.sort(rng.choice(len(train_x[0]), size=size, replace=False))
     per_batch = []
     for start in range(0, size, options.batch_size):
         batch_rows = rows[start : start + options.batch_size]
-        activations = scorer.tap(train_x[batch_rows])
+        activations = scorer.tap([np.ascontiguousarray(array[batch_rows]) for array in train_x])
         per_layer = []
         for name in draft.distance_layers:
             vectors = scorer.preprocessors[name].transform(activations.layers[name])
@@ -336,22 +511,6 @@ def _distance_reference(scorer: DkNN, draft: Manifest, train_x: np.ndarray, opti
     return np.concatenate(per_batch)
 
 
-def _check_datasets(train: Dataset, calibration: Dataset, num_classes: int, k: int) -> None:
-    for name, data in (("training", train), ("calibration", calibration)):
-        if data.x.dtype != np.float32:
-            raise DataError(f"{name} inputs must be float32, got {data.x.dtype}")
-        if data.y.ndim != 1 or len(data.y) != len(data.x):
-            raise DataError(f"{name} labels must be 1-d with one label per input")
-        if not all(np.isfinite(data.x[i : i + 4096]).all() for i in range(0, len(data.x), 4096)):
-            raise DataError(f"{name} inputs contain NaN or infinity: the indexes would be meaningless")
-        if not np.issubdtype(data.y.dtype, np.integer) or data.y.min() < 0 or data.y.max() >= num_classes:
-            raise DataError(f"{name} labels must be integers in 0..{num_classes - 1}")
-    if train.x.shape[1:] != calibration.x.shape[1:]:
-        raise DataError(f"training inputs {train.x.shape[1:]} and calibration {calibration.x.shape[1:]} differ")
-    if k > len(train.x):
-        raise ConfigError(f"k={k} exceeds the {len(train.x)} training points")
-
-
 def _progress(iterable: Any, steps: int, options: FitOptions, what: str, unit: str = "batch") -> Any:
     return tqdm(iterable, total=steps, desc=what, unit=unit, disable=not options.progress)
 
@@ -364,21 +523,3 @@ def _library_versions() -> dict[str, str]:
         "numpy": np.__version__,
         "annoy": getattr(annoy, "__version__", "1.17"),
     }
-
-
-def load_labelled_npz(path: Path) -> Dataset:
-    """An `.npz` with float32 `x` and integer `y`, as a fit Dataset."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            if "x" not in archive.files or "y" not in archive.files:
-                raise DataError(f"{path}: needs arrays 'x' and 'y', has {sorted(archive.files)}")
-            x, y = archive["x"], archive["y"]
-    except (ValueError, OSError) as exc:
-        raise DataError(f"{path}: not a readable .npz archive ({exc})") from None
-    if x.dtype != np.float32:
-        raise DataError(f"{path}: 'x' is {x.dtype}, expected float32")
-    if not np.issubdtype(y.dtype, np.integer) or y.shape != (len(x),):
-        raise DataError(f"{path}: 'y' must be integers with one label per row of 'x'")
-    return Dataset(x=x, y=y.astype(np.int64), source=str(path))

@@ -10,14 +10,17 @@ made /metrics 106 MB before these bounds existed.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: named inputs of any numeric dtype, models as serialized programs
+READABLE_SCHEMA_VERSIONS = (1, 2)  # version 1 manifests are read as version 2 (`Manifest._upgrade`)
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "model.pt"
+PROGRAM_FILE = "model.pt2"
 TRAIN_LABELS_FILE = "train_labels.npy"
 CALIBRATION_FILE = "calibration.npz"
 
@@ -25,6 +28,7 @@ MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # source_indices of a large calibration s
 MAX_CLASSES = 10_000
 MAX_K = 1_000
 MAX_LAYERS = 64
+MAX_INPUTS = 16
 MAX_INPUT_VALUES = 100_000_000  # one input, all dimensions multiplied
 MAX_INDEX_DIM = 65_536
 MAX_FEATURES = 100_000_000
@@ -36,6 +40,10 @@ Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 # The precisions a model's forward passes can run in (`ModelSpec.compute_dtype`).
 ComputeDtype = Literal["float32", "bfloat16"]
 COMPUTE_DTYPES: tuple[str, ...] = get_args(ComputeDtype)
+# The dtypes a model input may have: numbers and booleans (token ids, masks, features, pixels).
+InputDtype = Literal["float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"]
+INPUT_DTYPES: tuple[str, ...] = get_args(InputDtype)
+FLOAT_DTYPES = ("float16", "float32", "float64")
 # Factory arguments are plain JSON scalars: a nested object could only smuggle structure in.
 FactoryArgument = Annotated[str, StringConstraints(max_length=256)] | bool | int | float | None
 
@@ -45,27 +53,70 @@ class _Frozen(BaseModel):
 
 
 class ModelSpec(_Frozen):
+    """Where the model comes from: a serialized program in the bundle (`program`, a `torch.export`
+    archive, read without running any Python it could carry: agent.engine.program), or a factory
+    (`package.module:function`, imported from a module the operator trusts) plus a state_dict."""
+
     name: str = Field(min_length=1, max_length=128)
     version: str = Field(min_length=1, max_length=64)
-    factory: str = Field(pattern=r"^[\w.]+:\w+$", max_length=256, description="importable `package.module:function`")
+    program: RelativePath | None = Field(None, description="the model as a torch.export program (.pt2)")
+    factory: str | None = Field(
+        None, pattern=r"^[\w.]+:\w+$", max_length=256, description="importable `package.module:function`"
+    )
     factory_kwargs: dict[Annotated[str, StringConstraints(pattern=r"^\w{1,64}$")], FactoryArgument] = Field(
         default_factory=dict, max_length=32
     )
+    weights: RelativePath | None = Field(None, description="the factory model's state_dict")
+    output: str | None = Field(
+        None,
+        max_length=256,
+        description="selector of the logits in the model's output (`[0]`, `[logits]`); None: the output is the logits",
+    )
     num_classes: int = Field(ge=2, le=MAX_CLASSES)
-    weights: RelativePath = WEIGHTS_FILE
     compute_dtype: ComputeDtype = Field(
         "float32",
         description="precision of the forward passes that fit, calibrate and score (torch.autocast for "
         "bfloat16): one precision for all three keeps the p-values conformal",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_weights(cls, data: Any) -> Any:
+        """A factory's weights are `model.pt` unless the manifest says otherwise."""
+        if isinstance(data, dict) and data.get("factory") is not None and data.get("weights") is None:
+            return dict(data, weights=WEIGHTS_FILE)
+        return data
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.program is None) == (self.factory is None):
+            raise ValueError("a model comes from exactly one of program and factory")
+        if (self.factory is None) != (self.weights is None):
+            raise ValueError("weights go with a factory (a program carries its own)")
+        if self.program is not None and self.factory_kwargs:
+            raise ValueError("factory_kwargs need a factory")
+        return self
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The bundle files that hold the model."""
+        return tuple(path for path in (self.program, self.weights) if path is not None)
+
 
 class InputSpec(_Frozen):
+    """One named input of the model: what an event must carry for it, without the batch dimension."""
+
+    name: str = Field("input", pattern=r"^[A-Za-z_][\w.-]{0,63}$")
     shape: tuple[Annotated[int, Field(ge=1, le=MAX_INPUT_VALUES)], ...] = Field(
         max_length=8, description="one input, without the batch dimension"
     )
-    dtype: str = Field("float32", pattern=r"^(float16|float32|float64)$")
-    value_range: tuple[float, float] | None = None
+    dtype: InputDtype = "float32"
+    value_range: tuple[float, float] | None = Field(
+        None,
+        description="floats: the training data's range, informational (shifted inputs are what the agent must "
+        "see); integers: the values the model accepts (token ids beyond an embedding would fail the forward "
+        "pass), so events outside it are dead-lettered",
+    )
 
     @field_validator("shape")
     @classmethod
@@ -73,6 +124,22 @@ class InputSpec(_Frozen):
         if math.prod(shape) > MAX_INPUT_VALUES:
             raise ValueError(f"an input of shape {list(shape)} has more than {MAX_INPUT_VALUES} values")
         return shape
+
+    @model_validator(mode="after")
+    def _integers_have_a_range(self) -> InputSpec:
+        if self.value_range is not None and self.value_range[0] > self.value_range[1]:
+            raise ValueError(f"value_range {list(self.value_range)} is empty")
+        if self.is_integer and self.value_range is None:
+            raise ValueError(f"input {self.name!r} is {self.dtype}: it needs the value_range the model accepts")
+        return self
+
+    @property
+    def is_integer(self) -> bool:
+        return self.dtype not in FLOAT_DTYPES and self.dtype != "bool"
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
 
 
 class MeasuredRecall(_Frozen):
@@ -134,7 +201,7 @@ class ResidualSpec(_Frozen):
     @property
     def params_file(self) -> str:
         """Where the bundle keeps the layer's mean and principal directions."""
-        return f"residual/{self.layer.replace('.', '_')}.npz"
+        return f"residual/{file_stem(self.layer)}.npz"
 
 
 class NonconformitySpec(_Frozen):
@@ -176,7 +243,7 @@ class Manifest(_Frozen):
     schema_version: int = Field(SCHEMA_VERSION, ge=1, le=1_000)
     created_at: str = Field(max_length=64)
     model: ModelSpec
-    input: InputSpec
+    inputs: tuple[InputSpec, ...] = Field(min_length=1, max_length=MAX_INPUTS)
     layers: tuple[LayerSpec, ...] = Field(min_length=1, max_length=MAX_LAYERS)
     k: int = Field(ge=1, le=MAX_K)
     index: IndexSpec
@@ -187,6 +254,25 @@ class Manifest(_Frozen):
     ] = Field(max_length=32)
     files: dict[RelativePath, Sha256] = Field(max_length=1024, description="relative path -> sha256 hex digest")
     nonconformity: NonconformitySpec = NonconformitySpec()  # absent in bundles made before it: the paper's
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade(cls, data: Any) -> Any:
+        """Version 1 had one unnamed float input (`input`) and always a factory: read it as version 2."""
+        if isinstance(data, dict) and data.get("schema_version") == 1:
+            data = dict(data, schema_version=SCHEMA_VERSION)
+            if "input" in data and "inputs" not in data:
+                single = data.pop("input")
+                data["inputs"] = [dict(single, name="input")] if isinstance(single, dict) else single
+        return data
+
+    @field_validator("inputs")
+    @classmethod
+    def _distinct_inputs(cls, inputs: tuple[InputSpec, ...]) -> tuple[InputSpec, ...]:
+        names = [spec.name for spec in inputs]
+        if len(set(names)) != len(names):
+            raise ValueError("input names must be distinct")
+        return inputs
 
     @field_validator("layers")
     @classmethod
@@ -206,6 +292,13 @@ class Manifest(_Frozen):
         if (self.nonconformity.distance_neighbors or 0) > self.k:
             raise ValueError(f"distance_neighbors {self.nonconformity.distance_neighbors} exceeds k = {self.k}")
         return self
+
+    @property
+    def input(self) -> InputSpec:
+        """The model's only input (most classifiers have one); a ValueError for a model with several."""
+        if len(self.inputs) != 1:
+            raise ValueError(f"the model has {len(self.inputs)} inputs: {[spec.name for spec in self.inputs]}")
+        return self.inputs[0]
 
     @property
     def layer_names(self) -> tuple[str, ...]:
@@ -236,6 +329,11 @@ class Manifest(_Frozen):
         """The Annoy search_k a layer is queried with: its own where fitting tuned it, else the index's."""
         own = self.layer(name).search_k
         return self.index.search_k if own is None else own
+
+
+def file_stem(layer: str) -> str:
+    """A layer's name as a file name: tap names hold `.`, `#`, `:` and `[...]` (agent.engine.taps)."""
+    return re.sub(r"[^\w-]", "_", layer)
 
 
 def tapped_layers(indexed: Sequence[str], nonconformity: NonconformitySpec) -> tuple[str, ...]:

@@ -4,7 +4,8 @@ A bundle names code to import rather than shipping pickled code: importing an in
 is auditable, unpickling bytes from a file is not. But a bundle's manifest is data, so *which*
 module it may name is the operator's decision: `check_factory_allowed` refuses any factory
 outside the trusted module prefixes before anything is imported (docs/security.md). By default
-only the project's own reference models are trusted; a deployment adds its own package.
+no module is trusted (the reference bundle carries a serialized program); a deployment that
+ships its model as code names its own package.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from torch import nn
 
 from agent.errors import BundleError
 
-DEFAULT_FACTORY_MODULES = ("agent.research.models",)
+# Out of the box no module is trusted: bundles carry their model as a serialized program
+# (agent.engine.program), and a factory is trusted only when the operator names its package.
+DEFAULT_FACTORY_MODULES: tuple[str, ...] = ()
 
 
 def check_factory_allowed(factory: str, trusted_modules: tuple[str, ...]) -> None:

@@ -58,7 +58,7 @@ def load_demo_data(artifacts: Path | None, data_dir: Path | None, need_fgsm: boo
         from agent.research.reference import calibration_split
 
         bundle = verify_bundle(artifacts)
-        model = bundle.build_model()
+        model = bundle.build_classifier()
         bundle.close()
         rows = calibration_split(bundle.manifest, len(mnist.x_test)).evaluation
         name, version = bundle.manifest.model.name, bundle.manifest.model.version

@@ -1,5 +1,8 @@
 """The MNIST reference bundle: the DkNN paper's CNN, trained here, and the fit the project adopted.
 
+The bundle carries the trained model as a serialized program (agent.engine.program), so the agent
+serving it trusts no Python module: the model code here is needed to train, not to serve.
+
 Calibration uses 750 points held out from the MNIST test set (the paper's choice), drawn with the
 seed and recorded in the manifest; the other 9,250 test points are the evaluation split. The fit
 is the one issue #10's study adopted (README "Measured quality", docs/quality-history.md,
@@ -13,11 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from torch import nn
+import torch
 
 from agent.engine.bundle import verify_bundle
 from agent.engine.fit import Dataset, FitOptions, fit_bundle
-from agent.engine.manifest import Manifest, ModelSpec, NonconformitySpec, ResidualSpec
+from agent.engine.manifest import PROGRAM_FILE, Manifest, ModelSpec, ResidualSpec
+from agent.engine.program import Program, export_program
+from agent.engine.recommend import recommended_nonconformity
 from agent.errors import ConfigError
 from agent.research.augment import with_variants
 from agent.research.datasets import Mnist, load_mnist
@@ -47,15 +52,9 @@ REFERENCE_TRAINING = TrainOptions(
     snnl_distance="euclidean",
     snnl_layers=("relu1", "relu2", "relu3"),
 )
-REFERENCE_NONCONFORMITY = NonconformitySpec(
-    kind="labels+distance",
-    distance_weight=600,
-    distance_reference_size=5000,
-    distance_statistic="mean",
-    distance_neighbors=5,
-    distance_tail=0.5,
-    residual=ResidualSpec(layer="relu2"),
-)
+# The recommended nonconformity (agent.engine.recommend, what `fit` uses by default) with the
+# residual term at relu2: `dknn-agent layers` suggests exactly these layers for this model.
+REFERENCE_NONCONFORMITY = recommended_nonconformity(ResidualSpec(layer="relu2"))
 
 
 @dataclass(frozen=True)
@@ -94,14 +93,18 @@ def reference_version(options: TrainOptions) -> str:
     return version
 
 
-def reference_model(root: Path, test_size: int) -> tuple[nn.Module, str, Split]:
-    """The model, version and calibration split of an MNIST reference bundle (for refitting, and for
-    benchmarks that evaluate its model on the evaluation split)."""
+def reference_model(root: Path, test_size: int) -> tuple[Program, str, Split]:
+    """The model (as a program), version and calibration split of an MNIST reference bundle (for
+    refitting, and for benchmarks that evaluate its model on the evaluation split). A bundle from
+    before models were shipped as programs has its factory's model exported."""
     bundle = verify_bundle(root)
     bundle.close()
     if bundle.manifest.calibration.source != "mnist:t10k" or not bundle.manifest.calibration.source_indices:
         raise ConfigError(f"{root}: not an MNIST reference bundle (calibration source unknown)")
-    return bundle.build_model(), bundle.manifest.model.version, calibration_split(bundle.manifest, test_size)
+    model = bundle.build_model()
+    if not isinstance(model, Program):
+        model = export_program(model.classifier(None), (torch.zeros(2, *mnist_model.INPUT_SHAPE),))
+    return model, bundle.manifest.model.version, calibration_split(bundle.manifest, test_size)
 
 
 def train_reference_mnist(
@@ -133,7 +136,8 @@ def train_reference_mnist(
         x_train, y_train = x_train[rows], y_train[rows]
         source, version = f"mnist:train[{train_size} seeded rows]", f"{version}-n{train_size}"
     if refit is None:
-        model = train_classifier(mnist_model.build_model(), x_train, y_train, train_options)
+        trained = train_classifier(mnist_model.build_model(), x_train, y_train, train_options)
+        model = export_program(trained, (torch.zeros(2, *mnist_model.INPUT_SHAPE),))
         split = draw_split(len(data.x_test), train_options.seed)
     else:
         model, version, split = reference_model(refit, len(data.x_test))
@@ -143,12 +147,7 @@ def train_reference_mnist(
         source = f"{source}+{index_size - len(data.x_train)} variants"
     return fit_bundle(
         model=model,
-        model_spec=ModelSpec(
-            name="mnist-cnn",
-            version=version,
-            factory="agent.research.models.mnist:build_model",
-            num_classes=10,
-        ),
+        model_spec=ModelSpec(name="mnist-cnn", version=version, program=PROGRAM_FILE, num_classes=10),
         layers=layers or REFERENCE_LAYERS,
         train=Dataset(x_train, y_train, source=source),
         calibration=Dataset(

@@ -21,7 +21,7 @@ def _exported() -> dict[str, tuple[str, set[str]]]:
         Manifest(
             created_at="2026-01-01T00:00:00Z",
             model=ModelSpec(name="m", version="1", factory="agent.research.models.tiny:build_model", num_classes=3),
-            input=InputSpec(shape=(8,)),
+            inputs=(InputSpec(shape=(8,)),),
             layers=(LayerSpec(name="relu1", input_dim=16, dim=16, index_file="layers/relu1.ann"),),
             k=10,
             index=IndexSpec(n_trees=10, search_k=-1),

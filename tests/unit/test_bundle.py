@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.engine.bundle import verify_bundle
+from agent.engine.bundle import BundleTrust, verify_bundle
 from agent.engine.dknn import DkNN
 from agent.errors import BundleError, ConfigError, InputError
 from tests.conftest import TINY_LAYERS, TinyProblem, fit_tiny
@@ -38,7 +38,8 @@ def test_round_trip_manifest_and_scores(tiny_bundle: Path, tiny_problem: TinyPro
     assert manifest.layer_names == tuple(TINY_LAYERS)
     assert [layer.dim for layer in manifest.layers] == [16, 16, 2]
     assert manifest.calibration.size == 200 and manifest.train.size == 600
-    assert set(manifest.files) >= {"model.pt", "train_labels.npy", "calibration.npz", "layers/relu1.ann"}
+    assert set(manifest.files) >= {"model.pt2", "train_labels.npy", "calibration.npz", "layers/relu1.ann"}
+    assert manifest.model.program == "model.pt2" and manifest.model.factory is None
 
     first, second = DkNN.from_bundle(tiny_bundle), DkNN.from_bundle(tiny_bundle)
     a, b = first.score(tiny_problem.test.x), second.score(tiny_problem.test.x)
@@ -140,12 +141,12 @@ class _Exploit:
         return (print, ("this must never run",))
 
 
-def test_weights_that_would_run_code_are_refused(tiny_bundle: Path, tmp_path: Path) -> None:
-    root = copy_bundle(tiny_bundle, tmp_path)
+def test_weights_that_would_run_code_are_refused(tiny_factory_bundle: Path, tmp_path: Path) -> None:
+    root = copy_bundle(tiny_factory_bundle, tmp_path)
     (root / "model.pt").write_bytes(pickle.dumps({"fc1.weight": _Exploit()}, protocol=2))
     rehash(root, "model.pt")
     with pytest.raises(BundleError, match=r"model\.pt: not a loadable weights file"):
-        DkNN.from_bundle(root)
+        DkNN.from_bundle(root, trust=BundleTrust(factory_modules=("agent.research.models",)))
 
 
 def test_bad_inputs_and_backend(tiny_bundle: Path) -> None:

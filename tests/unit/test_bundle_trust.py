@@ -30,9 +30,9 @@ def edit_manifest(root: Path, edit) -> None:
 
 
 def test_a_manifest_cannot_name_arbitrary_code(
-    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_factory_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    root = copy_bundle(tiny_bundle, tmp_path)
+    root = copy_bundle(tiny_factory_bundle, tmp_path)
     monkeypatch.chdir(tmp_path)
     edit_manifest(root, lambda m: m["model"].update(factory="subprocess:run", factory_kwargs={"args": "touch pwned"}))
     with pytest.raises(BundleError, match=r"'subprocess:run' is outside the trusted modules"):
@@ -43,8 +43,11 @@ def test_a_manifest_cannot_name_arbitrary_code(
     assert not (tmp_path / "pwned").exists()
 
 
-def test_a_trusted_module_can_be_added_by_the_operator(tiny_bundle: Path, tmp_path: Path) -> None:
-    root = copy_bundle(tiny_bundle, tmp_path)
+def test_a_trusted_module_can_be_added_by_the_operator(tiny_factory_bundle: Path, tmp_path: Path) -> None:
+    root = copy_bundle(tiny_factory_bundle, tmp_path)
+    # Out of the box nothing is trusted: a factory bundle needs its package named.
+    with pytest.raises(BundleError, match=r"outside the trusted modules \(\(none\)\)"):
+        DkNN.from_bundle(root)
     with pytest.raises(BundleError, match="outside the trusted modules"):
         DkNN.from_bundle(root, trust=BundleTrust(factory_modules=("mypkg.models",)))
     # A prefix must match whole module names: "agent.res" does not trust "agent.research.models".
@@ -68,8 +71,8 @@ def test_a_pinned_digest_admits_exactly_that_bundle(tiny_bundle: Path, tmp_path:
     [
         (lambda m: m["model"].update(num_classes=1_000_000), "model.num_classes"),
         (lambda m: m.update(k=1_000_000), "k"),
-        (lambda m: m["input"].update(shape=[1_000_000_000, 1_000_000_000]), "input.shape"),
-        (lambda m: m["input"].update(shape=[10_000, 10_000, 10]), "input.shape"),
+        (lambda m: m["inputs"][0].update(shape=[1_000_000_000, 1_000_000_000]), "inputs.0.shape"),
+        (lambda m: m["inputs"][0].update(shape=[10_000, 10_000, 10]), "inputs.0.shape"),
         (lambda m: m["layers"][0].update(dim=10**7), "layers.0.dim"),
         (lambda m: m["index"].update(n_trees=10**9), "index.n_trees"),
         (lambda m: m["model"].update(name="x" * 10_000), "model.name"),
@@ -149,6 +152,6 @@ def test_files_swapped_after_verification_are_not_what_gets_used(
 
 def test_a_model_that_does_not_fit_the_manifest_is_refused_at_load(tiny_bundle: Path, tmp_path: Path) -> None:
     root = copy_bundle(tiny_bundle, tmp_path)
-    edit_manifest(root, lambda m: m["input"].update(shape=[9]))
-    with pytest.raises(BundleError, match=r"does not accept input \[9\]"):
+    edit_manifest(root, lambda m: m["inputs"][0].update(shape=[9]))
+    with pytest.raises(BundleError, match=r"does not accept inputs \[\[9\]\]"):
         DkNN.from_bundle(root)

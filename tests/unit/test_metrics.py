@@ -40,7 +40,7 @@ def manifest() -> Manifest:
     return Manifest(
         created_at="2025-01-01T00:00:00Z",
         model=ModelSpec(name="tiny", version="7", factory="agent.research.models.tiny:build_model", num_classes=3),
-        input=InputSpec(shape=(8,)),
+        inputs=(InputSpec(shape=(8,)),),
         layers=(
             LayerSpec(name="relu1", input_dim=16, dim=16, index_file="layers/relu1.ann"),
             LayerSpec(name="logits", input_dim=3, dim=2, preprocessing="pca:2", index_file="layers/logits.ann"),

@@ -28,13 +28,19 @@ def test_the_commands_defaults_are_the_adopted_configuration() -> None:
 def test_options_change_only_what_they_name() -> None:
     args = parse("--snnl-weight", "0", "--blur-sigma", "0", "--seed", "3")
     assert reference_training(args) == replace(REFERENCE_TRAINING, snnl_weight=0.0, blur_sigma=0.0, seed=3)
-    explicit = parse("--nonconformity", "labels")
-    assert fit_options(explicit, REFERENCE_NONCONFORMITY).nonconformity == NonconformitySpec()
+    labels = parse("--nonconformity", "labels")  # the kind changes; the residual term stays
+    assert fit_options(labels, REFERENCE_NONCONFORMITY).nonconformity == NonconformitySpec(
+        residual=REFERENCE_NONCONFORMITY.residual
+    )
+    lighter = fit_options(parse("--distance-weight", "5"), REFERENCE_NONCONFORMITY).nonconformity
+    assert lighter == REFERENCE_NONCONFORMITY.model_copy(update={"distance_weight": 5})
+    paper = fit_options(parse("--nonconformity", "labels", "--no-residual"), REFERENCE_NONCONFORMITY)
+    assert paper.nonconformity == NonconformitySpec()
 
 
-def test_distance_options_need_an_explicit_nonconformity() -> None:
-    with pytest.raises(ConfigError, match="explicit --nonconformity"):
-        fit_options(parse("--distance-weight", "5"), REFERENCE_NONCONFORMITY)
+def test_distance_options_need_the_distance_nonconformity() -> None:
+    with pytest.raises(ConfigError, match=r"need --nonconformity labels\+distance"):
+        fit_options(parse("--nonconformity", "labels", "--distance-weight", "5"), REFERENCE_NONCONFORMITY)
 
 
 def test_refit_refuses_a_bundle_that_is_not_an_mnist_reference(tiny_bundle: Path, tmp_path: Path) -> None:

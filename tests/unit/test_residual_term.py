@@ -125,13 +125,16 @@ def _cli_args(**overrides: object) -> argparse.Namespace:
         "label_layers": None,
         "distance_layers": None,
         "distance_weight": None,
-        "distance_tail": 0.0,
+        "distance_reference": None,
+        "distance_statistic": None,
+        "distance_tail": None,
         "distance_neighbors": None,
         "residual_layer": None,
-        "residual_components": 64,
-        "residual_weight": 600,
-        "residual_tail": 0.995,
-        "residual_reference": 5000,
+        "no_residual": False,
+        "residual_components": None,
+        "residual_weight": None,
+        "residual_tail": None,
+        "residual_reference": None,
         "k": 75,
     }
     values.update(overrides)
@@ -139,24 +142,30 @@ def _cli_args(**overrides: object) -> argparse.Namespace:
 
 
 def test_cli_builds_the_term_only_when_a_layer_is_named() -> None:
-    assert residual_spec(_cli_args()) is None
-    spec = nonconformity_spec(_cli_args(residual_layer="relu2", residual_tail=0.99))
+    assert residual_spec(_cli_args(), None) is None
+    spec = nonconformity_spec(_cli_args(residual_layer="relu2", residual_tail=0.99), NonconformitySpec())
     assert spec.residual == ResidualSpec(layer="relu2", tail=0.99)
     with pytest.raises(ConfigError, match="need --residual-layer"):
-        nonconformity_spec(_cli_args(residual_weight=100))
+        nonconformity_spec(_cli_args(residual_weight=100), NonconformitySpec())
     with pytest.raises(ConfigError, match="--residual-tail must be in"):
-        residual_spec(_cli_args(residual_layer="relu2", residual_tail=1.0))
-    with pytest.raises(ConfigError, match="explicit --nonconformity"):
-        nonconformity_spec(_cli_args(nonconformity=None, residual_layer="relu2"), default=NonconformitySpec())
+        residual_spec(_cli_args(residual_layer="relu2", residual_tail=1.0), None)
 
 
-def test_a_term_with_no_residual_left_is_refused_before_any_index_is_built(
-    tiny_problem: TinyProblem, tmp_path: Path
-) -> None:
+def test_the_presets_term_takes_the_flags_given_and_no_residual_drops_it() -> None:
+    preset = NonconformitySpec(residual=ResidualSpec(layer="relu2", components=8))
+    assert nonconformity_spec(_cli_args(nonconformity=None), preset) == preset
+    moved = nonconformity_spec(_cli_args(nonconformity=None, residual_layer="relu1", residual_weight=50), preset)
+    assert moved.residual == ResidualSpec(layer="relu1", components=8, weight=50)
+    assert nonconformity_spec(_cli_args(nonconformity=None, no_residual=True), preset).residual is None
+    with pytest.raises(ConfigError, match="--no-residual"):
+        nonconformity_spec(_cli_args(no_residual=True, residual_layer="relu1"), preset)
+
+
+def test_too_many_components_are_clipped_to_half_the_layer(tiny_problem: TinyProblem, tmp_path: Path) -> None:
     too_many = NonconformitySpec(residual=ResidualSpec(layer="relu1", components=16, reference_size=150))
-    with pytest.raises(ConfigError, match="16 components need more than that many features"):
-        fit_tiny(tiny_problem, tmp_path / "tiny", nonconformity=too_many)
-    assert not (tmp_path / "tiny").exists()  # the staging directory went with the error
+    manifest = verify_bundle(fit_tiny(tiny_problem, tmp_path / "tiny", nonconformity=too_many)).manifest
+    assert manifest.nonconformity.residual is not None
+    assert manifest.nonconformity.residual.components == 8  # relu1 has 16 features
 
 
 def test_parameters_wider_than_the_layer_are_refused_at_start(residual_bundle: Path, tmp_path: Path) -> None:
@@ -169,5 +178,5 @@ def test_parameters_wider_than_the_layer_are_refused_at_start(residual_bundle: P
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["files"]["residual/relu1.npz"] = sha256_file(params)  # consistent, just fitted elsewhere
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match=r"residual/relu1\.npz: fitted for 17 features, layer relu1 has 16"):
+    with pytest.raises(BundleError, match=r"layer relu1 has 16 features, the bundle was fitted for 17"):
         DkNN.from_bundle(copy, backend="exact")

@@ -77,7 +77,7 @@ def run_sharpness(options: SharpnessOptions) -> dict[str, Any]:
         if not sets:  # every bundle on the same inputs: the first bundle's evaluation rows
             rows = split.evaluation[: options.count]
             sets = evaluation_sets(EvalSet("MNIST", mnist.x_test[rows], mnist.y_test[rows]))
-        accuracy[version] = {data.name: round(100 * model_accuracy(model.eval(), data), 1) for data in sets}
+        accuracy[version] = {data.name: round(100 * model_accuracy(model.classifier(None), data), 1) for data in sets}
     result = {
         "benchmark": "sharpness",
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
