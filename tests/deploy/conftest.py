@@ -26,6 +26,8 @@ from tests.integration.conftest import kafka_bootstrap, local_kafka  # noqa: F40
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "dknn-agent"
 PRODUCTION_VALUES = CHART / "ci" / "production-values.yaml"
+# A platform team's release: Strimzi mTLS, /metrics over TLS with basic auth, model code, overrides.
+PLATFORM_VALUES = CHART / "ci" / "platform-values.yaml"
 INSTALL_TOOLS = ROOT / "deploy" / "check" / "install-tools.sh"
 KUBE_VERSION = "1.33.0"  # what helm renders for and kubeconform validates against
 # The one value the chart cannot default: where the brokers are.

@@ -1,7 +1,8 @@
 """The Helm chart (deploy/helm/dknn-agent) rendered by the real helm and checked for what matters in
 review: the schema refuses typos, replicas never outnumber partitions, a graceful stop is never cut
-short, the agent accepts the config the chart writes, and the rules and dashboards are the ones in
-dashboards/ (one source of truth, also after `helm package`)."""
+short, the agent accepts the config the chart writes, the rules and dashboards are the ones in
+dashboards/ (one source of truth, also after `helm package`), and every value a platform team
+needs to run the agent next to its own model renders as documented."""
 
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ import pytest
 import yaml
 
 from agent.runtime.settings import AgentSettings, load_settings, unknown_variables
-from tests.deploy.conftest import CHART, MINIMAL, PRODUCTION_VALUES, ROOT, Tools, by_kind, one
+from tests.deploy.conftest import CHART, MINIMAL, PLATFORM_VALUES, PRODUCTION_VALUES, ROOT, Tools, by_kind, one
 
 RULES = ROOT / "dashboards" / "prometheus" / "rules.yml"
 DASHBOARDS = sorted((ROOT / "dashboards" / "grafana").glob("*.json"))
 PRODUCTION = ["-f", str(PRODUCTION_VALUES)]
+PLATFORM = ["-f", str(PLATFORM_VALUES)]
 # Every optional part on: what the rules/dashboards checks need.
 EVERYTHING = [
     *MINIMAL,
@@ -54,7 +56,7 @@ def agent_config(docs: list[dict]) -> dict:
 
 
 def test_lint_strict_passes_with_default_and_production_values(tools: Tools) -> None:
-    for args in (MINIMAL, PRODUCTION):
+    for args in (MINIMAL, PRODUCTION, PLATFORM):
         proc = tools.helm_run("lint", "--strict", "--kube-version", "1.33.0", str(CHART), *args, check=False)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "0 chart(s) failed" in proc.stdout
@@ -68,6 +70,29 @@ def test_lint_strict_passes_with_default_and_production_values(tools: Tools) -> 
         ([*MINIMAL, "--set", "replicaCount=two"], "replicaCount"),  # wrong type
         ([*MINIMAL, "--set", "autoscaling.mode=vpa"], "/autoscaling/mode"),  # not one of the choices
         ([*MINIMAL, "--set", "config.threshold=1.5"], "threshold"),  # out of the agent's range
+        # the values a platform team adds: misspelt keys and bad values
+        ([*MINIMAL, "--set", "config.auto_offset_reset=none"], "auto_offset_reset"),
+        ([*MINIMAL, "--set", "nameOverride=Fraud_Agent"], "nameOverride"),
+        ([*MINIMAL, "--set", "fullnameOverrides=fraud"], "fullnameOverrides"),
+        ([*MINIMAL, "--set", "commonLabel.team=ml"], "commonLabel"),
+        ([*MINIMAL, "--set-json", "commonLabels.replicas=3"], "/commonLabels/replicas"),
+        ([*MINIMAL, "--set-json", 'extraEnvs=[{"name":"A","value":"1"}]'], "extraEnvs"),
+        ([*MINIMAL, "--set-json", 'extraEnv={"name":"A"}'], "/extraEnv"),
+        ([*MINIMAL, "--set-json", 'extraVolumeMount=[{"name":"a","mountPath":"/a"}]'], "extraVolumeMount"),
+        ([*MINIMAL, "--set-json", 'extraVolumeMounts=[{"name":"a"}]'], "mountPath"),
+        ([*MINIMAL, "--set-json", 'extraVolume=[{"name":"a","emptyDir":{}}]'], "extraVolume"),
+        ([*MINIMAL, "--set-json", 'extraInitContainer=[{"name":"a","image":"b"}]'], "extraInitContainer"),
+        ([*MINIMAL, "--set-json", 'extraInitContainers=[{"name":"a"}]'], "image"),
+        ([*MINIMAL, "--set", "kafka.tls.ca.existingSecrets=kafka-ca"], "existingSecrets"),
+        ([*MINIMAL, "--set", "kafka.tls.client.certkey=user.crt"], "certkey"),
+        ([*MINIMAL, "--set", "kafka.tls.clients.existingSecret=user"], "clients"),
+        ([*MINIMAL, "--set", "metrics.tls.enable=true"], "enable"),
+        ([*MINIMAL, "--set", "metrics.tls.existingsecret=x"], "existingsecret"),
+        ([*MINIMAL, "--set", "metrics.basicAuth.passwordkey=pw"], "passwordkey"),
+        ([*MINIMAL, "--set", "metrics.basicauth.enabled=true"], "basicauth"),
+        ([*MINIMAL, "--set", "serviceMonitor.tlsConfig.insecureSkipVerfy=true"], "insecureSkipVerfy"),
+        ([*MINIMAL, "--set", "serviceMonitor.tlsConfig.ca.secrets=ca"], "secrets"),
+        ([*MINIMAL, "--set", "serviceMonitor.tlsConfig.servername=a"], "servername"),
         ([*MINIMAL, "--set-json", "prometheusRule.thresholds.deadLetterRate=0.1"], "deadLetterRate"),
         ([*MINIMAL, "--set-json", "prometheusRule.thresholds.deadLetterRatio=1.5"], "deadLetterRatio"),
         ([*MINIMAL, "--set", "prometheusRule.thresholds.deadLetterRatio=0.1"], "deadLetterRatio"),  # a string
@@ -164,7 +189,7 @@ def test_chart_defaults_for_the_stop_budget_are_the_agents(tools: Tools) -> None
         assert values["config"][name] == AgentSettings.model_fields[name].default
 
 
-@pytest.mark.parametrize("args", [MINIMAL, PRODUCTION], ids=["default", "production"])
+@pytest.mark.parametrize("args", [MINIMAL, PRODUCTION, PLATFORM], ids=["default", "production", "platform"])
 def test_the_agent_accepts_the_config_and_environment_the_chart_gives_it(
     tools: Tools, args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -188,11 +213,18 @@ def test_the_agent_accepts_the_config_and_environment_the_chart_gives_it(
     assert {"/bundle", "/etc/dknn/config.yaml", "/tmp"} <= mounts
     assert settings.metrics_port == container["ports"][0]["containerPort"]
     security = settings.kafka_security
-    for path in (security.ssl_cafile, security.ssl_certfile, security.ssl_keyfile):
+    files = (security.ssl_cafile, security.ssl_certfile, security.ssl_keyfile)
+    for path in (*files, settings.metrics_tls_certfile, settings.metrics_tls_keyfile):
         assert path is None or any(str(path).startswith(mount + "/") for mount in mounts), path
     if args == PRODUCTION:
         assert security.security_protocol == "SASL_SSL" and security.sasl_plain_password is not None
         assert settings.bundle_digest is not None and settings.scores_topic == "mnist-scores"
+        assert settings.auto_offset_reset == "earliest"  # the agent's default: the chart does not set it
+    if args == PLATFORM:
+        assert security.security_protocol == "SSL" and None not in files
+        assert settings.metrics_tls_certfile is not None and settings.metrics_basic_auth_password is not None
+        assert settings.auto_offset_reset == "latest"
+        assert settings.trusted_factories == ("agent.research.models", "fraud_models")  # from extraEnv
 
 
 def test_pods_run_locked_down_and_probe_the_agents_endpoints(tools: Tools) -> None:
@@ -345,10 +377,11 @@ def test_a_threshold_without_a_value_fails_rendering(tools: Tools) -> None:
     assert proc.returncode != 0 and "prometheusRule.thresholds has no value for ${lagMessages}" in proc.stderr
 
 
-def test_the_charts_alerts_keep_namespace_and_job(tools: Tools) -> None:
+@pytest.mark.parametrize("args", [EVERYTHING, PLATFORM], ids=["defaults", "platform"])
+def test_the_charts_alerts_keep_namespace_and_job(tools: Tools, args: list[str]) -> None:
     """Two releases with one job name in two namespaces must not merge: every aggregation of every
     rule the chart ships keeps namespace and job, and the traffic alerts do aggregate."""
-    groups = one(tools.render(*EVERYTHING), "PrometheusRule")["spec"]["groups"]
+    groups = one(tools.render(*args), "PrometheusRule")["spec"]["groups"]
     rules = [rule for group in groups for rule in group["rules"]]
     for rule in rules:
         for kept in re.findall(r"\b(?:by|on) \(([^)]*)\)", rule["expr"]):
@@ -363,3 +396,304 @@ def test_the_charts_alerts_keep_namespace_and_job(tools: Tools) -> None:
     for name, alert in _alerts(groups).items():
         if name in TRAFFIC_ALERTS:
             assert "by (namespace, job" in expand(alert["expr"]), f"{name} does not aggregate"
+
+
+# -- names and labels --------------------------------------------------------------------------
+
+
+def test_name_overrides_rename_every_object_and_keep_the_scrape_job(tools: Tools) -> None:
+    rules = yaml.safe_load(RULES.read_text())["groups"]
+    down = _alerts(rules)["DknnAgentDown"]["expr"]
+    selector = re.search(r'job=~"([^"]+)"', down)
+    assert selector
+    keda = ["--set", "autoscaling.mode=keda,kafka.securityProtocol=SSL,kafka.tls.existingSecret=kafka-ca"]
+    for override, fullname, app_name in (
+        (["--set", "nameOverride=fraud-agent"], "dknn-agent-fraud-agent", "fraud-agent"),
+        (["--set", "fullnameOverride=fraud-dknn"], "fraud-dknn", "dknn-agent"),
+        (["--set", "fullnameOverride=fraud-dknn,nameOverride=fraud-agent"], "fraud-dknn", "fraud-agent"),
+    ):
+        docs = tools.render(*EVERYTHING, *keda, *override)
+        for doc in docs:
+            name = doc["metadata"]["name"]
+            assert name == fullname or name.startswith(fullname + "-"), f"{doc['kind']} {name}"
+            assert doc["metadata"]["labels"]["app.kubernetes.io/name"] == app_name
+        deployment = one(docs, "Deployment")
+        selected = deployment["spec"]["selector"]["matchLabels"]
+        assert selected["app.kubernetes.io/name"] == app_name
+        assert selected.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+        assert one(docs, "Service")["spec"]["selector"] == selected
+        monitor = one(docs, "ServiceMonitor")
+        assert monitor["spec"]["selector"]["matchLabels"] == selected
+        (relabel,) = monitor["spec"]["endpoints"][0]["relabelings"]
+        assert re.fullmatch(selector.group(1), relabel["replacement"]), relabel
+        assert one(docs, "ScaledObject")["spec"]["scaleTargetRef"]["name"] == fullname
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        PLATFORM,
+        [
+            *EVERYTHING,
+            "--set",
+            "commonLabels.team=fraud-ml,autoscaling.mode=hpa,kafka.securityProtocol=SASL_PLAINTEXT,"
+            "kafka.sasl.mechanism=PLAIN,kafka.sasl.username=u,kafka.sasl.password=p,podLabels.tier=ml",
+        ],
+    ],
+    ids=["platform", "hpa-everything"],
+)
+def test_common_labels_are_on_every_object_and_on_the_pods(tools: Tools, args: list[str]) -> None:
+    docs = tools.render(*args)
+    common = {"team": "fraud-ml"}
+    kinds = {doc["kind"] for doc in docs}
+    assert {"Deployment", "Service", "ConfigMap", "ServiceMonitor", "PrometheusRule"} <= kinds
+    for doc in docs:
+        labels = doc["metadata"]["labels"]
+        assert common.items() <= labels.items(), f"{doc['kind']} {doc['metadata']['name']}: {labels}"
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+    pod = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert common.items() <= pod.items()
+    monitor = one(docs, "ServiceMonitor")["metadata"]["labels"]
+    assert monitor["release" if args == PLATFORM else "team"]  # its own labels beside the common ones
+    dashboards = [
+        doc for doc in docs if doc["kind"] == "ConfigMap" and "grafana_dashboard" in doc["metadata"]["labels"]
+    ]
+    assert all(doc["metadata"]["labels"]["grafana_dashboard"] == "1" for doc in dashboards)
+
+
+def test_common_labels_may_not_redefine_the_charts_own(tools: Tools) -> None:
+    for label in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "helm.sh/chart"):
+        proc = tools.template(*MINIMAL, "--set-json", "commonLabels=" + json.dumps({label: "x"}), check=False)
+        assert proc.returncode != 0 and f"commonLabels.{label}: the chart sets this label itself" in proc.stderr
+
+
+# -- extra env, volumes, mounts, init containers ------------------------------------------------
+
+
+def test_extra_env_volumes_mounts_and_init_containers_reach_the_pod(tools: Tools) -> None:
+    values = yaml.safe_load(PLATFORM_VALUES.read_text())
+    spec = one(tools.render(*PLATFORM), "Deployment")["spec"]["template"]["spec"]
+    agent = spec["containers"][0]
+    # After the chart's own, in the order given.
+    assert agent["env"][-len(values["extraEnv"]) :] == values["extraEnv"]
+    assert agent["env"][0]["name"] == "OMP_NUM_THREADS"
+    assert agent["volumeMounts"][-1] == values["extraVolumeMounts"][0]
+    assert spec["volumes"][-1] == values["extraVolumes"][0]
+    # The bundle is copied first; the team's own init containers follow.
+    assert [c["name"] for c in spec["initContainers"]] == ["bundle", "model-code"]
+    assert spec["initContainers"][1] == values["extraInitContainers"][0]
+
+
+def test_extra_init_containers_without_a_bundle_image(tools: Tools) -> None:
+    init = {"name": "wait", "image": "busybox:1.37", "command": ["true"]}
+    spec = one(tools.render(*MINIMAL, "--set-json", f"extraInitContainers=[{json.dumps(init)}]"), "Deployment")
+    assert spec["spec"]["template"]["spec"]["initContainers"] == [init]
+    default = one(tools.render(*MINIMAL), "Deployment")["spec"]["template"]["spec"]
+    assert "initContainers" not in default
+    assert [e["name"] for e in default["containers"][0]["env"]] == ["OMP_NUM_THREADS", "MKL_NUM_THREADS"]
+    assert {v["name"] for v in default["volumes"]} == {"config", "tmp", "bundle"}
+
+
+def test_the_bundle_copy_leaves_files_the_agent_can_read(tools: Tools) -> None:
+    """The init container copies as the pod's user (the agent's), without -p: the copies belong to
+    the agent's uid whatever the modes and owners in the bundle image."""
+    spec = one(tools.render(*PRODUCTION), "Deployment")["spec"]["template"]["spec"]
+    (init,) = spec["initContainers"]
+    assert init["command"][:2] == ["cp", "-R"] and not any(flag.startswith("-") for flag in init["command"][2:]), init[
+        "command"
+    ]
+    for container in (init, spec["containers"][0]):
+        assert "runAsUser" not in container["securityContext"]  # both run as the pod's runAsUser
+    assert spec["securityContext"]["runAsUser"] == 10001
+
+
+# -- /metrics over TLS, with basic auth ---------------------------------------------------------
+
+
+def test_metrics_tls_and_basic_auth_reach_the_agent_the_probes_and_the_service_monitor(tools: Tools) -> None:
+    docs = tools.render(*PLATFORM, "--namespace", "fraud")
+    config = agent_config(docs)
+    spec = one(docs, "Deployment")["spec"]["template"]["spec"]
+    agent = spec["containers"][0]
+    assert (config["metrics_tls_certfile"], config["metrics_tls_keyfile"]) == (
+        "/etc/dknn/metrics-tls/tls.crt",
+        "/etc/dknn/metrics-tls/tls.key",
+    )
+    mount = next(m for m in agent["volumeMounts"] if m["mountPath"] == "/etc/dknn/metrics-tls")
+    assert mount["readOnly"] is True
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] == "fraud-dknn-metrics-tls"
+    assert {item["path"]: item["key"] for item in volume["secret"]["items"]} == {
+        "tls.crt": "tls.crt",
+        "tls.key": "tls.key",
+    }
+    env = {item["name"]: item for item in agent["env"]}
+    for name, key in (
+        ("DKNN_METRICS_BASIC_AUTH_USERNAME", "username"),
+        ("DKNN_METRICS_BASIC_AUTH_PASSWORD", "password"),
+    ):
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "fraud-dknn-metrics-auth", "key": key}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert agent[probe]["httpGet"]["scheme"] == "HTTPS"
+    (endpoint,) = one(docs, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"] == {
+        "serverName": "fraud-dknn.fraud.svc",  # the Service's name in the release's namespace
+        "ca": {"secret": {"name": "fraud-dknn-metrics-tls", "key": "ca.crt"}},
+    }
+    assert endpoint["basicAuth"] == {
+        "username": {"name": "fraud-dknn-metrics-auth", "key": "username"},
+        "password": {"name": "fraud-dknn-metrics-auth", "key": "password"},
+    }
+
+
+TLS_ON = "metrics.tls.enabled=true,metrics.tls.existingSecret=agent-tls,serviceMonitor.enabled=true"
+
+
+@pytest.mark.parametrize(
+    ("extra", "tls_config"),
+    [
+        (
+            "serviceMonitor.tlsConfig.ca.configMap=trust-bundle,serviceMonitor.tlsConfig.ca.key=root.pem,"
+            "serviceMonitor.tlsConfig.serverName=agent.example.com",
+            {"serverName": "agent.example.com", "ca": {"configMap": {"name": "trust-bundle", "key": "root.pem"}}},
+        ),
+        (
+            "serviceMonitor.tlsConfig.insecureSkipVerify=true",
+            {"serverName": "dknn-agent.default.svc", "insecureSkipVerify": True},
+        ),
+    ],
+    ids=["configmap-ca", "insecure-skip-verify"],
+)
+def test_service_monitor_tls_config_variants(tools: Tools, extra: str, tls_config: dict) -> None:
+    (endpoint,) = one(tools.render(*MINIMAL, "--set", f"{TLS_ON},{extra}"), "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https" and endpoint["tlsConfig"] == tls_config
+    assert "basicAuth" not in endpoint
+
+
+@pytest.mark.parametrize(
+    ("sets", "complaint"),
+    [
+        ("metrics.tls.enabled=true", "metrics.tls.enabled needs metrics.tls.existingSecret"),
+        ("metrics.basicAuth.enabled=true", "metrics.basicAuth.enabled needs metrics.basicAuth.existingSecret"),
+        (TLS_ON, "needs serviceMonitor.tlsConfig.ca.secret (or .configMap)"),
+        (f"{TLS_ON},serviceMonitor.tlsConfig.ca.secret=a,serviceMonitor.tlsConfig.ca.configMap=b", "not both"),
+        (
+            f"{TLS_ON},serviceMonitor.tlsConfig.ca.secret=a,serviceMonitor.tlsConfig.insecureSkipVerify=true",
+            "contradict each other",
+        ),
+    ],
+)
+def test_metrics_tls_and_auth_mistakes_fail_rendering(tools: Tools, sets: str, complaint: str) -> None:
+    proc = tools.template(*MINIMAL, "--set", sets, check=False)
+    assert proc.returncode != 0 and complaint in proc.stderr, proc.stderr
+
+
+def test_without_metrics_tls_or_auth_the_endpoint_stays_plain(tools: Tools) -> None:
+    docs = tools.render(*EVERYTHING)
+    config = agent_config(docs)
+    assert not {key for key in config if key.startswith("metrics_tls") or key.startswith("metrics_basic")}
+    agent = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert "scheme" not in agent["readinessProbe"]["httpGet"]
+    assert not any(item["name"].startswith("DKNN_METRICS") for item in agent["env"])
+    (endpoint,) = one(docs, "ServiceMonitor")["spec"]["endpoints"]
+    assert not {"scheme", "tlsConfig", "basicAuth"} & set(endpoint)
+    # TLS without a ServiceMonitor needs no CA for Prometheus.
+    tools.render(*MINIMAL, "--set", "metrics.tls.enabled=true,metrics.tls.existingSecret=agent-tls")
+
+
+# -- Kafka TLS from one Secret or from Strimzi's separate ones ----------------------------------
+
+
+def _kafka_tls(docs: list[dict]) -> tuple[list[tuple[str, str, str]], dict]:
+    """(secret, key, path) of each projected file, and the agent's kafka_security."""
+    spec = one(docs, "Deployment")["spec"]["template"]["spec"]
+    volumes = [v for v in spec["volumes"] if v["name"] == "kafka-tls"]
+    files = []
+    if volumes:
+        (volume,) = volumes
+        assert volume["projected"]["defaultMode"] == 0o440
+        for source in volume["projected"]["sources"]:
+            files += [(source["secret"]["name"], item["key"], item["path"]) for item in source["secret"]["items"]]
+        mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "kafka-tls")
+        assert mount == {"name": "kafka-tls", "mountPath": "/etc/dknn/kafka-tls", "readOnly": True}
+    return files, agent_config(docs)["kafka_security"]
+
+
+def test_kafka_tls_from_strimzis_cluster_ca_and_kafka_user_secrets(tools: Tools) -> None:
+    docs = tools.render(*PLATFORM)
+    files, security = _kafka_tls(docs)
+    assert files == [
+        ("fraud-kafka-cluster-ca-cert", "ca.crt", "ca.crt"),
+        ("fraud-dknn", "user.crt", "tls.crt"),
+        ("fraud-dknn", "user.key", "tls.key"),
+    ]
+    assert security == {
+        "security_protocol": "SSL",
+        "ssl_cafile": "/etc/dknn/kafka-tls/ca.crt",
+        "ssl_certfile": "/etc/dknn/kafka-tls/tls.crt",
+        "ssl_keyfile": "/etc/dknn/kafka-tls/tls.key",
+    }
+    # KEDA's scaler reads the lag with the same CA and client certificate.
+    refs = {
+        ref["parameter"]: (ref["name"], ref["key"])
+        for ref in one(docs, "TriggerAuthentication")["spec"]["secretTargetRef"]
+    }
+    assert refs == {
+        "ca": ("fraud-kafka-cluster-ca-cert", "ca.crt"),
+        "cert": ("fraud-dknn", "user.crt"),
+        "key": ("fraud-dknn", "user.key"),
+    }
+    assert one(docs, "ScaledObject")["spec"]["triggers"][0]["metadata"]["tls"] == "enable"
+
+
+@pytest.mark.parametrize(
+    ("sets", "files"),
+    [
+        ("kafka.tls.existingSecret=kafka-ca", [("kafka-ca", "ca.crt", "ca.crt")]),
+        (
+            "kafka.tls.existingSecret=kafka-tls,kafka.tls.caKey=ca.pem,kafka.tls.certKey=tls.crt,kafka.tls.keyKey=tls.key",
+            [
+                ("kafka-tls", "ca.pem", "ca.crt"),
+                ("kafka-tls", "tls.crt", "tls.crt"),
+                ("kafka-tls", "tls.key", "tls.key"),
+            ],
+        ),
+        ("kafka.tls.ca.existingSecret=cluster-ca-cert", [("cluster-ca-cert", "ca.crt", "ca.crt")]),
+        (
+            "kafka.tls.existingSecret=kafka-ca,kafka.tls.client.existingSecret=agent-user",
+            [
+                ("kafka-ca", "ca.crt", "ca.crt"),
+                ("agent-user", "user.crt", "tls.crt"),
+                ("agent-user", "user.key", "tls.key"),
+            ],
+        ),
+        ("kafka.securityProtocol=PLAINTEXT", []),
+    ],
+    ids=["one-secret-ca", "one-secret-mtls", "ca-secret", "ca-and-client-secrets", "none"],
+)
+def test_kafka_tls_sources(tools: Tools, sets: str, files: list[tuple[str, str, str]]) -> None:
+    rendered, security = _kafka_tls(tools.render(*MINIMAL, "--set", f"kafka.securityProtocol=SSL,{sets}"))
+    assert rendered == files
+    setting = {"ca.crt": "ssl_cafile", "tls.crt": "ssl_certfile", "tls.key": "ssl_keyfile"}
+    assert {key: value for key, value in security.items() if key.startswith("ssl_")} == {
+        setting[path]: f"/etc/dknn/kafka-tls/{path}" for _, _, path in files
+    }
+
+
+@pytest.mark.parametrize(
+    ("sets", "complaint"),
+    [
+        ("kafka.tls.existingSecret=a,kafka.tls.ca.existingSecret=b", "both name the CA"),
+        ("kafka.tls.existingSecret=a,kafka.tls.certKey=c,kafka.tls.client.existingSecret=u", "both name the client"),
+    ],
+)
+def test_kafka_tls_named_twice_fails_rendering(tools: Tools, sets: str, complaint: str) -> None:
+    proc = tools.template(*MINIMAL, "--set", sets, check=False)
+    assert proc.returncode != 0 and complaint in proc.stderr, proc.stderr
+
+
+def test_kedas_offset_reset_policy_follows_the_agents(tools: Tools) -> None:
+    for args, policy in ((PRODUCTION, "earliest"), (PLATFORM, "latest")):
+        trigger = one(tools.render(*args), "ScaledObject")["spec"]["triggers"][0]["metadata"]
+        assert trigger["offsetResetPolicy"] == policy

@@ -10,7 +10,7 @@ import copy
 import pytest
 import yaml
 
-from tests.deploy.conftest import MINIMAL, PRODUCTION_VALUES, ApiServer, Tools, one
+from tests.deploy.conftest import MINIMAL, PLATFORM_VALUES, PRODUCTION_VALUES, ApiServer, Tools, one
 
 RENDERINGS = {
     "default": MINIMAL,
@@ -21,6 +21,27 @@ RENDERINGS = {
         "autoscaling.mode=hpa,serviceMonitor.enabled=true,prometheusRule.enabled=true,grafanaDashboards.enabled=true",
         "--set",
         "kafka.securityProtocol=SASL_PLAINTEXT,kafka.sasl.mechanism=PLAIN,kafka.sasl.username=u,kafka.sasl.password=p",
+    ],
+    # Strimzi mTLS from separate Secrets, /metrics over TLS with basic auth scraped by a
+    # ServiceMonitor, extra init container, volumes, mounts and env, commonLabels, fullnameOverride,
+    # thresholds of its own, KEDA with the client certificate.
+    "platform": ["-f", str(PLATFORM_VALUES)],
+    # The other variants: nameOverride, one Secret for mutual TLS, the ServiceMonitor's CA from a
+    # ConfigMap, insecureSkipVerify with basic auth only on another rendering.
+    "overrides-keda-mtls": [
+        *MINIMAL,
+        "--set",
+        "nameOverride=fraud-agent,commonLabels.team=fraud-ml,autoscaling.mode=keda,kafka.securityProtocol=SSL,"
+        "kafka.tls.existingSecret=kafka-tls,kafka.tls.certKey=tls.crt,kafka.tls.keyKey=tls.key,"
+        "metrics.tls.enabled=true,metrics.tls.existingSecret=agent-tls,serviceMonitor.enabled=true,"
+        "serviceMonitor.tlsConfig.ca.configMap=trust-bundle,serviceMonitor.tlsConfig.serverName=agent.example.com",
+    ],
+    "insecure-basic-auth": [
+        *MINIMAL,
+        "--set",
+        "metrics.tls.enabled=true,metrics.tls.existingSecret=agent-tls,serviceMonitor.enabled=true,"
+        "serviceMonitor.tlsConfig.insecureSkipVerify=true,metrics.basicAuth.enabled=true,"
+        "metrics.basicAuth.existingSecret=agent-metrics-auth",
     ],
 }
 
@@ -35,9 +56,17 @@ def _broken(tools: Tools) -> dict[str, str]:
     unknown_field["spec"]["template"]["spec"]["containers"][0]["livenessProbes"] = {}
     bad_crd = copy.deepcopy(scaler)
     bad_crd["spec"]["maxReplicaCount"] = "twelve"
+    # The scrape settings of /metrics over TLS: a misspelt field of the ServiceMonitor's tlsConfig.
+    monitor = copy.deepcopy(one(tools.render(*RENDERINGS["platform"]), "ServiceMonitor"))
+    monitor["spec"]["endpoints"][0]["tlsConfig"]["servername"] = "agent.example.com"
     return {
         name: yaml.safe_dump(doc)
-        for name, doc in (("wrong-type", wrong_type), ("unknown-field", unknown_field), ("crd-wrong-type", bad_crd))
+        for name, doc in (
+            ("wrong-type", wrong_type),
+            ("unknown-field", unknown_field),
+            ("crd-wrong-type", bad_crd),
+            ("crd-unknown-field", monitor),
+        )
     }
 
 
@@ -71,6 +100,7 @@ def test_apiserver_rejects_broken_manifests(tools: Tools, apiserver: ApiServer) 
         "wrong-type": "spec.replicas",
         "unknown-field": 'unknown field "spec.template.spec.containers[0].livenessProbes"',
         "crd-wrong-type": "spec.maxReplicaCount",
+        "crd-unknown-field": 'unknown field "spec.endpoints[0].tlsConfig.servername"',
     }
     for name, manifest in _broken(tools).items():
         proc = apiserver.kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-", stdin=manifest)

@@ -1,22 +1,54 @@
-{{/* Names: <release>-dknn-agent, or the release name when it already contains the chart's. */}}
+{{/* The chart's name, or nameOverride: app.kubernetes.io/name and the default object names. */}}
+{{- define "dknn-agent.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Names: fullnameOverride; else <release>-<name>, or the release name when it already contains the
+name (`helm install dknn-agent` is dknn-agent, not dknn-agent-dknn-agent).
+*/}}
 {{- define "dknn-agent.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "dknn-agent.name" . -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
 {{- define "dknn-agent.selectorLabels" -}}
-app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/name: {{ include "dknn-agent.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
-{{- define "dknn-agent.labels" -}}
+{{/* The labels the chart sets on every object, without commonLabels. */}}
+{{- define "dknn-agent.chartLabels" -}}
 {{ include "dknn-agent.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* Every object's metadata.labels: the chart's, then commonLabels (which may not replace them). */}}
+{{- define "dknn-agent.labels" -}}
+{{ include "dknn-agent.chartLabels" . }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Labels of an object that adds its own (a dict under "extra": serviceMonitor.labels, the dashboard
+sidecar's label) to the common ones. Called with (dict "ctx" $ "extra" ...); on a key both set,
+the object's own wins, so a label a Prometheus or a sidecar selects on is never overridden.
+*/}}
+{{- define "dknn-agent.labelsWith" -}}
+{{- $labels := include "dknn-agent.labels" .ctx | fromYaml -}}
+{{- toYaml (mergeOverwrite $labels (.extra | default dict)) -}}
 {{- end -}}
 
 {{- define "dknn-agent.serviceAccountName" -}}
@@ -40,6 +72,30 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- else -}}
 {{- printf "%s:%s" $image.repository (default .Chart.AppVersion $image.tag) -}}
 {{- end -}}
+{{- end -}}
+
+{{/*
+Kafka TLS files: where each of /etc/dknn/kafka-tls/{ca.crt,tls.crt,tls.key} comes from, as YAML
+{files: [{path, secret, key}, ...]}: the CA from kafka.tls.ca.existingSecret or else
+kafka.tls.existingSecret; the client certificate and key from kafka.tls.client.existingSecret or
+else kafka.tls.existingSecret's certKey/keyKey. One projected volume holds them all.
+*/}}
+{{- define "dknn-agent.kafkaTlsFiles" -}}
+{{- $tls := .Values.kafka.tls -}}
+{{- $files := list -}}
+{{- if $tls.ca.existingSecret -}}
+{{- $files = append $files (dict "path" "ca.crt" "secret" $tls.ca.existingSecret "key" $tls.ca.key) -}}
+{{- else if $tls.existingSecret -}}
+{{- $files = append $files (dict "path" "ca.crt" "secret" $tls.existingSecret "key" $tls.caKey) -}}
+{{- end -}}
+{{- if $tls.client.existingSecret -}}
+{{- $files = append $files (dict "path" "tls.crt" "secret" $tls.client.existingSecret "key" $tls.client.certKey) -}}
+{{- $files = append $files (dict "path" "tls.key" "secret" $tls.client.existingSecret "key" $tls.client.keyKey) -}}
+{{- else if $tls.existingSecret -}}
+{{- if $tls.certKey -}}{{- $files = append $files (dict "path" "tls.crt" "secret" $tls.existingSecret "key" $tls.certKey) -}}{{- end -}}
+{{- if $tls.keyKey -}}{{- $files = append $files (dict "path" "tls.key" "secret" $tls.existingSecret "key" $tls.keyKey) -}}{{- end -}}
+{{- end -}}
+{{- toYaml (dict "files" $files) -}}
 {{- end -}}
 
 {{/* The SASL password's Secret: an existing one, or the one this chart makes from kafka.sasl.password. */}}
@@ -87,6 +143,38 @@ retry_budget_s, the agent's defaults when unset) plus shutdownMarginSeconds.
 {{- if and (include "dknn-agent.saslEnabled" .) (not .Values.kafka.sasl.existingSecret) (not .Values.kafka.sasl.password) -}}
 {{- fail "SASL needs kafka.sasl.existingSecret (or kafka.sasl.password)" -}}
 {{- end -}}
+{{- $chartLabels := include "dknn-agent.chartLabels" . | fromYaml -}}
+{{- range $key, $_ := .Values.commonLabels -}}
+{{- if hasKey $chartLabels $key -}}
+{{- fail (printf "commonLabels.%s: the chart sets this label itself (selectors and tools rely on it)" $key) -}}
+{{- end -}}
+{{- end -}}
+{{- $tls := .Values.kafka.tls -}}
+{{- if and $tls.existingSecret $tls.ca.existingSecret -}}
+{{- fail "kafka.tls.existingSecret and kafka.tls.ca.existingSecret both name the CA: set one" -}}
+{{- end -}}
+{{- if and $tls.client.existingSecret (or $tls.certKey $tls.keyKey) -}}
+{{- fail "kafka.tls.client.existingSecret and kafka.tls.certKey/keyKey both name the client certificate: set one" -}}
+{{- end -}}
+{{- if and .Values.metrics.tls.enabled (not .Values.metrics.tls.existingSecret) -}}
+{{- fail "metrics.tls.enabled needs metrics.tls.existingSecret (a Secret with the certificate and key)" -}}
+{{- end -}}
+{{- if and .Values.metrics.basicAuth.enabled (not .Values.metrics.basicAuth.existingSecret) -}}
+{{- fail "metrics.basicAuth.enabled needs metrics.basicAuth.existingSecret (a Secret with the user name and password)" -}}
+{{- end -}}
+{{- if and .Values.serviceMonitor.enabled .Values.metrics.tls.enabled -}}
+{{- $tlsConfig := .Values.serviceMonitor.tlsConfig -}}
+{{- if and $tlsConfig.ca.secret $tlsConfig.ca.configMap -}}
+{{- fail "serviceMonitor.tlsConfig.ca: secret or configMap, not both" -}}
+{{- end -}}
+{{- $ca := or $tlsConfig.ca.secret $tlsConfig.ca.configMap -}}
+{{- if and $ca $tlsConfig.insecureSkipVerify -}}
+{{- fail "serviceMonitor.tlsConfig: a CA and insecureSkipVerify contradict each other; set one" -}}
+{{- end -}}
+{{- if not (or $ca $tlsConfig.insecureSkipVerify) -}}
+{{- fail "metrics.tls with the ServiceMonitor needs serviceMonitor.tlsConfig.ca.secret (or .configMap): the CA Prometheus checks the agent's certificate with; or, explicitly, serviceMonitor.tlsConfig.insecureSkipVerify: true" -}}
+{{- end -}}
+{{- end -}}
 {{- if and (not .Values.bundle.persistentVolumeClaim) (not .Values.bundle.image.repository) -}}
 {{- fail "the bundle needs bundle.persistentVolumeClaim or bundle.image.repository" -}}
 {{- end -}}
@@ -104,11 +192,14 @@ retry_budget_s, the agent's defaults when unset) plus shutdownMarginSeconds.
 {{- if include "dknn-agent.saslEnabled" . -}}
 {{- $_ := set $security "sasl_mechanism" .Values.kafka.sasl.mechanism -}}
 {{- end -}}
-{{- with .Values.kafka.tls.existingSecret -}}
-{{- $_ := set $security "ssl_cafile" "/etc/dknn/kafka-tls/ca.crt" -}}
-{{- if $.Values.kafka.tls.certKey -}}{{- $_ := set $security "ssl_certfile" "/etc/dknn/kafka-tls/tls.crt" -}}{{- end -}}
-{{- if $.Values.kafka.tls.keyKey -}}{{- $_ := set $security "ssl_keyfile" "/etc/dknn/kafka-tls/tls.key" -}}{{- end -}}
+{{- $setting := dict "ca.crt" "ssl_cafile" "tls.crt" "ssl_certfile" "tls.key" "ssl_keyfile" -}}
+{{- range (include "dknn-agent.kafkaTlsFiles" . | fromYaml).files -}}
+{{- $_ := set $security (get $setting .path) (printf "/etc/dknn/kafka-tls/%s" .path) -}}
 {{- end -}}
 {{- $_ := set $config "kafka_security" $security -}}
+{{- if .Values.metrics.tls.enabled -}}
+{{- $_ := set $config "metrics_tls_certfile" "/etc/dknn/metrics-tls/tls.crt" -}}
+{{- $_ := set $config "metrics_tls_keyfile" "/etc/dknn/metrics-tls/tls.key" -}}
+{{- end -}}
 {{- toYaml $config -}}
 {{- end -}}
