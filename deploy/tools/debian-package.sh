@@ -12,12 +12,13 @@
 # Idempotent: nothing happens when DEST/.packages exists (it lists "package version arch" of what
 # was unpacked; delete DEST to fetch again). Atomic: the work happens in DEST.tmp-PID beside DEST,
 # renamed to DEST only when complete, so an interrupted run never leaves a half DEST (the next run
-# removes what an interrupted one left). Progress and errors on stderr, nothing on stdout.
+# removes what an interrupted one left); runs for one DEST take turns (flock on DEST.lock).
+# Progress and errors on stderr, nothing on stdout.
 # Exit status: 0 done; 1 a failure; 2 apt-get or dpkg-deb missing (not a Debian or Ubuntu machine).
 set -euo pipefail
 
 say() { echo "debian-package: $*" >&2; }
-for tool in apt-get dpkg-deb dpkg; do
+for tool in apt-get dpkg-deb dpkg flock; do
   command -v "$tool" >/dev/null 2>&1 || { say "$tool not found (this needs a Debian or Ubuntu machine)"; exit 2; }
 done
 
@@ -35,9 +36,10 @@ shift
 [ -f "$dest/.packages" ] && exit 0
 
 mkdir -p "$(dirname "$dest")"
-for old in "$dest".tmp-*; do  # left by an interrupted run (its process is gone)
-  [ -d "$old" ] && ! kill -0 "${old##*.tmp-}" 2>/dev/null && rm -rf "$old"
-done
+exec 9>"$dest.lock"
+flock 9  # one fetch per DEST at a time: a second run waits for the first, then finds DEST complete
+[ -f "$dest/.packages" ] && exit 0
+rm -rf "$dest".tmp-*  # with the lock held, these are left by an interrupted run
 tmp="$dest.tmp-$$"
 trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$tmp/lists/partial" "$tmp/cache/archives/partial" "$tmp/debs" "$tmp/root"
@@ -60,5 +62,5 @@ for deb in "$tmp"/debs/*.deb; do
   dpkg-deb -f "$deb" Package Version Architecture | awk -F': ' '{printf "%s%s", (NR > 1 ? " " : ""), $2} END {print ""}' \
     >>"$tmp/root/.packages"
 done
-# -T: never move into a DEST another run has just completed; that one is as good as this one.
-mv -T "$tmp/root" "$dest" 2>/dev/null || [ -f "$dest/.packages" ]
+rm -rf "$dest"  # an incomplete DEST (no .packages) made by hand or by an older script
+mv -T "$tmp/root" "$dest"
