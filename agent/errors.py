@@ -23,7 +23,16 @@ A low-credibility input is a normal result, never an exception. `agent.cli` turn
 from __future__ import annotations
 
 # Why an event was dead-lettered: a Prometheus label and a header value, so the set is closed.
-EVENT_ERROR_REASONS = ("too_large", "bad_json", "schema", "unknown_model", "dtype", "shape", "non_finite")
+EVENT_ERROR_REASONS = (
+    "too_large",
+    "bad_json",
+    "schema",
+    "unknown_model",
+    "dtype",
+    "shape",
+    "non_finite",
+    "out_of_range",
+)
 
 
 class DknnError(Exception):

@@ -12,9 +12,14 @@ from connectors.base import Headers, Offsets, Record, Sink, Source, TopicPartiti
 class MemorySource(Source):
     """Serves a fixed list of records from one partition; `commit` records the offsets."""
 
-    def __init__(self, values: list[bytes], topic: str = "memory", partition: int = 0) -> None:
+    def __init__(
+        self, values: list[bytes], topic: str = "memory", partition: int = 0, headers: list[Headers] | None = None
+    ) -> None:
         super().__init__()
-        self.records = [Record(topic, partition, offset, None, value) for offset, value in enumerate(values)]
+        self.records = [
+            Record(topic, partition, offset, None, value, list(headers[offset]) if headers else [])
+            for offset, value in enumerate(values)
+        ]
         self.committed: dict[TopicPartition, int] = {}
         self._next = 0
 

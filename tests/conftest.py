@@ -13,11 +13,12 @@ import torch
 
 from agent.engine.dknn import DkNN
 from agent.engine.fit import Dataset, FitOptions, fit_bundle
-from agent.engine.manifest import PROGRAM_FILE, ModelSpec
+from agent.engine.manifest import PROGRAM_FILE, InputSpec, ModelSpec
 from agent.engine.program import export_program
 from agent.research.models.tiny import build_model
 from agent.research.training import TrainOptions, train_classifier
 from agent.runtime.drift import DriftMonitor
+from agent.runtime.events import DEFAULT_MAX_EVENT_BYTES, DecodedEvent, Expectations, decode_record
 from agent.runtime.pipeline import Pipeline, PipelineOptions
 from agent.runtime.routing import Topics
 from agent.runtime.telemetry import Telemetry
@@ -80,6 +81,12 @@ def fit_tiny(problem: TinyProblem, out: Path, *, factory: bool = False, **option
         options=FitOptions(k=10, n_trees=10, progress=False, **options),
     )
     return out
+
+
+def decode_one(payload: bytes, spec: InputSpec, model: str, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> DecodedEvent:
+    """The one input a single-input record holds (the agent's decoder, for a bundle of `spec`)."""
+    (event,) = decode_record(payload, (), Expectations((spec,), frozenset({model}), 10, max_bytes)).events
+    return event
 
 
 def assert_held_out_p_values_valid(p_values: np.ndarray, labels: np.ndarray) -> None:

@@ -1,102 +1,97 @@
-"""Decoding and validating inference events, schema `dknn.inference.v1` (docs/design.md §4).
+"""Decoding a consumed record, whatever form it came in, into what the agent scores (docs/design.md §4).
 
-Every event is untrusted: it comes from a topic any model server (or anything with produce
-rights) can write to. A bad event is *data*, not a crash, so `decode_event` has exactly one way
+Every record is untrusted: it comes from a topic any model server (or anything with produce
+rights) can write to. A bad record is *data*, not a crash, so `decode_record` has exactly one way
 to fail, `EventError`, whose `reason` is one of a small fixed set (it becomes a Prometheus label
 and a dead-letter header, so it must stay bounded). The checks are ordered cheapest-first so a
-hostile payload costs as little as possible: size before parsing, declared dtype and shape
-before decoding, decoded length before allocating.
+hostile payload costs as little as possible: size before parsing, headers before the body,
+declared dtype and shape before decoding, element counts before allocating.
 
-Wire conventions:
+The form is recognised from each record, with no flag to set (agent.runtime.wire):
 
-- `input.b64` is standard base64 (RFC 4648 §4, padded, no line breaks) of the array's bytes in
-  C order, little-endian. `input.dtype` must name the bundle's dtype: "float32", "<f4" or "f4";
-  a big-endian ">f4" is refused rather than byte-swapped, so producers cannot be silently wrong.
-- `input.values` is the same array as nested JSON lists of numbers (no booleans), exactly the
-  bundle input shape deep.
-- The input shape is one input *without* a batch dimension, exactly `InputSpec.shape`.
-- NaN/Infinity are rejected everywhere (as JSON literals, and after decoding or float32 cast).
-- Values outside `InputSpec.value_range` are accepted on purpose: noisy, shifted and adversarial
-  inputs are exactly what the agent exists to score, so clipping or refusing them would hide the
-  traffic it must flag.
-- `model.version` is informational (it is passed through); only `model.name` must match.
+    ce_type header (CloudEvents binary mode) ─ ...inference.request  ─┐
+                                             ─ ...inference.response ─┼─► the body below
+    body {"schema": "dknn.inference.v1", ...}    one input to score    │
+    body {"inputs": [tensor, ...]}               OIP v2 request ◄──────┘ (N inputs: its batch)
+    body {"model_name": ..., "outputs": [...]}   OIP v2 response: the served answers
+    body {"instances": [...]}                    KServe v1 request (N inputs)
+    body {"predictions": [...]}                  KServe v1 response
+
+A request becomes one `DecodedEvent` per input in it; a response becomes `ServedAnswers`, which
+the agent compares with the answers it recomputed for the request of the same id. The model a
+record is for comes from the body (`model.name`, `model_name`) or KServe's
+`ce_inferenceservicename` header; a record that names none is taken to be for this agent's model.
 """
 
 from __future__ import annotations
 
-import binascii
-import functools
-import math
 from dataclasses import dataclass
-from typing import Annotated, Any, Final, Literal
+from typing import Any, Final
 
 import numpy as np
 import orjson
 import pybase64
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-from agent.engine.manifest import MAX_CLASSES, InputSpec
+from agent.engine.manifest import InputSpec
 from agent.errors import EventError
+from agent.runtime.wire import cloudevents, kserve_v1, oip_v2, v1
+from connectors.base import Headers
 
-SCHEMA: Final = "dknn.inference.v1"
 DEFAULT_MAX_EVENT_BYTES = 1_048_576
-
-
-class _Strict(BaseModel):
-    # strict: a JSON "7" is not the label 7; no inf/nan even from overflowing literals like 1e999.
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
-
-
-class ModelRef(_Strict):
-    name: str = Field(min_length=1, max_length=128)
-    version: str = Field(min_length=1, max_length=64)
-
-
-class InputPayload(_Strict):
-    dtype: str = Field(min_length=1, max_length=16)
-    shape: list[Annotated[int, Field(ge=0)]] = Field(max_length=8)
-    b64: str | None = None
-    values: list[Any] | None = None  # checked against the bundle shape in `decode_event`
-
-    @model_validator(mode="after")
-    def _exactly_one_encoding(self) -> InputPayload:
-        if (self.b64 is None) == (self.values is None):
-            raise ValueError("input needs exactly one of b64 or values")
-        return self
-
-
-class ServedPrediction(_Strict):
-    label: int = Field(ge=0, le=MAX_CLASSES)
-    scores: list[float] | None = Field(None, max_length=MAX_CLASSES)
-
-
-AttributeKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-AttributeValue = Annotated[str, StringConstraints(max_length=256)] | bool | int | float
-
-
-class InferenceEvent(_Strict):
-    """One inference event as published by a model server; `attributes` is the extension point."""
-
-    schema_: Literal["dknn.inference.v1"] = Field(SCHEMA, alias="schema")
-    event_id: str = Field(min_length=1, max_length=128)
-    model: ModelRef
-    timestamp_ms: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    input: InputPayload
-    prediction: ServedPrediction | None = None
-    attributes: dict[AttributeKey, AttributeValue] | None = Field(default=None, max_length=32)
+DEFAULT_MAX_ROWS = 1024
+V1: Final = v1.SCHEMA
+OIP_V2: Final = "oip-v2"
+KSERVE_V1: Final = "kserve-v1"
+FORMS = (V1, OIP_V2, KSERVE_V1)  # a bounded metric label
 
 
 @dataclass(frozen=True)
 class DecodedEvent:
-    """A validated event, ready to batch: `x` is a fresh float32 array of the bundle input shape."""
+    """One input to score, validated: one array per bundle input, without the batch dimension."""
 
     event_id: str
-    model_name: str
-    model_version: str
-    timestamp_ms: int | None
-    x: np.ndarray
-    served_label: int | None
-    document: dict[str, Any]  # the parsed JSON, embedded as-is in quarantine output
+    form: str  # one of FORMS
+    inputs: tuple[np.ndarray, ...]
+    document: dict[str, Any]  # what a quarantine record embeds (for a batch request: this input's part)
+    request_id: str | None = None  # what a response to it carries (OIP v2 `id`, `ce_id`)
+    row: int = 0  # its place in a batch request
+    model_name: str | None = None
+    model_version: str | None = None
+    timestamp_ms: int | None = None
+    served_label: int | None = None  # the answer the server gave, where the event says (v1)
+
+    @property
+    def x(self) -> np.ndarray:
+        """The input of a model with one."""
+        return self.inputs[0]
+
+
+@dataclass(frozen=True)
+class ServedAnswers:
+    """A response: the label the server answered for each input of the request `request_id`."""
+
+    request_id: str
+    labels: tuple[int, ...]
+    form: str
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What one record holds: inputs to score, or a response's answers."""
+
+    events: tuple[DecodedEvent, ...] = ()
+    answers: ServedAnswers | None = None
+
+
+@dataclass(frozen=True)
+class Expectations:
+    """What the bundle accepts: its inputs, the names its model goes by, and bounds."""
+
+    inputs: tuple[InputSpec, ...]
+    model_names: frozenset[str]
+    num_classes: int
+    max_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    max_rows: int = DEFAULT_MAX_ROWS
 
 
 def _parse_json(raw: bytes) -> Any:
@@ -113,116 +108,142 @@ def _parse_json(raw: bytes) -> Any:
         raise EventError("bad_json", f"not valid JSON: {exc}") from None
 
 
-def _schema_message(exc: ValidationError) -> str:
-    """First problem only, location + message, never the (attacker-controlled) input value."""
-    errors = exc.errors(include_url=False, include_input=False, include_context=False)
-    first = errors[0]
-    loc = ".".join(str(part) for part in first["loc"]) or "event"
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"invalid {loc}: {first['msg']}{more}"
+def _check_model(name: str | None, expected: Expectations) -> None:
+    if name is not None and name not in expected.model_names:
+        served = ", ".join(sorted(expected.model_names))
+        raise EventError("unknown_model", f"the record is for model {name[:64]!r}, this agent serves {served}")
 
 
-@functools.lru_cache(maxsize=8)
-def _accepted_dtypes(dtype: str) -> frozenset[str]:
-    """The spellings of the bundle's dtype an event may use (cached: it is asked once per event)."""
-    little = np.dtype(dtype).newbyteorder("<")
-    return frozenset({dtype, little.name, little.str, little.str[1:]})
-
-
-def _from_b64(text: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    n_bytes = math.prod(shape) * dtype.itemsize
-    expected_chars = 4 * ((n_bytes + 2) // 3)
-    if len(text) != expected_chars:  # checked before decoding: no allocation for a wrong size
-        raise EventError(
-            "shape",
-            f"input.b64 has {len(text)} characters, expected {expected_chars} for shape {list(shape)} {dtype.name}",
-        )
-    try:  # pybase64: SIMD, about 25x the standard library's decoder on a 4 KB input
-        data = pybase64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise EventError("schema", f"input.b64 is not valid base64: {exc}") from None
-    if len(data) != n_bytes:
-        raise EventError("shape", f"input.b64 decodes to {len(data)} bytes, expected {n_bytes}")
-    return np.frombuffer(data, dtype=dtype.newbyteorder("<")).reshape(shape)
-
-
-def _flatten_values(values: list[Any], shape: tuple[int, ...]) -> list[int | float]:
-    """Walks nested lists level by level, checking each length against `shape` before descending."""
-    level: list[Any] = [values]
-    for depth, size in enumerate(shape):
-        nxt: list[Any] = []
-        for item in level:
-            if not isinstance(item, list):
-                raise EventError(
-                    "shape",
-                    f"input.values is not nested {len(shape)} lists deep "
-                    f"(found a {type(item).__name__} at depth {depth})",
-                )
-            if len(item) != size:
-                raise EventError(
-                    "shape",
-                    f"input.values has length {len(item)} at depth {depth}, expected {size} (shape {list(shape)})",
-                )
-            nxt.extend(item)
-        level = nxt
-    for leaf in level:
-        if isinstance(leaf, bool) or not isinstance(leaf, (int, float)):
-            raise EventError("schema", f"input.values holds a {type(leaf).__name__}, expected numbers")
-    return level
-
-
-def _from_values(values: list[Any], shape: tuple[int, ...]) -> np.ndarray:
-    if not shape:  # a scalar input: values would have to be a bare number, which v1 does not allow
-        raise EventError("shape", "input.values cannot encode a 0-d input; use b64")
-    # Every number fits a float64 here: the parser refuses literals beyond a double.
-    return np.array(_flatten_values(values, shape), dtype=np.float64).reshape(shape)
-
-
-def decode_event(
-    raw: bytes, spec: InputSpec, model_name: str, max_bytes: int = DEFAULT_MAX_EVENT_BYTES
-) -> DecodedEvent:
-    """Validates one message value against the bundle's input spec; raises only `EventError`."""
+def decode_record(raw: bytes, headers: Headers, expected: Expectations) -> Decoded:
+    """Validates one record against the bundle; raises only `EventError`."""
     if not isinstance(raw, (bytes, bytearray)):
         raise EventError("schema", f"event value must be bytes, got {type(raw).__name__}")
     size = len(raw)
-    if size > max_bytes:  # before anything looks inside: a 100 MB value costs one len()
-        raise EventError("too_large", f"event is {size} bytes, limit {max_bytes}")
+    if size > expected.max_bytes:  # before anything looks inside: a 100 MB value costs one len()
+        raise EventError("too_large", f"event is {size} bytes, limit {expected.max_bytes}")
+    event = cloudevents.from_headers(headers) if headers else None
+    if event is not None:
+        if not (event.is_request or event.is_response):
+            raise EventError("schema", f"CloudEvent of type {event.type[:80]!r}: not an inference request or response")
+        _check_model(event.model_name, expected)
     document = _parse_json(raw)
     if not isinstance(document, dict):
         raise EventError("schema", f"event must be a JSON object, got {type(document).__name__}")
-    try:
-        event = InferenceEvent.model_validate(document)
-    except ValidationError as exc:
-        raise EventError("schema", _schema_message(exc)) from None
-    except (RecursionError, ValueError, TypeError) as exc:  # belt and braces: pydantic internals
-        raise EventError("schema", f"invalid event: {type(exc).__name__}") from None
-    if event.model.name != model_name:
-        raise EventError(
-            "unknown_model", f"event is for model {event.model.name[:64]!r}, this agent serves {model_name!r}"
+    if event is not None and event.is_response:
+        return Decoded(answers=_answers(document, event.id, expected))
+    if event is None and (oip_v2.is_response(document) or kserve_v1.is_response(document)):
+        if "predictions" in document and "id" not in document:
+            raise EventError("schema", "a KServe v1 response without an id or CloudEvent: nothing to compare it with")
+        return Decoded(answers=_answers(document, None, expected))
+    return Decoded(events=_requests(document, event, expected))
+
+
+def _requests(
+    document: dict[str, Any], event: cloudevents.CloudEvent | None, expected: Expectations
+) -> tuple[DecodedEvent, ...]:
+    time_ms = event.time_ms if event is not None else None
+    if "schema" in document or "event_id" in document:
+        parsed = v1.validate(document)
+        _check_model(parsed.model.name, expected)
+        return (
+            DecodedEvent(
+                event_id=parsed.event_id,
+                form=V1,
+                inputs=v1.decode_inputs(parsed, expected.inputs),
+                document=document,
+                request_id=event.id if event is not None else None,
+                model_name=parsed.model.name,
+                model_version=parsed.model.version,
+                timestamp_ms=parsed.timestamp_ms if parsed.timestamp_ms is not None else time_ms,
+                served_label=parsed.prediction.label if parsed.prediction is not None else None,
+            ),
         )
-    payload = event.input
-    if payload.dtype not in _accepted_dtypes(spec.dtype):
-        raise EventError("dtype", f"input.dtype {payload.dtype!r}, expected {spec.dtype!r} (little-endian)")
-    shape = tuple(spec.shape)
-    if tuple(payload.shape) != shape:
-        raise EventError("shape", f"input.shape {payload.shape[:8]}, expected {list(shape)}")
-    if payload.b64 is not None:
-        array = _from_b64(payload.b64, shape, np.dtype(spec.dtype))
+    if oip_v2.is_request(document):
+        request = oip_v2.parse_request(document)
+        _check_model(request.model_name, expected)
+        count, arrays = oip_v2.decode_request(request, expected.inputs, expected.max_rows)
+        request_id = event.id if event is not None else request.id
+        form, names = OIP_V2, [tensor.name for tensor in request.inputs]
+        datatypes = [tensor.datatype for tensor in request.inputs]
+        model_name, model_version = request.model_name, request.model_version
+    elif kserve_v1.is_request(document):
+        count, arrays = kserve_v1.decode_request(document, expected.inputs, expected.max_rows)
+        request_id = event.id if event is not None else _text_or_none(document.get("id"))
+        form, names, datatypes = KSERVE_V1, [spec.name for spec in expected.inputs], []
+        model_name = model_version = None
     else:
-        array = _from_values(payload.values or [], shape)
-    with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is caught just below
-        x = np.array(array, dtype=np.float32, order="C", copy=True)
-    if not np.isfinite(x).all():
-        raise EventError("non_finite", "input contains NaN or infinity (as float32)")
-    return DecodedEvent(
-        event_id=event.event_id,
-        model_name=event.model.name,
-        model_version=event.model.version,
-        timestamp_ms=event.timestamp_ms,
-        x=x,
-        served_label=event.prediction.label if event.prediction is not None else None,
-        document=document,
+        raise EventError(
+            "schema",
+            "not a dknn.inference.v1 event, an Open Inference Protocol v2 request or response, or a KServe v1 "
+            "instances / predictions body",
+        )
+    if event is not None:
+        model_name = model_name or event.model_name
+    return tuple(
+        DecodedEvent(
+            event_id=(request_id or "request") + (f"/{row}" if count > 1 else ""),
+            form=form,
+            inputs=tuple(array[row] for array in arrays),
+            document=_row_document(form, request_id, row, count, names, datatypes, arrays, event),
+            request_id=request_id,
+            row=row,
+            model_name=model_name,
+            model_version=model_version,
+            timestamp_ms=time_ms,
+        )
+        for row in range(count)
     )
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value[:128] if isinstance(value, str) and value else None
+
+
+def _row_document(
+    form: str,
+    request_id: str | None,
+    row: int,
+    count: int,
+    names: list[str],
+    datatypes: list[str],
+    arrays: list[np.ndarray],
+    event: cloudevents.CloudEvent | None,
+) -> dict[str, Any]:
+    """One input of a batch request as a small document of its own (a quarantine record quotes it,
+    not the whole batch): its inputs as OIP v2 tensors of batch 1."""
+    tensors = [
+        {
+            "name": name,
+            "shape": [1, *array.shape[1:]],
+            "datatype": datatypes[index] if index < len(datatypes) else _datatype(array),
+            "data": array[row].ravel().tolist(),
+        }
+        for index, (name, array) in enumerate(zip(names, arrays, strict=True))
+    ]
+    document: dict[str, Any] = {"form": form, "id": request_id, "row": row, "rows": count, "inputs": tensors}
+    if event is not None:
+        document["cloudevent"] = {"id": event.id, "type": event.type, "source": event.source, **event.extensions}
+    return document
+
+
+def _datatype(array: np.ndarray) -> str:
+    return {"bool": "BOOL"}.get(array.dtype.name, array.dtype.name.upper().replace("FLOAT", "FP"))
+
+
+def _answers(document: dict[str, Any], event_id: str | None, expected: Expectations) -> ServedAnswers:
+    if oip_v2.is_response(document):
+        response = oip_v2.parse_response(document)
+        _check_model(response.model_name, expected)
+        labels = oip_v2.served_labels(response, expected.num_classes)
+        request_id, form = event_id or response.id, OIP_V2
+    elif kserve_v1.is_response(document):
+        labels = kserve_v1.served_labels(document, expected.num_classes)
+        request_id, form = event_id or _text_or_none(document.get("id")), KSERVE_V1
+    else:
+        raise EventError("schema", "an inference response that is neither OIP v2 outputs nor KServe v1 predictions")
+    if request_id is None:
+        raise EventError("schema", "a response without an id: nothing to compare it with")
+    return ServedAnswers(request_id=request_id, labels=tuple(labels), form=form)
 
 
 def encode_event(
@@ -241,7 +262,7 @@ def encode_event(
     """
     array = np.ascontiguousarray(x, dtype="<f4")
     document: dict[str, Any] = {
-        "schema": SCHEMA,
+        "schema": V1,
         "event_id": event_id,
         "model": {"name": model_name, "version": model_version},
         "input": {
@@ -260,5 +281,5 @@ def encode_event(
         raise ValueError("scores need served_label")
     if attributes is not None:
         document["attributes"] = dict(attributes)
-    InferenceEvent.model_validate(document)
+    v1.InferenceEvent.model_validate(document)
     return orjson.dumps(document)

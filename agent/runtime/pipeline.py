@@ -46,8 +46,9 @@ import numpy as np
 from agent.engine.dknn import DkNN, ScoreBatch
 from agent.errors import CommitRejectedError, ConnectorError, DeliveryRefusedError, EventError
 from agent.runtime.drift import DriftMonitor
-from agent.runtime.events import DecodedEvent, decode_event
+from agent.runtime.events import DecodedEvent, Expectations, ServedAnswers, decode_record
 from agent.runtime.routing import QUARANTINED, Message, Outcome, Topics, dead_letter, scored_messages, verdicts
+from agent.runtime.served import Comparisons, ServedAnswerCheck
 from agent.runtime.settings import AgentSettings
 from agent.runtime.telemetry import Telemetry
 from connectors.base import Record, Sink, Source, next_offsets
@@ -72,6 +73,9 @@ class PipelineOptions:
     max_output_bytes: int = _setting_default("max_output_bytes")
     flush_timeout_s: float = _setting_default("flush_timeout_s")
     retry_budget_s: float = _setting_default("retry_budget_s")
+    max_inputs_per_event: int = _setting_default("max_inputs_per_event")
+    model_names: tuple[str, ...] = _setting_default("model_names")  # besides the bundle's own
+    unknown_model: str = _setting_default("unknown_model")
 
     @classmethod
     def from_settings(cls, settings: AgentSettings) -> PipelineOptions:
@@ -84,6 +88,7 @@ class PipelineStats:
 
     consumed: int = 0
     scored: int = 0
+    skipped: int = 0
     quarantined: int = 0
     dead_lettered: int = 0
     credibility_sum: float = 0.0
@@ -98,12 +103,14 @@ class PipelineStats:
 
 @dataclass(frozen=True)
 class StartedBatch:
-    """One polled batch, decoded, its valid events being scored; nothing sent yet."""
+    """One polled batch, decoded, its valid inputs being scored; nothing sent yet."""
 
     records: list[Record]
     invalid: list[tuple[Record, EventError]]
-    valid: list[tuple[Record, DecodedEvent]]
-    scores: Future[ScoreBatch] | None  # None when no event was valid
+    valid: list[tuple[Record, DecodedEvent]]  # one per input to score (a batch request gives several)
+    answers: list[ServedAnswers]  # responses: what servers answered
+    skipped: int  # records for another model, skipped (`unknown_model: skip`)
+    scores: Future[ScoreBatch] | None  # None when no input was valid
 
 
 @dataclass(frozen=True)
@@ -112,8 +119,10 @@ class PreparedBatch:
 
     invalid: list[tuple[Record, EventError]]
     valid: list[tuple[Record, DecodedEvent]]
+    skipped: int
     scores: ScoreBatch | None
     quarantined: np.ndarray  # (len(valid),) bool
+    comparisons: Comparisons  # served answers against recomputed ones
     messages: list[Message]
     refused: list[Message] = field(default_factory=list)  # replaced by their fallbacks on delivery
 
@@ -150,6 +159,15 @@ class Pipeline:
         self.drift = drift
         self.options = options or PipelineOptions()
         self.stats = PipelineStats()
+        manifest = scorer.manifest
+        self.expected = Expectations(
+            inputs=manifest.inputs,
+            model_names=frozenset({manifest.model.name, *self.options.model_names}),
+            num_classes=manifest.model.num_classes,
+            max_bytes=self.options.max_event_bytes,
+            max_rows=self.options.max_inputs_per_event,
+        )
+        self.served = ServedAnswerCheck()
         source.on_revoke(self._forget_partitions)
 
     def _forget_partitions(self, partitions: set[tuple[str, int]]) -> None:
@@ -212,24 +230,28 @@ class Pipeline:
     def _begin(self, records: list[Record], submit: Callable[..., Future[ScoreBatch]]) -> StartedBatch:
         self.telemetry.consumed(len(records))
         self.stats.consumed += len(records)
-        manifest = self.scorer.manifest
         invalid: list[tuple[Record, EventError]] = []
         valid: list[tuple[Record, DecodedEvent]] = []
+        answers: list[ServedAnswers] = []
+        skipped = 0
         with self.telemetry.stage("decode"):
             for record in records:
                 try:
-                    event = decode_event(
-                        record.value, manifest.input, manifest.model.name, self.options.max_event_bytes
-                    )
+                    decoded = decode_record(record.value, record.headers, self.expected)
                 except EventError as error:
-                    invalid.append((record, error))
-                else:
-                    valid.append((record, event))
+                    if error.reason == "unknown_model" and self.options.unknown_model == "skip":
+                        skipped += 1
+                    else:
+                        invalid.append((record, error))
+                    continue
+                valid.extend((record, event) for event in decoded.events)
+                if decoded.answers is not None:
+                    answers.append(decoded.answers)
         scores = None
         if valid:
-            inputs = np.stack([event.x for _, event in valid])
+            inputs = [np.stack([event.inputs[i] for _, event in valid]) for i in range(len(self.expected.inputs))]
             scores = submit(self.scorer.score, inputs, stage=self.telemetry.stage)
-        return StartedBatch(records, invalid, valid, scores)
+        return StartedBatch(records, invalid, valid, answers, skipped, scores)
 
     # -- 2. route: build every message (once) -------------------------------------------------
 
@@ -239,12 +261,16 @@ class Pipeline:
         topic = self.topics.dead_letter
         messages = [dead_letter(record, error.reason, str(error), topic) for record, error in invalid]
         scores, quarantined = None, np.zeros(0, dtype=bool)
+        comparisons = Comparisons()
+        for answers in started.answers:
+            self.served.served(answers, comparisons)
         if started.scores is not None:
             scores = started.scores.result()
             verdict = verdicts(scores.credibility, self.options.threshold)
             quarantined = verdict == QUARANTINED
             # Once per batch, like everything in this step: the signals go into the score records.
             signals = self.drift.update(scores.label_free_score, quarantined)
+            self._compare_served(valid, scores, comparisons)
             with self.telemetry.stage("encode"):
                 for row, (record, event) in enumerate(valid):
                     outcome = Outcome(
@@ -261,7 +287,18 @@ class Pipeline:
                             outcome, self.topics, manifest, self.options.threshold, self.options.max_output_bytes
                         )
                     )
-        return PreparedBatch(invalid, valid, scores, quarantined, messages)
+        return PreparedBatch(invalid, valid, started.skipped, scores, quarantined, comparisons, messages)
+
+    def _compare_served(
+        self, valid: list[tuple[Record, DecodedEvent]], scores: ScoreBatch, comparisons: Comparisons
+    ) -> None:
+        """Every served answer known for these inputs against the model's own, recomputed here."""
+        for row, (_, event) in enumerate(valid):
+            recomputed = int(scores.model_prediction[row])
+            if event.served_label is not None:
+                comparisons.add(event.served_label, recomputed)
+            elif event.request_id is not None:
+                self.served.recomputed(event.request_id, event.row, recomputed, comparisons)
 
     # -- 3. send and confirm (the only step that is retried) ---------------------------------
 
@@ -311,6 +348,9 @@ class Pipeline:
         for _, error in batch.invalid:
             self.telemetry.dead_lettered(error.reason)
         self.stats.dead_lettered += len(batch.invalid)
+        self.telemetry.skipped("unknown_model", batch.skipped)
+        self.stats.skipped += batch.skipped
+        self.telemetry.served_answers(batch.comparisons)
         for message in batch.refused:
             self.telemetry.refused(message.output)
         scores = batch.scores

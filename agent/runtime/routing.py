@@ -127,6 +127,7 @@ def score_record(outcome: Outcome) -> bytes:
     """The compact record every valid event gets on the scores topic."""
     body = {
         "event_id": outcome.event.event_id,
+        "form": outcome.event.form,
         "source": _position(outcome.record),
         **_verdict_fields(outcome),
         "drift": {"change": outcome.drift_change, "shifted": outcome.drift_shifted},

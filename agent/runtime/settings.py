@@ -39,7 +39,7 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 from agent.engine.model_factory import DEFAULT_FACTORY_MODULES
 from agent.errors import ConfigError
 from agent.runtime.drift import DEFAULT_ARL_EVENTS, DEFAULT_WINDOW
-from agent.runtime.events import DEFAULT_MAX_EVENT_BYTES
+from agent.runtime.events import DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_ROWS
 from agent.runtime.routing import DEFAULT_THRESHOLD
 from connectors.kafka_security import KafkaSecurity
 from connectors.registry import split_uri
@@ -79,7 +79,12 @@ class AgentSettings(BaseSettings):
     bootstrap_servers: str | None = Field(
         None, description="Kafka brokers, host:port[,host:port]; needed unless both source and sink are files"
     )
-    input_topic: str = Field("inference-events", pattern=TOPIC_PATTERN, description="topic of v1 inference events")
+    input_topic: str = Field(
+        "inference-events",
+        pattern=TOPIC_PATTERN,
+        description="topic of inference events: dknn.inference.v1, Open Inference Protocol v2 or KServe v1 bodies, "
+        "plain or as CloudEvents (KServe's payload logger); one topic may carry several forms",
+    )
     quarantine_topic: str = Field(
         "inference-quarantine", pattern=TOPIC_PATTERN, description="where low-credibility events go for review"
     )
@@ -94,6 +99,21 @@ class AgentSettings(BaseSettings):
         min_length=1,
         max_length=255,
         description="consumer group; replicas in one group share the partitions",
+    )
+    model_names: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="comma-separated names an event may give for this agent's model besides the bundle's own "
+        "(e.g. the KServe InferenceService name)",
+    )
+    unknown_model: Literal["dead_letter", "skip"] = Field(
+        "dead_letter",
+        description="an event for another model: dead_letter it, or skip and count it (a topic shared by models)",
+    )
+    max_inputs_per_event: int = Field(
+        DEFAULT_MAX_ROWS,
+        ge=1,
+        le=100_000,
+        description="most inputs one batch request (OIP v2, KServe v1 instances) may carry; more are dead-lettered",
     )
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest",
@@ -163,7 +183,7 @@ class AgentSettings(BaseSettings):
     )
     kafka_security: KafkaSecurity = Field(default_factory=KafkaSecurity, description="TLS / SASL for Kafka")
 
-    @field_validator("trusted_factories", mode="before")
+    @field_validator("trusted_factories", "model_names", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -176,6 +196,14 @@ class AgentSettings(BaseSettings):
         for module in value:
             if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", module):
                 raise ValueError(f"{module!r} is not a module name")
+        return value
+
+    @field_validator("model_names")
+    @classmethod
+    def _names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not 1 <= len(name) <= 128:
+                raise ValueError(f"model name {name[:40]!r} must have 1 to 128 characters")
         return value
 
     @field_validator("source", "sink")

@@ -27,11 +27,13 @@ from agent.engine.manifest import Manifest
 from agent.errors import EVENT_ERROR_REASONS
 from agent.runtime.drift import DriftMonitor
 from agent.runtime.routing import OUTPUTS, UNDELIVERABLE, VERDICTS
+from agent.runtime.served import Comparisons
 
 NAMESPACE = "dknn"
 STAGES = ("poll", "decode", "activations", "knn", "score", "encode", "produce", "commit")
 DEAD_LETTER_REASONS = (*EVENT_ERROR_REASONS, UNDELIVERABLE, "other")
 WINDOWS = (100, 1000)
+SKIP_REASONS = ("unknown_model",)
 PROBABILITY_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -183,6 +185,34 @@ class Telemetry:
             namespace=ns,
             registry=reg,
         )
+        self.events_skipped = Counter(
+            "events_skipped",
+            "Records skipped without an output, by reason (unknown_model: for another model, with unknown_model: skip).",
+            ["reason"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.served_compared = Counter(
+            "served_answers_compared",
+            "Served answers (a v1 event's prediction, an inference response) compared with the model's "
+            "answer recomputed from the bundle.",
+            namespace=ns,
+            registry=reg,
+        )
+        self.served_mismatches = Counter(
+            "served_answer_mismatches",
+            "Compared served answers that differ from the recomputed one: the server runs another model "
+            "version than the bundle.",
+            namespace=ns,
+            registry=reg,
+        )
+        self.served_unmatched = Counter(
+            "served_answers_unmatched",
+            "Requests or responses forgotten before their other half arrived (bounded memory; another replica "
+            "may hold it).",
+            namespace=ns,
+            registry=reg,
+        )
         self.bundle_info = Info("bundle", "The artifact bundle being served.", namespace=ns, registry=reg)
         self.build_info = Info("build", "dknn-agent build.", namespace=ns, registry=reg)
         self.build_info.info({"version": __version__, "python": platform.python_version()})
@@ -194,6 +224,8 @@ class Telemetry:
             self.stage_duration.labels(stage=stage)
         for output in OUTPUTS:
             self.outputs_refused.labels(output=output)
+        for reason in SKIP_REASONS:
+            self.events_skipped.labels(reason=reason)
         self._window = _LowCredibilityWindow(max(WINDOWS))
         for window in WINDOWS:
             self.low_credibility_ratio.labels(window=str(window)).set(0.0)
@@ -236,6 +268,14 @@ class Telemetry:
     def dead_lettered(self, reason: str, n: int = 1) -> None:
         """Unknown reasons are counted as "other" so a new error path cannot add label values."""
         self.events_dead_lettered.labels(reason=reason if reason in DEAD_LETTER_REASONS else "other").inc(n)
+
+    def skipped(self, reason: str, n: int) -> None:
+        self.events_skipped.labels(reason=reason if reason in SKIP_REASONS else SKIP_REASONS[0]).inc(n)
+
+    def served_answers(self, comparisons: Comparisons) -> None:
+        self.served_compared.inc(comparisons.compared)
+        self.served_mismatches.inc(comparisons.mismatched)
+        self.served_unmatched.inc(comparisons.unmatched)
 
     def refused(self, output: str) -> None:
         self.outputs_refused.labels(output=output if output in OUTPUTS else OUTPUTS[-1]).inc()

@@ -26,10 +26,11 @@ from hypothesis import strategies as st
 
 from agent.engine.manifest import InputSpec
 from agent.errors import EVENT_ERROR_REASONS, ConnectorError, EventError
-from agent.runtime.events import decode_event, encode_event
+from agent.runtime.events import encode_event
 from connectors.base import Record
 from connectors.kafka import KafkaSink, ensure_topics
 from tests.conftest import blobs
+from tests.conftest import decode_one as decode_event
 from tests.integration.agent_process import (
     AgentProcess,
     OutputFollower,

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from agent.cli.options import parse_phase
+from agent.engine.manifest import InputSpec
 from agent.errors import ConfigError, EventError
 from agent.research.demo_traffic import KINDS, DemoData, Phase, demo_events
-from agent.runtime.events import InputSpec, decode_event
+from tests.conftest import decode_one as decode_event
 
 DATA = DemoData(
     clean=np.random.default_rng(0).uniform(0, 1, (20, 1, 28, 28)).astype(np.float32),

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from agent.engine.manifest import InputSpec
 from agent.errors import EVENT_ERROR_REASONS, DknnError, EventError, InputError
 from agent.runtime import events
-from agent.runtime.events import DecodedEvent, decode_event, encode_event
+from agent.runtime.events import DecodedEvent, encode_event
+from tests.conftest import decode_one
 
 SPEC = InputSpec(shape=(1, 3, 4), dtype="float32", value_range=(0.0, 1.0))
 MODEL = "mnist-cnn"
@@ -35,9 +36,15 @@ def raw(doc: dict) -> bytes:
     return json.dumps(doc).encode()
 
 
-def reason_of(payload: bytes, **kwargs: object) -> str:
+def decode_event(
+    payload: bytes, spec: InputSpec = SPEC, model: str = MODEL, max_bytes: int = 1_048_576
+) -> DecodedEvent:
+    return decode_one(payload, spec, model, max_bytes)
+
+
+def reason_of(payload: bytes, max_bytes: int = 1_048_576) -> str:
     with pytest.raises(EventError) as info:
-        decode_event(payload, SPEC, MODEL, **kwargs)
+        decode_event(payload, SPEC, MODEL, max_bytes)
     assert "\n" not in str(info.value) and str(info.value)
     return info.value.reason
 

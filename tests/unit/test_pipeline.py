@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agent.engine.dknn import DkNN
 from agent.errors import EVENT_ERROR_REASONS, CommitRejectedError, ConnectorError
 from agent.runtime.events import encode_event
 from agent.runtime.pipeline import Pipeline
@@ -355,3 +356,86 @@ def test_a_short_batch_is_delivered_before_the_next_poll(tiny_bundle: Path, tiny
         "commit 6",  # short: delivered before the next poll
         f"poll 0 waiting {wait:g}s",
     ]
+
+
+def _v2(request_id: str, rows: np.ndarray) -> bytes:
+    tensor = {"name": "x", "shape": list(rows.shape), "datatype": "FP32", "data": rows.ravel().tolist()}
+    return json.dumps({"id": request_id, "inputs": [tensor]}).encode()
+
+
+def _cloudevent(kind: str, event_id: str) -> list[tuple[str, bytes]]:
+    return [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", event_id.encode()),
+        ("ce_source", b"test"),
+        ("ce_type", f"org.kubeflow.serving.inference.{kind}".encode()),
+    ]
+
+
+def test_a_batch_request_scores_every_input_it_carries(tiny_bundle: Path, tiny_problem: TinyProblem) -> None:
+    values = [_v2("batch", tiny_problem.test.x[:5]), encode_event("single", tiny_problem.test.x[5], "tiny", "1")]
+    pipeline, source, sink = build(tiny_bundle, values)
+    drain(pipeline, source)
+    scores = [json.loads(value) for value, _, _ in sink.topics["scores"]]
+    assert [s["event_id"] for s in scores] == ["batch/0", "batch/1", "batch/2", "batch/3", "batch/4", "single"]
+    assert [s["form"] for s in scores] == ["oip-v2"] * 5 + ["dknn.inference.v1"]
+    assert {s["source"]["offset"] for s in scores[:5]} == {0}
+    assert source.committed == {("in", 0): 2} and pipeline.stats.scored == 6 and pipeline.stats.consumed == 2
+
+
+def test_served_answers_that_differ_from_the_bundles_model_are_counted(
+    tiny_bundle: Path, tiny_problem: TinyProblem
+) -> None:
+    x = tiny_problem.test.x[:6]
+    answered = DkNN.from_bundle(tiny_bundle).score(x).model_prediction
+    wrong = (answered + 1) % 3
+    values = [encode_event(f"v1-{i}", x[i], "tiny", "1", served_label=int(answered[i])) for i in range(2)]
+    values.append(encode_event("v1-wrong", x[2], "tiny", "1", served_label=int(wrong[2])))
+    headers: list[list[tuple[str, bytes]]] = [[], [], []]
+    # KServe's logger: a response before its request, and one after, the second one wrong
+    values.append(json.dumps({"predictions": [int(answered[3])]}).encode())
+    headers.append(_cloudevent("response", "ce-3"))
+    values += [json.dumps({"instances": [x[3].tolist()]}).encode(), json.dumps({"instances": [x[4].tolist()]}).encode()]
+    headers += [_cloudevent("request", "ce-3"), _cloudevent("request", "ce-4")]
+    values.append(json.dumps({"predictions": [int(wrong[4])]}).encode())
+    headers.append(_cloudevent("response", "ce-4"))
+    source, sink = MemorySource(values, topic="in", headers=headers), MemorySink()
+    pipeline = pipeline_for(tiny_bundle, source, sink, batch_size=2, retry_budget_s=5)
+    drain(pipeline, source)
+    exported = metric_values(pipeline)
+    assert exported["dknn_served_answers_compared_total"] == 5
+    assert exported["dknn_served_answer_mismatches_total"] == 2
+    assert pipeline.stats.scored == 5 and not sink.topics["dlq"]  # responses are read, not scored or dead-lettered
+    assert source.committed == {("in", 0): len(values)}
+
+
+def test_records_for_another_model_are_skipped_and_counted_when_told(
+    tiny_bundle: Path, tiny_problem: TinyProblem
+) -> None:
+    values = [
+        encode_event("mine", tiny_problem.test.x[0], "tiny", "1"),
+        encode_event("theirs", tiny_problem.test.x[1], "fraud", "1"),
+        encode_event("also-mine", tiny_problem.test.x[2], "tiny-isvc", "1"),
+    ]
+    pipeline, source, sink = build(tiny_bundle, values, unknown_model="skip", model_names=("tiny-isvc",))
+    drain(pipeline, source)
+    assert [json.loads(v)["event_id"] for v, _, _ in sink.topics["scores"]] == ["mine", "also-mine"]
+    assert not sink.topics["dlq"] and pipeline.stats.skipped == 1
+    assert metric_values(pipeline)['dknn_events_skipped_total{reason="unknown_model"}'] == 1
+    assert source.committed == {("in", 0): 3}
+    pipeline, source, sink = build(tiny_bundle, values)  # the default: dead-lettered, as before
+    drain(pipeline, source)
+    assert [dict(h)["dknn.error.class"] for _, _, h in sink.topics["dlq"]] == [b"unknown_model", b"unknown_model"]
+
+
+def metric_values(pipeline: Pipeline) -> dict[str, float]:
+    """`name{labels}` -> value of the pipeline's metrics page (samples without labels by name alone)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    page = pipeline.telemetry.exposition()[0].decode()
+    out = {}
+    for family in text_string_to_metric_families(page):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            out[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+    return out

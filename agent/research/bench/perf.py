@@ -38,7 +38,7 @@ from agent.research.bench.quality import auroc, recall_per_layer, score_set
 from agent.research.bench.reports import save_report
 from agent.research.datasets import load_mnist
 from agent.research.reference import calibration_split
-from agent.runtime.events import decode_event, encode_event
+from agent.runtime.events import Expectations, decode_record, encode_event
 from agent.runtime.routing import Outcome, Topics, scored_messages, verdicts
 from connectors.base import Record
 
@@ -93,9 +93,8 @@ def stage_rates(scorer: DkNN, clean: np.ndarray, batch_size: int) -> dict[str, f
     manifest = scorer.manifest
     batches = _batches(clean, batch_size)
     events = [encode_event(f"e{i}", x, manifest.model.name, manifest.model.version) for i, x in enumerate(clean)]
-    rates = {
-        "decode": _rate(len(events), lambda: [decode_event(e, manifest.input, manifest.model.name) for e in events])
-    }
+    expected = Expectations(manifest.inputs, frozenset({manifest.model.name}), manifest.model.num_classes)
+    rates = {"decode": _rate(len(events), lambda: [decode_record(e, (), expected) for e in events])}
     activations = [scorer.tap(batch) for batch in batches]
     rates["activations"] = _rate(len(clean), lambda: [scorer.tap(batch) for batch in batches])
     for name in manifest.layer_names:
@@ -117,7 +116,7 @@ def stage_rates(scorer: DkNN, clean: np.ndarray, batch_size: int) -> dict[str, f
     )
     scores = [scorer.score(batch) for batch in batches]
     topics = Topics(quarantine="q", dead_letter="dl", scores="s")
-    decoded = [decode_event(e, manifest.input, manifest.model.name) for e in events]
+    decoded = [decode_record(e, (), expected).events[0] for e in events]
 
     def encode() -> None:
         row = 0
