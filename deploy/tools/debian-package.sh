@@ -2,10 +2,13 @@
 # Unpacks Debian packages into a folder, as any user: `apt-get download` with apt's state (package
 # lists, archives) in a private temporary folder instead of /var/lib/apt and /var/cache/apt, then
 # `dpkg-deb -x`. Nothing is installed system-wide and dependencies are not fetched (the packages
-# this project takes this way hold static Go binaries). The sources are the machine's own
+# this project takes this way hold static Go binaries, or, with --deps, a relocatable Go toolchain). The sources are the machine's own
 # (/etc/apt/sources.list*); apt-get update runs once per fetch, into the temporary folder (seconds).
 #
-#   deploy/tools/debian-package.sh DEST PACKAGE...   unpack PACKAGE... into DEST (DEST/usr/bin/...)
+#   deploy/tools/debian-package.sh [--deps] DEST PACKAGE...
+#                                                    unpack PACKAGE... into DEST (DEST/usr/bin/...);
+#                                                    --deps: also what they depend on, recursively,
+#                                                    that this machine has not installed
 #   deploy/tools/debian-package.sh tag               print this machine's tag for cache folder names,
 #                                                    e.g. debian12-amd64
 #
@@ -30,7 +33,9 @@ if [ "${1:-}" = tag ]; then
   exit 0
 fi
 
-[ $# -ge 2 ] || { say "usage: debian-package.sh DEST PACKAGE... | tag"; exit 1; }
+deps=0
+[ "${1:-}" = --deps ] && { deps=1; shift; }
+[ $# -ge 2 ] || { say "usage: debian-package.sh [--deps] DEST PACKAGE... | tag"; exit 1; }
 dest="$1"
 shift
 [ -f "$dest/.packages" ] && exit 0
@@ -44,17 +49,25 @@ tmp="$dest.tmp-$$"
 trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$tmp/lists/partial" "$tmp/cache/archives/partial" "$tmp/debs" "$tmp/root"
 
-apt=(apt-get -q -o "Dir::State::Lists=$tmp/lists" -o "Dir::Cache=$tmp/cache" -o Debug::NoLocking=1
-  -o "APT::Sandbox::User=$(id -un)")
+private=(-o "Dir::State::Lists=$tmp/lists" -o "Dir::Cache=$tmp/cache" -o Debug::NoLocking=1 -o "APT::Sandbox::User=$(id -un)")
+apt=(apt-get -q "${private[@]}")
 say "fetching Debian's $* into $dest"
 if ! "${apt[@]}" update >"$tmp/update.log" 2>&1; then
   cat "$tmp/update.log" >&2
   say "apt-get update (private lists) failed"
   exit 1
 fi
-if ! (cd "$tmp/debs" && "${apt[@]}" download "$@") >"$tmp/download.log" 2>&1; then
+packages=("$@")
+if [ "$deps" = 1 ]; then  # the closure of Depends and Pre-Depends, less what dpkg says is installed
+  mapfile -t packages < <(apt-cache "${private[@]}" depends --recurse --no-recommends --no-suggests --no-conflicts \
+    --no-breaks --no-replaces --no-enhances "$@" | grep -v '^[ <]' | sort -u |
+    while read -r pkg; do
+      dpkg-query -W -f='${Status}\n' "$pkg" 2>/dev/null | grep -q ' installed$' || echo "$pkg"
+    done)
+fi
+if ! (cd "$tmp/debs" && "${apt[@]}" download "${packages[@]}") >"$tmp/download.log" 2>&1; then
   cat "$tmp/download.log" >&2
-  say "apt-get download $* failed"
+  say "apt-get download ${packages[*]} failed"
   exit 1
 fi
 for deb in "$tmp"/debs/*.deb; do
