@@ -1,8 +1,9 @@
 """`dknn-agent`: run the monitoring agent; train, fit, score, inspect and benchmark bundles.
 
 This package only parses arguments and calls the engine, runtime and research layers; nothing
-imports it. Every deliberate failure (bad file, wrong shape, bad option) prints one line and
-exits 2.
+imports it. Every deliberate failure prints one line and exits with a code that says what kind of
+failure it was (`EXIT_CODES`), so a supervisor (Kubernetes, systemd, a CI job) can tell a typo
+from a bad bundle from a broker it cannot reach from a bug.
 """
 
 from __future__ import annotations
@@ -11,12 +12,27 @@ import argparse
 import os
 import signal
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from agent import __version__
-from agent.errors import DknnError
+from agent.cli.logs import add_logging_options, configure_logging
+from agent.errors import ConnectorError, DknnError
 
-EXIT_USAGE = 2
+EXIT_CRASH = 1  # a bug: the traceback is printed
+EXIT_USAGE = 2  # the command line is wrong (argparse's own code)
+EXIT_CONFIG = 3  # a setting, the bundle or a data file is wrong (ConfigError, BundleError, DataError, ...)
+EXIT_BROKER = 4  # the source or sink cannot be reached or refuses: Kafka, a file connector's path (ConnectorError)
+EXIT_CODES = f"""\
+exit codes:
+  0    done (run: stopped by SIGTERM or SIGINT after finishing its batch)
+  {EXIT_CRASH}    a bug: the traceback is printed
+  {EXIT_USAGE}    bad usage: the command line is wrong
+  {EXIT_CONFIG}    bad configuration, bundle or data: one line says which setting or file
+  {EXIT_BROKER}    the source or sink is unreachable or refuses: the Kafka brokers (after the
+       retry budget), or a file connector's path
+  130  interrupted (Ctrl-C); 143 stopped by SIGTERM (commands other than run)
+"""
 
 EPILOG = """\
 examples:
@@ -62,10 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     try:
         args = build_parser().parse_args(arguments)
+        configure_logging(args)
         return int(args.handler(args) or 0)
     except DknnError as exc:
         print(f"dknn-agent: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_BROKER if isinstance(exc, ConnectorError) else EXIT_CONFIG
     except KeyboardInterrupt:
         print("dknn-agent: interrupted", file=sys.stderr)
         return 130
@@ -85,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Deep k-Nearest-Neighbours credibility for a deployed classifier: fit per-layer "
         "nearest-neighbour indexes of its training data, then score how much the training data "
         "agrees, layer by layer, with the label of every new input.",
-        epilog=EPILOG,
+        epilog=EPILOG + "\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -94,4 +111,31 @@ def build_parser() -> argparse.ArgumentParser:
     bundle_commands.register(commands)
     bench_commands.register(commands)
     demo_commands.register(commands)
+    for command in _commands(parser):
+        add_logging_options(command)
+        command.formatter_class = ParagraphFormatter
+        command.epilog = (command.epilog + "\n\n" if command.epilog else "") + EXIT_CODES
     return parser
+
+
+def _commands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every parser that runs a command (those without sub-commands of their own), depth first."""
+    groups = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    if not groups:
+        return [parser]
+    return [leaf for group in groups for child in dict.fromkeys(group.choices.values()) for leaf in _commands(child)]
+
+
+class ParagraphFormatter(argparse.RawDescriptionHelpFormatter):
+    """Wraps a description's or epilog's plain paragraphs to the terminal; keeps the ones laid out by
+    hand (examples, tables: any paragraph with a line break) exactly as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = text.split("\n\n")
+        filled = [
+            paragraph
+            if "\n" in paragraph.strip("\n")
+            else textwrap.fill(paragraph, width, initial_indent=indent, subsequent_indent=indent)
+            for paragraph in paragraphs
+        ]
+        return "\n\n".join(filled)

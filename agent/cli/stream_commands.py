@@ -9,7 +9,6 @@ the machine.
 from __future__ import annotations
 
 import argparse
-import logging
 import types
 import typing
 from pathlib import Path
@@ -144,7 +143,15 @@ def setting_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The flags that were given, nested the way the settings model is (`a.b` -> {"a": {"b": ...}})."""
     overrides: dict[str, Any] = {}
     for dest, value in vars(args).items():
-        if value is None or dest in ("config", "strict_config", "summary_every", "handler", "command"):
+        if value is None or dest in (
+            "config",
+            "strict_config",
+            "summary_every",
+            "handler",
+            "command",
+            "log_format",
+            "log_level",
+        ):
             continue
         *parents, leaf = dest.split(".")
         target = overrides
@@ -158,8 +165,6 @@ def _run(args: argparse.Namespace) -> int:
     from agent.runtime.app import run_agent
     from agent.runtime.settings import load_settings
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)  # the client's INFO lines are per-connection chatter
     settings = load_settings(args.config, setting_overrides(args), strict=args.strict_config)
     return run_agent(settings, summary_every_s=args.summary_every)
 

@@ -34,4 +34,4 @@ def test_bench_sharpness(mnist_bundle: Path, tmp_path: Path) -> None:
 
 def test_bench_sharpness_needs_a_positive_count(mnist_bundle: Path, tmp_path: Path) -> None:
     result = run_cli("bench", "sharpness", "--artifacts", mnist_bundle, "--count", "0", "--out", tmp_path)
-    assert result.returncode == 2 and "--count" in result.stderr, explain(result)
+    assert result.returncode == 3 and "--count" in result.stderr, explain(result)

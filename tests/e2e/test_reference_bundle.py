@@ -108,7 +108,7 @@ def test_score_with_both_backends(mnist_bundle: Path, mnist_digits: Digits, digi
 def test_score_rejects_a_flattened_batch_with_one_line(mnist_bundle: Path, tmp_path: Path) -> None:
     np.save(tmp_path / "flat.npy", np.zeros((3, 784), np.float32))
     result = run_cli("score", "--artifacts", mnist_bundle, "--input", tmp_path / "flat.npy", timeout=120)
-    assert result.returncode == 2 and "Traceback" not in result.stderr, explain(result)
+    assert result.returncode == 3 and "Traceback" not in result.stderr, explain(result)
     assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "shape" in result.stderr, explain(result)
 
 

@@ -51,7 +51,7 @@ def test_run_with_bad_settings_exits_2_with_one_line(tiny_bundle: Path) -> None:
     result = run_cli(
         "run", "--artifacts", tiny_bundle, "--threshold", "1.5", "--bootstrap-servers", "127.0.0.1:1", timeout=60
     )
-    assert result.returncode == 2 and "threshold" in result.stderr and "Traceback" not in result.stderr, explain(result)
+    assert result.returncode == 3 and "threshold" in result.stderr and "Traceback" not in result.stderr, explain(result)
 
 
 def test_run_on_files_with_the_mnist_smoke_bundle(mnist_bundle: Path, mnist_digits: Digits, tmp_path: Path) -> None:

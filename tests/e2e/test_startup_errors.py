@@ -1,4 +1,5 @@
-"""Start-up failures as an operator meets them: one line on stderr, exit 2; SIGTERM while starting: exit 0."""
+"""Start-up failures as an operator meets them: one line on stderr and an exit code that says which kind
+(3: configuration, bundle or data; 4: the source or sink); SIGTERM while starting: exit 0."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from tests.conftest import TinyProblem
 from tests.e2e.conftest import ROOT, clean_env, cli_command, explain, free_port, run_cli
 
 
-def assert_one_line(result: subprocess.CompletedProcess[str], fragment: str) -> None:
-    assert result.returncode == 2, explain(result)
+def assert_one_line(result: subprocess.CompletedProcess[str], fragment: str, code: int = 3) -> None:
+    assert result.returncode == code, explain(result)
     assert "Traceback" not in result.stderr, explain(result)
     errors = [line for line in result.stderr.splitlines() if line.startswith("dknn-agent: error:")]
     assert len(errors) == 1 and fragment in errors[0], explain(result)
@@ -67,7 +68,7 @@ def test_a_sink_path_that_is_a_file(tiny_bundle: Path, tmp_path: Path) -> None:
         "0",
         timeout=120,
     )
-    assert_one_line(result, "as the output directory")
+    assert_one_line(result, "as the output directory", code=4)
 
 
 def test_a_misspelt_environment_variable(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -118,7 +119,21 @@ def test_fit_refuses_nan_training_inputs(tiny_problem: TinyProblem, tmp_path: Pa
         "5",
         "--quiet",
     )
-    assert_one_line(result, "training inputs contain NaN or infinity")
+    assert_one_line(result, "contains NaN or infinity")
+
+
+def test_an_unreachable_broker_exits_4(tiny_bundle: Path) -> None:
+    result = run_cli(
+        "run",
+        "--artifacts",
+        tiny_bundle,
+        "--bootstrap-servers",
+        f"127.0.0.1:{free_port()}",
+        "--metrics-port",
+        "0",
+        timeout=300,
+    )
+    assert_one_line(result, "127.0.0.1", code=4)
 
 
 @pytest.mark.parametrize("delay_s", [0.2, 3.0], ids=["while importing", "while connecting"])
