@@ -2,11 +2,14 @@
 # Builds the dknn-agent image from deploy/docker/Dockerfile, offline: every wheel is prepared on this
 # machine first (PyPI through pip), then `docker build --network=none` installs only those.
 #
-# usage: deploy/docker/build.sh [--tag TAG] [--base IMAGE|rootfs]
+# usage: deploy/docker/build.sh [--tag TAG] [--base IMAGE|rootfs] [--extra-wheels DIR]
 #   --tag TAG    image name (default dknn-agent:<version from pyproject.toml>)
 #   --base ...   base image of both stages: an image a registry serves (python:3.11-slim-bookworm),
 #                or `rootfs` (default): Debian bookworm made here with debootstrap and imported
 #                (FROM scratch + ADD rootfs.tar), for machines that cannot pull images.
+#   --extra-wheels DIR  also install every DIR/*.whl into the agent's venv (offline, after the
+#                agent): the model code a bundle's factory names, with whatever it needs beyond
+#                the agent's own dependencies (`pip wheel -w DIR ./mypkg` makes them)
 # Needs a Docker daemon (DOCKER_HOST; deploy/docker/dockerd.sh starts a private one), gcc/g++
 # and binutils, and debootstrap for `rootfs` (installed with apt-get when missing).
 # Environment:
@@ -27,13 +30,19 @@ DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/pyproject.toml" | head -1)
 TAG="dknn-agent:$VERSION"
 BASE=rootfs
+EXTRA_WHEELS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --tag) TAG=$2; shift 2 ;;
     --base) BASE=$2; shift 2 ;;
-    *) sed -n '2,18p' "$0" >&2; exit 2 ;;
+    --extra-wheels) EXTRA_WHEELS=$2; shift 2 ;;
+    *) sed -n '2,22p' "$0" >&2; exit 2 ;;
   esac
 done
+if [ -n "$EXTRA_WHEELS" ] && ! ls "$EXTRA_WHEELS"/*.whl >/dev/null 2>&1; then
+  echo "build.sh: --extra-wheels $EXTRA_WHEELS holds no *.whl" >&2
+  exit 2
+fi
 say() { echo "build.sh: $*" >&2; }
 started=$(date +%s)
 mkdir -p "$CACHE"
@@ -117,10 +126,12 @@ fi
 
 # -- 3. the image ----------------------------------------------------------------------------
 context="$CACHE/context"
-rm -rf "$context" && mkdir -p "$context/wheels"
+rm -rf "$context" && mkdir -p "$context/wheels" "$context/extra-wheels"
 cp "$HERE/Dockerfile" "$context/"
 cp -l "$wheels"/*.whl "$context/wheels/" 2>/dev/null || cp "$wheels"/*.whl "$context/wheels/"
 cp "$agent_wheel"/dknn_agent-*.whl "$context/wheels/"
+[ -z "$EXTRA_WHEELS" ] || cp "$EXTRA_WHEELS"/*.whl "$context/extra-wheels/"
+extra_count=$(find "$context/extra-wheels" -name '*.whl' | wc -l)
 revision=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
 say "docker build $TAG (base $base_image)"
 # The build stage gets a tag of its own, so that pruning keeps it for the next build's cache.
@@ -135,5 +146,6 @@ docker image prune -f >/dev/null # what earlier builds left untagged
 find "$CACHE" -maxdepth 1 -name 'wheels-*' ! -name "wheels-$key" -exec rm -rf {} +
 size=$(docker image inspect "$TAG" --format '{{.Size}}')
 echo "IMAGE=$TAG"
+echo "EXTRA_WHEELS=$extra_count"
 echo "IMAGE_SIZE_BYTES=$size"
 echo "BUILD_SECONDS=$(($(date +%s) - started))"

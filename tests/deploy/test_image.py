@@ -2,7 +2,9 @@
 chart starts it — the chart's own config file, a non-root user, a read-only root filesystem with a
 writable /tmp only, every capability dropped, the bundle mounted read-only — against a real Kafka
 broker on the host network. It must become ready, score a short stream, answer /metrics, and stop
-on SIGTERM with exit code 0. Its size, build time and memory are printed (run with -s).
+on SIGTERM with exit code 0. Its size, build time and memory are printed (run with -s). A team's
+model code goes into the image both ways README "Deploying" documents (`build.sh --extra-wheels` and
+its `FROM` recipe, taken from the README itself), and scores a bundle that names its factory.
 
 Needs a Docker daemon: `make image-check` starts a private one (deploy/docker/dockerd.sh).
 """
@@ -21,6 +23,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -28,7 +31,29 @@ from connectors.kafka import ensure_topics
 from tests.deploy.conftest import ROOT, Tools, free_port
 
 BUILD = ROOT / "deploy" / "docker" / "build.sh"
+README = ROOT / "README.md"
 EVENTS = 400
+MODEL_PACKAGE = "dknn_image_check_model"
+MODEL_CODE = """\"\"\"A team's model package: the factory its bundles name.\"\"\"
+
+import torch
+
+
+def build() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+"""
+MODEL_PYPROJECT = """[build-system]
+requires = ["setuptools"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "dknn-image-check-model"
+version = "1.0"
+dependencies = ["torch"]
+
+[tool.setuptools]
+packages = ["dknn_image_check_model"]
+"""
 
 
 def _docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -247,5 +272,130 @@ def test_a_bundle_image_copied_by_the_init_container_verifies(
             *common, "-v", f"{copy}:/bundle:ro", "--entrypoint", "dknn-agent", image["IMAGE"], "info", "/bundle"
         )
         assert "mnist-cnn" in info.stdout, info.stdout
+    finally:
+        _docker("rmi", tag, check=False)
+
+
+# -- the team's model code in the image ---------------------------------------------------------
+
+
+def _world_readable(path: Path) -> None:
+    for item in [path, *path.rglob("*")]:
+        item.chmod(0o755 if item.is_dir() else 0o644)
+    for parent in path.parents:  # pytest's tmp dirs are 0700: let uid 10001 reach it
+        if parent == Path(tempfile.gettempdir()):
+            break
+        parent.chmod(parent.stat().st_mode | 0o005)
+
+
+@pytest.fixture(scope="session")
+def model_code(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A model package built as README "Deploying" says (`pip wheel -w model-wheels ./mypkg`), a
+    bundle fitted with its factory, and inputs to score."""
+    work = tmp_path_factory.mktemp("model-code")
+    source = work / "model"
+    (source / MODEL_PACKAGE).mkdir(parents=True)
+    (source / MODEL_PACKAGE / "__init__.py").write_text(MODEL_CODE)
+    (source / "pyproject.toml").write_text(MODEL_PYPROJECT)
+    wheels = work / "model-wheels"
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+    subprocess.run([*pip_wheel, "-w", str(wheels), str(source)], check=True, timeout=300)
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0.0, 4.0, size=(3, 8))
+    for name, n in (("train", 300), ("calibration", 100)):
+        y = rng.integers(0, 3, size=n)
+        x = (centres[y] + rng.normal(0.0, 1.0, size=(n, 8))).astype(np.float32)
+        np.savez(work / f"{name}.npz", x=x, y=y)
+    data = work / "data"
+    data.mkdir()
+    x = centres[rng.integers(0, 3, size=20)] + rng.normal(0.0, 1.0, size=(20, 8))
+    np.save(data / "x.npy", x.astype(np.float32))
+    env = {**os.environ, "PYTHONPATH": str(source)}
+    weights = work / "model.pt"
+    make_weights = f"import torch, {MODEL_PACKAGE} as m; torch.manual_seed(0); torch.save(m.build().state_dict(), {str(weights)!r})"
+    subprocess.run([sys.executable, "-c", make_weights], check=True, timeout=120, env=env)
+    bundle = work / "bundle"
+    fit = [sys.executable, "-m", "agent.cli", "fit", "--factory", f"{MODEL_PACKAGE}:build", "--weights", str(weights)]
+    fit += ["--layers", "1,2", "--train", str(work / "train.npz"), "--calibration", str(work / "calibration.npz")]
+    subprocess.run([*fit, "--out", str(bundle), "--model-name", "team-model"], check=True, timeout=600, env=env)
+    _world_readable(bundle)
+    _world_readable(data)
+    return {"wheels": wheels, "bundle": bundle, "data": data}
+
+
+def _score_in(tag: str, model_code: dict[str, Path]) -> subprocess.CompletedProcess[str]:
+    """`dknn-agent score` of the bundle in the image, locked down as the chart runs the agent."""
+    return _docker(
+        *("run", "--rm", "--network=none", "--read-only", "--tmpfs", "/tmp:rw,size=64m", "--user", "10001:10001"),
+        *("--cap-drop", "ALL", "-v", f"{model_code['bundle']}:/bundle:ro", "-v", f"{model_code['data']}:/data:ro"),
+        *("--entrypoint", "dknn-agent", tag, "score", "--artifacts", "/bundle", "--input", "/data/x.npy"),
+        *("--trust-factory", MODEL_PACKAGE),
+        check=False,
+    )
+
+
+def _scored(proc: subprocess.CompletedProcess[str]) -> list[dict]:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    assert len(lines) == 20 and all(0.0 <= line["credibility"] <= 1.0 for line in lines), proc.stdout[-2000:]
+    return lines
+
+
+def test_the_agent_image_alone_cannot_import_the_teams_model(
+    image: dict[str, str], model_code: dict[str, Path]
+) -> None:
+    proc = _score_in(image["IMAGE"], model_code)
+    assert proc.returncode != 0 and f"cannot import {MODEL_PACKAGE}" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_model_wheels_through_build_sh_extra_wheels(image: dict[str, str], model_code: dict[str, Path]) -> None:
+    tag = f"dknn-agent-model-check:{uuid.uuid4().hex[:8]}"
+    proc = subprocess.run(
+        ["bash", str(BUILD), "--extra-wheels", str(model_code["wheels"]), "--tag", tag],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
+    )
+    assert proc.returncode == 0, f"build.sh --extra-wheels failed:\n{proc.stderr[-4000:]}"
+    built = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+    try:
+        assert built["IMAGE"] == tag and built["EXTRA_WHEELS"] == "1"
+        print(f"\nwith --extra-wheels: built in {built['BUILD_SECONDS']} s")
+        _scored(_score_in(tag, model_code))
+        assert json.loads(_docker("image", "inspect", tag).stdout)[0]["Config"]["User"] == "10001:10001"
+    finally:
+        _docker("rmi", tag, check=False)
+
+
+def test_model_wheels_through_the_readmes_from_recipe(
+    image: dict[str, str], model_code: dict[str, Path], tmp_path: Path
+) -> None:
+    """The `FROM` recipe exactly as README "Deploying" prints it, on the image built here."""
+    deploying = README.read_text().split("\n## Deploying\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```dockerfile\n(.*?)```", deploying, re.S)
+    (recipe,) = [block for block in blocks if "model-wheels" in block]
+    first, rest = recipe.split("\n", 1)
+    assert first.startswith("FROM ")
+    context = tmp_path / "context"
+    context.mkdir()
+    subprocess.run(["cp", "-R", str(model_code["wheels"]), str(context / "model-wheels")], check=True)
+    (context / "Dockerfile.model").write_text(f"FROM {image['IMAGE']}\n{rest}")
+    tag = f"dknn-agent-model-recipe:{uuid.uuid4().hex[:8]}"
+    build = subprocess.run(
+        ["docker", "build", "-q", "--network=none", "-t", tag, "-f", str(context / "Dockerfile.model"), str(context)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={**os.environ, "DOCKER_BUILDKIT": "0"},
+    )
+    assert build.returncode == 0, build.stderr[-4000:]
+    try:
+        _scored(_score_in(tag, model_code))
+        config = json.loads(_docker("image", "inspect", tag).stdout)[0]["Config"]
+        assert config["User"] == "10001:10001" and config["Entrypoint"] == ["dknn-agent", "run"]
+        python = ["run", "--rm", "--network=none", "--entrypoint", "/opt/dknn/bin/python", tag]
+        assert _docker(*python, "-c", "import pip", check=False).returncode != 0, "the recipe left pip in the venv"
     finally:
         _docker("rmi", tag, check=False)
