@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from agent.cli import bench_commands, bundle_commands, demo_commands, stream_commands
+    from agent.cli import bench_commands, bundle_commands, demo_commands, evaluate_commands, stream_commands
 
     parser = argparse.ArgumentParser(
         prog="dknn-agent",
@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     stream_commands.register(commands)
     bundle_commands.register(commands)
+    evaluate_commands.register(commands)
     bench_commands.register(commands)
     demo_commands.register(commands)
     for command in _commands(parser):

@@ -4,7 +4,8 @@ Every score follows credibility's convention: **higher = more in-distribution**,
 routine ranks them all the same way. Inputs are float32 feature arrays that the caller extracted
 with `agent.engine.taps.ActivationTap` (logits for `softmax_max`, a hidden layer for the other two).
 
-- `softmax_max`: maximum softmax probability (Hendrycks & Gimpel 2017), the cheapest baseline.
+(The softmax maximum and the energy score, which read only the logits, are in
+`agent.evaluation.metrics`: a user's evaluation reports them too.)
 - `MahalanobisScorer`: Lee et al. 2018, "A simple unified framework for detecting
   out-of-distribution samples and adversarial attacks" — plain version, one layer, no input
   preprocessing, no feature ensemble, so it measures the density model itself.
@@ -32,26 +33,6 @@ def _as_2d(features: np.ndarray, name: str, dim: int | None = None) -> np.ndarra
     if dim is not None and arr.shape[1] != dim:
         raise InputError(f"{name} has {arr.shape[1]} features, the scorer was fitted on {dim}")
     return arr
-
-
-def softmax_max(logits: np.ndarray) -> np.ndarray:
-    """Maximum softmax probability per row, `(n,)` float64.
-
-    Computed as `1 / sum_j exp(z_j - max z)`, which equals `max softmax` exactly but never
-    exponentiates a positive number, so huge logits neither overflow nor produce NaN.
-    """
-    z = _as_2d(logits, "logits").astype(np.float64, copy=False)
-    shifted = z - z.max(axis=1, keepdims=True)
-    return 1.0 / np.exp(shifted).sum(axis=1)
-
-
-def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Minus the free energy, T·logsumexp(logits / T) (Liu et al. 2020), `(n,)` float64; higher =
-    more in-distribution. Unlike the softmax maximum it keeps the logits' scale, which an input far
-    from the training data tends to shrink."""
-    z = _as_2d(logits, "logits").astype(np.float64) / temperature
-    top = z.max(axis=1)
-    return temperature * (top + np.log(np.exp(z - top[:, None]).sum(axis=1)))
 
 
 class MahalanobisScorer:

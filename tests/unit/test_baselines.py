@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from agent.errors import ConfigError, InputError
-from agent.research.baselines import DeepKnnScorer, MahalanobisScorer, softmax_max
+from agent.evaluation.metrics import softmax_max
+from agent.research.baselines import DeepKnnScorer, MahalanobisScorer
 
 
 def test_softmax_max_matches_direct_computation() -> None:

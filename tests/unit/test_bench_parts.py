@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.research.bench.detectors import fpr_at_95_tpr
+from agent.evaluation.metrics import fpr_at_95_tpr
+from agent.evaluation.plots import credibility_histograms, reliability_diagram
 from agent.research.bench.perturbations import EvalSet, blurred, gaussian_noise, inverted, through_resolution
-from agent.research.bench.plots import credibility_histograms, reliability_diagram
 from agent.research.bench.quality import auroc, recall_per_layer, write_results
 
 

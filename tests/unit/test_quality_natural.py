@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent.research.baselines import energy, softmax_max
-from agent.research.bench.detectors import tpr_at_fpr
+from agent.evaluation.metrics import energy, softmax_max, tpr_at_fpr
+from agent.evaluation.scoring import SetScores
 from agent.research.bench.perturbations import EvalSet
-from agent.research.bench.quality import SetScores, right_vs_wrong
+from agent.research.bench.quality import right_vs_wrong
 
 
 def test_tpr_at_fpr_flags_at_most_the_budget_of_clean_traffic() -> None:

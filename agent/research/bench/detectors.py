@@ -52,16 +52,3 @@ def detector_scores(
         "mahalanobis": detectors.mahalanobis.score(feats),
         "deep_knn": detectors.deep_knn.score(feats),
     }
-
-
-def fpr_at_95_tpr(in_distribution: np.ndarray, shifted: np.ndarray) -> float:
-    """Fraction of shifted inputs still accepted when the threshold keeps 95% of clean ones."""
-    threshold = np.quantile(in_distribution, 0.05)
-    return float((shifted >= threshold).mean())
-
-
-def tpr_at_fpr(in_distribution: np.ndarray, shifted: np.ndarray, fpr: float) -> float:
-    """Share of shifted inputs flagged (score below the threshold) when the threshold flags at most
-    `fpr` of the in-distribution ones: quarantine at a review budget."""
-    threshold = np.quantile(in_distribution, fpr, method="lower")
-    return float((shifted < threshold).mean())

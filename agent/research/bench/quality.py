@@ -22,22 +22,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
-from tqdm import tqdm
 
-from agent.engine.dknn import DkNN, ScoreBatch
+from agent.engine.dknn import DkNN
 from agent.engine.index import recall_at_k
 from agent.errors import ConfigError
-from agent.research.baselines import energy, softmax_max
-from agent.research.bench.detectors import detector_scores, fit_detectors, fpr_at_95_tpr, tpr_at_fpr
+from agent.evaluation import metrics as measures
+from agent.evaluation.metrics import VALIDITY_TAUS, fpr_at_95_tpr, tpr_at_fpr
+from agent.evaluation.plots import credibility_histograms, reliability_diagram
+from agent.evaluation.scoring import SetScores
+from agent.evaluation.scoring import score_set as score_inputs
+from agent.research.bench.detectors import detector_scores, fit_detectors
 from agent.research.bench.perturbations import EvalSet, gaussian_noise, inverted, iterative_attack_sets, shifted_sets
-from agent.research.bench.plots import credibility_histograms, reliability_diagram
 from agent.research.bench.reports import save_report
 from agent.research.datasets import Mnist, load_mnist
 from agent.research.natural_sets import COVARIATE_SHIFT, FAR_OOD, SET_KINDS, natural_sets
 from agent.research.reference import calibration_split
-
-VALIDITY_TAUS = (0.05, 0.1, 0.2)
 
 
 @dataclass(frozen=True)
@@ -53,44 +52,13 @@ class QualityOptions:
     backends: tuple[str, ...] = ("annoy", "exact")  # recall@k needs both; the SNNL study scores annoy only
 
 
-@dataclass(frozen=True)
-class SetScores:
-    """What the benchmark keeps from scoring one set with one backend."""
-
-    credibility: np.ndarray
-    prediction: np.ndarray
-    p_values: np.ndarray
-    model_prediction: np.ndarray
-    softmax_max: np.ndarray
-    energy: np.ndarray
-    label_free: np.ndarray  # s(x) = min_j α(x, j), what the drift detector reads
-    neighbor_ids: np.ndarray
-
-
 def score_set(scorer: DkNN, data: EvalSet, batch_size: int, label: str) -> SetScores:
-    parts: list[ScoreBatch] = []
-    for start in tqdm(range(0, len(data.x), batch_size), desc=label, unit="batch", leave=False):
-        parts.append(scorer.score(data.x[start : start + batch_size]))
-
-    def cat(field: str) -> np.ndarray:
-        return np.concatenate([getattr(part, field) for part in parts])
-
-    return SetScores(
-        credibility=cat("credibility"),
-        prediction=cat("prediction"),
-        p_values=cat("p_values"),
-        model_prediction=cat("model_prediction"),
-        softmax_max=softmax_max(cat("model_outputs")),
-        energy=energy(cat("model_outputs")),
-        label_free=cat("label_free_score"),
-        neighbor_ids=cat("neighbor_ids"),
-    )
+    return score_inputs(scorer, data.x, batch_size, label)
 
 
 def auroc(in_distribution: np.ndarray, shifted: np.ndarray) -> float:
     """AUROC of a score meant to be high in distribution and low under shift."""
-    labels = np.r_[np.ones(len(in_distribution)), np.zeros(len(shifted))]
-    return float(roc_auc_score(labels, np.r_[in_distribution, shifted]))
+    return measures.auroc(in_distribution, shifted)
 
 
 def recall_per_layer(approximate: np.ndarray, exact: np.ndarray) -> list[float]:
@@ -104,15 +72,14 @@ def right_vs_wrong(data: EvalSet, scores: SetScores) -> dict[str, float | None]:
     the p-value of the model's answer (what the training data says of the answer actually served,
     like for like with the softmax, which also speaks of the model's answer); and the softmax.
     None when the model is all right or all wrong."""
-    right = scores.model_prediction == data.y
-    if right.all() or not right.any():
-        return {"credibility": None, "model_answer_p": None, "softmax": None}
-    model_answer_p = scores.p_values[np.arange(len(right)), scores.model_prediction]
-    return {
-        "credibility": float(roc_auc_score(right, scores.credibility)),
-        "model_answer_p": float(roc_auc_score(right, model_answer_p)),
-        "softmax": float(roc_auc_score(right, scores.softmax_max)),
-    }
+    return measures.right_vs_wrong(
+        scores.model_prediction == data.y,
+        {
+            "credibility": scores.credibility,
+            "model_answer_p": scores.p_of(scores.model_prediction),
+            "softmax": scores.softmax_max,
+        },
+    )
 
 
 def model_wrong_aurocs(shifted: list[EvalSet], by_set: dict[str, SetScores], score: str) -> dict[str, float]:
@@ -145,8 +112,7 @@ def validity(data: EvalSet, scores: SetScores) -> dict[str, float]:
     """Fraction of points whose true-label p-value is ≤ τ; conformal validity wants ≲ τ."""
     if data.y is None:
         raise ConfigError(f"validity needs labels; set {data.name!r} has none")
-    true_p = scores.p_values[np.arange(len(data.y)), data.y]
-    return {f"{tau}": float((true_p <= tau).mean()) for tau in VALIDITY_TAUS}
+    return measures.validity(scores.p_of(data.y))
 
 
 def run_quality(options: QualityOptions) -> dict:
