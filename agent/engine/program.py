@@ -201,8 +201,6 @@ def _tensors(
                 tensor = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
             else:
                 tensor = _raw_tensor(data, meta["tensor_meta"], deserialize_scalar_type)
-        except BundleError:
-            raise
         except Exception as exc:  # a malformed payload fails in torch in many ways
             raise BundleError(f"{where}: {folder} entry {fqn!r} is unreadable ({type(exc).__name__}: {exc})") from None
         if not isinstance(tensor, torch.Tensor):
@@ -219,11 +217,13 @@ def _raw_tensor(data: bytes, meta: dict[str, Any], scalar_type: Any) -> torch.Te
     strides = [int(stride["as_int"]) for stride in meta["strides"]]
     offset = int(meta["storage_offset"]["as_int"])
     if not data:
+        if all(sizes):  # only a tensor without elements is stored as no bytes
+            raise ValueError(f"a tensor of sizes {sizes} has no bytes")
         return torch.zeros(sizes, dtype=dtype)
     flat = torch.frombuffer(bytearray(data), dtype=dtype)
     span = offset + sum((size - 1) * stride for size, stride in zip(sizes, strides, strict=True) if size > 0)
     if min([offset, *sizes, *strides]) < 0 or (all(sizes) and span >= len(flat)):
-        raise BundleError(f"a tensor of sizes {sizes} and strides {strides} runs past its {len(flat)} values")
+        raise ValueError(f"a tensor of sizes {sizes} and strides {strides} runs past its {len(flat)} values")
     return torch.as_strided(flat, sizes, strides, offset).clone()
 
 
@@ -354,13 +354,15 @@ def _sites(graph: fx.Graph) -> dict[str, _Site]:
     call_name: dict[str, str] = {}
     call_kind: dict[str, str] = {}
     calls_of_path: dict[str, int] = {}
+    depth_of: dict[str, int] = {}  # how deep a call is nested: an inner call's output is listed first
     for node in nodes:
-        for key, path, kind in _module_stack(node):
+        for depth, (key, path, kind) in enumerate(_module_stack(node)):
             if key not in call_name:
                 count = calls_of_path.get(path, 0)
                 calls_of_path[path] = count + 1
                 call_name[key] = path + (f"#{count}" if count else "")
                 call_kind[key] = kind
+                depth_of[call_name[key]] = depth
             members.setdefault(key, []).append(node)
     sites: dict[str, _Site] = {}
     order: dict[fx.Node, int] = {node: index for index, node in enumerate(graph.nodes)}
@@ -404,7 +406,13 @@ def _sites(graph: fx.Graph) -> dict[str, _Site]:
         name = key + (f"#{count}" if count else "")
         if node not in named:  # a module's output already has the module's name
             sites[name] = _Site(name, op, (((), node),))
-    return dict(sorted(sites.items(), key=lambda item: min(order[node] for _, node in item[1].nodes)))
+    # Execution order; where calls end in the same value (a block's last relu), inner first, as hooks see them.
+    return dict(
+        sorted(
+            sites.items(),
+            key=lambda item: (min(order[node] for _, node in item[1].nodes), -depth_of.get(item[0], 0)),
+        )
+    )
 
 
 # -- running the program -----------------------------------------------------------------------------
@@ -534,17 +542,21 @@ class Program:
 
     def _reads(self, node: fx.Node) -> fx.Node | None:
         """The tappable node whose values the op making the logits reads, through flattens and views:
-        a module's output where there is one in that chain (relu3, not the :flatten after it)."""
+        a module's output where there is one in that chain (relu3, not the :flatten after it), the
+        earliest where there are several (the ReLU, not the nn.Flatten module after it: as hooks see it)."""
         module_nodes = {inner for name, site in self.sites.items() if ":" not in name for _, inner in site.nodes}
         tapped = {inner for site in self.sites.values() for _, inner in site.nodes}
         chain: list[fx.Node] = []
         argument = next((arg for arg in node.args if isinstance(arg, fx.Node) and _is_tensor(arg)), None)
         while argument is not None:
             chain.append(argument)
-            if argument in module_nodes or getattr(argument.target, "_opname", "") not in _VIEWS:
+            if getattr(argument.target, "_opname", "") not in _VIEWS:
                 break
             argument = next((arg for arg in argument.args if isinstance(arg, fx.Node)), None)
-        preferred = [inner for inner in chain if inner in module_nodes] or [inner for inner in chain if inner in tapped]
+        modules = [inner for inner in chain if inner in module_nodes]
+        if modules:
+            return modules[-1]
+        preferred = [inner for inner in chain if inner in tapped]
         return preferred[0] if preferred else None
 
     def open(self, layers: Sequence[str], output: str | None) -> TapSession:
