@@ -72,6 +72,8 @@ def test_lint_strict_passes_with_default_and_production_values(tools: Tools) -> 
         ([*MINIMAL, "--set", "config.threshold=1.5"], "threshold"),  # out of the agent's range
         # the values a platform team adds: misspelt keys and bad values
         ([*MINIMAL, "--set", "config.auto_offset_reset=none"], "auto_offset_reset"),
+        ([*MINIMAL, "--set", "config.unknown_model=drop"], "unknown_model"),
+        ([*MINIMAL, "--set", "config.max_inputs_per_event=0"], "max_inputs_per_event"),
         ([*MINIMAL, "--set", "nameOverride=Fraud_Agent"], "nameOverride"),
         ([*MINIMAL, "--set", "fullnameOverrides=fraud"], "fullnameOverrides"),
         ([*MINIMAL, "--set", "commonLabel.team=ml"], "commonLabel"),
@@ -223,7 +225,7 @@ def test_the_agent_accepts_the_config_and_environment_the_chart_gives_it(
     if args == PLATFORM:
         assert security.security_protocol == "SSL" and None not in files
         assert settings.metrics_tls_certfile is not None and settings.metrics_basic_auth_password is not None
-        assert settings.auto_offset_reset == "latest"
+        assert settings.auto_offset_reset == "latest" and settings.model_names == ("fraud-detector",)
         assert settings.trusted_factories == ("agent.research.models", "fraud_models")  # from extraEnv
 
 
