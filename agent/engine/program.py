@@ -78,12 +78,12 @@ _DENIED_ATEN = {"from_file", "_print"}  # reads a file into a tensor; prints
 # (GraphModuleDeserializer.sympy_functions), assumption keywords, integers, and quoted symbol names
 # or numbers may appear — nothing that could reach a Python builtin.
 _SYMPY_NAMES = {
-    "Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Pow", "Max", "Min", "Abs", "floor", "ceiling",
+    "Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Max", "Min", "Abs", "floor", "ceiling",
     "sqrt", "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "StrictLessThan", "LessThan", "StrictGreaterThan",
     "GreaterThan", "Equality", "Unequality", "And", "Or", "Not", "oo", "zoo", "nan", "true", "false", "True",
     "False", "Infinity", "NegativeInfinity", "NaN", "BooleanTrue", "BooleanFalse",
     "FloorDiv", "ModularIndexing", "Where", "PythonMod", "Mod", "CleanDiv", "CeilToInt", "FloorToInt",
-    "CeilDiv", "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv", "IntTrueDiv",
+    "CeilDiv", "FloatTrueDiv", "IntTrueDiv",
     "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt", "RoundToInt", "RoundDecimal", "ToFloat",
     "FloatToInt", "Identity", "OpaqueUnaryFn_sqrt",
     "positive", "negative", "nonnegative", "nonpositive", "integer", "real", "finite", "infinite", "commutative",
@@ -102,17 +102,23 @@ _ALLOWED_OUTPUTS = {"user_output", "buffer_mutation"}
 
 
 def _check_expression(text: Any, where: str) -> None:
-    """Raises BundleError unless `text` is a shape expression sympy can parse without calling anything else."""
+    """Raises BundleError unless `text` is a shape expression sympy can parse without calling anything
+    else, and cheaply: powers (`Pow`, `**`, shifts) and numbers of more than 18 digits are refused,
+    since sympy would compute `10**10**12` exactly while loading."""
     if not isinstance(text, str) or len(text) > 4096:
         raise BundleError(f"{where}: a shape expression is not a short string")
+    if "**" in text or "^" in text:
+        raise BundleError(f"{where}: shape expression {text[:80]!r} raises to a power, which it may not")
     position = 0
     while position < len(text):
         match = _EXPRESSION_TOKEN.match(text, position)
         if match is None or match.end() == position:
             raise BundleError(f"{where}: shape expression {text[:80]!r} has a character it may not")
-        name = match["name"]
+        name, number = match["name"], match["number"] or match["string"]
         if name is not None and name not in _SYMPY_NAMES and not _SYMBOL.fullmatch(name):
             raise BundleError(f"{where}: shape expression {text[:80]!r} names {name!r}, which it may not")
+        if number is not None and sum(char.isdigit() for char in number) > 18:
+            raise BundleError(f"{where}: shape expression {text[:80]!r} holds a number beyond 18 digits")
         position = match.end()
 
 

@@ -23,7 +23,7 @@ import pytest
 import torch
 from torch import nn
 
-from agent.engine.program import Program, load_program
+from agent.engine.program import Program, _check_expression, load_program
 from agent.errors import BundleError
 
 PREFIX = "archive/"
@@ -422,3 +422,17 @@ def test_the_sample_inputs_pickle_is_never_read(module: nn.Module, archive: byte
     with torch.no_grad():
         assert torch.allclose(program.classifier(None)(x), module(x), atol=1e-6)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "Pow(Integer(10), Pow(Integer(10), Integer(12)))",
+        "Integer(10)**Integer(10)**Integer(12)",
+        "PowByNatural(Integer(10), Integer(1000000000))",
+        "Mul(Integer(1234567890123456789012), Symbol('s0', integer=True))",
+    ],
+)
+def test_shape_expressions_that_would_take_forever_to_compute_are_refused(expression: str) -> None:
+    with pytest.raises(BundleError, match="power|beyond 18 digits|names"):
+        _check_expression(expression, "model.pt2")
