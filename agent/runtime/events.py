@@ -30,8 +30,8 @@ from typing import Any, Final
 
 import numpy as np
 import orjson
-import pybase64
 
+import dknn_events
 from agent.engine.manifest import InputSpec
 from agent.errors import EventError
 from agent.runtime.wire import cloudevents, kserve_v1, oip_v2, v1
@@ -256,30 +256,21 @@ def encode_event(
     scores: list[float] | np.ndarray | None = None,
     attributes: dict[str, str | int | float | bool] | None = None,
 ) -> bytes:
-    """A valid v1 event carrying `x` as little-endian float32 base64 (demo producer, tests).
+    """A valid v1 event carrying `x` as little-endian float32 base64 (demo producer, benches, tests).
 
-    Validated with the same model as the consumer, so a producer bug fails here, not downstream.
+    The encoder is `dknn_events.inference_event`, the one model servers use, so the agent's own
+    traffic goes through it too; here its output is also validated with the consumer's model, so
+    a disagreement between the two fails at the producer, not downstream.
     """
-    array = np.ascontiguousarray(x, dtype="<f4")
-    document: dict[str, Any] = {
-        "schema": V1,
-        "event_id": event_id,
-        "model": {"name": model_name, "version": model_version},
-        "input": {
-            "dtype": "float32",
-            "shape": list(array.shape),
-            "b64": pybase64.b64encode(array.tobytes()).decode("ascii"),
-        },
-    }
-    if timestamp_ms is not None:
-        document["timestamp_ms"] = int(timestamp_ms)
-    if served_label is not None:
-        document["prediction"] = {"label": int(served_label)}
-        if scores is not None:
-            document["prediction"]["scores"] = [float(s) for s in np.asarray(scores).ravel()]
-    elif scores is not None:
-        raise ValueError("scores need served_label")
-    if attributes is not None:
-        document["attributes"] = dict(attributes)
-    v1.InferenceEvent.model_validate(document)
-    return orjson.dumps(document)
+    payload = dknn_events.inference_event(
+        event_id,
+        x,
+        model_name=model_name,
+        model_version=model_version,
+        timestamp_ms=None if timestamp_ms is None else int(timestamp_ms),
+        served_label=served_label,
+        scores=scores,
+        attributes=attributes,
+    )
+    v1.InferenceEvent.model_validate(orjson.loads(payload))  # as the consumer reads it
+    return payload

@@ -4,7 +4,9 @@ It runs in a process of its own, as a model server would, and nothing it imports
 (a unit test checks): in the agent's process every event it encoded and sent would take the
 interpreter lock from the agent, and with torch imported its own full garbage collections would
 pause its producer for about 100 ms at a time. Either way the latency would measure the load
-generator.
+generator. It encodes with `dknn_events`, as a model server would, without the agent's check of
+each event against its pydantic model (agent.runtime.events.encode_event), which would be the
+load generator's own cost.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import time
 import numpy as np
 
 from agent.research.demo_traffic import paced
-from agent.runtime.events import encode_event
 from connectors.kafka import KafkaSink
+from dknn_events import inference_event
 
 WARM_UP_PREFIX = "warm-"
 
@@ -38,7 +40,12 @@ def publish_paced(
     with KafkaSink(bootstrap) as sink:
         for i, event_id in paced(enumerate(ids), rate):
             stamp = int(time.time() * 1000)
-            sink.send(
-                topic, encode_event(event_id, inputs[i % len(inputs)], model_name, model_version, timestamp_ms=stamp)
+            event = inference_event(
+                event_id,
+                inputs[i % len(inputs)],
+                model_name=model_name,
+                model_version=model_version,
+                timestamp_ms=stamp,
             )
+            sink.send(topic, event)
         sink.flush(120)
