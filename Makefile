@@ -39,6 +39,7 @@ lint: setup
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python $(GRAFANA)/generate.py --check
+	$(BIN)/python -m agent.runtime.wire.schemas --check
 
 # Prometheus rules (promtool check + unit tests in which every alert fires and clears), the
 # Alertmanager config (amtool), the runbook's anchors, and the dashboards against Grafana's own
