@@ -34,8 +34,8 @@ test: lint test-unit observability-check test-e2e
 
 # Undefined names, dead imports, formatting, types, and the layering of docs/design.md §7.
 lint: setup
-	$(BIN)/ruff check agent connectors tests deploy $(GRAFANA)
-	$(BIN)/ruff format --check agent connectors tests deploy $(GRAFANA)
+	$(BIN)/ruff check agent connectors dknn_events producer tests deploy $(GRAFANA)
+	$(BIN)/ruff format --check agent connectors dknn_events producer tests deploy $(GRAFANA)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python $(GRAFANA)/generate.py --check
