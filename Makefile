@@ -23,8 +23,8 @@ $(STAMP): pyproject.toml setup.py agent/engine/_annoy_batch.cpp
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	touch $(STAMP)
 
-# promtool, amtool, prometheus and prometheus-alertmanager, no root needed: Debian's packages unpacked
-# into ~/.cache/dknn-agent/bin unless all four are on PATH (a fraction of a second once there).
+# promtool, amtool, prometheus and prometheus-alertmanager into ~/.cache/dknn-agent/bin, no root
+# needed (deploy/observability/install.sh says how) unless all four are on PATH; instant once there.
 tools:
 	bash deploy/observability/install.sh
 
