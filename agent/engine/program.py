@@ -520,9 +520,15 @@ class Program:
         logits_node = self._output_node(output)
         fed = self._reads(logits_node) if logits_node is not None else None
         batch = len(inputs[0]) if inputs else 0
+        names = {
+            node: site.name + format_selectors(selectors)
+            for site in self.sites.values()
+            for selectors, node in site.nodes
+        }
         points = []
         for site in self.sites.values():
             for selectors, node in site.nodes:
+                source = self._reads(self._first_op(node, site))
                 value = value_of[node]
                 shape = tuple(int(size) for size in value.shape)
                 batch_first = len(shape) >= 1 and shape[0] == batch
@@ -535,6 +541,7 @@ class Program:
                         batch_first,
                         logits=node is logits_node,
                         feeds_logits=node is fed,
+                        reads=(names[source],) if source is not None else (),
                     )
                 )
         return points
@@ -545,6 +552,24 @@ class Program:
         flat = list(returned) if isinstance(returned, (tuple, list)) else [returned]
         node = self.select_output([flat[index] for index in self._user_outputs], output)
         return node if isinstance(node, fx.Node) else None
+
+    @staticmethod
+    def _first_op(node: fx.Node, site: _Site) -> fx.Node:
+        """The first operation of a site's call (where its input comes in); the node itself for an
+        operation or a module made of one."""
+        inside = {inner for _, inner in site.nodes}
+        current = node
+        while True:
+            previous = next((arg for arg in current.args if isinstance(arg, fx.Node) and _is_tensor(arg)), None)
+            if (
+                previous is None
+                or not _module_stack(previous)
+                or _module_stack(previous)[-1:] != _module_stack(current)[-1:]
+            ):
+                return current
+            if previous in inside:
+                return current
+            current = previous
 
     def _reads(self, node: fx.Node) -> fx.Node | None:
         """The tappable node whose values the op making the logits reads, through flattens and views:

@@ -9,12 +9,14 @@ The reference study (docs/quality-history.md) found, for a classifier's credibil
   nearest 5 are farther than for half the training points), which catches inputs that land near
   no class;
 - a **residual term** at an earlier layer catches what the late layers map close to some class
-  anyway (noise, photographs): the hidden activation just before the last hidden layer, with up to
-  64 principal directions and never more than half the layer's width.
+  anyway (noise, photographs): the hidden activation just before the last hidden layer (not the
+  last hidden layer's own pre-activation, which is the same representation), else the module
+  output before it, with up to 64 principal directions and never more than half the layer's width.
 
 `suggest` finds those layers in any model's tap points (agent.engine.taps): the logits are the
 model's output, the last hidden layer is what the logits layer reads (a module's name where a
-flatten or view stands between them), and the residual layer is the last activation before it.
+flatten or view stands between them), and the residual layer is the last activation before it
+that it does not read directly (else the last module output before it).
 The paper's DkNN (`--preset paper`) is the label vote over hidden activations and the logits.
 """
 
@@ -104,9 +106,15 @@ def suggest(points: list[TapPoint], num_classes: int) -> Suggestion:
         hidden_point = modules[-1] if modules else None
     hidden = hidden_point.name if hidden_point else None
     start = before.index(hidden_point) if hidden_point else len(before)
-    earlier = [point for point in before[:start] if point.width > 2 * num_classes and point.width > 1]
+    # An earlier representation, not the hidden layer's own pre-activation (what it reads directly).
+    own_input = set(hidden_point.reads) if hidden_point else set()
+    earlier = [
+        point
+        for point in before[:start]
+        if point.width > 2 * num_classes and point.width > 1 and point.name not in own_input
+    ]
     activations = [point for point in earlier if point.kind in ACTIVATIONS]
-    candidates = activations or earlier
+    candidates = activations or [point for point in earlier if ":" not in point.name] or earlier
     residual = candidates[-1].name if candidates and candidates[-1].width >= 4 else None
     hidden_activations = [point.name for point in activations]
     paper = _spread(hidden_activations, PAPER_MAX_HIDDEN - 1) + ([hidden] if hidden else [])

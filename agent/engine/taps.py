@@ -138,6 +138,7 @@ class TapPoint:
     batch_first: bool  # whether the first dimension is the batch (only those can be tapped)
     logits: bool = False  # the model's logits (its output, or the selected part of it)
     feeds_logits: bool = False  # what the layer that makes the logits reads: the last hidden representation
+    reads: tuple[str, ...] = ()  # the tap points this value is computed from directly (its call's input)
 
     @property
     def width(self) -> int:
@@ -216,13 +217,19 @@ class ModuleModel:
         makers = [entry for entry in recorded if entry[2] is logits]
         fed = makers[-1][3] if makers and isinstance(makers[-1][3], torch.Tensor) else None
         batch = len(inputs[0]) if inputs else 0
-        points = []
-        for site, kind, value_out, _ in recorded:
+        points: list[TapPoint] = []
+        values: list[torch.Tensor] = []
+        for site, kind, value_out, first_input in recorded:
+            reads = tuple(
+                earlier.name
+                for earlier, earlier_value in zip(points, values, strict=True)
+                if isinstance(first_input, torch.Tensor) and _same_values(earlier_value, first_input)
+            )
             for selectors, value in leaves(value_out):
                 point = _point(site + format_selectors(selectors), kind, value, batch)
-                points.append(
-                    replace(point, logits=value is logits, feeds_logits=fed is not None and _same_values(value, fed))
-                )
+                fed_here = fed is not None and _same_values(value, fed)
+                points.append(replace(point, logits=value is logits, feeds_logits=fed_here, reads=reads))
+                values.append(value)
         return points
 
     def open(self, layers: Sequence[str], output: str | None) -> TapSession:

@@ -189,3 +189,28 @@ def test_the_mnist_reference_gets_the_same_layers_as_module_and_as_program(mnist
     for preset in ("recommended", "paper"):
         assert mnist["module"].layers(preset) == mnist["program"].layers(preset)
     assert mnist["module"].residual_spec() == mnist["program"].residual_spec()
+
+
+class _PooledGru(torch.nn.Module):
+    """Token ids -> embedding -> GRU -> mean over time -> Linear -> ReLU -> logits: no activation
+    before the hidden layer but that layer's own pre-activation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = torch.nn.Embedding(20, 8)
+        self.gru = torch.nn.GRU(8, 16, batch_first=True)
+        self.head = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU())
+        self.classifier = torch.nn.Linear(16, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        outputs, _ = self.gru(self.embedding(ids))
+        return self.classifier(self.head(outputs.mean(dim=1)))
+
+
+def test_the_residual_term_never_looks_at_the_hidden_layers_own_pre_activation() -> None:
+    module = _PooledGru().eval()
+    ids = torch.randint(0, 20, (3, 5))
+    for model in (ModuleModel(module), export_program(module, (torch.randint(0, 20, (2, 5)),))):
+        suggestion = suggest(model.tap_points([ids], None), 3)
+        assert suggestion.hidden == "head.1"
+        assert suggestion.residual == "gru[0]"  # not head.0, which head.1 reads directly
