@@ -44,7 +44,7 @@ from grafana_foundation_sdk.models import prometheus as pm
 HERE = Path(__file__).resolve().parent
 
 #: Incremented whenever the generated dashboards change in a way that matters to a reader.
-DASHBOARD_VERSION = 1
+DASHBOARD_VERSION = 2
 
 OVERVIEW_UID = "dknn-overview"
 DETAIL_UID = "dknn-detail"
@@ -291,6 +291,38 @@ def bars_right(ref: str, color: str) -> Callable[[PanelBuilder], PanelBuilder]:
     return apply
 
 
+def right_axis(ref: str, label: str, color: str) -> Callable[[PanelBuilder], PanelBuilder]:
+    """Draw one query's series as a dashed line on a right-hand axis (a rate next to a share)."""
+
+    def apply(panel: PanelBuilder) -> PanelBuilder:
+        return panel.override_by_query(
+            ref,
+            [
+                dm.DynamicConfigValue(id_val="custom.lineStyle", value={"fill": "dash", "dash": [10, 10]}),
+                dm.DynamicConfigValue(id_val="custom.fillOpacity", value=0),
+                dm.DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
+                dm.DynamicConfigValue(id_val="custom.axisLabel", value=label),
+                dm.DynamicConfigValue(id_val="unit", value="short"),
+                dm.DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": color}),
+            ],
+        )
+
+    return apply
+
+
+def fixed_colors(colors: dict[str, str]) -> Callable[[PanelBuilder], PanelBuilder]:
+    """A fixed colour per series name (legend)."""
+
+    def apply(panel: PanelBuilder) -> PanelBuilder:
+        for name, color in colors.items():
+            panel = panel.override_by_name(
+                name, [dm.DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": color})]
+            )
+        return panel
+
+    return apply
+
+
 def dashed(ref: str, color: str) -> Callable[[PanelBuilder], PanelBuilder]:
     """A reference line (threshold, bound): dashed, fixed colour, no fill."""
 
@@ -320,18 +352,26 @@ QUARANTINED_SHARE = f"sum({rate('dknn_events_scored_total', QUARANTINED)}) / sum
 DEAD_LETTERED_SHARE = f"sum({rate('dknn_events_dead_lettered_total')}) / sum({rate('dknn_events_consumed_total')})"
 MEAN_CREDIBILITY = f"sum({rate('dknn_credibility_sum')}) / sum({rate('dknn_credibility_count')})"
 DISAGREEMENT_RATE = f"sum({rate('dknn_model_disagreements_total')}) / sum({rate('dknn_predictions_total')})"
+# No sample, not NaN, while nothing is compared (events without the server's answer).
+SERVED_MISMATCH_SHARE = (
+    f"sum({rate('dknn_served_answer_mismatches_total')}) / (sum({rate('dknn_served_answers_compared_total')}) > 0)"
+)
 
 
 def events_by_outcome(pid: int, *, w: int = 12, h: int = 8) -> PanelBuilder:
     return ts_panel(
         pid,
         "Events per second by outcome",
-        "In: records consumed. Out: valid events scored (accepted, or quarantined because credibility < threshold) "
-        "and invalid events dead-lettered, by reason. In steady state consumed = accepted + quarantined + dead-lettered.",
+        "In: records consumed. Out: valid events scored (accepted, or quarantined because credibility < threshold), "
+        "invalid events dead-lettered, by reason, and records for another model skipped without output "
+        "(unknown_model: skip). With one input per record, consumed = accepted + quarantined + dead-lettered + "
+        "skipped; a batch request scores one event per row, and an inference response none (its answer is "
+        "compared with the request's).",
         [
             (f"sum({rate('dknn_events_consumed_total')})", "consumed"),
             (f"sum by (verdict) ({rate('dknn_events_scored_total')})", "scored {{verdict}}"),
             (f"sum by (reason) ({rate('dknn_events_dead_lettered_total')}) > 0", "dead-lettered {{reason}}"),
+            (f"sum by (reason) ({rate('dknn_events_skipped_total')}) > 0", "skipped {{reason}}"),
         ],
         axis_label="events / s",
         w=w,
@@ -459,7 +499,8 @@ def quarantine_and_dead_letter(pid: int, *, w: int = 12, h: int = 8) -> PanelBui
         pid,
         "Quarantined and dead-lettered per second",
         "What leaves the normal path: events quarantined for low credibility, and invalid events dead-lettered by "
-        "reason (too_large, bad_json, schema, unknown_model, dtype, shape, non_finite, undeliverable, other).",
+        "reason (too_large, bad_json, schema, unknown_model, dtype, shape, non_finite, out_of_range, undeliverable, "
+        "other).",
         [
             (f"sum({rate('dknn_events_scored_total', QUARANTINED)})", "quarantined"),
             (f"sum by (reason) ({rate('dknn_events_dead_lettered_total')}) > 0", "dead-lettered {{reason}}"),
@@ -542,6 +583,51 @@ def disagreement_rate(pid: int, *, per_instance: bool = False, w: int = 12, h: i
         unit="percentunit",
         w=w,
         h=h,
+    )
+
+
+SERVED_MISMATCH_MEANING = (
+    "A served answer is the class the model server returned (a v1 event's prediction.label, or an inference "
+    "response sharing its request's id, as KServe's payload logger writes them); the agent compares it with the "
+    "class its bundle's model gives for the same input. They should agree: numerics (another device or dtype) "
+    "may flip a rare near-tie, but a lasting share above that means version skew, the server runs another model "
+    "version than the bundle, and every credibility the agent reports is about the wrong model "
+    "(DknnServedAnswerMismatch)."
+)
+
+
+def served_mismatch_share(pid: int, *, per_instance: bool = False, w: int = 12, h: int = 8) -> PanelBuilder:
+    """The share of compared served answers that differ; on the overview with the compared rate beside it."""
+    queries = [(SERVED_MISMATCH_SHARE, "mismatch share")]
+    if per_instance:
+        queries.append(
+            (
+                f"sum by (instance) ({rate('dknn_served_answer_mismatches_total')}) / "
+                f"(sum by (instance) ({rate('dknn_served_answers_compared_total')}) > 0)",
+                "{{instance}}",
+            )
+        )
+        extra = " Per replica: a share on only some replicas points at the producers keyed to the partitions they own."
+    else:
+        queries.append((f"sum({rate('dknn_served_answers_compared_total')})", "compared / s"))
+        extra = (
+            " Dashed, right axis: served answers compared per second. What to do: compare the server's model "
+            "version with the bundle's (Bundle served per instance), look for a canary (a share near its traffic "
+            "percentage), then refit the bundle from the served model or roll the server back. No share line: "
+            "nothing was compared (the events carry no served answer)."
+        )
+    return ts_panel(
+        pid,
+        "Served-answer mismatch share",
+        "Share of the served answers compared in each interval that differ from the answer the agent recomputes "
+        "(dknn_served_answer_mismatches_total / dknn_served_answers_compared_total). "
+        + SERVED_MISMATCH_MEANING
+        + extra,
+        queries,
+        unit="percentunit",
+        w=w,
+        h=h,
+        decorate=None if per_instance else right_axis("B", "compared / s", BLUE),
     )
 
 
@@ -828,8 +914,9 @@ def overview() -> Any:
         .with_panel(stage_latency(42, 0.95))
         .with_row(row(50, "Model, delivery and readiness"))
         .with_panel(bundle_table(51, w=12, h=8))
+        .with_panel(served_mismatch_share(54))
         .with_panel(outputs_refused(52, w=12, h=8))
-        .with_panel(readiness(53, w=24, h=5))
+        .with_panel(readiness(53, w=12, h=8))
     )
     return d
 
@@ -861,6 +948,21 @@ def detail() -> Any:
                 "Valid events scored per second by each replica, accepted and quarantined.",
                 [(f"sum by (instance, verdict) ({rate('dknn_events_scored_total')})", "{{instance}} {{verdict}}")],
                 axis_label="events / s",
+            )
+        )
+        .with_panel(dead_letter_by_reason(104))
+        .with_panel(
+            ts_panel(
+                105,
+                "Skipped per second by reason",
+                "Records skipped without any output, by reason. unknown_model: a record for another model on a "
+                "topic several models share, skipped because the setting unknown_model is skip (with dead_letter "
+                "it is dead-lettered instead). Steady on a shared topic; a jump or a drop to zero means a "
+                "producer changed the model name it sends.",
+                [(f"sum by (reason) ({rate('dknn_events_skipped_total')})", "{{reason}}")],
+                axis_label="records / s",
+                stack=cm.StackingMode.NORMAL,
+                bars=True,
             )
         )
         .with_row(row(110, "Consumer lag"))
@@ -941,6 +1043,25 @@ def detail() -> Any:
         .with_row(row(140, "Model"))
         .with_panel(label_mix(141))
         .with_panel(disagreement_rate(142, per_instance=True))
+        .with_panel(
+            ts_panel(
+                146,
+                "Served answers compared, mismatched and unmatched",
+                "Per second over the selected replicas: served answers compared with the recomputed ones, those "
+                "that differed (version skew: see Served-answer mismatch share), and requests or responses "
+                "forgotten before their other half arrived (unmatched: more were waiting than the agent keeps, or "
+                "the other half went to another replica; key a request and its response by the request id so "
+                "both land in one partition).",
+                [
+                    (f"sum({rate('dknn_served_answers_compared_total')})", "compared"),
+                    (f"sum({rate('dknn_served_answer_mismatches_total')})", "mismatched"),
+                    (f"sum({rate('dknn_served_answers_unmatched_total')})", "unmatched"),
+                ],
+                axis_label="answers / s",
+                decorate=fixed_colors({"compared": BLUE, "mismatched": RED, "unmatched": ORANGE}),
+            )
+        )
+        .with_panel(served_mismatch_share(147, per_instance=True))
         .with_panel(bundle_table(143, w=16))
         .with_panel(
             stat_panel(

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.engine.manifest import IndexSpec, InputSpec, LayerSpec, Manifest, ModelSpec, SplitSpec
 from agent.runtime.routing import OUTPUTS, VERDICTS
-from agent.runtime.telemetry import DEAD_LETTER_REASONS, STAGES, WINDOWS, Telemetry
+from agent.runtime.telemetry import DEAD_LETTER_REASONS, SKIP_REASONS, STAGES, WINDOWS, Telemetry
 
 
 def _exported() -> dict[str, tuple[str, set[str]]]:
@@ -51,14 +51,26 @@ HISTOGRAMS = {name: labels for name, (kind, labels) in _FAMILIES.items() if kind
 CONTRACT = (
     set(COUNTERS) | set(GAUGES) | {f"{name}{suffix}" for name in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
 )
-# Bounded label values a query may select on, from the constants the agent labels with.
+# Bounded label values a query may select on, from the constants the agent labels with. Two
+# counters carry `reason` with different sets: its values here are both, METRIC_LABEL_VALUES says
+# which are whose.
 LABEL_VALUES = {
     "verdict": set(VERDICTS),
-    "reason": set(DEAD_LETTER_REASONS),
+    "reason": set(DEAD_LETTER_REASONS) | set(SKIP_REASONS),
     "stage": set(STAGES),
     "output": set(OUTPUTS),
     "window": {str(window) for window in WINDOWS},
 }
+METRIC_LABEL_VALUES = {
+    ("dknn_events_dead_lettered_total", "reason"): set(DEAD_LETTER_REASONS),
+    ("dknn_events_skipped_total", "reason"): set(SKIP_REASONS),
+}
+
+
+def label_values(metric: str, label: str) -> set[str] | None:
+    """The values `label` takes on `metric`; None when they are not a bounded set."""
+    return METRIC_LABEL_VALUES.get((metric, label), LABEL_VALUES.get(label))
+
 
 # The alerts dashboards/prometheus/rules.yml defines (test_prometheus_rules checks it defines exactly
 # these; the dashboards' annotations may only name these).

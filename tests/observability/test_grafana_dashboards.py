@@ -39,7 +39,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
-from tests.observability.metric_contract import ALERT_NAMES, COUNTERS, GAUGES, HISTOGRAMS, LABEL_VALUES
+from tests.observability.metric_contract import ALERT_NAMES, COUNTERS, GAUGES, HISTOGRAMS, LABEL_VALUES, label_values
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "dashboards" / "grafana"
@@ -338,8 +338,9 @@ def test_labels_exist_on_the_metrics_queried(dashboards: dict[str, dict[str, Any
                 for label, (op, value) in matchers.items():
                     if own is not None and label not in own:
                         problems.append(f"{uid} {where}: {metric} has no label {label!r}")
-                    if label in LABEL_VALUES and op in ("=", "!=") and value not in LABEL_VALUES[label]:
-                        problems.append(f"{uid} {where}: {label}={value!r} is not one of {sorted(LABEL_VALUES[label])}")
+                    bounded = label_values(metric, label)
+                    if bounded is not None and op in ("=", "!=") and value not in bounded:
+                        problems.append(f"{uid} {where}: {metric} {label}={value!r} is not one of {sorted(bounded)}")
             if available is None:
                 continue
             for label in grouping_labels(expr) - available:
@@ -479,6 +480,11 @@ def _exprs(dashboard: dict[str, Any], kind: str | None = None) -> list[str]:
         ("bundle per instance", "table", r"max by \(instance, model, version.*dknn_bundle_info"),
         ("outputs refused", "timeseries", r"dknn_outputs_refused_total"),
         ("commits rejected", "timeseries", r"dknn_commits_rejected_total"),
+        (
+            "served-answer mismatch share",
+            "timeseries",
+            r"sum\(rate\(dknn_served_answer_mismatches_total.*/ \(sum\(rate\(dknn_served_answers_compared_total",
+        ),
         ("readiness", "state-timeline", r"dknn_ready"),
         ("shift at a glance", "stat", r"max\(dknn_drift_shifted"),
     ],
@@ -539,6 +545,10 @@ CHECK_MISTAKES: dict[str, tuple[Callable[[dict[str, Any]], None], Callable[[dict
     ),
     "label value outside its set": (
         lambda d: _set_expr(d, 'verdict="quarantined"', 'verdict="rejected"'),
+        test_labels_exist_on_the_metrics_queried,
+    ),
+    "another metric's label value": (  # schema is a dead-letter reason, never a skip reason
+        lambda d: _set_expr(d, "dknn_events_skipped_total{", 'dknn_events_skipped_total{reason="schema", '),
         test_labels_exist_on_the_metrics_queried,
     ),
     "hard-coded data source": (
@@ -618,6 +628,10 @@ class FakeReplica:
         self.consumed = counter("events_consumed")
         self.scored = counter("events_scored", "verdict")
         self.dead = counter("events_dead_lettered", "reason")
+        self.skipped = counter("events_skipped", "reason")
+        self.compared = counter("served_answers_compared")
+        self.mismatched = counter("served_answer_mismatches")
+        self.unmatched = counter("served_answers_unmatched")
         self.predictions = counter("predictions", "label")
         self.disagreements = counter("model_disagreements")
         self.refused = counter("outputs_refused", "output")
@@ -640,8 +654,10 @@ class FakeReplica:
         Info("build", "build", namespace="dknn", registry=reg).info({"version": "0.1.0", "python": "3.11.2"})
         for verdict in LABEL_VALUES["verdict"]:  # the agent pre-creates its bounded series at zero
             self.scored.labels(verdict)
-        for reason in LABEL_VALUES["reason"]:
+        for reason in label_values("dknn_events_dead_lettered_total", "reason") or ():
             self.dead.labels(reason)
+        for reason in label_values("dknn_events_skipped_total", "reason") or ():
+            self.skipped.labels(reason)
         for output in LABEL_VALUES["output"]:
             self.refused.labels(output)
         self.partitions = [str(seed * 3 + p) for p in range(3)]  # partitions this replica owns
@@ -656,7 +672,10 @@ class FakeReplica:
         for _ in range(20):
             self.consumed.inc()
             if rng.random() < 0.05:
-                self.dead.labels(rng.choice(["schema", "bad_json", "shape"])).inc()
+                self.dead.labels(rng.choice(["schema", "bad_json", "shape", "out_of_range"])).inc()
+                continue
+            if rng.random() < 0.05:  # a record for another model on a shared topic (unknown_model: skip)
+                self.skipped.labels("unknown_model").inc()
                 continue
             credibility = rng.random() ** 2
             self.credibility.observe(credibility)
@@ -665,6 +684,12 @@ class FakeReplica:
             self.predictions.labels(str(rng.randrange(10))).inc()
             if rng.random() < 0.02:
                 self.disagreements.inc()
+            if rng.random() < 0.5:  # the event carried the server's answer (or its response arrived)
+                self.compared.inc()
+                if rng.random() < 0.02:
+                    self.mismatched.inc()
+            elif rng.random() < 0.02:
+                self.unmatched.inc()
             self.latency.observe(rng.uniform(0.01, 2.0))
         for stage in LABEL_VALUES["stage"]:
             self.stage.labels(stage).observe(rng.uniform(0.001, 0.2))
