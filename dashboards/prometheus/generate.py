@@ -33,6 +33,8 @@ DEFAULTS: dict[str, float | int | str] = {
     "lagGrowingFor": "15m",
     "trafficShiftedFor": "15m",
     "lowCredibilityFor": "10m",
+    "servedMismatchRatio": 0.01,
+    "servedMismatchFor": "15m",
 }
 
 HEADER = (

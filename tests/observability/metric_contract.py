@@ -85,4 +85,5 @@ ALERT_NAMES = {
     "DknnNoEventsWhileLagGrows",
     "DknnModelVersionMismatch",
     "DknnOutputsRefused",
+    "DknnServedAnswerMismatch",
 }

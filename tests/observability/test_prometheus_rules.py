@@ -180,6 +180,7 @@ def test_traffic_alerts_aggregate_by_namespace_and_job() -> None:
         "DknnLowCredibilityRateHigh",
         "DknnDeadLetterRateHigh",
         "DknnConsumerLagGrowing",
+        "DknnServedAnswerMismatch",
     }
     recorded = {rule["record"]: rule["expr"] for rule in recordings()}
 
@@ -206,6 +207,7 @@ def test_other_thresholds_render_valid_rules(tmp_path: Path) -> None:
     """What the chart does with prometheusRule.thresholds, checked by promtool."""
     out = tmp_path / "rules.yml"
     values = ["deadLetterRatio=0.2", "deadLetterFor=30m", "lagMessages=250000", "lagGrowingFor=1h"]
+    values += ["servedMismatchRatio=0.05", "servedMismatchFor=1h"]
     result = run(sys.executable, str(GENERATE), "--out", str(out), *(f"--set={value}" for value in values))
     assert result.returncode == 0, result.stderr
     checked = run(tool("promtool"), "check", "rules", str(out))
@@ -216,6 +218,9 @@ def test_other_thresholds_render_valid_rules(tmp_path: Path) -> None:
     assert "{{ 0.2 | humanizePercentage }} for 30m" in dead["annotations"]["description"]
     lag = rendered["DknnConsumerLagGrowing"]
     assert "> 250000 and" in lag["expr"] and lag["for"] == "1h"
+    served = rendered["DknnServedAnswerMismatch"]
+    assert served["expr"].endswith("> 0.05") and served["for"] == "1h"
+    assert "(alert above {{ 0.05 | humanizePercentage }} for 1h)" in served["annotations"]["description"]
     assert rendered["DknnTrafficShifted"] == {rule["alert"]: rule for rule in alerts()}["DknnTrafficShifted"]
 
 
