@@ -67,3 +67,14 @@ def open_sink(uri: str, *, security: KafkaSecurity | None = None) -> Sink:
     from connectors.kafka import KafkaSink
 
     return KafkaSink(target, security=security)
+
+
+def create_topics(uri: str, names: list[str], partitions: int, *, security: KafkaSecurity | None = None) -> None:
+    """Creates the topics of `names` that a Kafka cluster at `uri` does not have yet (a file
+    connector has none to create). For local brokers and tests: a production cluster's topics are
+    the operator's, with their own replication and retention."""
+    scheme, target = split_uri(uri)
+    if scheme == "kafka":
+        from connectors.kafka import ensure_topics
+
+        ensure_topics(target, names, partitions=partitions, security=security)

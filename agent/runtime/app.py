@@ -23,7 +23,7 @@ from agent.runtime.pipeline import Pipeline, PipelineOptions, PipelineStats
 from agent.runtime.routing import Topics
 from agent.runtime.settings import AgentSettings, masked_dump
 from agent.runtime.telemetry import Telemetry
-from connectors.registry import open_sink, open_source
+from connectors.registry import create_topics, open_sink, open_source
 
 log = logging.getLogger("dknn.agent")
 
@@ -48,6 +48,10 @@ def run_agent(settings: AgentSettings, summary_every_s: float | None = None) -> 
         )
         log.info("metrics on %s://%s:%d/metrics", server.scheme, settings.metrics_host, server.port)
         security = settings.kafka_security
+        if settings.create_topics:
+            outputs = [settings.quarantine_topic, settings.dead_letter_topic, settings.scores_topic]
+            create_topics(settings.source_uri, [settings.input_topic], settings.create_topics, security=security)
+            create_topics(settings.sink_uri, [t for t in outputs if t], settings.create_topics, security=security)
         source = opened.enter_context(
             open_source(
                 settings.source_uri,

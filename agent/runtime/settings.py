@@ -115,6 +115,13 @@ class AgentSettings(BaseSettings):
         le=100_000,
         description="most inputs one batch request (OIP v2, KServe v1 instances) may carry; more are dead-lettered",
     )
+    create_topics: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description="create missing input and output topics at start with this many partitions (0: never; for "
+        "local brokers and trials: production topics are the operator's, with their replication and retention)",
+    )
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest",
         description="where a consumer group without committed offsets starts: earliest = the oldest "

@@ -1,5 +1,7 @@
 """`fit`, `score` and `info` on the tiny problem, as a user runs them: a real subprocess, exit codes, one-line
-errors. (`--help` of every command is in test_help.py.)"""
+errors. The bundle names its model by a factory, so opening it is a trust decision the user makes with
+--trust-factory (bundles carrying a serialized program need none). (`--help` of every command is in
+test_help.py.)"""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import pytest
 
 from tests.conftest import TinyProblem
 from tests.e2e.conftest import explain, run_cli
+
+TRUST = ("--trust-factory", "agent.research.models")
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
@@ -57,7 +61,7 @@ def test_score_writes_one_record_per_input(cli_bundle: Path, tiny_problem: TinyP
     np.save(tmp_path / "x.npy", tiny_problem.test.x)
     out = tmp_path / "scores.jsonl"
     result = run_cli(
-        "score", "--artifacts", cli_bundle, "--input", tmp_path / "x.npy", "--output", out, "--batch-size", "7"
+        "score", "--artifacts", cli_bundle, "--input", tmp_path / "x.npy", "--output", out, "--batch-size", "7", *TRUST
     )
     assert result.returncode == 0, explain(result)
     records = [json.loads(line) for line in out.read_text().splitlines()]
@@ -70,7 +74,7 @@ def test_score_writes_one_record_per_input(cli_bundle: Path, tiny_problem: TinyP
 
 def test_score_to_stdout_with_exact_index_agrees(cli_bundle: Path, tiny_problem: TinyProblem, tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", tiny_problem.test.x[:20])
-    result = run_cli("score", "--artifacts", cli_bundle, "--input", tmp_path / "x.npy", "--index", "exact")
+    result = run_cli("score", "--artifacts", cli_bundle, "--input", tmp_path / "x.npy", "--index", "exact", *TRUST)
     assert result.returncode == 0, explain(result)
     predictions = [json.loads(line)["prediction"] for line in result.stdout.splitlines()]
     assert np.mean(np.array(predictions) == tiny_problem.test.y[:20]) >= 0.95
@@ -84,14 +88,16 @@ def test_score_to_stdout_with_exact_index_agrees(cli_bundle: Path, tiny_problem:
         (np.full((4, 8), np.inf, np.float32), "NaN or infinity"),
     ],
 )
-def test_bad_input_arrays_exit_2_with_one_line(
+def test_bad_input_arrays_exit_3_with_one_line(
     cli_bundle: Path, tmp_path: Path, array: np.ndarray, fragment: str
 ) -> None:
     np.save(tmp_path / "bad.npy", array)
-    assert_one_line_error(run_cli("score", "--artifacts", cli_bundle, "--input", tmp_path / "bad.npy"), fragment)
+    assert_one_line_error(
+        run_cli("score", "--artifacts", cli_bundle, "--input", tmp_path / "bad.npy", *TRUST), fragment
+    )
 
 
-def test_unreadable_and_missing_files_exit_2(cli_bundle: Path, tmp_path: Path) -> None:
+def test_unreadable_and_missing_files_exit_3(cli_bundle: Path, tmp_path: Path) -> None:
     (tmp_path / "junk.npy").write_bytes(b"not numpy at all")
     assert_one_line_error(run_cli("score", "--artifacts", cli_bundle, "--input", tmp_path / "junk.npy"), "junk.npy")
     assert_one_line_error(run_cli("score", "--artifacts", cli_bundle, "--input", tmp_path / "none.npy"), "no such file")
@@ -101,13 +107,15 @@ def test_unreadable_and_missing_files_exit_2(cli_bundle: Path, tmp_path: Path) -
     )
 
 
-def test_corrupted_bundle_exits_2_naming_the_file(cli_bundle: Path, tmp_path: Path) -> None:
+def test_corrupted_bundle_exits_3_naming_the_file(cli_bundle: Path, tmp_path: Path) -> None:
     import shutil
 
     root = Path(shutil.copytree(cli_bundle, tmp_path / "b"))
     (root / "train_labels.npy").write_bytes(b"\x93NUMPY garbage")
     np.save(tmp_path / "x.npy", np.zeros((1, 8), np.float32))
-    assert_one_line_error(run_cli("score", "--artifacts", root, "--input", tmp_path / "x.npy"), "train_labels.npy")
+    assert_one_line_error(
+        run_cli("score", "--artifacts", root, "--input", tmp_path / "x.npy", *TRUST), "train_labels.npy"
+    )
     assert_one_line_error(run_cli("info", root), "train_labels.npy: sha256 mismatch")
 
 
@@ -119,7 +127,7 @@ def test_info_describes_a_verified_bundle(cli_bundle: Path) -> None:
     assert manifest["k"] == 10 and manifest["model"]["name"] == "tiny"
 
 
-def test_fit_option_errors_exit_2(tiny_problem: TinyProblem, tmp_path: Path) -> None:
+def test_fit_option_errors_exit_3(tiny_problem: TinyProblem, tmp_path: Path) -> None:
     np.savez(tmp_path / "f64.npz", x=tiny_problem.train.x.astype(np.float64), y=tiny_problem.train.y)
     np.savez(tmp_path / "ok.npz", x=tiny_problem.train.x, y=tiny_problem.train.y)
     common = [
@@ -133,10 +141,11 @@ def test_fit_option_errors_exit_2(tiny_problem: TinyProblem, tmp_path: Path) -> 
         "--train",
     ]
     tiny = ["--factory", "agent.research.models.tiny:build_model"]
-    assert_one_line_error(run_cli("fit", *tiny, "--layers", "relu1", *common, tmp_path / "f64.npz"), "expected float32")
     assert_one_line_error(
-        run_cli("fit", *tiny, "--layers", "conv9", *common, tmp_path / "ok.npz"), "no layer(s) ['conv9']"
+        run_cli("fit", *tiny, "--layers", "relu1", *common, tmp_path / "f64.npz"),
+        "training float64[8] and calibration float32[8] differ",
     )
+    assert_one_line_error(run_cli("fit", *tiny, "--layers", "conv9", *common, tmp_path / "ok.npz"), "no layer 'conv9'")
     assert_one_line_error(
         run_cli("fit", *tiny, "--layers", "relu1=pca", *common, tmp_path / "ok.npz"), "bad preprocessing step"
     )

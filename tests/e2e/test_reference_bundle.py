@@ -31,11 +31,12 @@ def test_train_reference_writes_a_bundle(mnist_smoke: SmokeBundle) -> None:
     assert "Traceback" not in result.stderr, explain(result)
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["model"]["name"] == "mnist-cnn" and manifest["model"]["version"] == SMOKE_VERSION
-    assert manifest["model"]["factory"] == "agent.research.models.mnist:build_model"
+    # the model travels as a serialized program: serving it trusts no Python module
+    assert manifest["model"]["program"] == "model.pt2" and manifest["model"]["factory"] is None
     assert [layer["name"] for layer in manifest["layers"]] == LAYERS
     assert manifest["k"] == 75 and manifest["train"]["size"] == 1000 and manifest["calibration"]["size"] == 750
     assert manifest["nonconformity"]["residual"]["layer"] == "relu2"  # the adopted residual term
-    files = ["model.pt", "train_labels.npy", "calibration.npz", "residual/relu2.npz"]
+    files = ["model.pt2", "train_labels.npy", "calibration.npz", "residual/relu2.npz"]
     for name in [*files, *(f"layers/{layer}.ann" for layer in LAYERS)]:
         assert (path / name).is_file(), name
 
@@ -49,10 +50,9 @@ def test_info_verifies_and_describes_the_bundle(mnist_bundle: Path) -> None:
     )
     digest = "sha256:" + hashlib.sha256((mnist_bundle / "manifest.json").read_bytes()).hexdigest()
     assert lines[1].startswith(f"digest     {digest}")  # what --bundle-digest / DKNN_BUNDLE_DIGEST pin
-    assert lines[2].startswith(f"model      mnist-cnn {SMOKE_VERSION} via agent.research.models.mnist:build_model")
-    assert lines[2].endswith("10 classes")
-    assert lines[3] == "factory    trusted by default"
-    assert "input      float32 [1, 28, 28]" in result.stdout
+    assert lines[2] == f"model      mnist-cnn {SMOKE_VERSION} from the serialized program model.pt2, 10 classes"
+    assert lines[3] == "trust      none needed: the program is read as data; forward pass in float32"
+    assert "input      x: float32 [1, 28, 28] range (0.0, 1.0)" in result.stdout  # named as in forward()
     assert "neighbours k=75, annoy n_trees=10 per layer" in result.stdout
     assert "train      1000 points" in result.stdout and "calibrate  750 points" in result.stdout
     assert "residual   + up to 600 for a relu2 activation further off its 64 principal directions" in result.stdout
