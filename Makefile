@@ -10,7 +10,7 @@ GRAFANA := dashboards/grafana
 export PATH := $(or $(DKNN_TOOLS_CACHE),$(HOME)/.cache/dknn-agent)/bin:$(PATH)
 
 .PHONY: setup tools test lint test-unit test-e2e observability-check dashboards demo demo-table bench-quality bench-snnl bench-adopted \
-	bench-stream bench-perf bench-perf-bf16 bench-scale bench-shift bench-shift-peer clean
+	bench-stream bench-perf bench-perf-bf16 bench-scale bench-shift bench-shift-peer examples clean
 .PHONY: deploy-check chart-check image-check
 
 setup: $(STAMP)
@@ -34,8 +34,8 @@ test: lint test-unit observability-check test-e2e
 
 # Undefined names, dead imports, formatting, types, and the layering of docs/design.md §7.
 lint: setup
-	$(BIN)/ruff check agent connectors dknn_events producer tests deploy $(GRAFANA)
-	$(BIN)/ruff format --check agent connectors dknn_events producer tests deploy $(GRAFANA)
+	$(BIN)/ruff check agent connectors dknn_events producer examples tests deploy $(GRAFANA)
+	$(BIN)/ruff format --check agent connectors dknn_events producer examples tests deploy $(GRAFANA)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python $(GRAFANA)/generate.py --check
@@ -157,6 +157,31 @@ bench-stream: setup $(BUNDLE)/manifest.json
 	bootstrap=$$(bash deploy/local/kafka.sh start --data-dir /tmp/dknn-bench-kafka | sed -n 's/^BOOTSTRAP=//p'); \
 	  $(BIN)/dknn-agent bench stream --artifacts $(BUNDLE) --bootstrap-servers $$bootstrap --out docs/results; \
 	  status=$$?; bash deploy/local/kafka.sh stop --data-dir /tmp/dknn-bench-kafka --purge >/dev/null; exit $$status
+
+# Three model families beyond MNIST, onboarded as README "Use it on your own model" shows: each
+# example trains a model with plain torch and exports it (examples/<family>/train.py), `fit` makes
+# its bundle with the defaults, `evaluate` writes its report to docs/results/examples/<family>/.
+# About 10 minutes on 2 cores (the ResNet trains for 3 of them).
+EXAMPLES := artifacts/examples
+examples: setup
+	$(BIN)/python examples/tabular/train.py --out $(EXAMPLES)/tabular
+	$(BIN)/dknn-agent fit --model $(EXAMPLES)/tabular/model.pt2 --train $(EXAMPLES)/tabular/train.npz \
+	  --calibration $(EXAMPLES)/tabular/calibration.npz --out $(EXAMPLES)/tabular/bundle --model-name tabular --force --quiet
+	$(BIN)/dknn-agent evaluate --artifacts $(EXAMPLES)/tabular/bundle --clean $(EXAMPLES)/tabular/test.npz \
+	  --ood noise=$(EXAMPLES)/tabular/ood/noise.npy --ood unseen-digits=$(EXAMPLES)/tabular/ood/unseen-digits.npy \
+	  --out docs/results/examples/tabular --quiet
+	$(BIN)/python examples/resnet/train.py --out $(EXAMPLES)/resnet
+	$(BIN)/dknn-agent fit --model $(EXAMPLES)/resnet/model.pt2 --train $(EXAMPLES)/resnet/train.npz \
+	  --calibration $(EXAMPLES)/resnet/calibration.npz --out $(EXAMPLES)/resnet/bundle --model-name resnet --force --quiet
+	$(BIN)/dknn-agent evaluate --artifacts $(EXAMPLES)/resnet/bundle --clean $(EXAMPLES)/resnet/test.npz \
+	  --ood noise=$(EXAMPLES)/resnet/ood/noise.npy --ood rotated=$(EXAMPLES)/resnet/ood/rotated.npy \
+	  --ood photos=$(EXAMPLES)/resnet/ood/photos.npy --out docs/results/examples/resnet --quiet
+	$(BIN)/python examples/text/train.py --out $(EXAMPLES)/text
+	$(BIN)/dknn-agent fit --model $(EXAMPLES)/text/model.pt2 --output logits --train $(EXAMPLES)/text/train.npz \
+	  --calibration $(EXAMPLES)/text/calibration.npz --out $(EXAMPLES)/text/bundle --model-name text --force --quiet
+	$(BIN)/dknn-agent evaluate --artifacts $(EXAMPLES)/text/bundle --clean $(EXAMPLES)/text/test.npz \
+	  --ood random-tokens=$(EXAMPLES)/text/ood/random-tokens.npz \
+	  --ood unseen-language=$(EXAMPLES)/text/ood/unseen-language.npz --out docs/results/examples/text --quiet
 
 clean:
 	rm -rf $(VENV) $(PEER_VENV) artifacts build agent/engine/*.so .pytest_cache .hypothesis .mypy_cache .ruff_cache .import_linter_cache

@@ -134,3 +134,53 @@ def unfrozen_heap() -> Iterator[None]:
     collectable (frozen objects outlive the interpreter and extension modules report them)."""
     yield
     gc.unfreeze()
+
+
+@dataclass(frozen=True)
+class Example:
+    """A user-side example trained by its own script (examples/<family>/train.py): plain torch, no agent."""
+
+    work: Path  # model.pt2, train/calibration/test .npz, ood/
+
+    @property
+    def bundle(self) -> Path:
+        return self.work / "bundle"
+
+
+def train_example(family: str, work: Path, *options: str, fit: tuple[str, ...] = ()) -> Example:
+    """Runs the example's training script, then `dknn-agent fit` with its defaults (plus `fit`), as a user does."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    script = [sys.executable, str(root / "examples" / family / "train.py"), "--out", str(work), *options]
+    trained = subprocess.run(script, capture_output=True, text=True, timeout=900, cwd=root)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    data = [f"--{split}" for split in ("train", "calibration")]
+    command = [
+        sys.executable, "-m", "agent.cli", "fit", "--model", str(work / "model.pt2"),
+        data[0], str(work / "train.npz"), data[1], str(work / "calibration.npz"),
+        "--out", str(work / "bundle"), "--model-name", family, "--quiet", *fit,
+    ]  # fmt: skip
+    fitted = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=root)
+    assert fitted.returncode == 0, fitted.stderr[-3000:]
+    return Example(work)
+
+
+@pytest.fixture(scope="session")
+def tabular_example(tmp_path_factory: pytest.TempPathFactory) -> Example:
+    return train_example("tabular", tmp_path_factory.mktemp("tabular"))
+
+
+@pytest.fixture(scope="session")
+def resnet_example(tmp_path_factory: pytest.TempPathFactory) -> Example:
+    """A quick ResNet (8,000 images, two epochs): the mechanics, not the committed quality numbers."""
+    return train_example("resnet", tmp_path_factory.mktemp("resnet"), "--train-size", "8000", "--epochs", "2")
+
+
+@pytest.fixture(scope="session")
+def text_example(tmp_path_factory: pytest.TempPathFactory) -> Example:
+    """A quick GRU on token ids (400 sequences per language, five epochs)."""
+    return train_example(
+        "text", tmp_path_factory.mktemp("text"), "--per-language", "400", "--epochs", "5", fit=("--output", "logits")
+    )
