@@ -113,7 +113,7 @@ if [ "${DEMO_ALERTING:-1}" != 0 ]; then
     echo "Prometheus with the shipped rules: $prometheus_url/alerts"
     echo "Alertmanager: $(echo "$urls" | sed -n 's/^ALERTMANAGER_URL=//p')"
   elif [ "$status" = 3 ]; then
-    echo "(Prometheus and Alertmanager are not installed, so no alerts: deploy/observability/install.sh installs them)"
+    echo "(Prometheus and Alertmanager are not installed, so no alerts: make tools installs them)"
   else
     echo "(Prometheus and Alertmanager did not start, so no alerts: $(tail -n 1 "$work/observability.err"))"
   fi

@@ -226,7 +226,7 @@ def test_the_agent_accepts_the_config_and_environment_the_chart_gives_it(
         assert security.security_protocol == "SSL" and None not in files
         assert settings.metrics_tls_certfile is not None and settings.metrics_basic_auth_password is not None
         assert settings.auto_offset_reset == "latest" and settings.model_names == ("fraud-detector",)
-        assert settings.trusted_factories == ("agent.research.models", "fraud_models")  # from extraEnv
+        assert settings.trusted_factories == ("fraud_models",)  # from extraEnv
 
 
 def test_pods_run_locked_down_and_probe_the_agents_endpoints(tools: Tools) -> None:

@@ -60,7 +60,7 @@ def fenced_commands(path: Path, program: str) -> list[Snippet]:
         if text.endswith("\\"):
             text = text[:-1].rstrip()
             continue
-        out.append(Snippet(f"{path.name}:{start}", text))
+        out.append(Snippet(f"{path.name}:{start}", text.removesuffix("&").rstrip()))  # a background job
         text = ""
     assert not text, f"{path.name}:{start}: a continuation line runs off the end of its block"
     return out
@@ -119,7 +119,13 @@ def makefile_commands() -> list[Snippet]:
     """The `$(BIN)/dknn-agent ...` recipe lines, with make variables and shell variables filled in."""
     values = makefile_variables()
     out = []
+    logical: list[tuple[int, str]] = []  # recipe lines with their backslash continuations joined
     for number, line in enumerate(MAKEFILE.read_text().splitlines(), 1):
+        if logical and logical[-1][1].endswith("\\"):
+            logical[-1] = (logical[-1][0], logical[-1][1][:-1] + " " + line.strip())
+        else:
+            logical.append((number, line))
+    for number, line in logical:
         if "$(BIN)/dknn-agent " not in line:
             continue
         command = "dknn-agent " + line.split("$(BIN)/dknn-agent ", 1)[1]
