@@ -60,20 +60,6 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.arrays[0])
 
-    def rows(self, index: np.ndarray | slice) -> list[np.ndarray]:
-        """One array per input, holding the chosen rows (a copy: read from a memory map only here)."""
-        return [np.ascontiguousarray(array[index]) for array in self.arrays]
-
-    def subset(self, index: np.ndarray) -> Dataset:
-        """The chosen rows as a data set in memory."""
-        names = list(self.inputs)
-        chosen = self.rows(index)
-        x: np.ndarray | dict[str, np.ndarray] = (
-            dict(zip(names, chosen, strict=True)) if isinstance(self.x, dict) else chosen[0]
-        )
-        labels = None if self.y is None else np.asarray(self.y[index])
-        return Dataset(x, labels, self.source)
-
 
 def load_dataset(text: str, *, labelled: bool) -> Dataset:
     """The data set named by `text` (see the module docstring); DataError names what is wrong."""
