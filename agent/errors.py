@@ -104,3 +104,10 @@ class DeliveryRefusedError(ConnectorError):
         first = min(refused)
         super().__init__(f"{len(refused)} record(s) refused for good (first: {refused[first]})", retriable=False)
         self.refused = dict(refused)
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (its type where it has none), bounded: what a one-line
+    error quotes of a library's failure."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]

@@ -662,7 +662,7 @@ def _fit(args: argparse.Namespace) -> int:
     model = load_model_source(args)
     train = load_dataset(args.train, labelled=True)
     calibration = load_dataset(args.calibration, labelled=True)
-    inputs = input_specs(model, train, calibration, input_ranges=parse_ranges(args.input_range))
+    inputs = input_specs(model, train, calibration, input_ranges=parse_ranges(args.input_range))  # reads all rows
     probe = [array[:PROBE_ROWS] for array in train.arrays_for([spec.name for spec in inputs])]
     points, num_classes = probe_model(model, probe, args.output)
     suggestion = suggest(points, num_classes)
@@ -686,7 +686,7 @@ def _fit(args: argparse.Namespace) -> int:
         calibration=calibration,
         out=args.out,
         options=fit_options(args, preset),
-        input_ranges=parse_ranges(args.input_range),
+        inputs=inputs,
         force=args.force,
     )
     residual = manifest.nonconformity.residual

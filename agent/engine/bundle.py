@@ -56,7 +56,7 @@ from agent.engine.preprocess import Preprocessor
 from agent.engine.program import load_program
 from agent.engine.residual import ResidualTerm
 from agent.engine.taps import ModuleModel, TappableModel
-from agent.errors import BundleError
+from agent.errors import BundleError, first_line
 
 _ANNOY_EUCLIDEAN_NODE_OVERHEAD = 16  # n_descendants, bias, two children: 4 bytes each
 _BLOCK = 1 << 20
@@ -120,7 +120,7 @@ class VerifiedBundle:
             module.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise BundleError(
-                f"{self.root / spec.weights}: weights do not fit {spec.factory}: {_first_line(exc)}"
+                f"{self.root / spec.weights}: weights do not fit {spec.factory}: {first_line(exc)}"
             ) from None
         return ModuleModel(module.eval())
 
@@ -305,7 +305,7 @@ def load_state_dict_bytes(data: bytes, path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file; all mean "unreadable"
-        raise BundleError(f"{path}: not a loadable weights file: {_first_line(exc)}") from None
+        raise BundleError(f"{path}: not a loadable weights file: {first_line(exc)}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise BundleError(f"{path}: expected a state_dict of tensors, found {type(state).__name__}")
     return state
@@ -390,11 +390,6 @@ def _check_index_size(fd: int, path: Path, dim: int, n_train: int) -> None:
     size = os.fstat(fd).st_size
     if size % node_size or size // node_size < n_train:
         raise BundleError(f"{path}: size {size} bytes does not fit {n_train} vectors of dim {dim}")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _load_npy(data: bytes, path: Path) -> np.ndarray:

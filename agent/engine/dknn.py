@@ -22,7 +22,7 @@ from agent.engine.manifest import Manifest
 from agent.engine.preprocess import Preprocessor
 from agent.engine.residual import ResidualTerm
 from agent.engine.taps import PROBE_BATCH, Activations, ActivationTap, TappableModel
-from agent.errors import BundleError, ConfigError, DknnError, InputError
+from agent.errors import BundleError, ConfigError, DknnError, InputError, first_line
 
 Inputs = np.ndarray | Sequence[np.ndarray]  # one array per model input; a bare array for a single-input model
 
@@ -187,7 +187,7 @@ class DkNN:
         except Exception as exc:  # whatever the model raises, it does not fit the manifest
             shapes = [list(spec.shape) for spec in self.manifest.inputs]
             raise BundleError(
-                f"{where}: the model does not accept inputs {shapes}: {type(exc).__name__}: {_first_line(exc)}"
+                f"{where}: the model does not accept inputs {shapes}: {type(exc).__name__}: {first_line(exc)}"
             ) from None
         if activations.outputs.shape[1] != self.num_classes:
             raise BundleError(
@@ -269,11 +269,6 @@ class DkNN:
             neighbor_labels=labels,
             neighbor_distances=distances,
         )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 def open_index(

@@ -87,17 +87,21 @@ def fit_bundle(
     options: FitOptions = FitOptions(),
     value_range: tuple[float, float] | None = None,
     input_ranges: dict[str, tuple[float, float]] | None = None,
+    inputs: tuple[InputSpec, ...] | None = None,
     force: bool = False,
 ) -> Manifest:
     """Writes a complete, verified bundle to `out`; `layers` maps layer name -> preprocessing.
 
     `model` is a factory's module (`model_spec.factory`: its state_dict is saved) or a checked
     program (`model_spec.program`: its archive is copied). `value_range` is recorded for float
-    inputs; integer inputs accept `input_ranges[name]`, else the range of the data.
+    inputs; integer inputs accept `input_ranges[name]`, else the range of the data. `inputs` is what
+    `input_specs` gave a caller that checked the data already (the CLI does, before its probe pass):
+    checking means reading every training row, which is not worth doing twice.
     """
     if (model_spec.program is not None) != isinstance(model, Program):
         raise ConfigError("a program model needs a ModelSpec with `program`, a module one with `factory`")
-    inputs = input_specs(model, train, calibration, value_range, input_ranges)
+    if inputs is None:
+        inputs = input_specs(model, train, calibration, value_range, input_ranges)
     _check_labels(train, calibration, model_spec.num_classes, options.k)
     model_spec = model_spec.model_copy(update={"compute_dtype": options.compute_dtype})
     out = Path(out)

@@ -55,7 +55,7 @@ from agent.engine.taps import (
     format_selectors,
     parse_output,
 )
-from agent.errors import BundleError, ConfigError
+from agent.errors import BundleError, ConfigError, first_line
 
 MAX_PROGRAM_BYTES = 4 * 1024**3
 MAX_PROGRAM_JSON_BYTES = 512 * 1024**2
@@ -301,9 +301,7 @@ def load_program(data: bytes, where: Path | str) -> Program:
     except BundleError:
         raise
     except Exception as exc:  # the deserializer's own checks (versions, shapes, missing weights)
-        raise BundleError(
-            f"{where}: torch cannot read the program ({type(exc).__name__}: {_first_line(exc)})"
-        ) from None
+        raise BundleError(f"{where}: torch cannot read the program ({type(exc).__name__}: {first_line(exc)})") from None
     _check_graph(exported.graph_module.graph, where)
     return Program(exported, tuple(out_paths), where, data)
 
@@ -322,11 +320,6 @@ def _check_graph(graph: fx.Graph, where: Path | str) -> None:
                 raise BundleError(f"{where}: the program calls {target}, which is refused")
         elif target not in allowed:
             raise BundleError(f"{where}: the program calls {target!r}, which is refused")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 # -- tap sites: names for the graph's values ---------------------------------------------------------
@@ -460,6 +453,9 @@ class Program:
             )
         self.output_paths = output_paths
         self.sites = _sites(self._graph_module.graph)
+        # What `_reads` looks for, fixed with the sites: the nodes a tap reads, and those a module call makes.
+        self._tapped_nodes = {node for site in self.sites.values() for _, node in site.nodes}
+        self._module_nodes = {node for name, site in self.sites.items() if ":" not in name for _, node in site.nodes}
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -575,8 +571,6 @@ class Program:
         """The tappable node whose values the op making the logits reads, through flattens and views:
         a module's output where there is one in that chain (relu3, not the :flatten after it), the
         earliest where there are several (the ReLU, not the nn.Flatten module after it: as hooks see it)."""
-        module_nodes = {inner for name, site in self.sites.items() if ":" not in name for _, inner in site.nodes}
-        tapped = {inner for site in self.sites.values() for _, inner in site.nodes}
         chain: list[fx.Node] = []
         argument = next((arg for arg in node.args if isinstance(arg, fx.Node) and _is_tensor(arg)), None)
         while argument is not None:
@@ -584,10 +578,10 @@ class Program:
             if getattr(argument.target, "_opname", "") not in _VIEWS:
                 break
             argument = next((arg for arg in argument.args if isinstance(arg, fx.Node)), None)
-        modules = [inner for inner in chain if inner in module_nodes]
+        modules = [inner for inner in chain if inner in self._module_nodes]
         if modules:
             return modules[-1]
-        preferred = [inner for inner in chain if inner in tapped]
+        preferred = [inner for inner in chain if inner in self._tapped_nodes]
         return preferred[0] if preferred else None
 
     def open(self, layers: Sequence[str], output: str | None) -> TapSession:
@@ -649,7 +643,7 @@ def export_program(module: nn.Module, example_inputs: Sequence[torch.Tensor], wh
             module.eval(), tuple(example_inputs), dynamic_shapes=tuple({0: batch} for _ in example_inputs)
         )
     except Exception as exc:  # torch.export explains what it cannot trace
-        raise ConfigError(f"the model cannot be exported: {type(exc).__name__}: {_first_line(exc)}") from None
+        raise ConfigError(f"the model cannot be exported: {type(exc).__name__}: {first_line(exc)}") from None
     archive = io.BytesIO()
     torch.export.save(exported, archive)
     return load_program(archive.getvalue(), where)

@@ -90,11 +90,8 @@ def to_array(values: Sequence[Any], spec: InputSpec, rows: int, where: str) -> n
     if wanted == "int":
         if any(isinstance(value, float) and not value.is_integer() for value in values):
             raise EventError("dtype", f"{where} holds fractions; the model's input {spec.name!r} takes integers")
-        low, high = spec.value_range or (-math.inf, math.inf)
-        if values and (min(values) < low or max(values) > high):
-            raise EventError(
-                "out_of_range", f"{where} holds values outside [{low:g}, {high:g}], what input {spec.name!r} accepts"
-            )
+        if values:  # before the array is made: a value beyond the dtype would not even convert
+            _check_bounds(min(values), max(values), spec, where)
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow to inf is caught just below
         array = np.array(values, dtype=spec.dtype).reshape((rows, *spec.shape))
     if wanted == "float" and not np.isfinite(array).all():
@@ -104,9 +101,13 @@ def to_array(values: Sequence[Any], spec: InputSpec, rows: int, where: str) -> n
 
 def check_range(array: np.ndarray, spec: InputSpec, where: str) -> None:
     """Integer inputs decoded from bytes: inside the input's range, like JSON ones."""
-    if spec.is_integer and spec.value_range is not None and array.size:
-        low, high = spec.value_range
-        if array.min() < low or array.max() > high:
-            raise EventError(
-                "out_of_range", f"{where} holds values outside [{low:g}, {high:g}], what input {spec.name!r} accepts"
-            )
+    if spec.is_integer and array.size:
+        _check_bounds(array.min(), array.max(), spec, where)
+
+
+def _check_bounds(smallest: float, largest: float, spec: InputSpec, where: str) -> None:
+    low, high = spec.value_range or (-math.inf, math.inf)
+    if smallest < low or largest > high:
+        raise EventError(
+            "out_of_range", f"{where} holds values outside [{low:g}, {high:g}], what input {spec.name!r} accepts"
+        )
