@@ -20,7 +20,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml setup.py agent/engine/_annoy_batch.cpp
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	$(BIN)/python -m pip install -q -e '.[test,lab]' -e ./lab
 	touch $(STAMP)
 
 # promtool, amtool, prometheus and prometheus-alertmanager into ~/.cache/dknn-agent/bin, no root
@@ -34,8 +34,8 @@ test: lint test-unit observability-check test-e2e
 
 # Undefined names, dead imports, formatting, types, and the layering of docs/design.md §7.
 lint: setup
-	$(BIN)/ruff check agent connectors dknn_events producer examples tests deploy $(GRAFANA)
-	$(BIN)/ruff format --check agent connectors dknn_events producer examples tests deploy $(GRAFANA)
+	$(BIN)/ruff check agent connectors dknn_events dknn_lab lab producer examples tests deploy $(GRAFANA)
+	$(BIN)/ruff format --check agent connectors dknn_events dknn_lab lab producer examples tests deploy $(GRAFANA)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python $(GRAFANA)/generate.py --check
@@ -126,7 +126,7 @@ $(SHIFT_SCORES): $(BUNDLE)/manifest.json | setup
 	$(BIN)/dknn-agent bench shift --artifacts $(BUNDLE) --save-scores $@ --scores-only
 
 bench-shift-peer: $(SHIFT_SCORES) $(PEER_VENV)/.installed
-	PYTHONPATH=. $(PEER_VENV)/bin/python -m agent.research.bench.shift_peer --scores $(SHIFT_SCORES) --out docs/results
+	PYTHONPATH=. $(PEER_VENV)/bin/python -m dknn_lab.bench.shift_peer --scores $(SHIFT_SCORES) --out docs/results
 
 # The scoring path against the model's own forward pass in the same run, stage by stage, Annoy
 # against exact (speed, accuracy, AUROC, recall@k); about 3 minutes.

@@ -15,16 +15,16 @@ from agent.engine.dknn import DkNN
 from agent.engine.fit import Dataset, FitOptions, fit_bundle
 from agent.engine.manifest import PROGRAM_FILE, InputSpec, ModelSpec
 from agent.engine.program import export_program
-from agent.research.models.tiny import build_model
-from agent.research.training import TrainOptions, train_classifier
 from agent.runtime.drift import DriftMonitor
 from agent.runtime.events import DEFAULT_MAX_EVENT_BYTES, DecodedEvent, Expectations, decode_record
 from agent.runtime.pipeline import Pipeline, PipelineOptions
 from agent.runtime.routing import Topics
 from agent.runtime.telemetry import Telemetry
 from connectors.base import Sink, Source
+from dknn_lab.models.tiny import build_model
+from dknn_lab.training import TrainOptions, train_classifier
 
-TINY_FACTORY = "agent.research.models.tiny:build_model"
+TINY_FACTORY = "dknn_lab.models.tiny:build_model"
 TINY_LAYERS = {"relu1": "none", "relu2": "l2", "logits": "pca:2"}
 
 

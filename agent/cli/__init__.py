@@ -77,7 +77,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # agent replaces this with a graceful stop once its loop runs.
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        args = build_parser().parse_args(arguments)
+        parser = build_parser()
+        missing = _missing_lab_command(parser, arguments)
+        if missing is not None:
+            print(f"dknn-agent: {missing} {LAB_HINT}", file=sys.stderr)
+            return EXIT_USAGE
+        args = parser.parse_args(arguments)
         configure_logging(args)
         return int(args.handler(args) or 0)
     except DknnError as exc:
@@ -95,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from agent.cli import bench_commands, bundle_commands, demo_commands, evaluate_commands, stream_commands
+    from agent.cli import bundle_commands, evaluate_commands, stream_commands
 
     parser = argparse.ArgumentParser(
         prog="dknn-agent",
@@ -110,13 +115,33 @@ def build_parser() -> argparse.ArgumentParser:
     stream_commands.register(commands)
     bundle_commands.register(commands)
     evaluate_commands.register(commands)
-    bench_commands.register(commands)
-    demo_commands.register(commands)
+    _register_plugins(commands)
     for command in _commands(parser):
         add_logging_options(command)
         command.formatter_class = ParagraphFormatter
         command.epilog = (command.epilog + "\n\n" if command.epilog else "") + EXIT_CODES
     return parser
+
+
+LAB_HINT = "is a lab command: install the lab from a clone of the repository (pip install ./lab; make setup does)"
+LAB_COMMANDS = ("bench", "train-reference", "demo", "produce-demo")
+
+
+def _register_plugins(commands: argparse._SubParsersAction) -> None:
+    """Commands other distributions add through the `dknn_agent.commands` entry point: the lab's
+    benchmarks and reference training. The product never imports them by name."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group="dknn_agent.commands"):
+        entry.load()(commands)
+
+
+def _missing_lab_command(parser: argparse.ArgumentParser, arguments: Sequence[str]) -> str | None:
+    """The lab command `arguments` asks for when the lab is not installed (the image), else None."""
+    if not arguments or arguments[0] not in LAB_COMMANDS:
+        return None
+    groups = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    return None if arguments[0] in groups[0].choices else arguments[0]
 
 
 def _commands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:

@@ -135,7 +135,7 @@ class Digits:
 
 @pytest.fixture(scope="session")
 def mnist_digits(mnist_bundle: Path) -> Digits:
-    from agent.research.datasets import load_mnist
+    from dknn_lab.datasets import load_mnist
 
     mnist = load_mnist()
     calibration = json.loads((mnist_bundle / "manifest.json").read_text())["calibration"]["source_indices"]

@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import TinyProblem
 from tests.e2e.conftest import explain, run_cli
 
-TRUST = ("--trust-factory", "agent.research.models")
+TRUST = ("--trust-factory", "dknn_lab.models")
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
@@ -34,7 +34,7 @@ def cli_bundle(tiny_problem: TinyProblem, tmp_path_factory: pytest.TempPathFacto
     result = run_cli(
         "fit",
         "--factory",
-        "agent.research.models.tiny:build_model",
+        "dknn_lab.models.tiny:build_model",
         "--weights",
         tiny_problem.weights,
         "--layers",
@@ -140,7 +140,7 @@ def test_fit_option_errors_exit_3(tiny_problem: TinyProblem, tmp_path: Path) -> 
         "--quiet",
         "--train",
     ]
-    tiny = ["--factory", "agent.research.models.tiny:build_model"]
+    tiny = ["--factory", "dknn_lab.models.tiny:build_model"]
     assert_one_line_error(
         run_cli("fit", *tiny, "--layers", "relu1", *common, tmp_path / "f64.npz"),
         "training float64[8] and calibration float32[8] differ",
@@ -150,8 +150,6 @@ def test_fit_option_errors_exit_3(tiny_problem: TinyProblem, tmp_path: Path) -> 
         run_cli("fit", *tiny, "--layers", "relu1=pca", *common, tmp_path / "ok.npz"), "bad preprocessing step"
     )
     assert_one_line_error(
-        run_cli(
-            "fit", "--factory", "agent.research.models.nope:build", "--layers", "relu1", *common, tmp_path / "ok.npz"
-        ),
+        run_cli("fit", "--factory", "dknn_lab.models.nope:build", "--layers", "relu1", *common, tmp_path / "ok.npz"),
         "cannot import",
     )

@@ -104,7 +104,7 @@ def test_fit_refuses_nan_training_inputs(tiny_problem: TinyProblem, tmp_path: Pa
     result = run_cli(
         "fit",
         "--factory",
-        "agent.research.models.tiny:build_model",
+        "dknn_lab.models.tiny:build_model",
         "--weights",
         tiny_problem.weights,
         "--layers",

@@ -20,7 +20,7 @@ def _exported() -> dict[str, tuple[str, set[str]]]:
     telemetry.set_bundle(
         Manifest(
             created_at="2026-01-01T00:00:00Z",
-            model=ModelSpec(name="m", version="1", factory="agent.research.models.tiny:build_model", num_classes=3),
+            model=ModelSpec(name="m", version="1", factory="dknn_lab.models.tiny:build_model", num_classes=3),
             inputs=(InputSpec(shape=(8,)),),
             layers=(LayerSpec(name="relu1", input_dim=16, dim=16, index_file="layers/relu1.ann"),),
             k=10,

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from agent.research.attacks import fgsm, pgd
-from agent.research.models.tiny import build_model
-from agent.research.training import TrainOptions, train_classifier
+from dknn_lab.attacks import fgsm, pgd
+from dknn_lab.models.tiny import build_model
+from dknn_lab.training import TrainOptions, train_classifier
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 

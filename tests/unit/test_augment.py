@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent.research.augment import with_variants
+from dknn_lab.augment import with_variants
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:

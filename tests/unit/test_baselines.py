@@ -7,7 +7,7 @@ import pytest
 
 from agent.errors import ConfigError, InputError
 from agent.evaluation.metrics import softmax_max
-from agent.research.baselines import DeepKnnScorer, MahalanobisScorer
+from dknn_lab.baselines import DeepKnnScorer, MahalanobisScorer
 
 
 def test_softmax_max_matches_direct_computation() -> None:

@@ -8,8 +8,8 @@ import numpy as np
 
 from agent.evaluation.metrics import fpr_at_95_tpr
 from agent.evaluation.plots import credibility_histograms, reliability_diagram
-from agent.research.bench.perturbations import EvalSet, blurred, gaussian_noise, inverted, through_resolution
-from agent.research.bench.quality import auroc, recall_per_layer, write_results
+from dknn_lab.bench.perturbations import EvalSet, blurred, gaussian_noise, inverted, through_resolution
+from dknn_lab.bench.quality import auroc, recall_per_layer, write_results
 
 
 def test_fpr_at_95_tpr_and_auroc() -> None:

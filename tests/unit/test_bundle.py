@@ -146,7 +146,7 @@ def test_weights_that_would_run_code_are_refused(tiny_factory_bundle: Path, tmp_
     (root / "model.pt").write_bytes(pickle.dumps({"fc1.weight": _Exploit()}, protocol=2))
     rehash(root, "model.pt")
     with pytest.raises(BundleError, match=r"model\.pt: not a loadable weights file"):
-        DkNN.from_bundle(root, trust=BundleTrust(factory_modules=("agent.research.models",)))
+        DkNN.from_bundle(root, trust=BundleTrust(factory_modules=("dknn_lab.models",)))
 
 
 def test_bad_inputs_and_backend(tiny_bundle: Path) -> None:

@@ -50,10 +50,10 @@ def test_a_trusted_module_can_be_added_by_the_operator(tiny_factory_bundle: Path
         DkNN.from_bundle(root)
     with pytest.raises(BundleError, match="outside the trusted modules"):
         DkNN.from_bundle(root, trust=BundleTrust(factory_modules=("mypkg.models",)))
-    # A prefix must match whole module names: "agent.res" does not trust "agent.research.models".
+    # A prefix must match whole module names: "agent.res" does not trust "dknn_lab.models".
     with pytest.raises(BundleError, match="outside the trusted modules"):
         DkNN.from_bundle(root, trust=BundleTrust(factory_modules=("agent.res",)))
-    assert DkNN.from_bundle(root, trust=BundleTrust(factory_modules=("agent.research",))).num_classes == 3
+    assert DkNN.from_bundle(root, trust=BundleTrust(factory_modules=("dknn_lab",))).num_classes == 3
 
 
 def test_a_pinned_digest_admits_exactly_that_bundle(tiny_bundle: Path, tmp_path: Path) -> None:

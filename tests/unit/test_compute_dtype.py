@@ -14,7 +14,7 @@ from agent.engine.dknn import DkNN
 from agent.engine.manifest import ModelSpec
 from agent.engine.taps import ActivationTap, native_bfloat16
 from agent.errors import ConfigError
-from agent.research.models.tiny import build_model
+from dknn_lab.models.tiny import build_model
 from tests.conftest import TinyProblem, assert_held_out_p_values_valid, fit_tiny
 
 

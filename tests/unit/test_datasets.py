@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from agent.errors import DataError
-from agent.research.datasets import default_mnist_dir, load_mnist, read_idx
+from dknn_lab.datasets import default_mnist_dir, load_mnist, read_idx
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

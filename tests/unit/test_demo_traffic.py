@@ -8,7 +8,7 @@ import pytest
 from agent.cli.options import parse_phase
 from agent.engine.manifest import InputSpec
 from agent.errors import ConfigError, EventError
-from agent.research.demo_traffic import KINDS, DemoData, Phase, demo_events
+from dknn_lab.demo_traffic import KINDS, DemoData, Phase, demo_events
 from tests.conftest import decode_one as decode_event
 
 DATA = DemoData(

@@ -39,7 +39,7 @@ ALLOWED_LABELS = {
 def manifest() -> Manifest:
     return Manifest(
         created_at="2025-01-01T00:00:00Z",
-        model=ModelSpec(name="tiny", version="7", factory="agent.research.models.tiny:build_model", num_classes=3),
+        model=ModelSpec(name="tiny", version="7", factory="dknn_lab.models.tiny:build_model", num_classes=3),
         inputs=(InputSpec(shape=(8,)),),
         layers=(
             LayerSpec(name="relu1", input_dim=16, dim=16, index_file="layers/relu1.ann"),

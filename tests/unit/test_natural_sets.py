@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from agent.errors import DataError
-from agent.research import natural_sets as ns
-from agent.research.datasets import default_mnist_dir, load_mnist
+from dknn_lab import natural_sets as ns
+from dknn_lab.datasets import default_mnist_dir, load_mnist
 
 SMALL = {"glyphs": 52, "photo_patches": 12, "sklearn_digits": 120, "font_digits": 80}
 

@@ -34,7 +34,7 @@ def policy_after(command: list[str], environment_policy: str | None = None) -> s
     return done.stdout.strip().splitlines()[-1]
 
 
-@pytest.mark.parametrize("module", ["agent.cli", "agent.research.bench.paced_producer"])
+@pytest.mark.parametrize("module", ["agent.cli", "dknn_lab.bench.paced_producer"])
 def test_importing_leaves_torch_unloaded(module: str) -> None:
     probe = f"import sys, {module}; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120)

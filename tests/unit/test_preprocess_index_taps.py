@@ -13,7 +13,7 @@ from agent.engine.index import AnnoyBackend, AnnoyBuilder, ExactBackend
 from agent.engine.preprocess import Preprocessor, parse_spec
 from agent.engine.taps import ActivationTap
 from agent.errors import BundleError, ConfigError
-from agent.research.models.tiny import build_model
+from dknn_lab.models.tiny import build_model
 
 
 @pytest.mark.parametrize("spec", ["pca", "pca:0", "pca:x", "l3", "l2:4", "pca:2+pca:3"])
@@ -150,7 +150,7 @@ def test_pca_after_l2_is_fitted_on_normalised_vectors() -> None:
 
 
 def test_random_shift_translates_and_keeps_shape() -> None:
-    from agent.research.training import random_shift
+    from dknn_lab.training import random_shift
 
     images = torch.zeros(64, 1, 7, 7)
     images[:, 0, 3, 3] = 1.0
@@ -164,7 +164,7 @@ def test_random_shift_translates_and_keeps_shape() -> None:
 def test_random_blur_matches_a_gaussian_per_image_and_keeps_each_peak() -> None:
     from scipy.ndimage import gaussian_filter
 
-    from agent.research.training import random_blur
+    from dknn_lab.training import random_blur
 
     torch.manual_seed(0)
     images = torch.zeros(32, 1, 15, 15)

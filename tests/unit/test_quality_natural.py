@@ -6,8 +6,8 @@ import numpy as np
 
 from agent.evaluation.metrics import energy, softmax_max, tpr_at_fpr
 from agent.evaluation.scoring import SetScores
-from agent.research.bench.perturbations import EvalSet
-from agent.research.bench.quality import right_vs_wrong
+from dknn_lab.bench.perturbations import EvalSet
+from dknn_lab.bench.quality import right_vs_wrong
 
 
 def test_tpr_at_fpr_flags_at_most_the_budget_of_clean_traffic() -> None:

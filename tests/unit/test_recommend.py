@@ -13,7 +13,7 @@ from agent.engine.program import export_program
 from agent.engine.recommend import HIDDEN_DIMENSIONS, RESIDUAL_COMPONENTS, Suggestion, suggest
 from agent.engine.taps import ModuleModel, TappableModel
 from agent.errors import ConfigError
-from agent.research.models.mnist import INPUT_SHAPE, build_model
+from dknn_lab.models.mnist import INPUT_SHAPE, build_model
 
 
 def as_source(module: nn.Module, kind: str, example: torch.Tensor) -> TappableModel:

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from agent.cli import build_parser
-from agent.cli.bundle_commands import fit_options, reference_training
+from agent.cli.bundle_commands import fit_options
 from agent.engine.manifest import NonconformitySpec
 from agent.errors import ConfigError
-from agent.research.reference import REFERENCE_NONCONFORMITY, REFERENCE_TRAINING, train_reference_mnist
+from dknn_lab.commands.train_reference import reference_training
+from dknn_lab.reference import REFERENCE_NONCONFORMITY, REFERENCE_TRAINING, train_reference_mnist
 
 
 def parse(*options: str):

@@ -189,9 +189,9 @@ def test_operator_traps_are_refused(overrides: dict, needle: str) -> None:
 
 
 def test_trusted_factories_from_a_comma_separated_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DKNN_TRUSTED_FACTORIES", "agent.research.models, mypkg.models")
+    monkeypatch.setenv("DKNN_TRUSTED_FACTORIES", "dknn_lab.models, mypkg.models")
     settings = load_settings(None, {"artifacts": "b", "bootstrap_servers": "k"})
-    assert settings.trusted_factories == ("agent.research.models", "mypkg.models")
+    assert settings.trusted_factories == ("dknn_lab.models", "mypkg.models")
 
 
 def test_auto_offset_reset_from_the_file_or_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from agent.engine.dknn import DkNN
-from agent.research.bench.score_pools import Pool, SavedPools, delay_summary, load_pools, mixed, save_pools
-from agent.research.bench.shift_peer import AgentDetector
+from dknn_lab.bench.score_pools import Pool, SavedPools, delay_summary, load_pools, mixed, save_pools
+from dknn_lab.bench.shift_peer import AgentDetector
 
 
 def test_saved_pools_round_trip_without_the_bundle(tiny_bundle: Path, tmp_path: Path) -> None:

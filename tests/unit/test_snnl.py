@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.research.snnl import SoftNearestNeighborLoss, pairwise_distances, snnl_of_layers, soft_nearest_neighbor_loss
+from dknn_lab.snnl import SoftNearestNeighborLoss, pairwise_distances, snnl_of_layers, soft_nearest_neighbor_loss
 
 FAST = settings(max_examples=40, deadline=None)
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")
 def reference_snnl(x: np.ndarray, y: np.ndarray, temperature: float, distance: str = "euclidean") -> float:
     """The definition read literally: loops over points and pairs, float64, no log-sum-exp tricks.
 
-    Points with no other point of their class are skipped (the convention of agent.research.snnl).
+    Points with no other point of their class are skipped (the convention of dknn_lab.snnl).
     """
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     b = len(x)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ConfigError
-from agent.research.bench import snnl_study
-from agent.research.bench.quality import QualityOptions, run_quality
-from agent.research.bench.snnl_study import (
+from dknn_lab.bench import snnl_study
+from dknn_lab.bench.quality import QualityOptions, run_quality
+from dknn_lab.bench.snnl_study import (
     ADOPTED_FIT,
     PAPER_FIT,
     StudyOptions,
@@ -20,7 +20,7 @@ from agent.research.bench.snnl_study import (
     condition_options,
     markdown,
 )
-from agent.research.reference import REFERENCE_TRAINING, reference_version
+from dknn_lab.reference import REFERENCE_TRAINING, reference_version
 
 
 def run(auroc: float, accuracy: float) -> dict:

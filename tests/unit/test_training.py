@@ -7,10 +7,10 @@ import torch
 
 from agent.engine.taps import ActivationTap
 from agent.errors import ConfigError
-from agent.research.models.tiny import build_model
-from agent.research.reference import reference_version
-from agent.research.snnl import soft_nearest_neighbor_loss
-from agent.research.training import TrainOptions, train_classifier
+from dknn_lab.models.tiny import build_model
+from dknn_lab.reference import reference_version
+from dknn_lab.snnl import soft_nearest_neighbor_loss
+from dknn_lab.training import TrainOptions, train_classifier
 from tests.conftest import blobs
 
 

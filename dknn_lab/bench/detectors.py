@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.engine.dknn import DkNN
-from agent.research.baselines import DeepKnnScorer, MahalanobisScorer
+from dknn_lab.baselines import DeepKnnScorer, MahalanobisScorer
 
 
 @dataclass(frozen=True)

@@ -33,5 +33,5 @@ class MnistCnn(nn.Module):
 
 
 def build_model(num_classes: int = 10) -> MnistCnn:
-    """Factory named in bundle manifests as `agent.research.models.mnist:build_model`."""
+    """Factory named in bundle manifests as `dknn_lab.models.mnist:build_model`."""
     return MnistCnn(num_classes=num_classes)

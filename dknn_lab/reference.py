@@ -24,10 +24,10 @@ from agent.engine.manifest import PROGRAM_FILE, Manifest, ModelSpec, ResidualSpe
 from agent.engine.program import Program, export_program
 from agent.engine.recommend import recommended_nonconformity
 from agent.errors import ConfigError
-from agent.research.augment import with_variants
-from agent.research.datasets import Mnist, load_mnist
-from agent.research.models import mnist as mnist_model
-from agent.research.training import TrainOptions, train_classifier
+from dknn_lab.augment import with_variants
+from dknn_lab.datasets import Mnist, load_mnist
+from dknn_lab.models import mnist as mnist_model
+from dknn_lab.training import TrainOptions, train_classifier
 
 CALIBRATION_SIZE = 750
 # The paper's DkNN: every layer votes. The conv layers are far too wide to index raw (12,544 and

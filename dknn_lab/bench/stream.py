@@ -8,7 +8,7 @@ a record for every one of the N events. Phase 2 (latency): events are published 
 (1,000 events/s by default) while the agent runs; an event's latency is the broker timestamp of
 its score record minus the `timestamp_ms` the producer stamped on it, so it includes the broker
 hops, batching, scoring and the confirmed produce. The paced producer runs in a process of its own
-(`agent.research.bench.paced_producer` says why) and starts with half a second of warm-up events
+(`dknn_lab.bench.paced_producer` says why) and starts with half a second of warm-up events
 that are not measured: the latency is the steady state's.
 """
 
@@ -29,9 +29,6 @@ import numpy as np
 
 from agent.engine.dknn import DkNN
 from agent.errors import ConnectorError
-from agent.research.bench.paced_producer import publish_paced
-from agent.research.bench.reports import save_report
-from agent.research.demo_traffic import load_demo_data
 from agent.runtime.drift import DriftMonitor
 from agent.runtime.events import encode_event
 from agent.runtime.pipeline import Pipeline, PipelineOptions
@@ -39,6 +36,9 @@ from agent.runtime.routing import Topics
 from agent.runtime.telemetry import STAGES, Telemetry
 from connectors.base import Record
 from connectors.kafka import KafkaSink, KafkaSource, ensure_topics
+from dknn_lab.bench.paced_producer import publish_paced
+from dknn_lab.bench.reports import save_report
+from dknn_lab.demo_traffic import load_demo_data
 
 
 @dataclass(frozen=True)

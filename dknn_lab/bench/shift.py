@@ -31,14 +31,14 @@ import numpy as np
 
 from agent.engine.dknn import DkNN
 from agent.errors import ConfigError
-from agent.research.bench.perturbations import EvalSet, gaussian_noise, inverted, shifted_sets
-from agent.research.bench.quality import score_set
-from agent.research.bench.reports import save_report
-from agent.research.bench.score_pools import KINDS, Pool, SavedPools, delay_summary, events, mixed, save_pools
-from agent.research.datasets import load_mnist
-from agent.research.reference import calibration_split
 from agent.runtime.drift import DEFAULT_ARL_EVENTS, DriftMonitor
 from agent.runtime.routing import DEFAULT_THRESHOLD
+from dknn_lab.bench.perturbations import EvalSet, gaussian_noise, inverted, shifted_sets
+from dknn_lab.bench.quality import score_set
+from dknn_lab.bench.reports import save_report
+from dknn_lab.bench.score_pools import KINDS, Pool, SavedPools, delay_summary, events, mixed, save_pools
+from dknn_lab.datasets import load_mnist
+from dknn_lab.reference import calibration_split
 
 FRACTIONS = (0.05, 0.2, 0.5, 1.0)
 ARL_TARGETS = (1_000, 10_000, 100_000)

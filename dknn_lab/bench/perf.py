@@ -32,15 +32,15 @@ from agent.engine import conformal
 from agent.engine.dknn import DkNN
 from agent.engine.taps import Activations
 from agent.errors import ConfigError
-from agent.research.bench.memory import measure_two_agents
-from agent.research.bench.perturbations import EvalSet, shifted_sets
-from agent.research.bench.quality import auroc, recall_per_layer, score_set
-from agent.research.bench.reports import save_report
-from agent.research.datasets import load_mnist
-from agent.research.reference import calibration_split
 from agent.runtime.events import Expectations, decode_record, encode_event
 from agent.runtime.routing import Outcome, Topics, scored_messages, verdicts
 from connectors.base import Record
+from dknn_lab.bench.memory import measure_two_agents
+from dknn_lab.bench.perturbations import EvalSet, shifted_sets
+from dknn_lab.bench.quality import auroc, recall_per_layer, score_set
+from dknn_lab.bench.reports import save_report
+from dknn_lab.datasets import load_mnist
+from dknn_lab.reference import calibration_split
 
 SCORING_GOAL = 0.5  # of the plain forward-pass rate
 EXACT_GOAL = 10.0  # Annoy scoring over exact scoring

@@ -38,11 +38,11 @@ from agent.engine.fit import FitOptions
 from agent.engine.manifest import Manifest
 from agent.engine.taps import ActivationTap
 from agent.errors import BundleError
-from agent.research.bench.quality import QualityOptions, run_quality
-from agent.research.bench.reports import save_report
-from agent.research.datasets import Mnist, load_mnist
-from agent.research.natural_sets import COVARIATE_SHIFT, SET_KINDS
-from agent.research.reference import (
+from dknn_lab.bench.quality import QualityOptions, run_quality
+from dknn_lab.bench.reports import save_report
+from dknn_lab.datasets import Mnist, load_mnist
+from dknn_lab.natural_sets import COVARIATE_SHIFT, SET_KINDS
+from dknn_lab.reference import (
     PAPER_LAYERS,
     REFERENCE_LAYERS,
     REFERENCE_NONCONFORMITY,
@@ -50,8 +50,8 @@ from agent.research.reference import (
     reference_version,
     train_reference_mnist,
 )
-from agent.research.snnl import snnl_of_layers
-from agent.research.training import TrainOptions
+from dknn_lab.snnl import snnl_of_layers
+from dknn_lab.training import TrainOptions
 
 CONDITIONS = ("baseline", "snnl")
 SNNL_PROBE_SIZE = 1000  # clean evaluation points the per-layer SNNL is measured on

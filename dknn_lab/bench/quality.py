@@ -4,7 +4,7 @@ Scores the evaluation split and its shifted versions with the annoy and the exac
 same bundle, then reports accuracy, credibility, AUROC (credibility vs softmax max-probability),
 conformal validity and Annoy recall@k per layer. Prints a table; saves JSON and Markdown.
 
-`--extended` adds the natural sets (`agent.research.natural_sets`, docs/data.md), reported apart
+`--extended` adds the natural sets (`dknn_lab.natural_sets`, docs/data.md), reported apart
 from the synthetic ones because they are what a deployed model mostly meets:
 
 - far out-of-distribution (not digits): every detector's AUROC, and the share flagged at the
@@ -31,12 +31,12 @@ from agent.evaluation.metrics import VALIDITY_TAUS, fpr_at_95_tpr, tpr_at_fpr
 from agent.evaluation.plots import credibility_histograms, reliability_diagram
 from agent.evaluation.scoring import SetScores
 from agent.evaluation.scoring import score_set as score_inputs
-from agent.research.bench.detectors import detector_scores, fit_detectors
-from agent.research.bench.perturbations import EvalSet, gaussian_noise, inverted, iterative_attack_sets, shifted_sets
-from agent.research.bench.reports import save_report
-from agent.research.datasets import Mnist, load_mnist
-from agent.research.natural_sets import COVARIATE_SHIFT, FAR_OOD, SET_KINDS, natural_sets
-from agent.research.reference import calibration_split
+from dknn_lab.bench.detectors import detector_scores, fit_detectors
+from dknn_lab.bench.perturbations import EvalSet, gaussian_noise, inverted, iterative_attack_sets, shifted_sets
+from dknn_lab.bench.reports import save_report
+from dknn_lab.datasets import Mnist, load_mnist
+from dknn_lab.natural_sets import COVARIATE_SHIFT, FAR_OOD, SET_KINDS, natural_sets
+from dknn_lab.reference import calibration_split
 
 
 @dataclass(frozen=True)

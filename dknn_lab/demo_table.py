@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 
 from agent.engine.dknn import DkNN
-from agent.research.bench.perturbations import EvalSet, shifted_sets
-from agent.research.bench.quality import score_set
-from agent.research.datasets import load_mnist
-from agent.research.reference import calibration_split
+from dknn_lab.bench.perturbations import EvalSet, shifted_sets
+from dknn_lab.bench.quality import score_set
+from dknn_lab.datasets import load_mnist
+from dknn_lab.reference import calibration_split
 
 
 def print_demo_table(artifacts: Path, data_dir: Path | None, count: int, threshold: float) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from agent.research.attacks import fgsm, pgd
-from agent.research.evalset import EvalSet as EvalSet
+from dknn_lab.attacks import fgsm, pgd
+from dknn_lab.evalset import EvalSet as EvalSet
 
 
 def uniform_noise(n: int, shape: tuple[int, ...], seed: int) -> EvalSet:
@@ -71,7 +71,7 @@ def through_resolution(clean: EvalSet, side: int) -> EvalSet:
     `mnist_frame`: the path scikit-learn's 8×8 digits take into the model, applied to MNIST."""
     from PIL import Image
 
-    from agent.research.natural_sets import crop_to_ink, mnist_frame
+    from dknn_lab.natural_sets import crop_to_ink, mnist_frame
 
     def degrade(image: np.ndarray) -> np.ndarray:
         ink = crop_to_ink(image)

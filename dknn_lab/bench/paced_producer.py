@@ -15,9 +15,9 @@ import time
 
 import numpy as np
 
-from agent.research.demo_traffic import paced
 from connectors.kafka import KafkaSink
 from dknn_events import inference_event
+from dknn_lab.demo_traffic import paced
 
 WARM_UP_PREFIX = "warm-"
 

@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from agent.research.bench.reports import save_report
-from agent.research.bench.score_pools import KINDS, SavedPools, delay_summary, events, load_pools, mixed
 from agent.runtime.drift import DriftMonitor
+from dknn_lab.bench.reports import save_report
+from dknn_lab.bench.score_pools import KINDS, SavedPools, delay_summary, events, load_pools, mixed
 
 FRACTIONS = (0.2, 0.5, 1.0)
 ERTS = (1_000, 10_000)
@@ -264,7 +264,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m agent.research.bench.shift_peer",
+        prog="python -m dknn_lab.bench.shift_peer",
         description="The agent's drift change signal beside alibi-detect's CVMDriftOnline and FETDriftOnline on "
         "the same score streams (run by `make bench-shift-peer`, in .venv-peer).",
     )

@@ -48,14 +48,14 @@ class DemoData:
 
 
 def load_demo_data(artifacts: Path | None, data_dir: Path | None, need_fgsm: bool, pool: int = 2000) -> DemoData:
-    from agent.research.datasets import load_mnist
+    from dknn_lab.datasets import load_mnist
 
     mnist = load_mnist(data_dir)
     rows = np.arange(len(mnist.x_test))
     name, version, fgsm = "mnist-cnn", "demo", None
     if artifacts is not None:
         from agent.engine.bundle import verify_bundle
-        from agent.research.reference import calibration_split
+        from dknn_lab.reference import calibration_split
 
         bundle = verify_bundle(artifacts)
         model = bundle.build_classifier()
@@ -67,7 +67,7 @@ def load_demo_data(artifacts: Path | None, data_dir: Path | None, need_fgsm: boo
     if need_fgsm:
         if artifacts is None:
             raise ConfigError("--mix with fgsm needs --artifacts (the attack targets the bundle's model)")
-        from agent.research.attacks import fgsm as attack
+        from dknn_lab.attacks import fgsm as attack
 
         fgsm = attack(model, clean, labels, epsilon=0.25)
     return DemoData(clean, labels, fgsm, name, version)

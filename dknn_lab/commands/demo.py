@@ -29,7 +29,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from agent.research.demo_table import print_demo_table
+    from dknn_lab.demo_table import print_demo_table
 
     if args.count < 1 or not 0 < args.threshold < 1:
         raise ConfigError("--count must be at least 1 and --threshold between 0 and 1")

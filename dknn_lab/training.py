@@ -11,7 +11,7 @@ from torch import nn
 from tqdm import tqdm
 
 from agent.engine.taps import LayerCapture
-from agent.research.snnl import Distance, SoftNearestNeighborLoss
+from dknn_lab.snnl import Distance, SoftNearestNeighborLoss
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class TrainOptions:
     blur_sigma: float = 0.0
     # Soft nearest-neighbour loss (Frosst et al. 2019): total = CE − snnl_weight × Σ_layers SNNL, so a
     # positive weight entangles the classes in those hidden layers. The temperature is fixed unless
-    # snnl_learn_temperature, which makes it follow argmin_T SNNL batch by batch (agent.research.snnl) — note
+    # snnl_learn_temperature, which makes it follow argmin_T SNNL batch by batch (dknn_lab.snnl) — note
     # that on well-separated classes that minimiser runs to T → 0, where SNNL and its gradient vanish.
     snnl_weight: float = 0.0
     snnl_temperature: float = 100.0

@@ -1,7 +1,7 @@
 """The benchmark's unit of evaluation data, in a leaf module of its own.
 
 It lives here, not in `bench.perturbations` (which re-exports it), so that the natural sets
-(`agent.research.natural_sets`) and the benchmark (`agent.research.bench`) can both use it while
+(`dknn_lab.natural_sets`) and the benchmark (`dknn_lab.bench`) can both use it while
 the benchmark imports the natural sets: importing it from `bench` would make a cycle between the
 two siblings, which the import contracts forbid.
 """

@@ -21,12 +21,12 @@ from typing import Any
 import torch
 
 from agent.errors import ConfigError
-from agent.research.bench.perturbations import blurred, thickened, through_resolution
-from agent.research.bench.reports import save_report
-from agent.research.datasets import load_mnist
-from agent.research.evalset import EvalSet
-from agent.research.natural_sets import font_digits, sklearn_digits
-from agent.research.reference import reference_model
+from dknn_lab.bench.perturbations import blurred, thickened, through_resolution
+from dknn_lab.bench.reports import save_report
+from dknn_lab.datasets import load_mnist
+from dknn_lab.evalset import EvalSet
+from dknn_lab.natural_sets import font_digits, sklearn_digits
+from dknn_lab.reference import reference_model
 
 BLUR_SIGMAS = (0.5, 1.0, 1.5)
 RESOLUTIONS = (16, 12, 8)

@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from agent.errors import DataError
-from agent.research.evalset import EvalSet
+from dknn_lab.evalset import EvalSet
 
 log = logging.getLogger(__name__)
 
@@ -453,11 +453,11 @@ def save_sample_grid(sets: Sequence[EvalSet], out: Path | str, per_set: int = 12
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m agent.research.natural_sets [--samples PNG]`: builds (or loads) every set at its
+    """`python -m dknn_lab.natural_sets [--samples PNG]`: builds (or loads) every set at its
     default size, prints its kind, size, framing statistics and digest, and draws the sample grid."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m agent.research.natural_sets", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m dknn_lab.natural_sets", description=main.__doc__)
     parser.add_argument("--samples", type=Path, help="write the sample grid PNG here")
     parser.add_argument("--cache-dir", type=Path, help="default: $XDG_CACHE_HOME/dknn-agent/natural")
     args = parser.parse_args(argv)

@@ -23,5 +23,5 @@ class TinyMlp(nn.Module):
 
 
 def build_model(in_features: int = 8, hidden: int = 16, num_classes: int = 3) -> TinyMlp:
-    """Factory named in bundle manifests as `agent.research.models.tiny:build_model`."""
+    """Factory named in bundle manifests as `dknn_lab.models.tiny:build_model`."""
     return TinyMlp(in_features=in_features, hidden=hidden, num_classes=num_classes)

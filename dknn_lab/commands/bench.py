@@ -174,14 +174,14 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _sharpness(args: argparse.Namespace) -> int:
-    from agent.research.bench.sharpness import SharpnessOptions, run_sharpness
+    from dknn_lab.bench.sharpness import SharpnessOptions, run_sharpness
 
     run_sharpness(SharpnessOptions(bundles=args.artifacts, count=args.count, data_dir=args.data, out_dir=args.out))
     return 0
 
 
 def _quality(args: argparse.Namespace) -> int:
-    from agent.research.bench.quality import QualityOptions, run_quality
+    from dknn_lab.bench.quality import QualityOptions, run_quality
 
     run_quality(
         QualityOptions(
@@ -199,8 +199,8 @@ def _quality(args: argparse.Namespace) -> int:
 
 
 def _snnl_study(args: argparse.Namespace) -> int:
-    from agent.research.bench.snnl_study import StudyOptions, run_study
-    from agent.research.reference import REFERENCE_TRAINING
+    from dknn_lab.bench.snnl_study import StudyOptions, run_study
+    from dknn_lab.reference import REFERENCE_TRAINING
 
     seeds = parse_seeds(args.seeds)
     given = given_training_options(args)
@@ -227,7 +227,7 @@ def _snnl_study(args: argparse.Namespace) -> int:
 
 
 def _stream(args: argparse.Namespace) -> int:
-    from agent.research.bench.stream import StreamOptions, run_stream
+    from dknn_lab.bench.stream import StreamOptions, run_stream
 
     run_stream(
         StreamOptions(
@@ -244,7 +244,7 @@ def _stream(args: argparse.Namespace) -> int:
 
 
 def _perf(args: argparse.Namespace) -> int:
-    from agent.research.bench.perf import PerfOptions, run_perf
+    from dknn_lab.bench.perf import PerfOptions, run_perf
 
     run_perf(
         PerfOptions(
@@ -261,7 +261,7 @@ def _perf(args: argparse.Namespace) -> int:
 
 
 def _shift(args: argparse.Namespace) -> int:
-    from agent.research.bench.shift import ShiftOptions, run_shift
+    from dknn_lab.bench.shift import ShiftOptions, run_shift
 
     runs = parse_seeds(args.arl_runs)
     if len(runs) != 3 or min(runs) < 1 or args.onsets < 1 or args.prefix < 0:
