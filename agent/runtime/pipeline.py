@@ -47,7 +47,7 @@ from agent.engine.dknn import DkNN, ScoreBatch
 from agent.errors import CommitRejectedError, ConnectorError, DeliveryRefusedError, EventError
 from agent.runtime.drift import DriftMonitor
 from agent.runtime.events import DecodedEvent, Expectations, ServedAnswers, decode_record
-from agent.runtime.routing import QUARANTINED, Message, Outcome, Topics, dead_letter, scored_messages, verdicts
+from agent.runtime.routing import Message, Outcome, Topics, dead_letter, quarantined, scored_messages
 from agent.runtime.served import Comparisons, ServedAnswerCheck
 from agent.runtime.settings import AgentSettings
 from agent.runtime.telemetry import Telemetry
@@ -260,16 +260,15 @@ class Pipeline:
         invalid, valid = started.invalid, started.valid
         topic = self.topics.dead_letter
         messages = [dead_letter(record, error.reason, str(error), topic) for record, error in invalid]
-        scores, quarantined = None, np.zeros(0, dtype=bool)
+        scores, held = None, np.zeros(0, dtype=bool)
         comparisons = Comparisons()
         for answers in started.answers:
             self.served.served(answers, comparisons)
         if started.scores is not None:
             scores = started.scores.result()
-            verdict = verdicts(scores.credibility, self.options.threshold)
-            quarantined = verdict == QUARANTINED
+            held = quarantined(scores.credibility, self.options.threshold)
             # Once per batch, like everything in this step: the signals go into the score records.
-            signals = self.drift.update(scores.label_free_score, quarantined)
+            signals = self.drift.update(scores.label_free_score, held)
             self._compare_served(valid, scores, comparisons)
             with self.telemetry.stage("encode"):
                 for row, (record, event) in enumerate(valid):
@@ -278,7 +277,7 @@ class Pipeline:
                         event=event,
                         scores=scores,
                         row=row,
-                        verdict=str(verdict[row]),
+                        quarantined=bool(held[row]),
                         drift_change=bool(signals.change[row]),
                         drift_shifted=bool(signals.shifted[row]),
                     )
@@ -287,7 +286,7 @@ class Pipeline:
                             outcome, self.topics, manifest, self.options.threshold, self.options.max_output_bytes
                         )
                     )
-        return PreparedBatch(invalid, valid, started.skipped, scores, quarantined, comparisons, messages)
+        return PreparedBatch(invalid, valid, started.skipped, scores, held, comparisons, messages)
 
     def _compare_served(
         self, valid: list[tuple[Record, DecodedEvent]], scores: ScoreBatch, comparisons: Comparisons

@@ -19,6 +19,7 @@ the position its headers cite.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,8 +32,15 @@ from connectors.base import Headers, Record
 if TYPE_CHECKING:  # the scorer pulls in torch; reading settings must not
     from agent.engine.dknn import ScoreBatch
 
-ACCEPTED, QUARANTINED = "accepted", "quarantined"
-VERDICTS = (ACCEPTED, QUARANTINED)
+
+class Verdict(StrEnum):
+    """What became of a scored event, as text on the wire: the `verdict` of score and quarantine
+    records and the `verdict` label of `dknn_events_scored_total`."""
+
+    ACCEPTED = "accepted"
+    QUARANTINED = "quarantined"
+
+
 # Conformal validity: on clean traffic about this share of events is quarantined (docs/design.md §2).
 DEFAULT_THRESHOLD = 0.1
 NEIGHBOURS_SHOWN = 5
@@ -68,14 +76,19 @@ class Outcome:
     event: DecodedEvent
     scores: ScoreBatch
     row: int
-    verdict: str
+    quarantined: bool
     drift_change: bool = False  # a change alarm fired at this event
     drift_shifted: bool = False  # the traffic was in the shifted state after this event
 
+    @property
+    def verdict(self) -> Verdict:
+        return Verdict.QUARANTINED if self.quarantined else Verdict.ACCEPTED
 
-def verdicts(credibility: np.ndarray, threshold: float) -> np.ndarray:
-    """Quarantine strictly below the threshold: validity bounds the clean share at about `threshold`."""
-    return np.where(credibility < threshold, QUARANTINED, ACCEPTED)
+
+def quarantined(credibility: np.ndarray, threshold: float) -> np.ndarray:
+    """Which events to quarantine (bool per event): strictly below the threshold, so validity
+    bounds the clean share at about `threshold`."""
+    return np.asarray(credibility < threshold, dtype=bool)
 
 
 def _source_headers(record: Record) -> list[tuple[str, bytes]]:
@@ -179,7 +192,7 @@ def scored_messages(
             record, UNDELIVERABLE, f"the score record was refused by {topics.scores}", topics.dead_letter
         )
         out.append(Message("scores", topics.scores, score_record(outcome), key, headers, fallback=refused))
-    if outcome.verdict == QUARANTINED:
+    if outcome.quarantined:
         refused = dead_letter(
             record, UNDELIVERABLE, f"the quarantine record was refused by {topics.quarantine}", topics.dead_letter
         )

@@ -26,7 +26,7 @@ from agent import __version__
 from agent.engine.manifest import Manifest
 from agent.errors import EVENT_ERROR_REASONS
 from agent.runtime.drift import DriftMonitor
-from agent.runtime.routing import OUTPUTS, UNDELIVERABLE, VERDICTS
+from agent.runtime.routing import OUTPUTS, UNDELIVERABLE, Verdict
 from agent.runtime.served import Comparisons
 
 NAMESPACE = "dknn"
@@ -216,7 +216,7 @@ class Telemetry:
         self.bundle_info = Info("bundle", "The artifact bundle being served.", namespace=ns, registry=reg)
         self.build_info = Info("build", "dknn-agent build.", namespace=ns, registry=reg)
         self.build_info.info({"version": __version__, "python": platform.python_version()})
-        for verdict in VERDICTS:  # pre-create: a rate() over a series that appears late misses its start
+        for verdict in Verdict:  # pre-create: a rate() over a series that appears late misses its start
             self.events_scored.labels(verdict=verdict)
         for reason in DEAD_LETTER_REASONS:
             self.events_dead_lettered.labels(reason=reason)
@@ -249,8 +249,8 @@ class Telemetry:
         """One micro-batch of scored events; all arrays have one entry per event."""
         quarantined = np.asarray(quarantined, dtype=bool)
         n_quarantined = int(quarantined.sum())
-        self.events_scored.labels(verdict="quarantined").inc(n_quarantined)
-        self.events_scored.labels(verdict="accepted").inc(len(quarantined) - n_quarantined)
+        self.events_scored.labels(verdict=Verdict.QUARANTINED).inc(n_quarantined)
+        self.events_scored.labels(verdict=Verdict.ACCEPTED).inc(len(quarantined) - n_quarantined)
         for value in np.asarray(credibility, dtype=float):
             self.credibility.observe(value)
         for value in np.asarray(confidence, dtype=float):

@@ -33,7 +33,7 @@ from agent.engine.dknn import DkNN
 from agent.engine.taps import Activations
 from agent.errors import ConfigError
 from agent.runtime.events import Expectations, decode_record, encode_event
-from agent.runtime.routing import Outcome, Topics, scored_messages, verdicts
+from agent.runtime.routing import Outcome, Topics, quarantined, scored_messages
 from connectors.base import Record
 from dknn_lab.bench.memory import measure_two_agents
 from dknn_lab.bench.perturbations import EvalSet, shifted_sets
@@ -121,10 +121,10 @@ def stage_rates(scorer: DkNN, clean: np.ndarray, batch_size: int) -> dict[str, f
     def encode() -> None:
         row = 0
         for batch in scores:
-            verdict = verdicts(batch.credibility, 0.1)
+            held = quarantined(batch.credibility, 0.1)
             for i in range(len(batch)):
                 record = Record("in", 0, row, None, events[row])
-                outcome = Outcome(record, decoded[row], batch, i, str(verdict[i]))
+                outcome = Outcome(record, decoded[row], batch, i, bool(held[i]))
                 scored_messages(outcome, topics, manifest, 0.1, 1 << 20)
                 row += 1
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.engine.manifest import IndexSpec, InputSpec, LayerSpec, Manifest, ModelSpec, SplitSpec
-from agent.runtime.routing import OUTPUTS, VERDICTS
+from agent.runtime.routing import OUTPUTS, Verdict
 from agent.runtime.telemetry import DEAD_LETTER_REASONS, SKIP_REASONS, STAGES, WINDOWS, Telemetry
 
 
@@ -55,7 +55,7 @@ CONTRACT = (
 # counters carry `reason` with different sets: its values here are both, METRIC_LABEL_VALUES says
 # which are whose.
 LABEL_VALUES = {
-    "verdict": set(VERDICTS),
+    "verdict": {verdict.value for verdict in Verdict},
     "reason": set(DEAD_LETTER_REASONS) | set(SKIP_REASONS),
     "stage": set(STAGES),
     "output": set(OUTPUTS),

@@ -15,7 +15,7 @@ from agent.engine.dknn import DkNN
 from agent.errors import EVENT_ERROR_REASONS, CommitRejectedError, ConnectorError
 from agent.runtime.events import encode_event
 from agent.runtime.pipeline import Pipeline
-from agent.runtime.routing import VERDICTS
+from agent.runtime.routing import Verdict
 from connectors.memory import MemorySink, MemorySource
 from tests.conftest import TinyProblem, pipeline_for
 
@@ -61,6 +61,8 @@ def test_every_offset_is_accounted_for(tiny_bundle: Path, tiny_problem: TinyProb
     assert {s["source"]["offset"] for s in scores} == set(range(len(values))) - bad
     quarantined = {s["event_id"] for s in scores if s["verdict"] == "quarantined"}
     assert all(s["credibility"] < 0.1 for s in scores if s["event_id"] in quarantined)
+    wire = {value.split(b'"verdict":', 1)[1].split(b",", 1)[0] for value, _, _ in sink.topics["scores"]}
+    assert wire == {b'"accepted"', b'"quarantined"'}  # the verdict's text, byte for byte
     held = [json.loads(value) for value, _, _ in sink.topics["q"]]
     assert {q["event"]["event_id"] for q in held} == quarantined
     assert all(len(q["dknn"]["neighbors"]["relu1"]["ids"]) == 5 and q["dknn"]["reason"] for q in held)
@@ -85,7 +87,7 @@ def test_a_retried_flush_counts_and_detects_each_event_once(tiny_bundle: Path, t
     drain(pipeline, source)
 
     registry = pipeline.telemetry.registry
-    scored = sum(registry.get_sample_value("dknn_events_scored_total", {"verdict": v}) for v in VERDICTS)
+    scored = sum(registry.get_sample_value("dknn_events_scored_total", {"verdict": v}) for v in Verdict)
     dead = sum(registry.get_sample_value("dknn_events_dead_lettered_total", {"reason": r}) for r in EVENT_ERROR_REASONS)
     assert scored == 10 and dead == 2
     assert registry.get_sample_value("dknn_credibility_count") == 10
