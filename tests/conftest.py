@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from agent.engine.dknn import DkNN
+from agent.engine.drift import DriftMonitor
 from agent.engine.fit import Dataset, FitOptions, fit_bundle
 from agent.engine.manifest import PROGRAM_FILE, InputSpec, ModelSpec
 from agent.engine.program import export_program
-from agent.runtime.drift import DriftMonitor
 from agent.runtime.events import DEFAULT_MAX_EVENT_BYTES, DecodedEvent, Expectations, decode_record
 from agent.runtime.pipeline import Pipeline, PipelineOptions
 from agent.runtime.routing import Topics

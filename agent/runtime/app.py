@@ -16,8 +16,8 @@ from contextlib import ExitStack
 
 from agent.engine.bundle import BundleTrust
 from agent.engine.dknn import DkNN
+from agent.engine.drift import DriftMonitor
 from agent.engine.taps import native_bfloat16
-from agent.runtime.drift import DriftMonitor
 from agent.runtime.http_server import EndpointSecurity, MetricsServer
 from agent.runtime.pipeline import Pipeline, PipelineOptions, PipelineStats
 from agent.runtime.routing import Topics

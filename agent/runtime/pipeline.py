@@ -44,8 +44,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from agent.engine.dknn import DkNN, ScoreBatch
+from agent.engine.drift import DriftMonitor
 from agent.errors import CommitRejectedError, ConnectorError, DeliveryRefusedError, EventError
-from agent.runtime.drift import DriftMonitor
 from agent.runtime.events import DecodedEvent, Expectations, ServedAnswers, decode_record
 from agent.runtime.routing import Message, Outcome, Topics, dead_letter, quarantined, scored_messages
 from agent.runtime.served import Comparisons, ServedAnswerCheck
@@ -168,6 +168,7 @@ class Pipeline:
             max_rows=self.options.max_inputs_per_event,
         )
         self.served = ServedAnswerCheck()
+        telemetry.watch_drift(drift)
         source.on_revoke(self._forget_partitions)
 
     def _forget_partitions(self, partitions: set[tuple[str, int]]) -> None:
@@ -358,8 +359,8 @@ class Pipeline:
         self.telemetry.scored(
             scores.credibility, scores.confidence, scores.prediction, scores.model_prediction, batch.quarantined
         )
-        self.telemetry.set_drift(self.drift)
-        self.stats.shifted, self.stats.change_alarms = self.drift.state.shifted, self.drift.change.alarms
+        drift = self.drift.status
+        self.stats.shifted, self.stats.change_alarms = drift.shifted, drift.alarms
         self.stats.scored += len(batch.valid)
         self.stats.quarantined += int(batch.quarantined.sum())
         self.stats.credibility_sum += float(scores.credibility.sum())

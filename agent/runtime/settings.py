@@ -36,9 +36,9 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from agent.engine.drift import DEFAULT_ARL_EVENTS, DEFAULT_WINDOW
 from agent.engine.model_factory import DEFAULT_FACTORY_MODULES
 from agent.errors import ConfigError
-from agent.runtime.drift import DEFAULT_ARL_EVENTS, DEFAULT_WINDOW
 from agent.runtime.events import DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_ROWS
 from agent.runtime.routing import DEFAULT_THRESHOLD
 from connectors.kafka_security import KafkaSecurity

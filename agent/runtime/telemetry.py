@@ -15,17 +15,19 @@ from __future__ import annotations
 import platform
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 
 import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
 
 from agent import __version__
+from agent.engine.drift import DriftMonitor, DriftStatus
 from agent.engine.manifest import Manifest
 from agent.errors import EVENT_ERROR_REASONS
-from agent.runtime.drift import DriftMonitor
 from agent.runtime.routing import OUTPUTS, UNDELIVERABLE, Verdict
 from agent.runtime.served import Comparisons
 
@@ -61,6 +63,70 @@ class _LowCredibilityWindow:
             return 0.0
         idx = (self._pos - 1 - np.arange(n)) % len(self._ring)
         return float(self._ring[idx].mean())
+
+
+class _DriftCollector(Collector):
+    """The drift detector's signals, read from the detector when Prometheus scrapes.
+
+    Why a collector, not gauges the pipeline sets: the detector already holds the numbers, and a
+    copy kept by hand is one more place for them to disagree (a counter that must follow the alarm
+    count by differences, a gauge forgotten on a new path). Scrapes run on the HTTP server's
+    threads while the pipeline feeds the detector, so they read its `status`: an immutable snapshot
+    the detector replaces whole after each batch, consistent across all six series without a lock.
+    Before a detector is watched the families are exported without samples (no value is honest:
+    there is no threshold or state yet).
+    """
+
+    _CHANGES = (
+        "Distribution-change alarms: the conformal Shiryaev-Roberts statistic reached its "
+        "threshold (it restarts after each)."
+    )
+    _GAUGES = (
+        ("drift_change_statistic_log10", "log10 of the change statistic R."),
+        (
+            "drift_change_threshold_log10",
+            "log10 of the change threshold: the mean number of events between false alarms is at least 10^this.",
+        ),
+        (
+            "drift_shifted",
+            "1 while the windowed low-credibility share is above its calibrated bound (the shifted state), else 0.",
+        ),
+        ("drift_window_low_credibility_ratio", "Share of the drift window's events below the quarantine threshold."),
+        (
+            "drift_window_low_credibility_bound",
+            "The share at which the shifted state turns on; unshifted traffic stays below it.",
+        ),
+    )
+
+    def __init__(self) -> None:
+        self._watched: tuple[DriftMonitor, float] | None = None  # with when its counter started
+
+    def watch(self, monitor: DriftMonitor) -> None:
+        self._watched = (monitor, time.time())
+
+    def describe(self) -> Iterable[Metric]:
+        """The families without samples: lets the registry refuse a second metric of the same name."""
+        return self._families(None, 0.0)
+
+    def collect(self) -> Iterable[Metric]:
+        watched = self._watched  # one read: a `watch` between two reads cannot mix two detectors
+        return self._families(watched[0].status, watched[1]) if watched else self._families(None, 0.0)
+
+    def _families(self, status: DriftStatus | None, created: float) -> list[Metric]:
+        changes = CounterMetricFamily(f"{NAMESPACE}_drift_change", self._CHANGES)
+        gauges = [GaugeMetricFamily(f"{NAMESPACE}_{name}", text) for name, text in self._GAUGES]
+        if status is not None:
+            changes.add_metric([], status.alarms, created=created)
+            values = (
+                status.log10_statistic,
+                status.log10_threshold,
+                1.0 if status.shifted else 0.0,
+                status.window_ratio,
+                status.window_bound,
+            )
+            for family, value in zip(gauges, values, strict=True):
+                family.add_metric([], value)
+        return [changes, *gauges]
 
 
 class Telemetry:
@@ -127,40 +193,8 @@ class Telemetry:
             namespace=ns,
             registry=reg,
         )
-        self.drift_changes = Counter(
-            "drift_change",
-            "Distribution-change alarms: the conformal Shiryaev-Roberts statistic reached its "
-            "threshold (it restarts after each).",
-            namespace=ns,
-            registry=reg,
-        )
-        self.drift_statistic = Gauge(
-            "drift_change_statistic_log10", "log10 of the change statistic R.", namespace=ns, registry=reg
-        )
-        self.drift_threshold = Gauge(
-            "drift_change_threshold_log10",
-            "log10 of the change threshold: the mean number of events between false alarms is at least 10^this.",
-            namespace=ns,
-            registry=reg,
-        )
-        self.drift_shifted = Gauge(
-            "drift_shifted",
-            "1 while the windowed low-credibility share is above its calibrated bound (the shifted state), else 0.",
-            namespace=ns,
-            registry=reg,
-        )
-        self.drift_window_ratio = Gauge(
-            "drift_window_low_credibility_ratio",
-            "Share of the drift window's events below the quarantine threshold.",
-            namespace=ns,
-            registry=reg,
-        )
-        self.drift_window_bound = Gauge(
-            "drift_window_low_credibility_bound",
-            "The share at which the shifted state turns on; unshifted traffic stays below it.",
-            namespace=ns,
-            registry=reg,
-        )
+        self._drift = _DriftCollector()
+        reg.register(self._drift)
         self.ready_gauge = Gauge(
             "ready", "1 once the bundle is loaded and partitions are assigned (as /readyz).", namespace=ns, registry=reg
         )
@@ -231,7 +265,6 @@ class Telemetry:
             self.low_credibility_ratio.labels(window=str(window)).set(0.0)
         self._num_classes: int | None = None
         self._ready = threading.Event()
-        self._drift_alarms_counted = 0
 
     # -- hooks the pipeline calls ------------------------------------------------------------
 
@@ -308,15 +341,9 @@ class Telemetry:
         with suppress(KeyError):
             self.consumer_lag.remove(topic, str(partition))
 
-    def set_drift(self, monitor: DriftMonitor) -> None:
-        """Mirrors the drift monitor's state; the change counter follows its alarm count."""
-        self.drift_changes.inc(monitor.change.alarms - self._drift_alarms_counted)
-        self._drift_alarms_counted = monitor.change.alarms
-        self.drift_statistic.set(monitor.change.log10_statistic)
-        self.drift_threshold.set(monitor.change.log10_threshold)
-        self.drift_shifted.set(1.0 if monitor.state.shifted else 0.0)
-        self.drift_window_ratio.set(monitor.state.ratio)
-        self.drift_window_bound.set(monitor.state.bound)
+    def watch_drift(self, monitor: DriftMonitor) -> None:
+        """Exports `monitor`'s signals (`dknn_drift_*`) from now on, read at each scrape."""
+        self._drift.watch(monitor)
 
     def set_bundle(self, manifest: Manifest) -> None:
         self._num_classes = manifest.model.num_classes

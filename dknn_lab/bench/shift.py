@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from agent.engine.dknn import DkNN
+from agent.engine.drift import DEFAULT_ARL_EVENTS, DriftMonitor
 from agent.errors import ConfigError
-from agent.runtime.drift import DEFAULT_ARL_EVENTS, DriftMonitor
 from agent.runtime.routing import DEFAULT_THRESHOLD
 from dknn_lab.bench.perturbations import EvalSet, gaussian_noise, inverted, shifted_sets
 from dknn_lab.bench.quality import score_set

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.runtime.drift import DriftMonitor
+from agent.engine.drift import DriftMonitor
 from dknn_lab.bench.reports import save_report
 from dknn_lab.bench.score_pools import KINDS, SavedPools, delay_summary, events, load_pools, mixed
 

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from agent.engine.dknn import DkNN
+from agent.engine.drift import DriftMonitor
 from agent.errors import ConnectorError
-from agent.runtime.drift import DriftMonitor
 from agent.runtime.events import encode_event
 from agent.runtime.pipeline import Pipeline, PipelineOptions
 from agent.runtime.routing import Topics

@@ -7,8 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from agent.errors import ConfigError, InputError
-from agent.runtime.drift import (
+from agent.engine.drift import (
     DriftMonitor,
     LowCredibilityState,
     OnlineConformalPValues,
@@ -18,6 +17,7 @@ from agent.runtime.drift import (
     log_bet,
     rate_upper_bound,
 )
+from agent.errors import ConfigError, InputError
 
 N_CAL = 750
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -11,8 +12,8 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.engine.drift import DriftMonitor
 from agent.engine.manifest import IndexSpec, InputSpec, LayerSpec, Manifest, ModelSpec, SplitSpec
-from agent.runtime.drift import DriftMonitor
 from agent.runtime.http_server import MetricsServer
 from agent.runtime.telemetry import STAGES, WINDOWS, Telemetry
 
@@ -105,8 +106,8 @@ def test_counters_histograms_and_gauges_over_http(served: tuple[Telemetry, Metri
         time.sleep(0.002)
     telemetry.set_lag("inference-events", 3, 42)
     monitor = DriftMonitor(np.arange(200), np.arange(200), threshold=0.1, arl_events=100.0, window=10)
+    telemetry.watch_drift(monitor)
     monitor.update(np.full(40, 300), np.ones(40, dtype=bool))  # strange and low-credibility: both signals
-    telemetry.set_drift(monitor)
 
     s = scrape(server)
     assert value(s, "dknn_events_consumed_total") == 7
@@ -148,8 +149,7 @@ def test_counters_histograms_and_gauges_over_http(served: tuple[Telemetry, Metri
     telemetry.clear_lag("inference-events", 3)
     telemetry.clear_lag("inference-events", 99)  # unknown: harmless
     alarms = monitor.change.alarms
-    monitor.update(np.full(40, 300), np.ones(40, dtype=bool))
-    telemetry.set_drift(monitor)  # the counter follows the monitor's alarms, never double-counts
+    monitor.update(np.full(40, 300), np.ones(40, dtype=bool))  # read at the scrape: nothing to mirror
     s = scrape(server)
     assert not any(name == "dknn_consumer_lag_messages" for name, _ in s)
     assert value(s, "dknn_drift_change_total") == monitor.change.alarms > alarms
@@ -214,3 +214,89 @@ def test_many_registries_coexist() -> None:
     first.consumed(3)
     assert b"dknn_events_consumed_total 3.0" in first.exposition()[0]
     assert b"dknn_events_consumed_total 0.0" in second.exposition()[0]
+
+
+DRIFT_SERIES = (
+    "dknn_drift_change_total",
+    "dknn_drift_change_statistic_log10",
+    "dknn_drift_change_threshold_log10",
+    "dknn_drift_shifted",
+    "dknn_drift_window_low_credibility_ratio",
+    "dknn_drift_window_low_credibility_bound",
+)
+
+
+def drift_values(telemetry: Telemetry) -> tuple[float | None, ...]:
+    """The drift series of one scrape (one pass over the registry, as the HTTP endpoint makes)."""
+    samples = {sample.name: sample.value for family in telemetry.registry.collect() for sample in family.samples}
+    return tuple(samples.get(name) for name in DRIFT_SERIES)
+
+
+def test_drift_series_follow_the_detector_at_each_scrape() -> None:
+    telemetry = Telemetry()
+    text = telemetry.exposition()[0].decode()
+    assert all(f"# TYPE {name} " in text for name in DRIFT_SERIES)  # declared before any detector...
+    assert drift_values(telemetry) == (None,) * len(DRIFT_SERIES)  # ...with no value to report yet
+    monitor = DriftMonitor(np.arange(200), np.arange(200), threshold=0.1, arl_events=1000.0, window=10)
+    telemetry.watch_drift(monitor)
+    assert drift_values(telemetry) == (0.0, -10.0, 3.0, 0.0, 0.0, monitor.state.bound)
+    assert telemetry.registry.get_sample_value("dknn_drift_change_created") == pytest.approx(time.time(), abs=60)
+
+    monitor.update(np.full(60, 300), np.ones(60, dtype=bool))
+    alarms = monitor.change.alarms
+    assert alarms >= 1
+    expected = (alarms, monitor.change.log10_statistic, 3.0, 1.0, 1.0, monitor.state.bound)
+    assert drift_values(telemetry) == pytest.approx(expected)
+    monitor.update(np.arange(100) % 200, np.zeros(100, dtype=bool))  # calibration-like again: the state clears
+    assert drift_values(telemetry)[3:5] == (0.0, 0.0)
+    assert drift_values(telemetry)[0] == monitor.change.alarms >= alarms  # a counter: never goes back
+
+
+def test_drift_scrapes_from_another_thread_see_one_batch_at_a_time() -> None:
+    """The HTTP server scrapes while the pipeline feeds the detector: every scrape shows the six
+    values of one published status, never a mix of two batches."""
+    published: list[tuple[float, ...]] = []
+
+    class Recorded(DriftMonitor):
+        def _snapshot(self):  # type: ignore[no-untyped-def]
+            status = super()._snapshot()
+            published.append(
+                (
+                    status.alarms,
+                    status.log10_statistic,
+                    status.log10_threshold,
+                    float(status.shifted),
+                    status.window_ratio,
+                    status.window_bound,
+                )
+            )
+            return status
+
+    telemetry = Telemetry()
+    monitor = Recorded(np.arange(200), np.arange(200), threshold=0.1, arl_events=50.0, window=10)
+    telemetry.watch_drift(monitor)
+    rng = np.random.default_rng(0)
+    done = threading.Event()
+    scraped: list[tuple[float | None, ...]] = []
+
+    def scrape_until_done() -> None:
+        while not done.is_set():
+            scraped.append(drift_values(telemetry))
+
+    scraper = threading.Thread(target=scrape_until_done)
+    scraper.start()
+    try:
+        for _ in range(20_000):  # until enough scrapes overlapped the updates
+            strange = rng.random() < 0.5
+            scores = np.full(7, 300) if strange else rng.integers(0, 200, 7)
+            monitor.update(scores, np.full(7, strange))
+            if len(scraped) >= 100:
+                break
+    finally:
+        done.set()
+        scraper.join()
+    assert len(scraped) >= 100
+    known = set(published)
+    assert all(values in known for values in scraped)
+    counts = [values[0] for values in scraped]
+    assert counts == sorted(counts)  # the change counter never goes back

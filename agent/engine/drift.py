@@ -253,8 +253,25 @@ class DriftSignals:
     shifted: np.ndarray  # (n,) bool: the state after this event
 
 
+@dataclass(frozen=True)
+class DriftStatus:
+    """Both signals as they stood after the last batch fed: what a reader on another thread may see.
+
+    Immutable and replaced whole by each `DriftMonitor.update` (one reference assignment), so a
+    reader (the metrics scrape) never sees one batch's statistic beside another batch's state.
+    """
+
+    alarms: int  # change alarms so far
+    log10_statistic: float  # log10 R, floored at −10 (`ShiryaevRoberts.log10_statistic`)
+    log10_threshold: float  # log10 of the mean run length between false alarms
+    shifted: bool  # the state signal
+    window_ratio: float  # the window's low-credibility share
+    window_bound: float  # the share at which the state turns on
+
+
 class DriftMonitor:
-    """Both signals over one agent's stream; not thread-safe (the pipeline thread owns it)."""
+    """Both signals over one agent's stream. Only the thread that owns it (the pipeline's) calls
+    `update`; any thread may read `status`, the snapshot each update publishes."""
 
     def __init__(
         self,
@@ -270,8 +287,21 @@ class DriftMonitor:
         rate = expected_low_credibility_rate(calibration_alpha, calibration_label_free, threshold)
         self.state = LowCredibilityState(min(rate_upper_bound(rate, len(calibration_label_free)), 0.99), window)
         self.events_seen = 0
+        self.status = self._snapshot()
 
     def update(self, label_free_scores: np.ndarray, low_credibility: np.ndarray) -> DriftSignals:
         p = self.p_values(label_free_scores)
         self.events_seen += len(p)
-        return DriftSignals(change=self.change.update(p), shifted=self.state.update(low_credibility))
+        signals = DriftSignals(change=self.change.update(p), shifted=self.state.update(low_credibility))
+        self.status = self._snapshot()
+        return signals
+
+    def _snapshot(self) -> DriftStatus:
+        return DriftStatus(
+            alarms=self.change.alarms,
+            log10_statistic=self.change.log10_statistic,
+            log10_threshold=self.change.log10_threshold,
+            shifted=self.state.shifted,
+            window_ratio=self.state.ratio,
+            window_bound=self.state.bound,
+        )
