@@ -16,8 +16,8 @@ from agent.errors import EVENT_ERROR_REASONS, CommitRejectedError, ConnectorErro
 from agent.runtime.events import encode_event
 from agent.runtime.pipeline import Pipeline
 from agent.runtime.routing import Verdict
-from connectors.memory import MemorySink, MemorySource
 from tests.conftest import TinyProblem, pipeline_for
+from tests.support.memory_connectors import MemorySink, MemorySource
 
 
 def build(bundle: Path, values: list[bytes], **options) -> tuple[Pipeline, MemorySource, MemorySink]:

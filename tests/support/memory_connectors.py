@@ -1,4 +1,8 @@
-"""In-memory Source and Sink: for unit tests and examples, never for production traffic."""
+"""In-memory Source and Sink for the pipeline's unit tests: a fixed list of records in, the
+confirmed messages kept per topic, and the sink faults the delivery rule must survive on demand.
+
+Here, not in `connectors`, because a fake has no place in the wheel: nothing in production may
+open one, and the registry knows only the real connectors."""
 
 from __future__ import annotations
 
