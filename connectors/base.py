@@ -11,6 +11,12 @@ rule of docs/design.md §5 checkable in one place:
 - when a partition is revoked (rebalance, close) the source tells the pipeline through the
   `on_revoke` hooks so it can drop in-flight state for it: another consumer now owns it and will
   replay everything after the last commit.
+
+Partitions change hands in two halves. Whoever wants to hear about it registers with `on_assign` /
+`on_revoke`; the source itself (or the glue its client calls back, on whatever thread the client
+runs its group protocol) announces each change with `announce_assigned` / `announce_revoked`, and
+only those two touch the hooks. A hook that raises is logged and skipped: the others still run and
+the group protocol goes on, since a broken listener must not wedge the consumer.
 """
 
 from __future__ import annotations
@@ -81,7 +87,16 @@ class Source(ABC):
         """Register a hook called with the partitions taken away (rebalance, eviction, close)."""
         self._revoke_hooks.append(hook)
 
-    def _fire(self, hooks: list[RebalanceHook], partitions: set[TopicPartition]) -> None:
+    def announce_assigned(self, partitions: set[TopicPartition]) -> None:
+        """Calls every `on_assign` hook with `partitions`, just given to this source."""
+        self._call(self._assign_hooks, partitions)
+
+    def announce_revoked(self, partitions: set[TopicPartition]) -> None:
+        """Calls every `on_revoke` hook with `partitions`, just taken away (rebalance, eviction, close)."""
+        self._call(self._revoke_hooks, partitions)
+
+    @staticmethod
+    def _call(hooks: list[RebalanceHook], partitions: set[TopicPartition]) -> None:
         for hook in hooks:
             try:
                 hook(set(partitions))

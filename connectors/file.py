@@ -153,7 +153,7 @@ class FileSource(Source):
             }
             self._resume(fh, self._read_sidecar(), info.st_size)
             self._fh = fh
-            self._fire(self._assign_hooks, {self.position})
+            self.announce_assigned({self.position})
         return self._fh
 
     def _resume(self, fh: IO[bytes], state: dict[str, Any], size: int) -> None:
@@ -256,7 +256,7 @@ class FileSource(Source):
 
     def close(self) -> None:
         if self._fh is not None:
-            self._fire(self._revoke_hooks, {self.position})
+            self.announce_revoked({self.position})
             self._fh.close()
             self._fh = None
 

@@ -57,21 +57,21 @@ _REBALANCED = (
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python ships no types
-    """Bridges kafka-python's listener to the Source hooks, translating partition types."""
+    """Bridges kafka-python's listener to the source's announcements, translating partition types."""
 
-    def __init__(self, source: KafkaSource) -> None:
+    def __init__(self, source: Source) -> None:
         self._source = source
 
     def on_partitions_revoked(self, revoked: Iterable[KafkaTopicPartition]) -> None:
         parts = {(tp.topic, tp.partition) for tp in revoked}
         if parts:
             log.info("partitions revoked: %s", sorted(parts))
-            self._source._fire(self._source._revoke_hooks, parts)
+            self._source.announce_revoked(parts)
 
     def on_partitions_assigned(self, assigned: Iterable[KafkaTopicPartition]) -> None:
         parts = {(tp.topic, tp.partition) for tp in assigned}
         log.info("partitions assigned: %s", sorted(parts))
-        self._source._fire(self._source._assign_hooks, parts)
+        self._source.announce_assigned(parts)
 
 
 class KafkaSource(Source):
