@@ -1,7 +1,8 @@
 """`dknn-agent`: run the monitoring agent; train, fit, score, inspect and benchmark bundles.
 
-This package only parses arguments and calls the engine, runtime and research layers; nothing
-imports it. Every deliberate failure prints one line and exits with a code that says what kind of
+One module per command, each a typed options model (`agent.cli.flags.Command`) whose fields are its
+flags; this module assembles them, with the lab's commands where the lab is installed (an entry
+point: the product never imports the lab). Every deliberate failure prints one line and exits with a code that says what kind of
 failure it was (`EXIT_CODES`), so a supervisor (Kubernetes, systemd, a CI job) can tell a typo
 from a bad bundle from a broker it cannot reach from a bug.
 """
@@ -16,7 +17,8 @@ import textwrap
 from collections.abc import Sequence
 
 from agent import __version__
-from agent.cli.logs import add_logging_options, configure_logging
+from agent.cli.flags import Command, Registrable, add_commands, options_from
+from agent.cli.logs import configure_logging
 from agent.errors import ConnectorError, DknnError
 
 EXIT_CRASH = 1  # a bug: the traceback is printed
@@ -37,10 +39,10 @@ exit codes:
 EPILOG = """\
 examples:
   dknn-agent run --artifacts artifacts/mnist-cnn --bootstrap-servers localhost:9092
-  dknn-agent train-reference mnist --out artifacts/mnist-cnn
-  dknn-agent info artifacts/mnist-cnn
-  dknn-agent score --artifacts artifacts/mnist-cnn --input x.npy --output scores.jsonl
-  dknn-agent bench quality --artifacts artifacts/mnist-cnn --out docs/results
+  dknn-agent layers model.pt2
+  dknn-agent fit --model model.pt2 --train train.npz --calibration calibration.npz --out bundle/
+  dknn-agent info bundle/
+  dknn-agent score --artifacts bundle/ --input x.npy --output scores.jsonl
 """
 
 
@@ -82,9 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if missing is not None:
             print(f"dknn-agent: {missing} {LAB_HINT}", file=sys.stderr)
             return EXIT_USAGE
-        args = parser.parse_args(arguments)
-        configure_logging(args)
-        return int(args.handler(args) or 0)
+        options = parse_command(arguments, parser)
+        configure_logging(options.log_format, options.log_level)
+        return int(options.run() or 0)
     except DknnError as exc:
         print(f"dknn-agent: error: {exc}", file=sys.stderr)
         return EXIT_BROKER if isinstance(exc, ConnectorError) else EXIT_CONFIG
@@ -99,9 +101,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if stopping_agent else 128 + signal.SIGTERM
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from agent.cli import bundle_commands, evaluate_commands, stream_commands
+def parse_command(arguments: Sequence[str], parser: argparse.ArgumentParser | None = None) -> Command:
+    """The typed options of the command `arguments` name: SystemExit(2) where argparse cannot read
+    them, ConfigError where the options model refuses them."""
+    namespace = (parser or build_parser()).parse_args(arguments)
+    return options_from(namespace, namespace.command_class)
 
+
+def product_commands() -> list[type[Command]]:
+    from agent.cli.evaluate import EvaluateCommand
+    from agent.cli.fit import FitCommand
+    from agent.cli.info import InfoCommand
+    from agent.cli.layers import LayersCommand
+    from agent.cli.run import RunCommand
+    from agent.cli.score import ScoreCommand
+
+    return [RunCommand, LayersCommand, FitCommand, ScoreCommand, InfoCommand, EvaluateCommand]
+
+
+def plugin_commands() -> list[Registrable]:
+    """Commands other distributions add through the `dknn_agent.commands` entry point: the lab's
+    benchmarks and reference training. The product never imports them by name."""
+    from importlib.metadata import entry_points
+
+    return [command for entry in entry_points(group="dknn_agent.commands") for command in entry.load()]
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dknn-agent",
         description="Deep k-Nearest-Neighbours credibility for a deployed classifier: fit per-layer "
@@ -112,28 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    stream_commands.register(commands)
-    bundle_commands.register(commands)
-    evaluate_commands.register(commands)
-    _register_plugins(commands)
-    for command in _commands(parser):
-        add_logging_options(command)
-        command.formatter_class = ParagraphFormatter
-        command.epilog = (command.epilog + "\n\n" if command.epilog else "") + EXIT_CODES
+    add_commands(commands, [*product_commands(), *plugin_commands()], ParagraphFormatter, EXIT_CODES)
     return parser
 
 
 LAB_HINT = "is a lab command: install the lab from a clone of the repository (pip install ./lab; make setup does)"
 LAB_COMMANDS = ("bench", "train-reference", "demo", "produce-demo")
-
-
-def _register_plugins(commands: argparse._SubParsersAction) -> None:
-    """Commands other distributions add through the `dknn_agent.commands` entry point: the lab's
-    benchmarks and reference training. The product never imports them by name."""
-    from importlib.metadata import entry_points
-
-    for entry in entry_points(group="dknn_agent.commands"):
-        entry.load()(commands)
 
 
 def _missing_lab_command(parser: argparse.ArgumentParser, arguments: Sequence[str]) -> str | None:
@@ -142,14 +152,6 @@ def _missing_lab_command(parser: argparse.ArgumentParser, arguments: Sequence[st
         return None
     groups = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
     return None if arguments[0] in groups[0].choices else arguments[0]
-
-
-def _commands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
-    """Every parser that runs a command (those without sub-commands of their own), depth first."""
-    groups = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
-    if not groups:
-        return [parser]
-    return [leaf for group in groups for child in dict.fromkeys(group.choices.values()) for leaf in _commands(child)]
 
 
 class ParagraphFormatter(argparse.RawDescriptionHelpFormatter):

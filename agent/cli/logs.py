@@ -1,4 +1,4 @@
-"""`--log-format` and `--log-level` for the long-running commands, and the JSON line format.
+"""Logging as `--log-format` and `--log-level` say (every command has them), and the JSON line format.
 
 Why JSON: in a cluster the agent's stderr goes to a log pipeline (Loki, Elasticsearch, Cloud
 Logging) that indexes fields, and a multi-line traceback in plain text arrives there as many
@@ -7,13 +7,10 @@ unrelated lines. One JSON object per line keeps each record, its level and its e
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from datetime import UTC, datetime
 
-LOG_FORMATS = ("text", "json")
-LOG_LEVELS = ("debug", "info", "warning", "error")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -32,26 +29,11 @@ class JsonLines(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def add_logging_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("logging")
-    group.add_argument(
-        "--log-format",
-        choices=LOG_FORMATS,
-        default="text",
-        help="text lines, or one JSON object per line (default: text)",
-    )
-    group.add_argument(
-        "--log-level", choices=LOG_LEVELS, default="info", help="least severe level logged (default: info)"
-    )
-
-
-def configure_logging(args: argparse.Namespace) -> None:
+def configure_logging(log_format: str = "text", log_level: str = "info") -> None:
     """Root logging to stderr as the options say; the Kafka client's INFO chatter stays below WARNING."""
     handler = logging.StreamHandler()
-    handler.setFormatter(
-        JsonLines() if getattr(args, "log_format", "text") == "json" else logging.Formatter(TEXT_FORMAT)
-    )
+    handler.setFormatter(JsonLines() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(getattr(args, "log_level", "info").upper())
+    root.setLevel(log_level.upper())
     logging.getLogger("kafka").setLevel(max(logging.WARNING, root.level))

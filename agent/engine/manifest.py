@@ -330,6 +330,58 @@ class Manifest(_Frozen):
         own = self.layer(name).search_k
         return self.index.search_k if own is None else own
 
+    def describe(self) -> list[tuple[str, str]]:
+        """The manifest for a reader, as (heading, line) pairs: the model, its inputs, the index, the data,
+        how α is computed and each layer (`dknn-agent info` prints them)."""
+        model = self.model
+        source = (
+            f"the serialized program {model.program}" if model.program is not None else f"the factory {model.factory}"
+        )
+        output = f", logits at {model.output}" if model.output else ""
+        lines = [("model", f"{model.name} {model.version} from {source}, {model.num_classes} classes{output}")]
+        lines += [
+            ("input", f"{one.name}: {one.dtype} {list(one.shape)} range {one.value_range}") for one in self.inputs
+        ]
+        tuned = all(layer.search_k is not None for layer in self.layers)
+        search_k = "per layer" if tuned else f"search_k={self.index.search_k}"
+        lines.append(("neighbours", f"k={self.k}, {self.index.kind} n_trees={self.index.n_trees} {search_k}"))
+        lines.append(("train", f"{self.train.size} points ({self.train.source})"))
+        lines.append(("calibrate", f"{self.calibration.size} points ({self.calibration.source})"))
+        spec = self.nonconformity
+        m = spec.distance_neighbors or self.k
+        nearest = (
+            f"distance to neighbour {m}" if spec.distance_statistic == "kth" else f"mean distance of the nearest {m}"
+        )
+        tail = f" above the reference's {spec.distance_tail:g} quantile" if spec.distance_tail else ""
+        distance = (
+            f", + up to {spec.distance_weight} per distance layer ({', '.join(self.distance_layers)}) for the "
+            f"{nearest}{tail} (reference of {spec.distance_reference_size} training points)"
+            if self.distance_layers
+            else ""
+        )
+        lines.append(("alpha", f"{spec.kind}: disagreeing neighbours in {', '.join(self.label_layers)}{distance}"))
+        if spec.residual is not None:
+            term = spec.residual
+            lines.append(
+                (
+                    "residual",
+                    f"+ up to {term.weight} for a {term.layer} activation further off its {term.components} "
+                    f"principal directions than the reference's {term.tail:g} quantile (reference of "
+                    f"{term.reference_size} training points)",
+                )
+            )
+        for layer in self.layers:
+            recall = (
+                f"  search_k={layer.search_k} recall@k {layer.recall.heldout:.3f} held-out, "
+                f"{layer.recall.shifted:.3f} noisy"
+                if layer.recall is not None
+                else ""
+            )
+            lines.append(
+                ("layer", f"{layer.name:<12} {layer.input_dim:>6} -> {layer.dim:<5} {layer.preprocessing:<10}{recall}")
+            )
+        return lines
+
 
 def file_stem(layer: str) -> str:
     """A layer's name as a file name: tap names hold `.`, `#`, `:` and `[...]` (agent.engine.taps)."""

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
+from agent.cli.flags import Registrable
+from dknn_lab.commands.bench import BENCH
+from dknn_lab.commands.demo import DemoCommand
+from dknn_lab.commands.produce_demo import ProduceDemoCommand
+from dknn_lab.commands.train_reference import TrainReferenceCommand
 
-from dknn_lab.commands import bench, demo, produce_demo, train_reference
-
-
-def register(commands: argparse._SubParsersAction) -> None:
-    produce_demo.register(commands)
-    train_reference.register(commands)
-    bench.register(commands)
-    demo.register(commands)
+COMMANDS: list[Registrable] = [ProduceDemoCommand, TrainReferenceCommand, BENCH, DemoCommand]

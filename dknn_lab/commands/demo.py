@@ -2,36 +2,33 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+from typing import ClassVar
 
-from agent.errors import ConfigError
+from pydantic import Field
+
+from agent.cli.flags import Command
 from agent.runtime.routing import DEFAULT_THRESHOLD
+from dknn_lab.commands.common import MNIST_DATA, DataDir
 
 
-def register(commands: argparse._SubParsersAction) -> None:
-    demo = commands.add_parser(
-        "demo",
-        help="score clean and shifted MNIST with a reference bundle and print a table",
-        description="Score MNIST evaluation digits and three kinds of shifted input (uniform noise, digits "
-        "rotated 90°, FGSM ε=0.25) with a reference bundle, and show accuracy and credibility for each.",
+class DemoCommand(Command):
+    command_name: ClassVar[str] = "demo"
+    summary: ClassVar[str] = "score clean and shifted MNIST with a reference bundle and print a table"
+    description: ClassVar[str] = (
+        "Score MNIST evaluation digits and three kinds of shifted input (uniform noise, digits rotated 90°, FGSM "
+        "ε=0.25) with a reference bundle, and show accuracy and credibility for each."
     )
-    demo.add_argument("--artifacts", type=Path, required=True, help="MNIST reference bundle (make demo trains one)")
-    demo.add_argument("--data", type=Path, default=None, help="MNIST IDX directory (default: the shared copy)")
-    demo.add_argument("--count", type=int, default=1000, help="evaluation digits to score (default: 1000)")
-    demo.add_argument(
-        "--threshold",
-        type=float,
-        default=DEFAULT_THRESHOLD,
-        help=f"quarantine below this credibility (default: {DEFAULT_THRESHOLD})",
+
+    artifacts: Path = Field(description="MNIST reference bundle (make demo trains one)")
+    data_dir: DataDir = Field(None, description=MNIST_DATA)
+    count: int = Field(1000, ge=1, description="evaluation digits to score (default: 1000)")
+    threshold: float = Field(
+        DEFAULT_THRESHOLD, gt=0, lt=1, description=f"quarantine below this credibility (default: {DEFAULT_THRESHOLD})"
     )
-    demo.set_defaults(handler=_demo)
 
+    def run(self) -> int:
+        from dknn_lab.demo_table import print_demo_table
 
-def _demo(args: argparse.Namespace) -> int:
-    from dknn_lab.demo_table import print_demo_table
-
-    if args.count < 1 or not 0 < args.threshold < 1:
-        raise ConfigError("--count must be at least 1 and --threshold between 0 and 1")
-    print_demo_table(args.artifacts, args.data, args.count, args.threshold)
-    return 0
+        print_demo_table(self.artifacts, self.data_dir, self.count, self.threshold)
+        return 0

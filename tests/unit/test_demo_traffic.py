@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.cli.options import parse_phase
 from agent.engine.manifest import InputSpec
 from agent.errors import ConfigError, EventError
+from dknn_lab.commands.produce_demo import parse_phase
 from dknn_lab.demo_traffic import KINDS, DemoData, Phase, demo_events
 from tests.conftest import decode_one as decode_event
 

@@ -8,40 +8,41 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import build_parser
-from agent.cli.bundle_commands import fit_options
+from agent.cli import parse_command
 from agent.engine.manifest import NonconformitySpec
 from agent.errors import ConfigError
-from dknn_lab.commands.train_reference import reference_training
+from dknn_lab.commands.train_reference import TrainReferenceCommand
 from dknn_lab.reference import REFERENCE_NONCONFORMITY, REFERENCE_TRAINING, train_reference_mnist
 
 
-def parse(*options: str):
-    return build_parser().parse_args(["train-reference", "mnist", "--out", "x", *options])
+def parse(*options: str) -> TrainReferenceCommand:
+    command = parse_command(["train-reference", "mnist", "--out", "x", *options])
+    assert isinstance(command, TrainReferenceCommand)
+    return command
 
 
 def test_the_commands_defaults_are_the_adopted_configuration() -> None:
     args = parse()
-    assert reference_training(args) == REFERENCE_TRAINING
-    assert fit_options(args, REFERENCE_NONCONFORMITY).nonconformity == REFERENCE_NONCONFORMITY
+    assert args.training() == REFERENCE_TRAINING
+    assert args.fit_options(REFERENCE_NONCONFORMITY).nonconformity == REFERENCE_NONCONFORMITY
 
 
 def test_options_change_only_what_they_name() -> None:
     args = parse("--snnl-weight", "0", "--blur-sigma", "0", "--seed", "3")
-    assert reference_training(args) == replace(REFERENCE_TRAINING, snnl_weight=0.0, blur_sigma=0.0, seed=3)
+    assert args.training() == replace(REFERENCE_TRAINING, snnl_weight=0.0, blur_sigma=0.0, seed=3)
     labels = parse("--nonconformity", "labels")  # the kind changes; the residual term stays
-    assert fit_options(labels, REFERENCE_NONCONFORMITY).nonconformity == NonconformitySpec(
+    assert labels.fit_options(REFERENCE_NONCONFORMITY).nonconformity == NonconformitySpec(
         residual=REFERENCE_NONCONFORMITY.residual
     )
-    lighter = fit_options(parse("--distance-weight", "5"), REFERENCE_NONCONFORMITY).nonconformity
+    lighter = parse("--distance-weight", "5").fit_options(REFERENCE_NONCONFORMITY).nonconformity
     assert lighter == REFERENCE_NONCONFORMITY.model_copy(update={"distance_weight": 5})
-    paper = fit_options(parse("--nonconformity", "labels", "--no-residual"), REFERENCE_NONCONFORMITY)
+    paper = parse("--nonconformity", "labels", "--no-residual").fit_options(REFERENCE_NONCONFORMITY)
     assert paper.nonconformity == NonconformitySpec()
 
 
 def test_distance_options_need_the_distance_nonconformity() -> None:
     with pytest.raises(ConfigError, match=r"need --nonconformity labels\+distance"):
-        fit_options(parse("--nonconformity", "labels", "--distance-weight", "5"), REFERENCE_NONCONFORMITY)
+        parse("--nonconformity", "labels", "--distance-weight", "5").fit_options(REFERENCE_NONCONFORMITY)
 
 
 def test_refit_refuses_a_bundle_that_is_not_an_mnist_reference(tiny_bundle: Path, tmp_path: Path) -> None:

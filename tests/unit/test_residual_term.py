@@ -7,7 +7,6 @@ stay conformal — and a bundle whose parameters do not fit is refused, naming t
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -15,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.cli.bundle_commands import nonconformity_spec, residual_spec
+from agent.cli import parse_command
+from agent.cli.options import IndexOptions
 from agent.engine.bundle import sha256_file, verify_bundle
 from agent.engine.dknn import DkNN
 from agent.engine.manifest import NonconformitySpec, ResidualSpec
@@ -119,46 +119,30 @@ def test_a_missing_parameters_file_is_refused(residual_bundle: Path, tmp_path: P
         verify_bundle(_copy_with_manifest(residual_bundle, tmp_path, unlisted))
 
 
-def _cli_args(**overrides: object) -> argparse.Namespace:
-    values: dict[str, object] = {
-        "nonconformity": "labels",
-        "label_layers": None,
-        "distance_layers": None,
-        "distance_weight": None,
-        "distance_reference": None,
-        "distance_statistic": None,
-        "distance_tail": None,
-        "distance_neighbors": None,
-        "residual_layer": None,
-        "no_residual": False,
-        "residual_components": None,
-        "residual_weight": None,
-        "residual_tail": None,
-        "residual_reference": None,
-        "k": 75,
-    }
-    values.update(overrides)
-    return argparse.Namespace(**values)
+def _cli_args(**overrides: object) -> IndexOptions:
+    return IndexOptions.model_validate({"nonconformity": "labels", **overrides})
 
 
 def test_cli_builds_the_term_only_when_a_layer_is_named() -> None:
-    assert residual_spec(_cli_args(), None) is None
-    spec = nonconformity_spec(_cli_args(residual_layer="relu2", residual_tail=0.99), NonconformitySpec())
+    assert _cli_args().residual_spec(None) is None
+    spec = _cli_args(residual_layer="relu2", residual_tail=0.99).nonconformity_spec(NonconformitySpec())
     assert spec.residual == ResidualSpec(layer="relu2", tail=0.99)
     with pytest.raises(ConfigError, match="need --residual-layer"):
-        nonconformity_spec(_cli_args(residual_weight=100), NonconformitySpec())
-    with pytest.raises(ConfigError, match="--residual-tail must be in"):
-        residual_spec(_cli_args(residual_layer="relu2", residual_tail=1.0), None)
+        _cli_args(residual_weight=100).nonconformity_spec(NonconformitySpec())
+    with pytest.raises(ConfigError, match="--residual-tail: input should be less than 1"):
+        parse_command(["fit", "--train", "t", "--calibration", "c", "--out", "o", "--residual-tail", "1.0"])
 
 
 def test_the_presets_term_takes_the_flags_given_and_no_residual_drops_it() -> None:
     preset = NonconformitySpec(residual=ResidualSpec(layer="relu2", components=8))
-    assert nonconformity_spec(_cli_args(nonconformity=None), preset) == preset
-    moved = nonconformity_spec(_cli_args(nonconformity=None, residual_layer="relu1", residual_weight=50), preset)
+    assert _cli_args(nonconformity=None).nonconformity_spec(preset) == preset
+    moved = _cli_args(nonconformity=None, residual_layer="relu1", residual_weight=50).nonconformity_spec(preset)
     assert moved.residual == ResidualSpec(layer="relu1", components=8, weight=50)
-    assert nonconformity_spec(_cli_args(nonconformity=None, no_residual=True), preset).residual is None
-    with pytest.raises(ConfigError, match="--no-residual"):
-        nonconformity_spec(_cli_args(no_residual=True, residual_layer="relu1"), preset)
+    assert _cli_args(nonconformity=None, no_residual=True).nonconformity_spec(preset).residual is None
+    with pytest.raises(ConfigError, match="--no-residual leaves the residual term out"):
+        parse_command(
+            ["fit", "--train", "t", "--calibration", "c", "--out", "o", "--no-residual", "--residual-layer", "x"]
+        )
 
 
 def test_too_many_components_are_clipped_to_half_the_layer(tiny_problem: TinyProblem, tmp_path: Path) -> None:

@@ -8,10 +8,16 @@ from pathlib import Path
 import pytest
 
 from agent.cli import build_parser
-from agent.cli.stream_commands import setting_overrides
+from agent.cli.flags import options_from
+from agent.cli.run import RunCommand
 from agent.runtime.app import run_agent
 from agent.runtime.settings import AgentSettings, load_settings
 from connectors.kafka_security import KafkaSecurity
+
+
+def setting_overrides(namespace: argparse.Namespace) -> dict[str, object]:
+    """The settings the run flags give, nested as the settings model is."""
+    return dict(options_from(namespace, RunCommand).settings)  # type: ignore[attr-defined]
 
 
 def run_parser() -> argparse.ArgumentParser:
