@@ -14,22 +14,23 @@ from agent.cli.options import TrustOptions
 
 
 class EvaluateCommand(TrustOptions, Command):
+    """Score held-out data and out-of-distribution sets with the bundle and write a Markdown + JSON report with
+    plots: the accuracy of the model and of DkNN, the validity of the p-values, AUROC and the share flagged at
+    1% / 5% false alarms for credibility against the softmax and energy scores on every set, how well each
+    tells the model's right answers from its wrong ones (with a bootstrap interval), the share quarantined at
+    the threshold, and inputs/s per core for Annoy and exact search.
+
+    DATA as for fit: an .npz with named inputs (and 'y' labels), or NAME=FILE.npy,... An OOD set with labels
+    (digits from another population, say) also gets accuracy and right-vs-wrong.
+    """
+
     command_name: ClassVar[str] = "evaluate"
     summary: ClassVar[str] = (
         "measure a bundle on your own data: accuracy, validity, OOD detection, right vs wrong, speed"
     )
-    description: ClassVar[str] = (
-        "Score held-out data and out-of-distribution sets with the bundle and write a Markdown + JSON report with "
-        "plots: the accuracy of the model and of DkNN, the validity of the p-values, AUROC and the share flagged at "
-        "1% / 5% false alarms for credibility against the softmax and energy scores on every set, how well each "
-        "tells the model's right answers from its wrong ones (with a bootstrap interval), the share quarantined at "
-        "the threshold, and inputs/s per core for Annoy and exact search.\n\n"
-        "DATA as for fit: an .npz with named inputs (and 'y' labels), or NAME=FILE.npy,... An OOD set with labels "
-        "(digits from another population, say) also gets accuracy and right-vs-wrong."
-    )
-    examples: ClassVar[str] = (
-        "example:\n  dknn-agent evaluate --artifacts bundle/ --clean test.npz --ood noise=noise.npy "
-        "--ood letters=letters.npz --out reports/"
+    examples: ClassVar[tuple[str, ...]] = (
+        "dknn-agent evaluate --artifacts bundle/ --clean test.npz --ood noise=noise.npy --ood letters=letters.npz "
+        "--out reports/",
     )
 
     artifacts: Path = Field(description="bundle directory")

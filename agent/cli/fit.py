@@ -8,7 +8,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import Field, field_validator
 
 from agent.cli.flags import Arg, Command
-from agent.cli.options import IndexOptions, ModelSource, parse_layers
+from agent.cli.options import IndexOptions, LayersOption, ModelSource, parse_layers
 from agent.engine.recommend import Preset
 from agent.errors import ConfigError, DataError, DknnError
 
@@ -16,32 +16,33 @@ PROBE_ROWS = 3  # rows of a probe pass (agent.engine.taps.PROBE_BATCH)
 
 
 class FitCommand(ModelSource, IndexOptions, Command):
+    """Build a bundle from a trained model: per-layer Annoy indexes of the training set's activations and
+    calibration scores from a held-out labelled set.
+
+    Without --layers it picks them the way the MNIST reference was tuned (--preset recommended): the last
+    hidden layer (unit rows, 32 principal directions) and the logits, each voting with its k neighbours and
+    adding distance, plus a residual term at the activation before the last hidden layer. `dknn-agent layers
+    MODEL` shows the choice before you fit. --preset paper fits the DkNN paper's label vote over the hidden
+    activations and the logits instead.
+
+    Data (--train, --calibration): an .npz whose 'y' holds integer labels and whose other arrays are the
+    model's inputs by name ('x' for a single input), or NAME=FILE.npy,...,y=FILE.npy; uncompressed archives
+    and .npy files are memory-mapped.
+    """
+
     command_name: ClassVar[str] = "fit"
     summary: ClassVar[str] = "fit a bundle for your own model"
-    description: ClassVar[str] = (
-        "Build a bundle from a trained model: per-layer Annoy indexes of the training set's activations and "
-        "calibration scores from a held-out labelled set.\n\n"
-        "Without --layers it picks them the way the MNIST reference was tuned (--preset recommended): the last "
-        "hidden layer (unit rows, 32 principal directions) and the logits, each voting with its k neighbours and "
-        "adding distance, plus a residual term at the activation before the last hidden layer. `dknn-agent layers "
-        "MODEL` shows the choice before you fit. --preset paper fits the DkNN paper's label vote over the hidden "
-        "activations and the logits instead.\n\n"
-        "Data (--train, --calibration): an .npz whose 'y' holds integer labels and whose other arrays are the "
-        "model's inputs by name ('x' for a single input), or NAME=FILE.npy,...,y=FILE.npy; uncompressed archives "
-        "and .npy files are memory-mapped."
-    )
-    examples: ClassVar[str] = (
-        "examples:\n"
-        "  dknn-agent fit --model model.pt2 --train train.npz --calibration calibration.npz --out bundle/\n"
-        "  dknn-agent fit --factory mypkg.models:build --weights model.pt --layers features.3=pca:64,classifier \\\n"
-        "    --train train.npz --calibration calibration.npz --out bundle/ --model-name my-model"
+    examples: ClassVar[tuple[str, ...]] = (
+        "dknn-agent fit --model model.pt2 --train train.npz --calibration calibration.npz --out bundle/",
+        "dknn-agent fit --factory mypkg.models:build --weights model.pt --layers features.3=pca:64,classifier "
+        "--train train.npz --calibration calibration.npz --out bundle/ --model-name my-model",
     )
 
     train: Annotated[str, Arg(metavar="DATA")] = Field(description="training inputs and labels")
     calibration: Annotated[str, Arg(metavar="DATA")] = Field(description="inputs and labels held out from training")
     out: Path = Field(description="bundle directory to write")
     preset: Preset = Field("recommended", description="the configuration options leave unsaid (default: recommended)")
-    layers: str | None = Field(
+    layers: LayersOption = Field(
         None,
         description="comma-separated tap names (dknn-agent layers lists them), each optionally =PREPROCESSING "
         "(none, l2, pca:D, or a +chain such as l2+pca:32) (default: the preset's)",
@@ -54,13 +55,6 @@ class FitCommand(ModelSource, IndexOptions, Command):
     model_name: str = Field("model", description="name recorded in the manifest and matched against events")
     model_version: str = Field("1", description="version recorded in the manifest")
     seed: int = Field(0, description="seed for PCA sampling and Annoy (default: 0)")
-
-    @field_validator("layers")
-    @classmethod
-    def _layers_parse(cls, text: str | None) -> str | None:
-        if text is not None:
-            parse_layers(text)
-        return text
 
     @field_validator("input_range")
     @classmethod

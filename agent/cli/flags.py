@@ -19,6 +19,7 @@ the sentences below.
 from __future__ import annotations
 
 import argparse
+import inspect
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -58,16 +59,16 @@ class SettingFlags:
 class Command(BaseModel):
     """A command's typed options; `run()` does the work and returns the exit status.
 
-    The class variables describe the command in `--help`. Every command also takes the logging
-    options, so a supervisor can ask any of them for JSON lines.
+    A subclass's docstring is its `--help` description (`help_text`), its class variables name it
+    and give its one-line summary and examples. Every command also takes the logging options, so a
+    supervisor can ask any of them for JSON lines.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
     command_name: ClassVar[str]
     summary: ClassVar[str]  # one line in `dknn-agent --help`
-    description: ClassVar[str] = ""
-    examples: ClassVar[str] = ""
+    examples: ClassVar[tuple[str, ...]] = ()  # command lines, shown under "examples:"
 
     log_format: typing.Annotated[typing.Literal["text", "json"], Arg(group="logging")] = pydantic.Field(
         "text", description="text lines, or one JSON object per line (default: text)"
@@ -78,6 +79,12 @@ class Command(BaseModel):
 
     def run(self) -> int:
         raise NotImplementedError
+
+    @classmethod
+    def help_text(cls) -> str:
+        """The docstring as paragraphs for the help formatter to fill (each on one line)."""
+        doc = inspect.cleandoc(cls.__doc__ or cls.summary)
+        return "\n\n".join(" ".join(paragraph.split()) for paragraph in doc.split("\n\n"))
 
 
 @dataclass(frozen=True)
@@ -112,12 +119,16 @@ def add_commands(
         parser = subparsers.add_parser(
             command.command_name,
             help=command.summary,
-            description=command.description or command.summary,
-            epilog=(command.examples + "\n\n" if command.examples else "") + epilog,
+            description=command.help_text(),
+            epilog=_examples(command.examples) + epilog,
             formatter_class=formatter,
         )
         add_flags(parser, command)
         parser.set_defaults(command_class=command)
+
+
+def _examples(lines: tuple[str, ...]) -> str:
+    return "examples:\n" + "".join(f"  {line}\n" for line in lines) + "\n" if lines else ""
 
 
 def add_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:

@@ -13,9 +13,10 @@ from agent.errors import BundleError
 
 
 class InfoCommand(Command):
+    """Verify every hash and dimension of a bundle, then print its manifest summary."""
+
     command_name: ClassVar[str] = "info"
     summary: ClassVar[str] = "verify a bundle and describe it"
-    description: ClassVar[str] = "Verify every hash and dimension of a bundle, then print its manifest summary."
 
     artifacts: Annotated[Path, Arg(positional=True)] = Field(description="bundle directory")
     json_output: Annotated[bool, Arg(flag="--json")] = Field(False, description="print the full manifest as JSON")

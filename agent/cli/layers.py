@@ -17,18 +17,18 @@ ModelInputs = list[tuple[str, str, tuple[int | None, ...]]]
 
 
 class LayersCommand(ModelSource, TrustOptions, Command):
+    """Run the model once on a few inputs and list every value a bundle can tap: module calls by their
+    named_modules() path (a module called twice gets #1 for its second call), parts of tuple or dict outputs
+    as [i] / [key], and, in a serialized program, functional operations as MODULE:OP (--all). Marks the layers
+    `fit --preset recommended` (and paper) would index and where the residual term would look.
+    """
+
     command_name: ClassVar[str] = "layers"
     summary: ClassVar[str] = "list a model's tappable layers and the ones fit would choose"
-    description: ClassVar[str] = (
-        "Run the model once on a few inputs and list every value a bundle can tap: module calls by their "
-        "named_modules() path (a module called twice gets #1 for its second call), parts of tuple or dict outputs "
-        "as [i] / [key], and, in a serialized program, functional operations as MODULE:OP (--all). Marks the "
-        "layers `fit --preset recommended` (and paper) would index and where the residual term would look."
-    )
-    examples: ClassVar[str] = (
-        "examples:\n  dknn-agent layers model.pt2\n"
-        "  dknn-agent layers --factory mypkg.models:build --weights model.pt --data train.npz\n"
-        "  dknn-agent layers bundle/"
+    examples: ClassVar[tuple[str, ...]] = (
+        "dknn-agent layers model.pt2",
+        "dknn-agent layers --factory mypkg.models:build --weights model.pt --data train.npz",
+        "dknn-agent layers bundle/",
     )
 
     source: Annotated[Path | None, Arg(positional=True)] = Field(

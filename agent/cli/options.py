@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pydantic
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from agent.cli.flags import Arg
 from agent.engine.fit import FitOptions
@@ -47,6 +47,16 @@ def parse_layers(text: str) -> dict[str, str]:
     if not layers:
         raise ConfigError("--layers needs at least one layer name")
     return layers
+
+
+def _check_layers(text: str | None) -> str | None:
+    if text is not None:
+        parse_layers(text)  # fail before any data is loaded
+    return text
+
+
+# --layers: tap names, each optionally =PREPROCESSING; parse_layers reads it.
+LayersOption = Annotated[str | None, AfterValidator(_check_layers)]
 
 
 def parse_json_object(text: str, option: str) -> dict[str, Any]:
@@ -161,6 +171,8 @@ FITTING = "bundle fitting"
 DEFAULT_RESIDUAL = {name: field.default for name, field in ResidualSpec.model_fields.items() if name != "layer"}
 _RECALL = RecallTarget()
 Fitting = Arg(group=FITTING)
+Count = Annotated[int | None, Field(ge=1)]  # absent: the preset's
+Quantile = Annotated[float | None, Field(ge=0, lt=1)]
 
 
 class IndexOptions(OptionSet):
@@ -234,30 +246,24 @@ class IndexOptions(OptionSet):
         "(docs/design.md §2.2; recommended: the activation before the last hidden layer)",
     )
     no_residual: Annotated[bool, Fitting] = Field(False, description="leave the residual term out")
-    residual_components: Annotated[int | None, Arg(group=FITTING, metavar="D")] = Field(
+    residual_components: Annotated[Count, Arg(group=FITTING, metavar="D")] = Field(
         None,
-        ge=1,
         description="residual term: principal directions the training data spans at the layer; clipped to half "
         f"the layer's width (default: {DEFAULT_RESIDUAL['components']})",
     )
-    residual_weight: Annotated[int | None, Fitting] = Field(
+    residual_weight: Annotated[Count, Fitting] = Field(
         None,
-        ge=1,
         description="residual term: what the farthest-off inputs add, in disagreeing neighbours (default: "
         f"{DEFAULT_RESIDUAL['weight']})",
     )
-    residual_tail: Annotated[float | None, Fitting] = Field(
+    residual_tail: Annotated[Quantile, Fitting] = Field(
         None,
-        ge=0,
-        lt=1,
         description="residual term: only ranks above this quantile of the reference count; high, so that inputs "
         f"from other populations of the same classes are left alone (default: {DEFAULT_RESIDUAL['tail']})",
     )
-    residual_reference: Annotated[int | None, Fitting] = Field(
+    residual_reference: Annotated[Count, Fitting] = Field(
         None,
-        ge=1,
-        description="residual term: training points sampled for its reference (default: "
-        f"{DEFAULT_RESIDUAL['reference_size']})",
+        description=f"residual term: training points in its reference (default: {DEFAULT_RESIDUAL['reference_size']})",
     )
     label_layers: Annotated[CommaList | None, Fitting] = Field(
         None, description="layers whose neighbours vote (default: every layer)"

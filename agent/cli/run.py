@@ -20,14 +20,14 @@ ENV_PREFIX = "DKNN_"
 
 
 class RunCommand(Command):
+    """Consume v1 inference events, score their DkNN credibility, quarantine low-credibility events, dead-letter
+    malformed ones and serve Prometheus metrics. Every setting is a flag, a DKNN_* environment variable
+    (nested with __: DKNN_KAFKA_SECURITY__SASL_MECHANISM) and a key of the YAML file given with --config;
+    flags win over the environment, which wins over the file.
+    """
+
     command_name: ClassVar[str] = "run"
     summary: ClassVar[str] = "run the monitoring agent on a stream of inference events"
-    description: ClassVar[str] = (
-        "Consume v1 inference events, score their DkNN credibility, quarantine low-credibility events, "
-        "dead-letter malformed ones and serve Prometheus metrics. Every setting is a flag, a DKNN_* environment "
-        "variable (nested with __: DKNN_KAFKA_SECURITY__SASL_MECHANISM) and a key of the YAML file given with "
-        "--config; flags win over the environment, which wins over the file."
-    )
 
     config: Path | None = Field(None, description="YAML settings file")
     strict_config: Annotated[bool, Arg(negatable=True)] = Field(

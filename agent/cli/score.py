@@ -14,13 +14,13 @@ from agent.errors import DataError
 
 
 class ScoreCommand(TrustOptions, Command):
+    """Score every input of a data set (an .npy array in the model's input layout, e.g. (N, 1, 28, 28) float32
+    for MNIST; an .npz of named inputs; or NAME=FILE.npy,...) and write one JSON object per input: index,
+    prediction, credibility, confidence, model_prediction, p_values.
+    """
+
     command_name: ClassVar[str] = "score"
     summary: ClassVar[str] = "score a batch of inputs from files"
-    description: ClassVar[str] = (
-        "Score every input of a data set (an .npy array in the model's input layout, e.g. (N, 1, 28, 28) float32 "
-        "for MNIST; an .npz of named inputs; or NAME=FILE.npy,...) and write one JSON object per input: index, "
-        "prediction, credibility, confidence, model_prediction, p_values."
-    )
 
     artifacts: Path = Field(description="bundle directory")
     input: Annotated[str, Arg(metavar="DATA")] = Field(description="the inputs (labels, if any, are ignored)")

@@ -23,13 +23,13 @@ WHERE = "where to write JSON + Markdown"
 
 
 class BenchQuality(Command):
+    """Score the evaluation split of a bundle's calibration source (MNIST test minus the calibration rows) and
+    shifted versions of it (uniform noise, digits rotated 90°, FGSM ε=0.25 against the bundle's model) with
+    both the annoy and exact backends.
+    """
+
     command_name: ClassVar[str] = "quality"
     summary: ClassVar[str] = "DkNN accuracy, credibility, AUROC, validity and Annoy recall on MNIST"
-    description: ClassVar[str] = (
-        "Score the evaluation split of a bundle's calibration source (MNIST test minus the calibration rows) and "
-        "shifted versions of it (uniform noise, digits rotated 90°, FGSM ε=0.25 against the bundle's model) with "
-        "both the annoy and exact backends."
-    )
 
     artifacts: Path = Field(description="MNIST reference bundle")
     data_dir: DataDir = Field(None, description=MNIST_DATA)
@@ -54,17 +54,17 @@ class BenchQuality(Command):
 
 
 class BenchSnnl(SnnlOptions, Command):
+    """For each seed, train the MNIST reference model twice with the same budget — plain cross-entropy, and
+    cross-entropy − W × SNNL — fit both bundles, run the extended quality benchmark on each (annoy backend)
+    and compare DkNN credibility's AUROC and FPR@95%TPR on every shifted and adversarial set. Bundles are
+    cached in --work-dir, one per training configuration, and reused. Per-model tables and plots go to
+    OUT/NAME/, the comparison to OUT/NAME.{json,md}. --adopted compares the reference configuration the
+    project adopted (train-reference's defaults: SNNL, blur augmentation, the distance-aware fit over relu3
+    and logits) with the previous one (the plain model, the paper's DkNN), natural sets included.
+    """
+
     command_name: ClassVar[str] = "snnl"
     summary: ClassVar[str] = "does entangling help? reference models with and without SNNL, compared seed by seed"
-    description: ClassVar[str] = (
-        "For each seed, train the MNIST reference model twice with the same budget — plain cross-entropy, and "
-        "cross-entropy − W × SNNL — fit both bundles, run the extended quality benchmark on each (annoy backend) "
-        "and compare DkNN credibility's AUROC and FPR@95%TPR on every shifted and adversarial set. Bundles are "
-        "cached in --work-dir, one per training configuration, and reused. Per-model tables and plots go to "
-        "OUT/NAME/, the comparison to OUT/NAME.{json,md}. --adopted compares the reference configuration the "
-        "project adopted (train-reference's defaults: SNNL, blur augmentation, the distance-aware fit over relu3 "
-        "and logits) with the previous one (the plain model, the paper's DkNN), natural sets included."
-    )
 
     seeds: str = Field("0,1,2", description="comma-separated training seeds (default: 0,1,2)")
     epochs: int = Field(10, ge=1, description="training epochs for both conditions (default: 10)")
@@ -105,15 +105,15 @@ class BenchSnnl(SnnlOptions, Command):
 
 
 class BenchShift(Command):
+    """Score the evaluation split and shifted versions of it (rotated, uniform and Gaussian noise, inverted,
+    FGSM) once, then run the agent's drift monitor on streams drawn from those scores: mean run length to a
+    false alarm at thresholds of 1e3/1e4/1e5 events against the guarantee, detection delay at the default
+    threshold after a long clean stretch for 5/20/50/100% shifted traffic, and how fast the shifted state
+    clears after the shift ends. Saves OUT/shift-MODEL.{json,md} and OUT/shift-delays.png.
+    """
+
     command_name: ClassVar[str] = "shift"
     summary: ClassVar[str] = "drift signals: false-alarm run lengths, detection delay, resolution"
-    description: ClassVar[str] = (
-        "Score the evaluation split and shifted versions of it (rotated, uniform and Gaussian noise, inverted, "
-        "FGSM) once, then run the agent's drift monitor on streams drawn from those scores: mean run length to a "
-        "false alarm at thresholds of 1e3/1e4/1e5 events against the guarantee, detection delay at the default "
-        "threshold after a long clean stretch for 5/20/50/100% shifted traffic, and how fast the shifted state "
-        "clears after the shift ends. Saves OUT/shift-MODEL.{json,md} and OUT/shift-delays.png."
-    )
 
     artifacts: Path = Field(description="MNIST reference bundle")
     data_dir: DataDir = Field(None, description=MNIST_DATA)
@@ -144,13 +144,13 @@ class BenchShift(Command):
 
 
 class BenchStream(Command):
+    """Publish MNIST events to a fresh topic, drain them with one in-process agent (throughput), then publish at
+    a steady --latency-rate and measure each event's latency from its timestamp to its score record. The
+    broker, the publisher and the agent share this machine's cores.
+    """
+
     command_name: ClassVar[str] = "stream"
     summary: ClassVar[str] = "events/s and p50/p99 event latency through a real Kafka broker"
-    description: ClassVar[str] = (
-        "Publish MNIST events to a fresh topic, drain them with one in-process agent (throughput), then publish at "
-        "a steady --latency-rate and measure each event's latency from its timestamp to its score record. The "
-        "broker, the publisher and the agent share this machine's cores."
-    )
 
     artifacts: Path = Field(description="bundle to score with")
     bootstrap_servers: str = Field(description="Kafka broker (deploy/local/kafka.sh start prints one)")
@@ -168,16 +168,16 @@ class BenchStream(Command):
 
 
 class BenchPerf(Command):
+    """In one run on MNIST evaluation inputs: the model's plain forward pass (the floor), each stage of the
+    scoring path timed alone (decode, activations, preprocessing and k-NN per layer, the residual term,
+    conformal, output encoding), DkNN scoring with Annoy and with exact search, and the quality Annoy trades:
+    accuracy, credibility AUROC against FGSM, noise and rotated digits, recall@k per layer on clean and
+    shifted inputs.
+    """
+
     command_name: ClassVar[str] = "perf"
     summary: ClassVar[str] = (
         "scoring inputs/s against the model's own forward pass, stage by stage, Annoy against exact"
-    )
-    description: ClassVar[str] = (
-        "In one run on MNIST evaluation inputs: the model's plain forward pass (the floor), each stage of the "
-        "scoring path timed alone (decode, activations, preprocessing and k-NN per layer, the residual term, "
-        "conformal, output encoding), DkNN scoring with Annoy and with exact search, and the quality Annoy trades: "
-        "accuracy, credibility AUROC against FGSM, noise and rotated digits, recall@k per layer on clean and "
-        "shifted inputs."
     )
 
     artifacts: Path = Field(description="MNIST reference bundle")
@@ -196,15 +196,15 @@ class BenchPerf(Command):
 
 
 class BenchSharpness(Command):
+    """The model's own accuracy (forward passes only, seconds per bundle) on MNIST evaluation digits blurred
+    (Gaussian σ 0.5, 1, 1.5) and passed through 16x16, 12x12 and 8x8 the way scikit-learn's 8x8 digits reach
+    the model, with thicker strokes as a control and the two covariate-shift sets beside them. Give several
+    bundles to compare their models on the same inputs.
+    """
+
     command_name: ClassVar[str] = "sharpness"
     summary: ClassVar[str] = (
         "each model's accuracy as MNIST digits are blurred or pass through 8x8: why SNNL models fail on UCI digits"
-    )
-    description: ClassVar[str] = (
-        "The model's own accuracy (forward passes only, seconds per bundle) on MNIST evaluation digits blurred "
-        "(Gaussian σ 0.5, 1, 1.5) and passed through 16x16, 12x12 and 8x8 the way scikit-learn's 8x8 digits reach "
-        "the model, with thicker strokes as a control and the two covariate-shift sets beside them. Give several "
-        "bundles to compare their models on the same inputs."
     )
 
     bundles: Annotated[list[Path], Arg(flag="--artifacts", repeat=True)] = Field(

@@ -13,12 +13,12 @@ from dknn_lab.commands.common import MNIST_DATA, DataDir
 
 
 class DemoCommand(Command):
+    """Score MNIST evaluation digits and three kinds of shifted input (uniform noise, digits rotated 90°, FGSM
+    ε=0.25) with a reference bundle, and show accuracy and credibility for each.
+    """
+
     command_name: ClassVar[str] = "demo"
     summary: ClassVar[str] = "score clean and shifted MNIST with a reference bundle and print a table"
-    description: ClassVar[str] = (
-        "Score MNIST evaluation digits and three kinds of shifted input (uniform noise, digits rotated 90°, FGSM "
-        "ε=0.25) with a reference bundle, and show accuracy and credibility for each."
-    )
 
     artifacts: Path = Field(description="MNIST reference bundle (make demo trains one)")
     data_dir: DataDir = Field(None, description=MNIST_DATA)

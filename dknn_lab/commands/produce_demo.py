@@ -43,15 +43,15 @@ def parse_phase(text: str, kinds: tuple[str, ...]) -> tuple[int, dict[str, float
 
 
 class ProduceDemoCommand(Command):
+    """Publish v1 events from the MNIST test set: clean digits, uniform noise, rotated digits, FGSM examples
+    against the bundle's model, and malformed events. One phase (--count, --mix) or several in order (--phase,
+    repeated), e.g. clean, then shifted, then clean again for the drift signals: --phase
+    1500:clean=0.95,malformed=0.05 --phase 1000:clean=0.4,noise=0.15,rotated=0.2,fgsm=0.2,malformed=0.05
+    --phase 1500:clean=0.95,malformed=0.05
+    """
+
     command_name: ClassVar[str] = "produce-demo"
     summary: ClassVar[str] = "publish demo inference events built from MNIST"
-    description: ClassVar[str] = (
-        "Publish v1 events from the MNIST test set: clean digits, uniform noise, rotated digits, FGSM examples "
-        "against the bundle's model, and malformed events. One phase (--count, --mix) or several in order (--phase, "
-        "repeated), e.g. clean, then shifted, then clean again for the drift signals: --phase "
-        "1500:clean=0.95,malformed=0.05 --phase 1000:clean=0.4,noise=0.15,rotated=0.2,fgsm=0.2,malformed=0.05 "
-        "--phase 1500:clean=0.95,malformed=0.05"
-    )
 
     bootstrap_servers: str = Field(description="Kafka bootstrap servers")
     topic: str = Field("inference-events", description="topic to publish to (default: inference-events)")

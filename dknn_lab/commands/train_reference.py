@@ -6,10 +6,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from agent.cli.flags import Arg, Command
-from agent.cli.options import IndexOptions, parse_layers
+from agent.cli.options import IndexOptions, LayersOption, parse_layers
 from agent.engine.manifest import NonconformitySpec
 from agent.errors import ConfigError
 from dknn_lab.commands.common import DataDir, SnnlOptions
@@ -17,20 +17,20 @@ from dknn_lab.training import TrainOptions
 
 
 class TrainReferenceCommand(SnnlOptions, IndexOptions, Command):
+    """Train the DkNN paper's MNIST CNN with the configuration the project adopted (SNNL w=1 and blur
+    augmentation; README "Measured quality"), then fit a bundle over its relu3 and logits layers: k=75, the
+    distance-aware nonconformity (docs/design.md §2.2), 750 calibration points held out from the MNIST test
+    set (recorded in the manifest; the other 9,250 are the evaluation split).
+
+    --paper-dknn fits the paper's DkNN instead (relu1, relu2, relu3 and logits vote; neighbour labels only);
+    --snnl-weight 0 --blur-sigma 0 trains the plain model.
+    """
+
     command_name: ClassVar[str] = "train-reference"
     summary: ClassVar[str] = "train a reference model and fit its bundle"
-    description: ClassVar[str] = (
-        "Train the DkNN paper's MNIST CNN with the configuration the project adopted\n"
-        '(SNNL w=1 and blur augmentation; README "Measured quality"), then fit a bundle over its\n'
-        "relu3 and logits layers: k=75, the distance-aware nonconformity (docs/design.md §2.2), 750\n"
-        "calibration points held out from the MNIST test set (recorded in the manifest; the other\n"
-        "9,250 are the evaluation split).\n\n"
-        "--paper-dknn fits the paper's DkNN instead (relu1, relu2, relu3 and logits vote; neighbour\n"
-        "labels only); --snnl-weight 0 --blur-sigma 0 trains the plain model."
-    )
-    examples: ClassVar[str] = (
-        "compare the two on one model:\n"
-        "  dknn-agent train-reference mnist --refit artifacts/mnist-cnn --paper-dknn --out artifacts/mnist-cnn-paper"
+    examples: ClassVar[tuple[str, ...]] = (
+        "dknn-agent train-reference mnist --out artifacts/mnist-cnn",
+        "dknn-agent train-reference mnist --refit artifacts/mnist-cnn --paper-dknn --out artifacts/mnist-cnn-paper",
     )
 
     dataset: Annotated[Literal["mnist"], Arg(positional=True)] = Field(description="which reference model to train")
@@ -66,7 +66,7 @@ class TrainReferenceCommand(SnnlOptions, IndexOptions, Command):
         description="pairwise distance inside the SNNL: squared Euclidean (the paper's) or cosine, which is scale "
         "invariant (default: euclidean)",
     )
-    layers: str | None = Field(
+    layers: LayersOption = Field(
         None,
         description="layers and their preprocessing, as for fit (default: relu3=l2+pca:32,logits; with "
         "--paper-dknn: relu1=pca:32,relu2=pca:32,relu3=pca:32,logits)",
@@ -85,13 +85,6 @@ class TrainReferenceCommand(SnnlOptions, IndexOptions, Command):
         description="index N points: the training images plus seeded rotated, scaled and shifted copies of them "
         "(the scale benchmark's 1,000,000-point reference; default: the training images only)",
     )
-
-    @field_validator("layers")
-    @classmethod
-    def _layers_parse(cls, text: str | None) -> str | None:
-        if text is not None:
-            parse_layers(text)
-        return text
 
     def training(self) -> TrainOptions:
         """The adopted training (`REFERENCE_TRAINING`) with whatever the options change."""
