@@ -22,8 +22,10 @@ A low-credibility input is a normal result, never an exception. `agent.cli` turn
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 # Why an event was dead-lettered: a Prometheus label and a header value, so the set is closed.
-EVENT_ERROR_REASONS = (
+EventErrorReason = Literal[
     "too_large",
     "bad_json",
     "schema",
@@ -32,7 +34,8 @@ EVENT_ERROR_REASONS = (
     "shape",
     "non_finite",
     "out_of_range",
-)
+]
+EVENT_ERROR_REASONS: tuple[EventErrorReason, ...] = get_args(EventErrorReason)
 
 
 class DknnError(Exception):
@@ -64,14 +67,14 @@ class InputError(DknnError):
 class EventError(InputError):
     """An event that cannot be scored; `reason` is one of `EVENT_ERROR_REASONS`."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: EventErrorReason, message: str) -> None:
         if reason not in EVENT_ERROR_REASONS:
             raise ValueError(f"unknown event error reason {reason!r}")
         one_line = " ".join(str(message).split())
         super().__init__(one_line[:300])
         self.reason = reason
 
-    def __reduce__(self) -> tuple[type[EventError], tuple[str, str]]:  # survives pickling
+    def __reduce__(self) -> tuple[type[EventError], tuple[EventErrorReason, str]]:  # survives pickling
         return (type(self), (self.reason, str(self)))
 
 

@@ -26,6 +26,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Literal
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,9 @@ Headers = Sequence[tuple[str, bytes]]
 
 RebalanceHook = Callable[[set[TopicPartition]], None]
 """Called with the partitions gained (on_assign) or lost (on_revoke)."""
+
+OffsetReset = Literal["earliest", "latest"]
+"""Where a consumer group without committed offsets starts: the oldest retained record, or the next one."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ from kafka.structs import MemberState, OffsetAndMetadata
 from kafka.structs import TopicPartition as KafkaTopicPartition
 
 from agent.errors import CommitRejectedError, ConfigError, ConnectorError, DeliveryRefusedError
-from connectors.base import Headers, Offsets, Record, Sink, Source, TopicPartition
+from connectors.base import Headers, OffsetReset, Offsets, Record, Sink, Source, TopicPartition
 from connectors.kafka_security import KafkaSecurity
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class KafkaSource(Source):
         group_id: str,
         *,
         max_poll_records: int = 500,
-        auto_offset_reset: str = "earliest",
+        auto_offset_reset: OffsetReset = "earliest",
         session_timeout_ms: int = 10_000,
         max_poll_interval_ms: int = 300_000,
         commit_timeout_s: float = 30.0,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.errors import ConfigError
-from connectors.base import Sink, Source
+from connectors.base import OffsetReset, Sink, Source
 from connectors.kafka_security import KafkaSecurity
 
 SCHEMES = ("kafka://", "file:")
@@ -34,7 +34,7 @@ def open_source(
     max_poll_records: int,
     max_record_bytes: int = 1 << 20,
     security: KafkaSecurity | None = None,
-    auto_offset_reset: str = "earliest",
+    auto_offset_reset: OffsetReset = "earliest",
 ) -> Source:
     """The source behind `uri`; a file source reads `uri`'s JSONL file as partition 0 of `topic`,
     cutting lines longer than `max_record_bytes` (they are dead-lettered as too large anyway).

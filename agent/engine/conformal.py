@@ -16,8 +16,11 @@ Conventions, used everywhere (fit, score, tests):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+
+DistanceStatistic = Literal["mean", "kth"]  # what sums up a layer's neighbour distances
 
 
 def neighbor_label_counts(neighbor_labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -37,7 +40,9 @@ def nonconformity(neighbor_labels: np.ndarray, num_classes: int) -> np.ndarray:
     return (num_layers * k - votes).astype(np.int64)
 
 
-def distance_statistic(neighbor_distances: np.ndarray, statistic: str, neighbors: int | None = None) -> np.ndarray:
+def distance_statistic(
+    neighbor_distances: np.ndarray, statistic: DistanceStatistic, neighbors: int | None = None
+) -> np.ndarray:
     """`(n, L, k)` Euclidean distances, nearest first (+inf = missing) -> `(n, L)`: over the nearest
     `neighbors` (None: all k), their mean or the farthest of them."""
     nearest = neighbor_distances[:, :, : neighbors or neighbor_distances.shape[2]]

@@ -17,7 +17,7 @@ from torch import nn
 
 from agent.engine import conformal
 from agent.engine.bundle import BundleTrust, verify_bundle
-from agent.engine.index import BACKENDS, AnnoyBackend, ExactBackend, NeighborIndex
+from agent.engine.index import BACKENDS, AnnoyBackend, ExactBackend, IndexBackend, NeighborIndex
 from agent.engine.manifest import Manifest
 from agent.engine.preprocess import Preprocessor
 from agent.engine.residual import ResidualTerm
@@ -96,7 +96,7 @@ class DkNN:
     def from_bundle(
         cls,
         root: str | Path,
-        backend: str = "annoy",
+        backend: IndexBackend = "annoy",
         search_k: int | None = None,
         threads: int | None = None,
         trust: BundleTrust | None = None,
@@ -272,7 +272,7 @@ class DkNN:
 
 
 def open_index(
-    path: str, dim: int, n_items: int, backend: str, search_k: int = -1, threads: int | None = None
+    path: str, dim: int, n_items: int, backend: IndexBackend, search_k: int = -1, threads: int | None = None
 ) -> NeighborIndex:
     """Opens one layer's Annoy file as the requested backend (exact reads the vectors out)."""
     annoy = AnnoyBackend(Path(path), dim, search_k=search_k, threads=threads)

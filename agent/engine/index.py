@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, Protocol, get_args
 
 import numpy as np
 import torch
@@ -26,7 +26,8 @@ from agent.engine._annoy_batch import BatchIndex
 from agent.errors import BundleError
 
 METRIC: Literal["euclidean"] = "euclidean"
-BACKENDS = ("annoy", "exact")
+IndexBackend = Literal["annoy", "exact"]
+BACKENDS: tuple[IndexBackend, ...] = get_args(IndexBackend)
 MISSING = -1
 EXACT_CHUNK_ELEMENTS = 64 * 1024 * 1024  # float32 values in one chunk's distance matrix
 

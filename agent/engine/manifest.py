@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from agent.engine.conformal import DistanceStatistic
+
 SCHEMA_VERSION = 2  # 2: named inputs of any numeric dtype, models as serialized programs
 READABLE_SCHEMA_VERSIONS = (1, 2)  # version 1 manifests are read as version 2 (`Manifest._upgrade`)
 MANIFEST_FILE = "manifest.json"
@@ -39,10 +41,10 @@ RelativePath = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 # The precisions a model's forward passes can run in (`ModelSpec.compute_dtype`).
 ComputeDtype = Literal["float32", "bfloat16"]
-COMPUTE_DTYPES: tuple[str, ...] = get_args(ComputeDtype)
+COMPUTE_DTYPES: tuple[ComputeDtype, ...] = get_args(ComputeDtype)
 # The dtypes a model input may have: numbers and booleans (token ids, masks, features, pixels).
 InputDtype = Literal["float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"]
-INPUT_DTYPES: tuple[str, ...] = get_args(InputDtype)
+INPUT_DTYPES: tuple[InputDtype, ...] = get_args(InputDtype)
 FLOAT_DTYPES = ("float16", "float32", "float64")
 # Factory arguments are plain JSON scalars: a nested object could only smuggle structure in.
 FactoryArgument = Annotated[str, StringConstraints(max_length=256)] | bool | int | float | None
@@ -224,7 +226,7 @@ class NonconformitySpec(_Frozen):
     distance_layers: tuple[Name, ...] | None = Field(None, max_length=MAX_LAYERS, description="None: every layer")
     distance_weight: int = Field(0, ge=0, le=MAX_K)
     distance_reference_size: int = Field(0, ge=0, le=1_000_000)
-    distance_statistic: Literal["mean", "kth"] = "mean"
+    distance_statistic: DistanceStatistic = "mean"
     distance_tail: float = Field(0.0, ge=0.0, lt=1.0, description="q: only ranks above it count")
     distance_neighbors: int | None = Field(None, ge=1, le=MAX_K, description="m: the nearest m count; None: all k")
     residual: ResidualSpec | None = None

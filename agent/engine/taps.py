@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from agent.engine.manifest import COMPUTE_DTYPES
+from agent.engine.manifest import COMPUTE_DTYPES, ComputeDtype
 from agent.errors import ConfigError, InputError
 
 Selector = int | str
@@ -377,7 +377,7 @@ class ActivationTap:
         self,
         model: nn.Module | TappableModel,
         layer_names: Sequence[str],
-        compute_dtype: str = "float32",
+        compute_dtype: ComputeDtype = "float32",
         output: str | None = None,
     ) -> None:
         if compute_dtype not in COMPUTE_DTYPES:

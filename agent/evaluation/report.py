@@ -33,11 +33,11 @@ import torch
 from agent.engine.bundle import BundleTrust
 from agent.engine.data_files import Dataset
 from agent.engine.dknn import DkNN
+from agent.engine.index import BACKENDS, IndexBackend
 from agent.errors import ConfigError
 from agent.evaluation.metrics import VALIDITY_TAUS, paired_bootstrap, right_vs_wrong, separation, validity
 from agent.evaluation.scoring import SetScores, score_set
 
-BACKENDS = ("annoy", "exact")
 DETECTORS = ("credibility", "softmax", "energy")
 SPEED_INPUTS = 1024
 
@@ -51,7 +51,7 @@ class EvaluationOptions:
     name: str | None = None  # the files' stem; default evaluation-<model>
     threshold: float = 0.1
     batch_size: int = 256
-    backends: tuple[str, ...] = BACKENDS
+    backends: tuple[IndexBackend, ...] = BACKENDS
     trust: BundleTrust = BundleTrust()
     bootstrap: int = 2000
     command: str = ""
@@ -150,7 +150,7 @@ def _speed(options: EvaluationOptions, names: list[str]) -> dict[str, Any]:
     sample = [np.ascontiguousarray(array[:rows]) for array in options.clean.arrays_for(names)]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    out = {}
+    out: dict[str, Any] = {}
     try:
         for backend in options.backends:
             scorer = DkNN.from_bundle(options.artifacts, backend=backend, threads=1, trust=options.trust)

@@ -26,7 +26,7 @@ record is for comes from the body (`model.name`, `model_name`) or KServe's
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import numpy as np
 import orjson
@@ -39,10 +39,10 @@ from connectors.base import Headers
 
 DEFAULT_MAX_EVENT_BYTES = 1_048_576
 DEFAULT_MAX_ROWS = 1024
-V1: Final = v1.SCHEMA
-OIP_V2: Final = "oip-v2"
-KSERVE_V1: Final = "kserve-v1"
-FORMS = (V1, OIP_V2, KSERVE_V1)  # a bounded metric label
+Form = Literal["dknn.inference.v1", "oip-v2", "kserve-v1"]  # the `form` of score records
+V1: Final[Form] = v1.SCHEMA
+OIP_V2: Final[Form] = "oip-v2"
+KSERVE_V1: Final[Form] = "kserve-v1"
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class DecodedEvent:
     """One input to score, validated: one array per bundle input, without the batch dimension."""
 
     event_id: str
-    form: str  # one of FORMS
+    form: Form
     inputs: tuple[np.ndarray, ...]
     document: dict[str, Any]  # what a quarantine record embeds (for a batch request: this input's part)
     request_id: str | None = None  # what a response to it carries (OIP v2 `id`, `ce_id`)
@@ -72,7 +72,7 @@ class ServedAnswers:
 
     request_id: str
     labels: tuple[int, ...]
-    form: str
+    form: Form
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,7 @@ def _text_or_none(value: Any) -> str | None:
 
 
 def _row_document(
-    form: str,
+    form: Form,
     request_id: str | None,
     row: int,
     count: int,

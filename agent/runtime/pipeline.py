@@ -49,7 +49,7 @@ from agent.errors import CommitRejectedError, ConnectorError, DeliveryRefusedErr
 from agent.runtime.events import DecodedEvent, Expectations, ServedAnswers, decode_record
 from agent.runtime.routing import Message, Outcome, Topics, dead_letter, quarantined, scored_messages
 from agent.runtime.served import Comparisons, ServedAnswerCheck
-from agent.runtime.settings import AgentSettings
+from agent.runtime.settings import AgentSettings, UnknownModelPolicy
 from agent.runtime.telemetry import Telemetry
 from connectors.base import Record, Sink, Source, next_offsets
 
@@ -75,7 +75,7 @@ class PipelineOptions:
     retry_budget_s: float = _setting_default("retry_budget_s")
     max_inputs_per_event: int = _setting_default("max_inputs_per_event")
     model_names: tuple[str, ...] = _setting_default("model_names")  # besides the bundle's own
-    unknown_model: str = _setting_default("unknown_model")
+    unknown_model: UnknownModelPolicy = _setting_default("unknown_model")
 
     @classmethod
     def from_settings(cls, settings: AgentSettings) -> PipelineOptions:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 import orjson
@@ -45,7 +45,8 @@ class Verdict(StrEnum):
 DEFAULT_THRESHOLD = 0.1
 NEIGHBOURS_SHOWN = 5
 UNDELIVERABLE = "undeliverable"  # the dead-letter reason of a valid event whose output was refused
-OUTPUTS = ("scores", "quarantine", "dead_letter")  # what a refused message was: a bounded metric label
+Output = Literal["scores", "quarantine", "dead_letter"]  # what a message is: a bounded metric label
+OUTPUTS: tuple[Output, ...] = get_args(Output)
 _KEY_LIMIT = 1024  # bytes of the original key an empty dead letter keeps
 
 
@@ -60,7 +61,7 @@ class Topics:
 class Message:
     """One output record; `fallback` is sent instead when the sink refuses this one for good."""
 
-    output: str  # one of OUTPUTS
+    output: Output
     topic: str
     value: bytes
     key: bytes | None

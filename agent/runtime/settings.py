@@ -37,16 +37,19 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from agent.engine.drift import DEFAULT_ARL_EVENTS, DEFAULT_WINDOW
+from agent.engine.index import IndexBackend
 from agent.engine.model_factory import DEFAULT_FACTORY_MODULES
 from agent.errors import ConfigError
 from agent.runtime.events import DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_ROWS
 from agent.runtime.routing import DEFAULT_THRESHOLD
+from connectors.base import OffsetReset
 from connectors.kafka_security import KafkaSecurity
 from connectors.registry import split_uri
 
 log = logging.getLogger(__name__)
 TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,249}$"  # Kafka's legal topic names
 _yaml_layer: ContextVar[dict[str, Any] | None] = ContextVar("dknn_yaml_layer", default=None)
+UnknownModelPolicy = Literal["dead_letter", "skip"]  # what becomes of an event for another model
 
 
 class _YamlLayer(PydanticBaseSettingsSource):
@@ -105,7 +108,7 @@ class AgentSettings(BaseSettings):
         description="comma-separated names an event may give for this agent's model besides the bundle's own "
         "(e.g. the KServe InferenceService name)",
     )
-    unknown_model: Literal["dead_letter", "skip"] = Field(
+    unknown_model: UnknownModelPolicy = Field(
         "dead_letter",
         description="an event for another model: dead_letter it, or skip and count it (a topic shared by models)",
     )
@@ -122,7 +125,7 @@ class AgentSettings(BaseSettings):
         description="create missing input and output topics at start with this many partitions (0: never; for "
         "local brokers and trials: production topics are the operator's, with their replication and retention)",
     )
-    auto_offset_reset: Literal["earliest", "latest"] = Field(
+    auto_offset_reset: OffsetReset = Field(
         "earliest",
         description="where a consumer group without committed offsets starts: earliest = the oldest "
         "retained event (the backlog is scored), latest = only events produced after it joins",
@@ -163,9 +166,7 @@ class AgentSettings(BaseSettings):
     retry_budget_s: float = Field(
         120.0, ge=0.0, le=3600.0, description="how long a retriable broker fault may last before the agent exits"
     )
-    index: Literal["annoy", "exact"] = Field(
-        "annoy", description="neighbour backend; exact brute-forces the same bundle"
-    )
+    index: IndexBackend = Field("annoy", description="neighbour backend; exact brute-forces the same bundle")
     search_k: int | None = Field(None, ge=-1, description="Annoy nodes inspected per query; unset = the bundle's")
     drift_arl_events: float = Field(
         DEFAULT_ARL_EVENTS,

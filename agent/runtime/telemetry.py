@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
+from typing import Literal, get_args
 
 import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -28,14 +29,15 @@ from agent import __version__
 from agent.engine.drift import DriftMonitor, DriftStatus
 from agent.engine.manifest import Manifest
 from agent.errors import EVENT_ERROR_REASONS
-from agent.runtime.routing import OUTPUTS, UNDELIVERABLE, Verdict
+from agent.runtime.routing import OUTPUTS, UNDELIVERABLE, Output, Verdict
 from agent.runtime.served import Comparisons
 
 NAMESPACE = "dknn"
 STAGES = ("poll", "decode", "activations", "knn", "score", "encode", "produce", "commit")
 DEAD_LETTER_REASONS = (*EVENT_ERROR_REASONS, UNDELIVERABLE, "other")
 WINDOWS = (100, 1000)
-SKIP_REASONS = ("unknown_model",)
+SkipReason = Literal["unknown_model"]
+SKIP_REASONS: tuple[SkipReason, ...] = get_args(SkipReason)
 PROBABILITY_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -302,16 +304,16 @@ class Telemetry:
         """Unknown reasons are counted as "other" so a new error path cannot add label values."""
         self.events_dead_lettered.labels(reason=reason if reason in DEAD_LETTER_REASONS else "other").inc(n)
 
-    def skipped(self, reason: str, n: int) -> None:
-        self.events_skipped.labels(reason=reason if reason in SKIP_REASONS else SKIP_REASONS[0]).inc(n)
+    def skipped(self, reason: SkipReason, n: int) -> None:
+        self.events_skipped.labels(reason=reason).inc(n)
 
     def served_answers(self, comparisons: Comparisons) -> None:
         self.served_compared.inc(comparisons.compared)
         self.served_mismatches.inc(comparisons.mismatched)
         self.served_unmatched.inc(comparisons.unmatched)
 
-    def refused(self, output: str) -> None:
-        self.outputs_refused.labels(output=output if output in OUTPUTS else OUTPUTS[-1]).inc()
+    def refused(self, output: Output) -> None:
+        self.outputs_refused.labels(output=output).inc()
 
     def commit_rejected(self) -> None:
         self.commits_rejected.inc()

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from agent.engine.dknn import DkNN
-from agent.engine.index import recall_at_k
+from agent.engine.index import BACKENDS, IndexBackend, recall_at_k
 from agent.errors import ConfigError
 from agent.evaluation import metrics as measures
 from agent.evaluation.metrics import VALIDITY_TAUS, fpr_at_95_tpr, tpr_at_fpr
@@ -49,7 +49,7 @@ class QualityOptions:
     seed: int = 0
     batch_size: int = 512
     extended: bool = False  # + Gaussian noise, inverted digits, BIM, PGD, baseline detectors, plots
-    backends: tuple[str, ...] = ("annoy", "exact")  # recall@k needs both; the SNNL study scores annoy only
+    backends: tuple[IndexBackend, ...] = BACKENDS  # recall@k needs both; the SNNL study scores annoy only
 
 
 def score_set(scorer: DkNN, data: EvalSet, batch_size: int, label: str) -> SetScores:
@@ -116,8 +116,8 @@ def validity(data: EvalSet, scores: SetScores) -> dict[str, float]:
 
 
 def run_quality(options: QualityOptions) -> dict:
-    if not options.backends or not set(options.backends) <= {"annoy", "exact"}:
-        raise ConfigError(f"backends must be a non-empty subset of annoy, exact; got {options.backends}")
+    if not options.backends or not set(options.backends) <= set(BACKENDS):
+        raise ConfigError(f"backends must be a non-empty subset of {', '.join(BACKENDS)}; got {options.backends}")
     mnist = load_mnist(options.data_dir)
     backends = {name: DkNN.from_bundle(options.artifacts, backend=name) for name in options.backends}
     first = next(iter(backends.values()))
@@ -138,7 +138,7 @@ def run_quality(options: QualityOptions) -> dict:
             *natural_sets(),
         ]
 
-    scores = {
+    scores: dict[str, dict[str, SetScores]] = {
         backend: {data.name: score_set(scorer, data, options.batch_size, f"{backend}:{data.name}") for data in sets}
         for backend, scorer in backends.items()
     }
