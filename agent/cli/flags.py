@@ -162,7 +162,11 @@ def _add_flag(target: Any, name: str, info: FieldInfo, arg: Arg) -> None:
     if arg.positional:
         kwargs["nargs"] = None if info.is_required() else "?"
         kwargs["default"] = argparse.SUPPRESS
-        kwargs["type"] = _scalar_type(annotation)
+        choices = _literal_choices(annotation)
+        if choices is not None:
+            kwargs["choices"] = choices
+        else:
+            kwargs["type"] = _scalar_type(annotation)
         if arg.metavar:
             kwargs["metavar"] = arg.metavar
         target.add_argument(name, **kwargs)

@@ -67,7 +67,16 @@ py="$CACHE/py"
 # baseline for its compiled module (setup.py reads DKNN_COMPILER_ARGS).
 agent_wheel="$CACHE/agent-wheel"
 rm -rf "$agent_wheel" && mkdir -p "$agent_wheel"
-DKNN_COMPILER_ARGS="-march=$ANNOY_MARCH -mtune=generic" "$py/bin/python" -m pip wheel -q --no-deps -w "$agent_wheel" "$ROOT"
+# From a copy of the product's sources: setuptools would reuse a checkout's build/ directory (modules
+# since moved away, a compiled module built for this CPU), and the lab (dknn_lab) stays out.
+agent_src=$(mktemp -d)
+cp "$ROOT"/{pyproject.toml,setup.py,README.md,NOTICE} "$agent_src"/
+for package in agent connectors dknn_events; do
+  (cd "$ROOT" && find "$package" -name __pycache__ -prune -o -name '*.so' -prune -o -type f -print) |
+    (cd "$ROOT" && xargs cp --parents -t "$agent_src")
+done
+DKNN_COMPILER_ARGS="-march=$ANNOY_MARCH -mtune=generic" "$py/bin/python" -m pip wheel -q --no-deps -w "$agent_wheel" "$agent_src"
+rm -rf "$agent_src"
 key=$(cat "$ROOT/pyproject.toml" "$HERE/slim_torch.py" <(echo "$TORCH_VERSION $ANNOY_VERSION $ANNOY_MARCH ${TORCH_INDEX_URL:-}") | sha256sum | cut -c1-16)
 wheels="$CACHE/wheels-$key"
 if [ ! -f "$wheels/.done" ]; then

@@ -59,7 +59,7 @@ def shifted_sets(model: nn.Module, clean: EvalSet, epsilon: float, seed: int) ->
 
 def blurred(clean: EvalSet, sigma: float) -> EvalSet:
     """Each digit under a Gaussian blur of `sigma` pixels, peak ink rescaled to MNIST's 1.0."""
-    from scipy.ndimage import gaussian_filter  # scikit-learn's dependency, in the bench extra
+    from scipy.ndimage import gaussian_filter  # scikit-learn's dependency, in the lab extra
 
     x = gaussian_filter(clean.x, sigma=(0, 0, sigma, sigma)).astype(np.float32)
     peak = x.max(axis=(-2, -1), keepdims=True)

@@ -399,3 +399,26 @@ def test_model_wheels_through_the_readmes_from_recipe(
         assert _docker(*python, "-c", "import pip", check=False).returncode != 0, "the recipe left pip in the venv"
     finally:
         _docker("rmi", tag, check=False)
+
+
+def test_the_image_holds_the_product_only_and_its_help_lists_what_runs_there(image: dict[str, str]) -> None:
+    """No lab module (benchmarks, the MNIST reference model) and no test fake in the image; `--help`
+    names only commands that run there, and a lab command says in one line how to get it."""
+    found = _docker(
+        "run",
+        "--rm",
+        "--entrypoint",
+        "python",
+        image["IMAGE"],
+        "-c",
+        "import importlib.util as u; print([m for m in ('dknn_lab', 'agent.research', 'connectors.memory', "
+        "'sklearn', 'matplotlib') if u.find_spec(m)])",
+    )
+    assert found.stdout.strip() == "[]", found.stdout
+    help_text = _docker("run", "--rm", "--entrypoint", "dknn-agent", image["IMAGE"], "--help").stdout
+    listed = re.findall(r"^    ([a-z-]+)", help_text, re.M)
+    assert listed == ["run", "layers", "fit", "score", "info", "evaluate"], help_text
+    for command in listed:
+        assert _docker("run", "--rm", "--entrypoint", "dknn-agent", image["IMAGE"], command, "--help").returncode == 0
+    bench = _docker("run", "--rm", "--entrypoint", "dknn-agent", image["IMAGE"], "bench", "quality", check=False)
+    assert bench.returncode == 2 and "pip install ./lab" in bench.stderr, bench.stderr

@@ -105,7 +105,7 @@ def test_help(runs: dict[tuple[str, ...], subprocess.CompletedProcess[str]], com
 def test_console_script_is_installed_and_reports_the_version(
     runs: dict[tuple[str, ...], subprocess.CompletedProcess[str]],
 ) -> None:
-    assert CONSOLE_SCRIPT.exists(), f"{CONSOLE_SCRIPT} missing: reinstall with pip install -e '.[test,bench]'"
+    assert CONSOLE_SCRIPT.exists(), f"{CONSOLE_SCRIPT} missing: run make setup"
     result = runs[("--version",)]
     assert result.returncode == 0 and result.stdout.strip() == f"dknn-agent {__version__}", explain(result)
 
