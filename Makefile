@@ -17,7 +17,7 @@ setup: $(STAMP)
 
 # Re-installs when the dependency list or the compiled module changes; the editable install picks
 # up Python edits by itself.
-$(STAMP): pyproject.toml setup.py agent/engine/_annoy_batch.cpp
+$(STAMP): pyproject.toml lab/pyproject.toml setup.py agent/engine/_annoy_batch.cpp
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test,lab]' -e ./lab
