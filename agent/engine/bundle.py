@@ -83,11 +83,12 @@ def manifest_digest(manifest_bytes: bytes) -> str:
     return "sha256:" + hashlib.sha256(manifest_bytes).hexdigest()
 
 
-@dataclass
+@dataclass(frozen=True)
 class VerifiedBundle:
     """A bundle whose every file passed every check, with the parsed contents scoring needs.
 
-    Index files stay open (see `index_path`) until `close`; everything else is already in memory.
+    Only `verify_bundle` builds one, once everything is checked: there is no half-read bundle to
+    hand on. Index files stay open (see `index_path`) until `close`; everything else is in memory.
     """
 
     root: Path
@@ -98,9 +99,9 @@ class VerifiedBundle:
     calibration_alpha: np.ndarray  # sorted
     calibration_label_free: np.ndarray  # sorted
     preprocessors: dict[str, Preprocessor]
-    distance_reference: np.ndarray | None = None  # (m, distance layers), each column sorted
-    residual: ResidualTerm | None = None  # the nonconformity's residual term, when it has one
-    _index_fds: dict[str, int] = field(default_factory=dict, repr=False)
+    distance_reference: np.ndarray | None  # (m, distance layers), each column sorted; None without distances
+    residual: ResidualTerm | None  # the nonconformity's residual term, when it has one
+    _index_fds: dict[str, int] = field(repr=False)  # layer name -> the verified file's descriptor
 
     def index_path(self, layer_name: str) -> str:
         """A path to the very Annoy file that was verified (its open descriptor, where /proc exists)."""
@@ -208,32 +209,32 @@ def verify_bundle(root: str | Path, trust: BundleTrust | None = None, *, importi
                     contents[relative] = data
             if actual != expected:
                 raise BundleError(f"{root / relative}: sha256 mismatch (corrupted or modified after fitting)")
-        bundle = VerifiedBundle(
-            root=root,
-            manifest=manifest,
-            digest=digest,
-            model_bytes=contents[manifest.model.files[0]],
-            train_labels=_train_labels(contents[TRAIN_LABELS_FILE], root / TRAIN_LABELS_FILE, manifest),
-            calibration_alpha=np.empty(0),
-            calibration_label_free=np.empty(0),
-            preprocessors={},
-            _index_fds=fds,
-        )
+        train_labels = _train_labels(contents[TRAIN_LABELS_FILE], root / TRAIN_LABELS_FILE, manifest)
         calibration = _load_npz(contents[CALIBRATION_FILE], root / CALIBRATION_FILE)
-        bundle.calibration_alpha, bundle.calibration_label_free, bundle.distance_reference = _calibration(
-            calibration, root / CALIBRATION_FILE, manifest
-        )
-        if residual_spec is not None:
-            bundle.residual = _residual(residual_spec, contents, calibration, root)
+        alpha, label_free, distance_reference = _calibration(calibration, root / CALIBRATION_FILE, manifest)
+        residual = _residual(residual_spec, contents, calibration, root) if residual_spec is not None else None
+        preprocessors = {}
         for layer in manifest.layers:
             _check_index_size(fds[layer.name], root / layer.index_file, layer.dim, manifest.train.size)
             params = _load_npz(contents[layer.params_file], root / layer.params_file) if layer.params_file else {}
-            bundle.preprocessors[layer.name] = _preprocessor(layer.name, params, root, manifest)
+            preprocessors[layer.name] = _preprocessor(layer.name, params, root, manifest)
     except BaseException:
         for fd in fds.values():
             os.close(fd)
         raise
-    return bundle
+    return VerifiedBundle(
+        root=root,
+        manifest=manifest,
+        digest=digest,
+        model_bytes=contents[manifest.model.files[0]],
+        train_labels=train_labels,
+        calibration_alpha=alpha,
+        calibration_label_free=label_free,
+        preprocessors=preprocessors,
+        distance_reference=distance_reference,
+        residual=residual,
+        _index_fds=fds,
+    )
 
 
 # -- opening files inside the bundle, once, without following links --------------------------------

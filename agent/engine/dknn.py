@@ -2,11 +2,13 @@
 
 Scoring a batch is one forward pass, one index query per layer per input, and numpy for the
 nonconformity and p-values (docs/design.md §2); see `agent.engine.conformal` for the exact conventions.
+Two classes, because fit needs the first without the second: `NonconformityScorer` measures α and
+needs no calibration; `DkNN` is built from a complete `VerifiedBundle` and adds its calibration.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,7 @@ from threadpoolctl import ThreadpoolController
 from torch import nn
 
 from agent.engine import conformal
-from agent.engine.bundle import BundleTrust, verify_bundle
+from agent.engine.bundle import BundleTrust, VerifiedBundle, verify_bundle
 from agent.engine.index import BACKENDS, AnnoyBackend, ExactBackend, IndexBackend, NeighborIndex
 from agent.engine.manifest import Manifest
 from agent.engine.preprocess import Preprocessor
@@ -54,87 +56,45 @@ def _untimed(_stage: str) -> AbstractContextManager:
     return nullcontext()
 
 
-class DkNN:
-    """Scores inputs against one bundle. Thread-compatible, not thread-safe (one tap per model)."""
+class NonconformityScorer:
+    """α(x, j) for every candidate label of a batch: the model's taps, each layer's preprocessing and
+    index, the training labels and the nonconformity's references — everything `DkNN` needs but the
+    calibration scores.
+
+    Why it stands apart: `fit` measures the calibration set's α with it, against the indexes it has
+    just built, before any calibration exists to build a `DkNN` from. Thread-compatible, not
+    thread-safe (one tap per model).
+    """
 
     def __init__(
         self,
         manifest: Manifest,
         model: nn.Module | TappableModel,
-        preprocessors: dict[str, Preprocessor],
-        indexes: dict[str, NeighborIndex],
+        preprocessors: Mapping[str, Preprocessor],
+        indexes: Mapping[str, NeighborIndex],
         train_labels: np.ndarray,
-        calibration_alpha: np.ndarray,
-        calibration_label_free: np.ndarray,
-        distance_reference: np.ndarray | None = None,
-        residual: ResidualTerm | None = None,
+        distance_reference: np.ndarray | None,
+        residual: ResidualTerm | None,
     ) -> None:
+        if bool(manifest.distance_layers) != (distance_reference is not None):
+            raise BundleError("the manifest's nonconformity and the distance reference disagree")
+        if (manifest.nonconformity.residual is None) != (residual is None):
+            raise BundleError("the manifest's nonconformity and the residual term disagree")
         self.manifest = manifest
         self.tap = ActivationTap(
             model, manifest.tapped_layers, manifest.model.compute_dtype, output=manifest.model.output
         )
-        self.preprocessors = preprocessors
-        self.indexes = indexes
+        self.preprocessors = dict(preprocessors)
+        self.indexes = dict(indexes)
         self.train_labels = train_labels
-        self.calibration_alpha = np.sort(calibration_alpha)
-        self.calibration_label_free = np.sort(calibration_label_free)
         self.k = manifest.k
         self.num_classes = manifest.model.num_classes
         self.distance_reference = distance_reference
-        if bool(manifest.distance_layers) != (distance_reference is not None):
-            raise BundleError("the manifest's nonconformity and the distance reference disagree")
         self.residual = residual
-        if (manifest.nonconformity.residual is None) != (residual is None):
-            raise BundleError("the manifest's nonconformity and the residual term disagree")
         names = manifest.layer_names
         self._label_rows = [names.index(name) for name in manifest.label_layers]
         self._distance_rows = [names.index(name) for name in manifest.distance_layers]
-        self.digest: str | None = None  # the bundle digest, when built from a verified bundle
         self._blas = ThreadpoolController()
-
-    @classmethod
-    def from_bundle(
-        cls,
-        root: str | Path,
-        backend: IndexBackend = "annoy",
-        search_k: int | None = None,
-        threads: int | None = None,
-        trust: BundleTrust | None = None,
-    ) -> DkNN:
-        """Verifies the bundle (`agent.engine.bundle`), builds its model and opens its indexes."""
-        if backend not in BACKENDS:
-            raise ConfigError(f"unknown index backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        bundle = verify_bundle(root, trust)
-        try:
-            manifest = bundle.manifest
-            model = bundle.build_model()
-            indexes = {
-                layer.name: open_index(
-                    bundle.index_path(layer.name),
-                    layer.dim,
-                    manifest.train.size,
-                    backend,
-                    manifest.search_k(layer.name) if search_k is None else search_k,
-                    threads,
-                )
-                for layer in manifest.layers
-            }
-        finally:
-            bundle.close()  # Annoy holds its own mapping of each verified file now
-        scorer = cls(
-            manifest,
-            model,
-            bundle.preprocessors,
-            indexes,
-            bundle.train_labels,
-            bundle.calibration_alpha,
-            bundle.calibration_label_free,
-            bundle.distance_reference,
-            bundle.residual,
-        )
-        scorer.digest = bundle.digest
-        scorer.check_model(bundle.root)
-        return scorer
 
     def as_inputs(self, x: Inputs) -> list[np.ndarray]:
         """One array per model input, in the manifest's order; a bare array is the only input's batch."""
@@ -242,15 +202,95 @@ class DkNN:
     def label_neighbors(self, neighbor_ids: np.ndarray) -> np.ndarray:
         return np.where(neighbor_ids >= 0, self.train_labels[np.maximum(neighbor_ids, 0)], -1)
 
-    def score(self, x: Inputs, stage: StageTimer = _untimed) -> ScoreBatch:
-        """Scores one batch (validated first): an array, or one per model input; the caller chooses
-        the batch size. `stage` times the activations / knn / score phases (the agent passes its
-        Prometheus histogram)."""
-        arrays = self.check_input(x)
+    def search(
+        self, arrays: list[np.ndarray], stage: StageTimer = _untimed
+    ) -> tuple[Activations, np.ndarray, np.ndarray]:
+        """The forward pass of checked inputs and their neighbours: activations, `(n, L, k)` distances
+        and training row ids. `stage` times the activations and knn phases."""
         with stage("activations"):
             activations = self.tap(arrays)
         with stage("knn"):
             distances, ids = self.neighbors(activations)
+        return activations, distances, ids
+
+    def alpha(self, x: Inputs) -> np.ndarray:
+        """α(x, j) of one batch (validated first), `(n, C)`: what calibration ranks, and `DkNN` turns into p-values."""
+        activations, distances, ids = self.search(self.check_input(x))
+        return self.nonconformity(self.label_neighbors(ids), distances, activations)
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown index backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+class DkNN(NonconformityScorer):
+    """Scores inputs against one verified bundle: α as `NonconformityScorer` measures it, p-values
+    against the bundle's calibration scores."""
+
+    def __init__(
+        self,
+        bundle: VerifiedBundle,
+        backend: IndexBackend = "annoy",
+        search_k: int | None = None,
+        threads: int | None = None,
+    ) -> None:
+        """Builds the bundle's model, opens its indexes and checks the model on a probe batch.
+
+        `backend`, `search_k` (None: each layer's tuned value) and `threads` are this process's
+        choices, not the bundle's. The bundle may be closed afterwards: Annoy holds its own mapping
+        of each verified file.
+        """
+        _check_backend(backend)
+        manifest = bundle.manifest
+        model = bundle.build_model()
+        indexes = {
+            layer.name: open_index(
+                bundle.index_path(layer.name),
+                layer.dim,
+                manifest.train.size,
+                backend,
+                manifest.search_k(layer.name) if search_k is None else search_k,
+                threads,
+            )
+            for layer in manifest.layers
+        }
+        super().__init__(
+            manifest,
+            model,
+            bundle.preprocessors,
+            indexes,
+            bundle.train_labels,
+            bundle.distance_reference,
+            bundle.residual,
+        )
+        self.calibration_alpha = bundle.calibration_alpha  # both sorted by verify_bundle
+        self.calibration_label_free = bundle.calibration_label_free
+        self.digest = bundle.digest
+        self.check_model(bundle.root)
+
+    @classmethod
+    def from_bundle(
+        cls,
+        root: str | Path,
+        backend: IndexBackend = "annoy",
+        search_k: int | None = None,
+        threads: int | None = None,
+        trust: BundleTrust | None = None,
+    ) -> DkNN:
+        """Verifies the bundle at `root` (`agent.engine.bundle`) and scores with it; its files are closed again."""
+        _check_backend(backend)  # before hashing a whole bundle for nothing
+        bundle = verify_bundle(root, trust)
+        try:
+            return cls(bundle, backend, search_k, threads)
+        finally:
+            bundle.close()
+
+    def score(self, x: Inputs, stage: StageTimer = _untimed) -> ScoreBatch:
+        """Scores one batch (validated first): an array, or one per model input; the caller chooses
+        the batch size. `stage` times the activations / knn / score phases (the agent passes its
+        Prometheus histogram)."""
+        activations, distances, ids = self.search(self.check_input(x), stage)
         with stage("score"):
             labels = self.label_neighbors(ids)
             alpha = self.nonconformity(labels, distances, activations)

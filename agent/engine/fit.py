@@ -30,7 +30,7 @@ import agent
 from agent.engine.bundle import BundleTrust, sha256_file, verify_bundle
 from agent.engine.conformal import distance_statistic
 from agent.engine.data_files import Dataset
-from agent.engine.dknn import DkNN, open_index
+from agent.engine.dknn import NonconformityScorer, open_index
 from agent.engine.index import AnnoyBuilder
 from agent.engine.manifest import (
     CALIBRATION_FILE,
@@ -451,15 +451,15 @@ def _calibrate(
         )
         for layer in draft.layers
     }
-    placeholder = np.zeros(1)  # p-values are not needed here, only α
     assert train.y is not None and calibration.y is not None
     train_labels = train.y.astype(np.int64)
     names = [spec.name for spec in draft.inputs]
     train_x, calibration_x = _by_name(train, names), list(_by_name(calibration, names).values())
     arrays: dict[str, np.ndarray] = {}
     if draft.distance_layers:
+        # The reference is measured before the distance term exists: by the labels-only α's scorer.
         labels_only = draft.model_copy(update={"nonconformity": NonconformitySpec()})
-        scorer = DkNN(labels_only, model, preprocessors, indexes, train_labels, placeholder, placeholder)
+        scorer = NonconformityScorer(labels_only, model, preprocessors, indexes, train_labels, None, None)
         try:
             arrays["distance_reference"] = _distance_reference(scorer, draft, list(train_x.values()), options)
         finally:
@@ -467,15 +467,13 @@ def _calibrate(
     if residual is not None:
         arrays["residual_reference"] = residual.reference_sorted
     distance_reference = np.sort(arrays["distance_reference"], axis=0) if draft.distance_layers else None
-    scorer = DkNN(
-        draft, model, preprocessors, indexes, train_labels, placeholder, placeholder, distance_reference, residual
-    )
+    scorer = NonconformityScorer(draft, model, preprocessors, indexes, train_labels, distance_reference, residual)
     try:
         alpha = np.concatenate(
             [
-                scorer.score(
+                scorer.alpha(
                     [np.ascontiguousarray(array[start : start + options.batch_size]) for array in calibration_x]
-                ).alpha
+                )
                 for start in range(0, len(calibration), options.batch_size)
             ]
         )
@@ -486,7 +484,9 @@ def _calibrate(
     return arrays
 
 
-def _distance_reference(scorer: DkNN, draft: Manifest, train_x: list[np.ndarray], options: FitOptions) -> np.ndarray:
+def _distance_reference(
+    scorer: NonconformityScorer, draft: Manifest, train_x: list[np.ndarray], options: FitOptions
+) -> np.ndarray:
     """The k-NN distance statistic (mean or farthest of the nearest m) per distance layer of a seeded sample of training points, each queried
     for k + 1 neighbours with itself dropped — so the reference, like a new input, is measured
     against the other training points, and is fixed before calibration (which keeps α a fixed

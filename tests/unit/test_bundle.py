@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import pickle
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from agent.engine.bundle import BundleTrust, verify_bundle
-from agent.engine.dknn import DkNN
+from agent.engine.dknn import DkNN, NonconformityScorer
 from agent.errors import BundleError, ConfigError, InputError
 from tests.conftest import TINY_LAYERS, TinyProblem, fit_tiny
 
@@ -164,3 +165,47 @@ def test_bad_inputs_and_backend(tiny_bundle: Path) -> None:
 def test_refuses_to_overwrite_a_bundle_without_force(tiny_problem: TinyProblem, tiny_bundle: Path) -> None:
     with pytest.raises(ConfigError, match="--force"):
         fit_tiny(tiny_problem, tiny_bundle)
+
+
+def test_a_verified_bundle_is_complete_and_frozen(tiny_bundle: Path) -> None:
+    bundle = verify_bundle(tiny_bundle)
+    try:
+        assert list(bundle.preprocessors) == list(TINY_LAYERS) and len(bundle.train_labels) == 600
+        assert len(bundle.calibration_alpha) == len(bundle.calibration_label_free) == 200
+        assert (np.diff(bundle.calibration_alpha) >= 0).all() and (np.diff(bundle.calibration_label_free) >= 0).all()
+        assert bundle.distance_reference is None and bundle.residual is None  # the tiny bundle's labels-only α
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            bundle.calibration_alpha = np.zeros(200)  # type: ignore[misc]
+    finally:
+        bundle.close()
+
+
+def test_dknn_takes_a_verified_bundle_and_the_nonconformity_scorer_needs_no_calibration(
+    tiny_bundle: Path, tiny_problem: TinyProblem
+) -> None:
+    bundle = verify_bundle(tiny_bundle)
+    try:
+        scorer = DkNN(bundle)
+    finally:
+        bundle.close()  # the scorer keeps what it opened
+    assert scorer.digest == bundle.digest
+    assert scorer.calibration_alpha is bundle.calibration_alpha
+    scores = scorer.score(tiny_problem.test.x)
+    np.testing.assert_array_equal(scores.p_values, DkNN.from_bundle(tiny_bundle).score(tiny_problem.test.x).p_values)
+
+    # What fit measures calibration with: the same α, without any calibration to give it.
+    measure = NonconformityScorer(
+        scorer.manifest, scorer.tap.source, scorer.preprocessors, scorer.indexes, scorer.train_labels, None, None
+    )
+    np.testing.assert_array_equal(measure.alpha(tiny_problem.test.x), scores.alpha)
+    calibration = measure.alpha(tiny_problem.calibration.x)
+    true_alpha = calibration[np.arange(len(calibration)), tiny_problem.calibration.y]
+    np.testing.assert_array_equal(np.sort(true_alpha), bundle.calibration_alpha)  # the same indexes and search_k as fit
+    np.testing.assert_array_equal(np.sort(calibration.min(axis=1)), bundle.calibration_label_free)
+
+
+def test_a_scorer_refuses_references_its_manifest_does_not_name(tiny_bundle: Path) -> None:
+    scorer = DkNN.from_bundle(tiny_bundle)
+    parts = (scorer.manifest, scorer.tap.source, scorer.preprocessors, scorer.indexes, scorer.train_labels)
+    with pytest.raises(BundleError, match="distance reference disagree"):
+        NonconformityScorer(*parts, np.zeros((5, 1)), None)
