@@ -14,10 +14,33 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 READY = "ready"
+
+
+@dataclass(frozen=True)
+class ProcessMemory:
+    """One process, MiB: unique = private pages, what exiting would free."""
+
+    rss_mib: float
+    pss_mib: float
+    unique_mib: float
+    shared_mib: float
+    anonymous_mib: float
+
+
+@dataclass(frozen=True)
+class TwoAgents:
+    first: ProcessMemory
+    second: ProcessMemory
+    second_adds_share_of_first_rss: float  # the second's unique pages over the first's RSS
+
+
+@dataclass(frozen=True)
+class MemorySkipped:
+    skipped: str  # why nothing was measured
 
 
 def _rollup(pid: int) -> dict[str, int]:
@@ -31,22 +54,22 @@ def _rollup(pid: int) -> dict[str, int]:
     return fields
 
 
-def _summary(fields: dict[str, int]) -> dict[str, float]:
+def _summary(fields: dict[str, int]) -> ProcessMemory:
     mib = 1024 * 1024
     unique = fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
-    return {
-        "rss_mib": round(fields.get("Rss", 0) / mib, 1),
-        "pss_mib": round(fields.get("Pss", 0) / mib, 1),
-        "unique_mib": round(unique / mib, 1),
-        "shared_mib": round((fields.get("Shared_Clean", 0) + fields.get("Shared_Dirty", 0)) / mib, 1),
-        "anonymous_mib": round(fields.get("Anonymous", 0) / mib, 1),
-    }
+    return ProcessMemory(
+        rss_mib=round(fields.get("Rss", 0) / mib, 1),
+        pss_mib=round(fields.get("Pss", 0) / mib, 1),
+        unique_mib=round(unique / mib, 1),
+        shared_mib=round((fields.get("Shared_Clean", 0) + fields.get("Shared_Dirty", 0)) / mib, 1),
+        anonymous_mib=round(fields.get("Anonymous", 0) / mib, 1),
+    )
 
 
-def measure_two_agents(bundle: Path, batches: int = 8, timeout_s: float = 300) -> dict[str, Any]:
+def measure_two_agents(bundle: Path, batches: int = 8, timeout_s: float = 300) -> TwoAgents | MemorySkipped:
     """Starts two probes on `bundle` and reports both processes' memory while both are alive."""
     if not Path("/proc/self/smaps_rollup").is_file():
-        return {"skipped": "needs Linux /proc/PID/smaps_rollup"}
+        return MemorySkipped("needs Linux /proc/PID/smaps_rollup")
     probes: list[subprocess.Popen[str]] = []
     try:
         for _ in range(2):
@@ -67,11 +90,7 @@ def measure_two_agents(bundle: Path, batches: int = 8, timeout_s: float = 300) -
             if probe.stdin:
                 probe.stdin.close()  # the probe exits when its stdin closes
             probe.wait(timeout_s)
-    return {
-        "first": first,
-        "second": second,
-        "second_adds_share_of_first_rss": round(second["unique_mib"] / first["rss_mib"], 3),
-    }
+    return TwoAgents(first, second, round(second.unique_mib / first.rss_mib, 3))
 
 
 def _probe(bundle: str, batches: int) -> None:

@@ -20,10 +20,8 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -35,10 +33,10 @@ from agent.errors import ConfigError
 from agent.runtime.events import Expectations, decode_record, encode_event
 from agent.runtime.routing import Outcome, Topics, quarantined, scored_messages
 from connectors.base import Record
-from dknn_lab.bench.memory import measure_two_agents
+from dknn_lab.bench.memory import MemorySkipped, TwoAgents, measure_two_agents
 from dknn_lab.bench.perturbations import EvalSet, shifted_sets
 from dknn_lab.bench.quality import auroc, recall_per_layer, score_set
-from dknn_lab.bench.reports import save_report
+from dknn_lab.bench.reports import now, save_report, table
 from dknn_lab.datasets import load_mnist
 from dknn_lab.reference import calibration_split
 
@@ -68,6 +66,68 @@ class PerfOptions:
             f"dknn-agent bench perf --artifacts {self.artifacts} --count {self.count} --exact-count "
             f"{self.exact_count} --batch-size {self.batch_size} --seed {self.seed} --out {self.out_dir}"
         )
+
+
+@dataclass(frozen=True)
+class LayerSearch:
+    dim: int  # after preprocessing
+    search_k: int
+
+
+@dataclass(frozen=True)
+class PerfBundle:
+    path: str
+    model: str
+    version: str
+    train_size: int
+    size_mib: float
+    k: int
+    n_trees: int
+    layers: dict[str, LayerSearch]
+
+
+@dataclass(frozen=True)
+class Hardware:
+    cpu: str
+    cores: int | None
+    torch_threads: int
+    python: str
+    torch: str
+
+
+@dataclass(frozen=True)
+class BackendAgreement:
+    """Annoy against exact search on the same inputs."""
+
+    accuracy: dict[str, float]  # backend -> clean DkNN accuracy, percent
+    auroc: dict[str, dict[str, float]]  # backend -> shifted set -> credibility AUROC against clean
+    recall_at_k: dict[str, dict[str, float]]  # set -> layer -> Annoy's recall@k
+
+
+@dataclass(frozen=True)
+class Goal:
+    measured: float
+    goal: float
+
+    def met(self, higher_is_better: bool) -> bool:
+        return self.measured >= self.goal if higher_is_better else self.measured <= self.goal
+
+
+@dataclass(frozen=True)
+class PerfResult:
+    benchmark: str = field(default="perf", init=False)
+    created_at: str = field(default_factory=now, init=False)
+    hardware: Hardware
+    bundle: PerfBundle
+    command: str
+    inputs: int
+    exact_inputs: int
+    batch_size: int
+    rates: dict[str, int]  # path -> inputs/s
+    stages: dict[str, int]  # stage -> inputs/s, each timed alone
+    quality: BackendAgreement
+    memory: TwoAgents | MemorySkipped
+    goals: dict[str, Goal]  # HIGHER_IS_BETTER names the goals that are floors
 
 
 def _rate(inputs: int, run: Callable[[], object], repeats: int = 3) -> float:
@@ -143,29 +203,36 @@ def _layer_rates(scorer: DkNN, name: str, activations: list[Activations], inputs
     return preprocess, search
 
 
-def quality(annoy: DkNN, exact: DkNN, sets: list[EvalSet], batch_size: int) -> dict[str, Any]:
+def quality(annoy: DkNN, exact: DkNN, sets: list[EvalSet], batch_size: int) -> BackendAgreement:
     """Annoy against exact on the same inputs: accuracy, AUROCs and recall@k per layer."""
     by_backend = {
         name: {data.name: score_set(scorer, data, batch_size, f"{name}:{data.name}") for data in sets}
         for name, scorer in (("annoy", annoy), ("exact", exact))
     }
     clean = sets[0]
-    out: dict[str, Any] = {"accuracy": {}, "auroc": {}, "recall_at_k": {}}
-    for backend, scores in by_backend.items():
-        out["accuracy"][backend] = round(100 * float((scores["clean"].prediction == clean.y).mean()), 2)
-        out["auroc"][backend] = {
-            data.name: round(auroc(scores["clean"].credibility, scores[data.name].credibility), 4) for data in sets[1:]
-        }
-    for data in sets:
+
+    def recall(data: EvalSet) -> dict[str, float]:
         approximate, truth = by_backend["annoy"][data.name].neighbor_ids, by_backend["exact"][data.name].neighbor_ids
         recalls = recall_per_layer(approximate, truth)
-        out["recall_at_k"][data.name] = {
-            name: round(recall, 3) for name, recall in zip(annoy.manifest.layer_names, recalls, strict=True)
-        }
-    return out
+        return {name: round(value, 3) for name, value in zip(annoy.manifest.layer_names, recalls, strict=True)}
+
+    return BackendAgreement(
+        accuracy={
+            backend: round(100 * float((scores["clean"].prediction == clean.y).mean()), 2)
+            for backend, scores in by_backend.items()
+        },
+        auroc={
+            backend: {
+                data.name: round(auroc(scores["clean"].credibility, scores[data.name].credibility), 4)
+                for data in sets[1:]
+            }
+            for backend, scores in by_backend.items()
+        },
+        recall_at_k={data.name: recall(data) for data in sets},
+    )
 
 
-def run_perf(options: PerfOptions) -> dict[str, Any]:
+def run_perf(options: PerfOptions) -> PerfResult:
     if options.count < options.batch_size or options.exact_count < 1 or options.batch_size < 1:
         raise ConfigError("--count must be at least --batch-size, and --exact-count and --batch-size positive")
     mnist = load_mnist(options.data_dir)
@@ -193,55 +260,49 @@ def run_perf(options: PerfOptions) -> dict[str, Any]:
     memory = measure_two_agents(options.artifacts)
 
     auroc_gaps = {
-        name: round(measured["auroc"]["exact"][name] - value, 4) for name, value in measured["auroc"]["annoy"].items()
+        name: round(measured.auroc["exact"][name] - value, 4) for name, value in measured.auroc["annoy"].items()
     }
-    accuracy_gap = round(measured["accuracy"]["exact"] - measured["accuracy"]["annoy"], 2)
-    result: dict[str, Any] = {
-        "benchmark": "perf",
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "hardware": _hardware(),
-        "bundle": {
-            "path": str(options.artifacts),
-            "model": manifest.model.name,
-            "version": manifest.model.version,
-            "train_size": manifest.train.size,
-            "size_mib": round(sum(f.stat().st_size for f in options.artifacts.rglob("*") if f.is_file()) / 2**20, 1),
-            "k": manifest.k,
-            "n_trees": manifest.index.n_trees,
-            "layers": {
-                layer.name: {"dim": layer.dim, "search_k": manifest.search_k(layer.name)} for layer in manifest.layers
-            },
-        },
-        "command": options.command(),
-        "inputs": len(clean.x),
-        "exact_inputs": len(exact_x),
-        "batch_size": options.batch_size,
-        "rates": {
+    accuracy_gap = round(measured.accuracy["exact"] - measured.accuracy["annoy"], 2)
+    goals = {
+        "scoring / forward pass": Goal(round(annoy_rate / floor, 3), SCORING_GOAL),
+        "annoy / exact": Goal(round(annoy_rate / exact_rate, 1), EXACT_GOAL),
+        "max AUROC gap": Goal(max(auroc_gaps.values()), AUROC_TOLERANCE),
+        "accuracy gap (points)": Goal(accuracy_gap, ACCURACY_TOLERANCE),
+    }
+    if isinstance(memory, TwoAgents):
+        goals["agent RSS (MiB)"] = Goal(memory.first.rss_mib, RSS_GOAL_MIB)
+        goals["second agent adds / first RSS"] = Goal(memory.second_adds_share_of_first_rss, SECOND_AGENT_GOAL)
+    result = PerfResult(
+        hardware=_hardware(),
+        bundle=PerfBundle(
+            path=str(options.artifacts),
+            model=manifest.model.name,
+            version=manifest.model.version,
+            train_size=manifest.train.size,
+            size_mib=round(sum(f.stat().st_size for f in options.artifacts.rglob("*") if f.is_file()) / 2**20, 1),
+            k=manifest.k,
+            n_trees=manifest.index.n_trees,
+            layers={layer.name: LayerSearch(layer.dim, manifest.search_k(layer.name)) for layer in manifest.layers},
+        ),
+        command=options.command(),
+        inputs=len(clean.x),
+        exact_inputs=len(exact_x),
+        batch_size=options.batch_size,
+        rates={
             "plain forward pass": round(floor),
             "scoring annoy": round(annoy_rate),
             "scoring exact": round(exact_rate),
         },
-        "stages": {name: round(rate) for name, rate in stages.items()},
-        "quality": measured,
-        "memory": memory,
-        "goals": {
-            "scoring / forward pass": {"measured": round(annoy_rate / floor, 3), "goal": SCORING_GOAL},
-            "annoy / exact": {"measured": round(annoy_rate / exact_rate, 1), "goal": EXACT_GOAL},
-            "max AUROC gap": {"measured": max(auroc_gaps.values()), "goal": AUROC_TOLERANCE},
-            "accuracy gap (points)": {"measured": accuracy_gap, "goal": ACCURACY_TOLERANCE},
-        },
-    }
-    if "first" in memory:
-        result["goals"]["agent RSS (MiB)"] = {"measured": memory["first"]["rss_mib"], "goal": RSS_GOAL_MIB}
-        result["goals"]["second agent adds / first RSS"] = {
-            "measured": memory["second_adds_share_of_first_rss"],
-            "goal": SECOND_AGENT_GOAL,
-        }
+        stages={name: round(rate) for name, rate in stages.items()},
+        quality=measured,
+        memory=memory,
+        goals=goals,
+    )
     save_report(result, markdown(result), options.out_dir, f"perf-{manifest.model.name}")
     return result
 
 
-def _hardware() -> dict[str, Any]:
+def _hardware() -> Hardware:
     model = "unknown"
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
@@ -253,72 +314,89 @@ def _hardware() -> dict[str, Any]:
             ),
             model,
         )
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
+    return Hardware(
+        cpu=model,
+        cores=os.cpu_count(),
+        torch_threads=torch.get_num_threads(),
+        python=platform.python_version(),
+        torch=str(torch.__version__),
+    )
 
 
-def _met(goal: dict[str, float], higher_is_better: bool) -> str:
-    ok = goal["measured"] >= goal["goal"] if higher_is_better else goal["measured"] <= goal["goal"]
-    return "met" if ok else "**not met**"
-
-
-def markdown(result: dict[str, Any]) -> str:
-    bundle, rates, hardware = result["bundle"], result["rates"], result["hardware"]
+def markdown(result: PerfResult) -> str:
+    bundle, rates, hardware, measured = result.bundle, result.rates, result.hardware, result.quality
     floor = rates["plain forward pass"]
-    layers = ", ".join(f"{name} {spec['dim']}-d search_k {spec['search_k']}" for name, spec in bundle["layers"].items())
+    layers = ", ".join(f"{name} {spec.dim}-d search_k {spec.search_k}" for name, spec in bundle.layers.items())
+    sets = list(measured.auroc["annoy"])
+    layer_names = list(bundle.layers)
     lines = [
-        f"# Scoring performance: {bundle['model']} {bundle['version']}",
+        f"# Scoring performance: {bundle.model} {bundle.version}",
         "",
-        f"{hardware['cpu']}, {hardware['cores']} cores, torch {hardware['torch']} with {hardware['torch_threads']} "
-        f"threads. Bundle: {bundle['train_size']:,} training points ({bundle['size_mib']:,} MiB on disk), k = "
-        f"{bundle['k']}, Annoy {bundle['n_trees']} trees ({layers}). {result['inputs']:,} clean MNIST evaluation inputs in batches of {result['batch_size']} "
-        f"(exact search: the first {result['exact_inputs']:,}). Regenerate: `{result['command']}`.",
+        f"{hardware.cpu}, {hardware.cores} cores, torch {hardware.torch} with {hardware.torch_threads} "
+        f"threads. Bundle: {bundle.train_size:,} training points ({bundle.size_mib:,} MiB on disk), k = "
+        f"{bundle.k}, Annoy {bundle.n_trees} trees ({layers}). {result.inputs:,} clean MNIST evaluation inputs in "
+        f"batches of {result.batch_size} (exact search: the first {result.exact_inputs:,}). "
+        f"Regenerate: `{result.command}`.",
         "",
-        "| path | inputs/s | share of the plain forward pass |",
-        "|---|---|---|",
+        *table(
+            ["path", "inputs/s", "share of the plain forward pass"],
+            [[name, f"{rate:,}", f"{rate / floor:.0%}"] for name, rate in rates.items()],
+        ),
+        "",
+        "Each stage timed alone on the same inputs (inputs/s; the time per input is its inverse):",
+        "",
+        *table(
+            ["stage", "inputs/s", "µs per input"],
+            [[name, f"{rate:,}", f"{1e6 / rate:.0f}"] for name, rate in result.stages.items()],
+        ),
+        "",
+        *table(
+            ["goal", "measured", "target", ""],
+            [
+                [
+                    name,
+                    goal.measured,
+                    f"{'≥' if name in HIGHER_IS_BETTER else '≤'} {goal.goal}",
+                    "met" if goal.met(name in HIGHER_IS_BETTER) else "**not met**",
+                ]
+                for name, goal in result.goals.items()
+            ],
+        ),
+        "",
+        *table(
+            ["backend", "clean DkNN accuracy %", *(f"AUROC clean vs {s}" for s in sets)],
+            [
+                [backend, f"{measured.accuracy[backend]:.2f}", *(f"{measured.auroc[backend][s]:.4f}" for s in sets)]
+                for backend in ("annoy", "exact")
+            ],
+        ),
+        "",
     ]
-    lines += [f"| {name} | {rate:,} | {rate / floor:.0%} |" for name, rate in rates.items()]
-    lines += ["", "Each stage timed alone on the same inputs (inputs/s; the time per input is its inverse):", ""]
-    lines += ["| stage | inputs/s | µs per input |", "|---|---|---|"]
-    lines += [f"| {name} | {rate:,} | {1e6 / rate:.0f} |" for name, rate in result["stages"].items()]
-    goals = result["goals"]
-    lines += ["", "| goal | measured | target | |", "|---|---|---|---|"]
-    for name, goal in goals.items():
-        higher = name in HIGHER_IS_BETTER
-        lines.append(
-            f"| {name} | {goal['measured']} | {'≥' if higher else '≤'} {goal['goal']} | {_met(goal, higher)} |"
-        )
-    measured = result["quality"]
-    sets = list(measured["auroc"]["annoy"])
-    lines += ["", "| backend | clean DkNN accuracy % | " + " | ".join(f"AUROC clean vs {s}" for s in sets) + " |"]
-    lines.append("|---|---|" + "---|" * len(sets))
-    for backend in ("annoy", "exact"):
-        aurocs = " | ".join(f"{measured['auroc'][backend][s]:.4f}" for s in sets)
-        lines.append(f"| {backend} | {measured['accuracy'][backend]:.2f} | {aurocs} |")
-    memory = result["memory"]
-    if "first" in memory:
+    memory = result.memory
+    if isinstance(memory, TwoAgents):
         lines += [
-            "",
             "Two scorer processes on the same bundle, both alive (MiB; unique = what exiting would free):",
             "",
+            *table(
+                ["process", "RSS", "PSS", "unique", "shared", "anonymous"],
+                [
+                    [name, m.rss_mib, m.pss_mib, m.unique_mib, m.shared_mib, m.anonymous_mib]
+                    for name, m in (("first", memory.first), ("second", memory.second))
+                ],
+            ),
         ]
-        lines += ["| process | RSS | PSS | unique | shared | anonymous |", "|---|---|---|---|---|---|"]
-        for name in ("first", "second"):
-            m = memory[name]
-            lines.append(
-                f"| {name} | {m['rss_mib']} | {m['pss_mib']} | {m['unique_mib']} | {m['shared_mib']} | "
-                f"{m['anonymous_mib']} |"
-            )
     else:
-        lines += ["", f"Memory: not measured ({memory['skipped']})."]
-    layer_names = list(bundle["layers"])
-    lines += ["", "Annoy recall@k against exact search:", "", "| inputs | " + " | ".join(layer_names) + " |"]
-    lines.append("|---|" + "---|" * len(layer_names))
-    for name, per_layer in measured["recall_at_k"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{per_layer[layer]:.3f}" for layer in layer_names) + " |")
+        lines.append(f"Memory: not measured ({memory.skipped}).")
+    lines += [
+        "",
+        "Annoy recall@k against exact search:",
+        "",
+        *table(
+            ["inputs", *layer_names],
+            [
+                [name, *(f"{per_layer[layer]:.3f}" for layer in layer_names)]
+                for name, per_layer in measured.recall_at_k.items()
+            ],
+        ),
+    ]
     return "\n".join(lines) + "\n"

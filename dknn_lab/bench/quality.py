@@ -16,15 +16,14 @@ from the synthetic ones because they are what a deployed model mostly meets:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from agent.engine.dknn import DkNN
 from agent.engine.index import BACKENDS, IndexBackend, recall_at_k
+from agent.engine.manifest import Manifest, NonconformitySpec
 from agent.errors import ConfigError
 from agent.evaluation import metrics as measures
 from agent.evaluation.metrics import VALIDITY_TAUS, fpr_at_95_tpr, tpr_at_fpr
@@ -33,7 +32,16 @@ from agent.evaluation.scoring import SetScores
 from agent.evaluation.scoring import score_set as score_inputs
 from dknn_lab.bench.detectors import detector_scores, fit_detectors
 from dknn_lab.bench.perturbations import EvalSet, gaussian_noise, inverted, iterative_attack_sets, shifted_sets
-from dknn_lab.bench.reports import save_report
+from dknn_lab.bench.reports import (
+    ABSENT_WHEN_NONE,
+    INLINE,
+    encoded,
+    now,
+    num,
+    pct,
+    save_report,
+    table,
+)
 from dknn_lab.datasets import Mnist, load_mnist
 from dknn_lab.natural_sets import COVARIATE_SHIFT, FAR_OOD, SET_KINDS, natural_sets
 from dknn_lab.reference import calibration_split
@@ -52,6 +60,125 @@ class QualityOptions:
     backends: tuple[IndexBackend, ...] = BACKENDS  # recall@k needs both; the SNNL study scores annoy only
 
 
+@dataclass(frozen=True)
+class BundleInfo:
+    """The bundle measured, as its manifest describes it."""
+
+    path: str
+    model: str
+    version: str
+    k: int
+    layers: dict[str, str]  # layer -> preprocessing spec
+    n_trees: int
+    search_k: dict[str, int]
+    calibration_size: int
+    nonconformity: NonconformitySpec = field(metadata=encoded(lambda spec: spec.model_dump(mode="json")))
+
+    @classmethod
+    def of(cls, path: Path, manifest: Manifest) -> BundleInfo:
+        return cls(
+            path=str(path),
+            model=manifest.model.name,
+            version=manifest.model.version,
+            k=manifest.k,
+            layers={layer.name: layer.preprocessing for layer in manifest.layers},
+            n_trees=manifest.index.n_trees,
+            search_k={name: manifest.search_k(name) for name in manifest.layer_names},
+            calibration_size=manifest.calibration.size,
+            nonconformity=manifest.nonconformity,
+        )
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """What a set's labels add to its metrics."""
+
+    dknn_accuracy: float
+    model_accuracy: float
+    mean_credibility_correct: float | None  # None: DkNN got none of the set right
+
+
+@dataclass(frozen=True)
+class SetMetrics:
+    n: int
+    mean_credibility: float
+    labelled: Labelled | None = field(metadata=INLINE)  # None: a set without labels (noise)
+
+    @property
+    def dknn_accuracy(self) -> float | None:
+        return None if self.labelled is None else self.labelled.dknn_accuracy
+
+    @property
+    def model_accuracy(self) -> float | None:
+        return None if self.labelled is None else self.labelled.model_accuracy
+
+    @property
+    def mean_credibility_correct(self) -> float | None:
+        return None if self.labelled is None else self.labelled.mean_credibility_correct
+
+
+@dataclass(frozen=True)
+class RightVsWrong:
+    """AUROC at telling the model's right answers from its wrong ones (`right_vs_wrong`)."""
+
+    credibility: float | None
+    model_answer_p: float | None
+    softmax: float | None
+
+
+@dataclass(frozen=True)
+class BackendQuality:
+    """One backend's numbers; every dict is keyed by set name (validity: by τ as written, "0.05")."""
+
+    sets: dict[str, SetMetrics]
+    auroc_credibility: dict[str, float]
+    auroc_softmax: dict[str, float]
+    auroc_credibility_model_wrong: dict[str, float]
+    auroc_softmax_model_wrong: dict[str, float]
+    validity: dict[str, float]
+    right_vs_wrong: dict[str, RightVsWrong]  # the covariate-shift sets only
+
+
+@dataclass(frozen=True)
+class DetectorScores:
+    """One detector, clean evaluation points against one set."""
+
+    auroc: float
+    fpr_at_95_tpr: float
+    tpr_at_1_fpr: float
+    tpr_at_5_fpr: float
+
+
+@dataclass(frozen=True)
+class DetectorComparison:
+    layer: str  # the baselines' layer
+    sets: dict[str, dict[str, DetectorScores]]  # set -> detector -> scores
+    backend: str  # the DkNN backend whose credibility is compared
+
+
+@dataclass(frozen=True)
+class QualityResult:
+    benchmark: str = field(default="quality", init=False)
+    created_at: str = field(default_factory=now, init=False)
+    bundle: BundleInfo
+    epsilon: float
+    backends: dict[str, BackendQuality]
+    recall_at_k: dict[str, dict[str, float]] | None = field(metadata=ABSENT_WHEN_NONE)  # set -> layer; both backends
+    extended: bool
+    detectors: DetectorComparison | None = field(metadata=ABSENT_WHEN_NONE)  # extended runs only
+
+    @property
+    def stem(self) -> str:
+        """The file name of the report and its plots: the bundle's model, version and fit."""
+        suffix = f"-{self.bundle.version}-extended" if self.extended else ""
+        spec = self.bundle.nonconformity
+        if spec.kind != "labels":  # refitted bundles share the model's version
+            suffix += f"-distance-w{spec.distance_weight}"
+        if spec.residual is not None:
+            suffix += f"-residual-{spec.residual.layer}"
+        return f"quality-{self.bundle.model}{suffix}"
+
+
 def score_set(scorer: DkNN, data: EvalSet, batch_size: int, label: str) -> SetScores:
     return score_inputs(scorer, data.x, batch_size, label)
 
@@ -66,13 +193,13 @@ def recall_per_layer(approximate: np.ndarray, exact: np.ndarray) -> list[float]:
     return [recall_at_k(approximate[:, layer], exact[:, layer]) for layer in range(exact.shape[1])]
 
 
-def right_vs_wrong(data: EvalSet, scores: SetScores) -> dict[str, float | None]:
+def right_vs_wrong(data: EvalSet, scores: SetScores) -> RightVsWrong:
     """AUROC at telling the model's right answers (positives) from its wrong ones, within one
     labelled set, of: credibility (the p-value of DkNN's own prediction, the acceptance measure);
     the p-value of the model's answer (what the training data says of the answer actually served,
     like for like with the softmax, which also speaks of the model's answer); and the softmax.
     None when the model is all right or all wrong."""
-    return measures.right_vs_wrong(
+    separation = measures.right_vs_wrong(
         scores.model_prediction == data.y,
         {
             "credibility": scores.credibility,
@@ -80,6 +207,7 @@ def right_vs_wrong(data: EvalSet, scores: SetScores) -> dict[str, float | None]:
             "softmax": scores.softmax_max,
         },
     )
+    return RightVsWrong(**separation)
 
 
 def model_wrong_aurocs(shifted: list[EvalSet], by_set: dict[str, SetScores], score: str) -> dict[str, float]:
@@ -96,16 +224,16 @@ def model_wrong_aurocs(shifted: list[EvalSet], by_set: dict[str, SetScores], sco
     return out
 
 
-def set_metrics(data: EvalSet, scores: SetScores) -> dict[str, Any]:
-    metrics: dict[str, Any] = {"n": len(data.x), "mean_credibility": float(scores.credibility.mean())}
+def set_metrics(data: EvalSet, scores: SetScores) -> SetMetrics:
+    labelled = None
     if data.y is not None:
         correct = scores.prediction == data.y
-        metrics |= {
-            "dknn_accuracy": float(correct.mean()),
-            "model_accuracy": float((scores.model_prediction == data.y).mean()),
-            "mean_credibility_correct": float(scores.credibility[correct].mean()) if correct.any() else None,
-        }
-    return metrics
+        labelled = Labelled(
+            dknn_accuracy=float(correct.mean()),
+            model_accuracy=float((scores.model_prediction == data.y).mean()),
+            mean_credibility_correct=float(scores.credibility[correct].mean()) if correct.any() else None,
+        )
+    return SetMetrics(n=len(data.x), mean_credibility=float(scores.credibility.mean()), labelled=labelled)
 
 
 def validity(data: EvalSet, scores: SetScores) -> dict[str, float]:
@@ -115,7 +243,7 @@ def validity(data: EvalSet, scores: SetScores) -> dict[str, float]:
     return measures.validity(scores.p_of(data.y))
 
 
-def run_quality(options: QualityOptions) -> dict:
+def run_quality(options: QualityOptions) -> QualityResult:
     if not options.backends or not set(options.backends) <= set(BACKENDS):
         raise ConfigError(f"backends must be a non-empty subset of {', '.join(BACKENDS)}; got {options.backends}")
     mnist = load_mnist(options.data_dir)
@@ -142,44 +270,9 @@ def run_quality(options: QualityOptions) -> dict:
         backend: {data.name: score_set(scorer, data, options.batch_size, f"{backend}:{data.name}") for data in sets}
         for backend, scorer in backends.items()
     }
-    result: dict[str, Any] = {
-        "benchmark": "quality",
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "bundle": {
-            "path": str(options.artifacts),
-            "model": manifest.model.name,
-            "version": manifest.model.version,
-            "k": manifest.k,
-            "layers": {layer.name: layer.preprocessing for layer in manifest.layers},
-            "n_trees": manifest.index.n_trees,
-            "search_k": {name: manifest.search_k(name) for name in manifest.layer_names},
-            "calibration_size": manifest.calibration.size,
-            "nonconformity": manifest.nonconformity.model_dump(mode="json"),
-        },
-        "epsilon": options.epsilon,
-        "backends": {},
-    }
-    for backend, by_set in scores.items():
-        clean_scores = by_set["clean"]
-        result["backends"][backend] = {
-            "sets": {data.name: set_metrics(data, by_set[data.name]) for data in sets},
-            "auroc_credibility": {
-                data.name: auroc(clean_scores.credibility, by_set[data.name].credibility) for data in sets[1:]
-            },
-            "auroc_softmax": {
-                data.name: auroc(clean_scores.softmax_max, by_set[data.name].softmax_max) for data in sets[1:]
-            },
-            "auroc_credibility_model_wrong": model_wrong_aurocs(sets[1:], by_set, "credibility"),
-            "auroc_softmax_model_wrong": model_wrong_aurocs(sets[1:], by_set, "softmax_max"),
-            "validity": validity(clean, clean_scores),
-            "right_vs_wrong": {
-                data.name: right_vs_wrong(data, by_set[data.name])
-                for data in sets
-                if SET_KINDS.get(data.name) == COVARIATE_SHIFT
-            },
-        }
+    recall = None
     if len(backends) == 2:
-        result["recall_at_k"] = {
+        recall = {
             data.name: dict(
                 zip(
                     manifest.layer_names,
@@ -189,19 +282,45 @@ def run_quality(options: QualityOptions) -> dict:
             )
             for data in sets
         }
-    result["extended"] = options.extended
+    detectors = None
     if options.extended:
         name = next(iter(backends))
-        result["detectors"] = compare_detectors(backends[name], mnist, sets, scores[name], options.batch_size)
-        result["detectors"]["backend"] = name
-        draw_figures(result, sets, scores[name], options.out_dir)
+        detectors = compare_detectors(backends[name], name, mnist, sets, scores[name], options.batch_size)
+    result = QualityResult(
+        bundle=BundleInfo.of(options.artifacts, manifest),
+        epsilon=options.epsilon,
+        backends={backend: backend_quality(sets, by_set) for backend, by_set in scores.items()},
+        recall_at_k=recall,
+        extended=options.extended,
+        detectors=detectors,
+    )
+    if detectors is not None:
+        draw_figures(result, sets, scores[detectors.backend], options.out_dir)
     write_results(result, options.out_dir)
     return result
 
 
+def backend_quality(sets: list[EvalSet], by_set: dict[str, SetScores]) -> BackendQuality:
+    """One backend's metrics; `sets[0]` is the clean evaluation set the others are compared with."""
+    clean, shifted = by_set[sets[0].name], sets[1:]
+    return BackendQuality(
+        sets={data.name: set_metrics(data, by_set[data.name]) for data in sets},
+        auroc_credibility={data.name: auroc(clean.credibility, by_set[data.name].credibility) for data in shifted},
+        auroc_softmax={data.name: auroc(clean.softmax_max, by_set[data.name].softmax_max) for data in shifted},
+        auroc_credibility_model_wrong=model_wrong_aurocs(shifted, by_set, "credibility"),
+        auroc_softmax_model_wrong=model_wrong_aurocs(shifted, by_set, "softmax_max"),
+        validity=validity(sets[0], clean),
+        right_vs_wrong={
+            data.name: right_vs_wrong(data, by_set[data.name])
+            for data in sets
+            if SET_KINDS.get(data.name) == COVARIATE_SHIFT
+        },
+    )
+
+
 def compare_detectors(
-    scorer: DkNN, mnist: Mnist, sets: list[EvalSet], by_set: dict[str, SetScores], batch_size: int
-) -> dict:
+    scorer: DkNN, backend: str, mnist: Mnist, sets: list[EvalSet], by_set: dict[str, SetScores], batch_size: int
+) -> DetectorComparison:
     """AUROC and FPR at 95% TPR of every detector, clean evaluation points against each set."""
     detectors = fit_detectors(scorer, mnist.x_train, mnist.y_train, batch_size)
     per_set = {
@@ -216,56 +335,58 @@ def compare_detectors(
         for data in sets
     }
     clean = per_set["clean"]
-    return {
-        "layer": detectors.layer,
-        "sets": {
+    return DetectorComparison(
+        layer=detectors.layer,
+        sets={
             data.name: {
-                name: {
-                    "auroc": auroc(clean[name], values),
-                    "fpr_at_95_tpr": fpr_at_95_tpr(clean[name], values),
-                    "tpr_at_1_fpr": tpr_at_fpr(clean[name], values, 0.01),
-                    "tpr_at_5_fpr": tpr_at_fpr(clean[name], values, 0.05),
-                }
+                name: DetectorScores(
+                    auroc=auroc(clean[name], values),
+                    fpr_at_95_tpr=fpr_at_95_tpr(clean[name], values),
+                    tpr_at_1_fpr=tpr_at_fpr(clean[name], values, 0.01),
+                    tpr_at_5_fpr=tpr_at_fpr(clean[name], values, 0.05),
+                )
                 for name, values in per_set[data.name].items()
             }
             for data in sets[1:]
         },
-    }
-
-
-def draw_figures(result: dict, sets: list[EvalSet], by_set: dict[str, SetScores], out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = _stem(result)
-    clean = by_set["clean"]
-    title = f"{result['bundle']['model']} {result['bundle']['version']}"
-    reliability_diagram(clean.credibility, clean.prediction == sets[0].y, out_dir / f"{stem}-reliability.png", title)
-    credibility_histograms(
-        {data.name: by_set[data.name].credibility for data in sets}, out_dir / f"{stem}-credibility.png", title
+        backend=backend,
     )
 
 
-def _nonconformity_words(spec: dict) -> str:
+def draw_figures(result: QualityResult, sets: list[EvalSet], by_set: dict[str, SetScores], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clean = by_set["clean"]
+    title = f"{result.bundle.model} {result.bundle.version}"
+    reliability_diagram(
+        clean.credibility, clean.prediction == sets[0].y, out_dir / f"{result.stem}-reliability.png", title
+    )
+    credibility_histograms(
+        {data.name: by_set[data.name].credibility for data in sets}, out_dir / f"{result.stem}-credibility.png", title
+    )
+
+
+def _nonconformity_words(spec: NonconformitySpec) -> str:
     """`labels+distance (distance weight 600) + residual at relu2 (64 directions, weight 600, tail 0.995)`."""
-    words = spec.get("kind", "labels")
-    if words != "labels":
-        words += f" (distance weight {spec['distance_weight']})"
-    residual = spec.get("residual")
-    if residual:
+    words: str = spec.kind
+    if spec.kind != "labels":
+        words += f" (distance weight {spec.distance_weight})"
+    residual = spec.residual
+    if residual is not None:
         words += (
-            f" + residual at {residual['layer']} ({residual['components']} directions, weight {residual['weight']}, "
-            f"tail {residual['tail']:g})"
+            f" + residual at {residual.layer} ({residual.components} directions, weight {residual.weight}, "
+            f"tail {residual.tail:g})"
         )
     return words
 
 
-def markdown(result: dict) -> str:
+def markdown(result: QualityResult) -> str:
+    bundle = result.bundle
     lines = [
-        f"# Quality: {result['bundle']['model']} {result['bundle']['version']}",
+        f"# Quality: {bundle.model} {bundle.version}",
         "",
-        f"k={result['bundle']['k']}, layers {result['bundle']['layers']}, "
-        f"Annoy n_trees={result['bundle']['n_trees']} search_k={result['bundle']['search_k']}, "
-        f"{result['bundle']['calibration_size']} calibration points, FGSM ε={result['epsilon']}, "
-        f"nonconformity {_nonconformity_words(result['bundle'].get('nonconformity') or {})}.",
+        f"k={bundle.k}, layers {bundle.layers}, Annoy n_trees={bundle.n_trees} search_k={bundle.search_k}, "
+        f"{bundle.calibration_size} calibration points, FGSM ε={result.epsilon}, "
+        f"nonconformity {_nonconformity_words(bundle.nonconformity)}.",
         "",
         *natural_markdown(result),
         "## Every set",
@@ -273,132 +394,147 @@ def markdown(result: dict) -> str:
         "AUROC: clean evaluation points against the set, by DkNN credibility and by softmax max-probability; "
         "'model wrong' uses only the set's inputs the model misclassifies.",
         "",
-        "| backend | set | n | model acc | DkNN acc | mean cred | mean cred (correct) | AUROC cred | AUROC softmax "
-        "| AUROC cred, model wrong | AUROC softmax, model wrong |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for backend, body in result["backends"].items():
-        for name, metrics in body["sets"].items():
-            lines.append(
-                "| "
-                + " | ".join(
-                    [
-                        backend,
-                        name,
-                        str(metrics["n"]),
-                        _pct(metrics.get("model_accuracy")),
-                        _pct(metrics.get("dknn_accuracy")),
-                        _num(metrics["mean_credibility"]),
-                        _num(metrics.get("mean_credibility_correct")),
-                        _num(body["auroc_credibility"].get(name)),
-                        _num(body["auroc_softmax"].get(name)),
-                        _num(body["auroc_credibility_model_wrong"].get(name)),
-                        _num(body["auroc_softmax_model_wrong"].get(name)),
-                    ]
-                )
-                + " |"
-            )
-    lines += [
+        *table(
+            [
+                "backend",
+                "set",
+                "n",
+                "model acc",
+                "DkNN acc",
+                "mean cred",
+                "mean cred (correct)",
+                "AUROC cred",
+                "AUROC softmax",
+                "AUROC cred, model wrong",
+                "AUROC softmax, model wrong",
+            ],
+            [
+                [
+                    backend,
+                    name,
+                    metrics.n,
+                    pct(metrics.model_accuracy),
+                    pct(metrics.dknn_accuracy),
+                    num(metrics.mean_credibility),
+                    num(metrics.mean_credibility_correct),
+                    num(body.auroc_credibility.get(name)),
+                    num(body.auroc_softmax.get(name)),
+                    num(body.auroc_credibility_model_wrong.get(name)),
+                    num(body.auroc_softmax_model_wrong.get(name)),
+                ]
+                for backend, body in result.backends.items()
+                for name, metrics in body.sets.items()
+            ],
+        ),
         "",
         "Validity (fraction of clean evaluation points with true-label p ≤ τ):",
         "",
-        "| backend | " + " | ".join(f"τ={tau}" for tau in VALIDITY_TAUS) + " |",
-        "|---|" + "---|" * len(VALIDITY_TAUS),
+        *table(
+            ["backend", *(f"τ={tau}" for tau in VALIDITY_TAUS)],
+            [
+                [backend, *(num(body.validity[str(tau)]) for tau in VALIDITY_TAUS)]
+                for backend, body in result.backends.items()
+            ],
+        ),
     ]
-    for backend, body in result["backends"].items():
-        lines.append(f"| {backend} | " + " | ".join(_num(body["validity"][str(tau)]) for tau in VALIDITY_TAUS) + " |")
-    layers = list(result["bundle"]["layers"])
-    if "recall_at_k" in result:
+    if result.recall_at_k is not None:
+        layers = list(bundle.layers)
         lines += [
             "",
-            f"Annoy recall@{result['bundle']['k']} against exact search, per layer:",
+            f"Annoy recall@{bundle.k} against exact search, per layer:",
             "",
-            "| set | " + " | ".join(layers) + " |",
-            "|---|" + "---|" * len(layers),
+            *table(
+                ["set", *layers],
+                [
+                    [name, *(num(per_layer[layer]) for layer in layers)]
+                    for name, per_layer in result.recall_at_k.items()
+                ],
+            ),
         ]
-        for name, per_layer in result["recall_at_k"].items():
-            lines.append(f"| {name} | " + " | ".join(_num(per_layer[layer]) for layer in layers) + " |")
-    if "detectors" in result:
-        names = list(next(iter(result["detectors"]["sets"].values())))
+    if result.detectors is not None:
+        detectors = result.detectors
+        names = _detector_names(detectors)
         lines += [
             "",
-            f"Detectors ({result['detectors']['backend']} backend; baselines on layer {result['detectors']['layer']}): "
+            f"Detectors ({detectors.backend} backend; baselines on layer {detectors.layer}): "
             "AUROC / FPR at 95% TPR, clean evaluation points as positives:",
             "",
-            "| set | " + " | ".join(names) + " |",
-            "|---|" + "---|" * len(names),
+            *table(
+                ["set", *names],
+                [
+                    [set_name, *(f"{num(per[n].auroc)} / {num(per[n].fpr_at_95_tpr)}" for n in names)]
+                    for set_name, per in detectors.sets.items()
+                ],
+            ),
+            "",
+            f"![reliability]({result.stem}-reliability.png) ![credibility]({result.stem}-credibility.png)",
         ]
-        for set_name, per_detector in result["detectors"]["sets"].items():
-            lines.append(
-                f"| {set_name} | "
-                + " | ".join(
-                    f"{_num(per_detector[n]['auroc'])} / {_num(per_detector[n]['fpr_at_95_tpr'])}" for n in names
-                )
-                + " |"
-            )
-        stem = _stem(result)
-        lines += ["", f"![reliability]({stem}-reliability.png) ![credibility]({stem}-credibility.png)"]
     return "\n".join(lines) + "\n"
 
 
-def natural_markdown(result: dict) -> list[str]:
+def natural_markdown(result: QualityResult) -> list[str]:
     """The natural sets first: what a deployed model mostly meets (docs/data.md)."""
-    if "detectors" not in result:
+    detectors = result.detectors
+    if detectors is None:
         return []
-    per_set = result["detectors"]["sets"]
-    far = [name for name in per_set if SET_KINDS.get(name) == FAR_OOD]
-    names = list(next(iter(per_set.values())))
-    lines = [
+    names = _detector_names(detectors)
+    body = result.backends[detectors.backend]
+    far = [name for name in detectors.sets if SET_KINDS.get(name) == FAR_OOD]
+    return [
         "## Natural sets: far out-of-distribution (not digits)",
         "",
         f"AUROC and the share flagged at the thresholds that flag 1% / 5% of clean traffic "
-        f"({result['detectors']['backend']} backend):",
+        f"({detectors.backend} backend):",
         "",
-        "| set | " + " | ".join(names) + " |",
-        "|---|" + "---|" * len(names),
-    ]
-    for set_name in far:
-        cells = [
-            f"{_num(d['auroc'])} ({_pct(d['tpr_at_1_fpr'])} / {_pct(d['tpr_at_5_fpr'])})"
-            for d in (per_set[set_name][n] for n in names)
-        ]
-        lines.append(f"| {set_name} | " + " | ".join(cells) + " |")
-    body = result["backends"][result["detectors"]["backend"]]
-    lines += [
+        *table(
+            ["set", *names],
+            [
+                [
+                    set_name,
+                    *(
+                        f"{num(d.auroc)} ({pct(d.tpr_at_1_fpr)} / {pct(d.tpr_at_5_fpr)})"
+                        for d in (detectors.sets[set_name][n] for n in names)
+                    ),
+                ]
+                for set_name in far
+            ],
+        ),
         "",
         "## Natural sets: covariate shift (digits from another population)",
         "",
-        "| set | n | model acc | DkNN acc | mean cred | right vs wrong answers: AUROC cred "
-        "| AUROC p-value of the model's answer | AUROC softmax |",
-        "|---|---|---|---|---|---|---|---|",
+        *table(
+            [
+                "set",
+                "n",
+                "model acc",
+                "DkNN acc",
+                "mean cred",
+                "right vs wrong answers: AUROC cred",
+                "AUROC p-value of the model's answer",
+                "AUROC softmax",
+            ],
+            [
+                [
+                    set_name,
+                    body.sets[set_name].n,
+                    pct(body.sets[set_name].model_accuracy),
+                    pct(body.sets[set_name].dknn_accuracy),
+                    num(body.sets[set_name].mean_credibility),
+                    num(separation.credibility),
+                    num(separation.model_answer_p),
+                    num(separation.softmax),
+                ]
+                for set_name, separation in body.right_vs_wrong.items()
+            ],
+        ),
+        "",
     ]
-    for set_name, aurocs in body["right_vs_wrong"].items():
-        metrics = body["sets"][set_name]
-        lines.append(
-            f"| {set_name} | {metrics['n']} | {_pct(metrics['model_accuracy'])} | {_pct(metrics['dknn_accuracy'])} | "
-            f"{_num(metrics['mean_credibility'])} | {_num(aurocs['credibility'])} | "
-            f"{_num(aurocs.get('model_answer_p'))} | {_num(aurocs['softmax'])} |"
-        )
-    return [*lines, ""]
 
 
-def _stem(result: dict) -> str:
-    suffix = f"-{result['bundle']['version']}-extended" if result.get("extended") else ""
-    spec = result["bundle"].get("nonconformity") or {}
-    if spec.get("kind", "labels") != "labels":  # refitted bundles share the model's version
-        suffix += f"-distance-w{spec['distance_weight']}"
-    if spec.get("residual"):
-        suffix += f"-residual-{spec['residual']['layer']}"
-    return f"quality-{result['bundle']['model']}{suffix}"
+def _detector_names(detectors: DetectorComparison) -> list[str]:
+    """The detectors compared, in the order they were scored (the same for every set)."""
+    return list(next(iter(detectors.sets.values()), {}))
 
 
-def write_results(result: dict, out_dir: Path) -> None:
-    save_report(result, markdown(result), out_dir, _stem(result))
-
-
-def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.2f}%"
-
-
-def _num(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3f}"
+def write_results(result: QualityResult, out_dir: Path) -> None:
+    save_report(result, markdown(result), out_dir, result.stem)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -76,17 +75,22 @@ def load_pools(path: Path) -> SavedPools:
         )
 
 
-def delay_summary(delays: list[int | None]) -> tuple[np.ndarray, dict[str, Any]]:
+@dataclass(frozen=True)
+class DelaySummary:
+    """Detection delays of one cell of onsets: how many were detected, and the median and 95th
+    percentile of their delays in events (None when nothing was detected)."""
+
+    detected: int
+    delay_median: float | None
+    delay_p95: float | None
+
+
+def delay_summary(delays: list[int | None]) -> tuple[np.ndarray, DelaySummary]:
     """Detection delays (events from onset to alarm; None = not detected) -> the detected ones and
-    the report's fields: how many, median and 95th percentile (None when nothing was detected)."""
+    their summary."""
     detected = np.array([d for d in delays if d is not None], dtype=float)
-    return detected, {
-        "detected": len(detected),
-        "delay_median": float(np.median(detected)) if len(detected) else None,
-        "delay_p95": float(np.percentile(detected, 95)) if len(detected) else None,
-    }
-
-
-def events(value: float | None) -> str:
-    """A count of events for a Markdown cell; "–" for none."""
-    return "–" if value is None else f"{value:,.0f}"
+    return detected, DelaySummary(
+        detected=len(detected),
+        delay_median=float(np.median(detected)) if len(detected) else None,
+        delay_p95=float(np.percentile(detected, 95)) if len(detected) else None,
+    )

@@ -13,16 +13,14 @@ run, so it takes seconds per bundle.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from agent.errors import ConfigError
 from dknn_lab.bench.perturbations import blurred, thickened, through_resolution
-from dknn_lab.bench.reports import save_report
+from dknn_lab.bench.reports import now, save_report, table
 from dknn_lab.datasets import load_mnist
 from dknn_lab.evalset import EvalSet
 from dknn_lab.natural_sets import font_digits, sklearn_digits
@@ -42,6 +40,15 @@ class SharpnessOptions:
     def command(self) -> str:
         bundles = " ".join(f"--artifacts {bundle}" for bundle in self.bundles)
         return f"dknn-agent bench sharpness {bundles} --count {self.count} --out {self.out_dir}"
+
+
+@dataclass(frozen=True)
+class SharpnessResult:
+    benchmark: str = field(default="sharpness", init=False)
+    created_at: str = field(default_factory=now, init=False)
+    command: str
+    inputs: dict[str, int]  # set -> inputs
+    model_accuracy_percent: dict[str, dict[str, float]]  # model version -> set -> accuracy
 
 
 def evaluation_sets(clean: EvalSet) -> list[EvalSet]:
@@ -66,7 +73,7 @@ def model_accuracy(model: torch.nn.Module, data: EvalSet, batch_size: int = 512)
     return right / len(data.x)
 
 
-def run_sharpness(options: SharpnessOptions) -> dict[str, Any]:
+def run_sharpness(options: SharpnessOptions) -> SharpnessResult:
     if not options.bundles or options.count < 1:
         raise ConfigError("give at least one --artifacts bundle and a positive --count")
     mnist = load_mnist(options.data_dir)
@@ -78,29 +85,27 @@ def run_sharpness(options: SharpnessOptions) -> dict[str, Any]:
             rows = split.evaluation[: options.count]
             sets = evaluation_sets(EvalSet("MNIST", mnist.x_test[rows], mnist.y_test[rows]))
         accuracy[version] = {data.name: round(100 * model_accuracy(model.classifier(None), data), 1) for data in sets}
-    result = {
-        "benchmark": "sharpness",
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": options.command(),
-        "inputs": {data.name: len(data.x) for data in sets},
-        "model_accuracy_percent": accuracy,
-    }
+    result = SharpnessResult(
+        command=options.command(), inputs={data.name: len(data.x) for data in sets}, model_accuracy_percent=accuracy
+    )
     save_report(result, markdown(result), options.out_dir, "sharpness")
     return result
 
 
-def markdown(result: dict[str, Any]) -> str:
-    models = list(result["model_accuracy_percent"])
+def markdown(result: SharpnessResult) -> str:
+    accuracy = result.model_accuracy_percent
     lines = [
         "# Sharpness: each model's own accuracy as MNIST digits lose detail",
         "",
-        f"Regenerate: `{result['command']}`. MNIST rows are the first bundle's evaluation points; "
+        f"Regenerate: `{result.command}`. MNIST rows are the first bundle's evaluation points; "
         "`through N×N` is the path scikit-learn's 8×8 digits take (averaged down, framed by `mnist_frame`).",
         "",
-        "| set | inputs | " + " | ".join(models) + " |",
-        "|---|---|" + "---|" * len(models),
+        *table(
+            ["set", "inputs", *accuracy],
+            [
+                [name, f"{count:,}", *(f"{per_set[name]:.1f}%" for per_set in accuracy.values())]
+                for name, count in result.inputs.items()
+            ],
+        ),
     ]
-    for name, count in result["inputs"].items():
-        row = [f"{result['model_accuracy_percent'][model][name]:.1f}%" for model in models]
-        lines.append(f"| {name} | {count:,} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"

@@ -22,10 +22,8 @@ replacement, so hundreds of long streams cost seconds, not hours. The detector i
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -35,8 +33,8 @@ from agent.errors import ConfigError
 from agent.runtime.routing import DEFAULT_THRESHOLD
 from dknn_lab.bench.perturbations import EvalSet, gaussian_noise, inverted, shifted_sets
 from dknn_lab.bench.quality import score_set
-from dknn_lab.bench.reports import save_report
-from dknn_lab.bench.score_pools import KINDS, Pool, SavedPools, delay_summary, events, mixed, save_pools
+from dknn_lab.bench.reports import INLINE, ModelVersion, events, now, save_report, table
+from dknn_lab.bench.score_pools import KINDS, DelaySummary, Pool, SavedPools, delay_summary, mixed, save_pools
 from dknn_lab.datasets import load_mnist
 from dknn_lab.reference import calibration_split
 
@@ -59,6 +57,50 @@ class ShiftOptions:
     seed: int = 0
     save_scores: Path | None = None  # the pools as .npz, for the peer comparison (shift_peer.py)
     scores_only: bool = False  # stop after saving them
+
+
+@dataclass(frozen=True)
+class FalseAlarms:
+    """Clean streams at one change threshold: the run length to the first alarm against the
+    guarantee, and how often the state signal turned on meanwhile."""
+
+    threshold: int
+    runs: int
+    mean_run_length: float
+    median_run_length: float
+    censored_runs: int  # no alarm by 20× the threshold: counted at that length
+    guarantee_holds: bool
+    clean_events: int
+    state_turned_on: int
+
+
+@dataclass(frozen=True)
+class Delays:
+    """One kind of shifted input at one share: detection delay, then what happened once it ended."""
+
+    kind: str
+    fraction: float
+    onsets: int
+    delays: DelaySummary = field(metadata=INLINE)
+    state_on_at_shift_end: int
+    state_cleared: int
+    resolution_median: float | None  # events until the state signal cleared
+    change_alarms_after_shift_ended: int
+
+
+@dataclass(frozen=True)
+class ShiftResult:
+    benchmark: str = field(default="shift", init=False)
+    created_at: str = field(default_factory=now, init=False)
+    bundle: ModelVersion
+    threshold: float
+    default_arl_events: float
+    prefix: int
+    shift_length: int
+    batch: int
+    low_credibility_rate: dict[str, float]  # kind of input -> share below the threshold
+    false_alarms: list[FalseAlarms]
+    delays: list[Delays]
 
 
 def _feed(monitor: DriftMonitor, scores: np.ndarray, low: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -95,7 +137,7 @@ def monitor_for(scorer: DkNN, arl: float, seed: int) -> DriftMonitor:
     )
 
 
-def false_alarms(scorer: DkNN, clean: Pool, options: ShiftOptions) -> list[dict[str, Any]]:
+def false_alarms(scorer: DkNN, clean: Pool, options: ShiftOptions) -> list[FalseAlarms]:
     rows = []
     for target, runs in zip(ARL_TARGETS, options.arl_runs, strict=True):
         rng = np.random.default_rng(options.seed + target)
@@ -115,22 +157,24 @@ def false_alarms(scorer: DkNN, clean: Pool, options: ShiftOptions) -> list[dict[
             lengths.append(seen)
         mean = float(np.mean(lengths))
         rows.append(
-            {
-                "threshold": target,
-                "runs": runs,
-                "mean_run_length": round(mean, 1),
-                "median_run_length": float(np.median(lengths)),
-                "censored_runs": censored,
-                "guarantee_holds": mean >= target,
-                "clean_events": state_events,
-                "state_turned_on": state_on,
-            }
+            FalseAlarms(
+                threshold=target,
+                runs=runs,
+                mean_run_length=round(mean, 1),
+                median_run_length=float(np.median(lengths)),
+                censored_runs=censored,
+                guarantee_holds=mean >= target,
+                clean_events=state_events,
+                state_turned_on=state_on,
+            )
         )
         print(f"false alarms: threshold {target}: mean run length {mean:.0f} over {runs} runs")
     return rows
 
 
-def delays(scorer: DkNN, by_kind: dict[str, Pool], options: ShiftOptions) -> tuple[list[dict[str, Any]], dict]:
+def delays(
+    scorer: DkNN, by_kind: dict[str, Pool], options: ShiftOptions
+) -> tuple[list[Delays], dict[str, list[float]]]:
     rng = np.random.default_rng(options.seed + 1)
     per_prefix = 10
     prefixes = []
@@ -159,48 +203,49 @@ def delays(scorer: DkNN, by_kind: dict[str, Pool], options: ShiftOptions) -> tup
                 rearmed += int(after_change.any())
             detected, summary = delay_summary(found)
             cleared = np.array([r for r in resolution if r is not None], dtype=float)
-            row = {
-                "kind": kind,
-                "fraction": fraction,
-                "onsets": options.onsets,
-                **summary,
-                "state_on_at_shift_end": state_on,
-                "state_cleared": len(cleared),
-                "resolution_median": float(np.median(cleared)) if len(cleared) else None,
-                "change_alarms_after_shift_ended": rearmed,
-            }
+            row = Delays(
+                kind=kind,
+                fraction=fraction,
+                onsets=options.onsets,
+                delays=summary,
+                state_on_at_shift_end=state_on,
+                state_cleared=len(cleared),
+                resolution_median=float(np.median(cleared)) if len(cleared) else None,
+                change_alarms_after_shift_ended=rearmed,
+            )
             rows.append(row)
             samples[f"{kind}@{fraction}"] = detected.tolist()
             print(
                 f"delay: {kind} {fraction:.0%}: detected {len(detected)}/{options.onsets}, median "
-                f"{row['delay_median']}, p95 {row['delay_p95']}; state cleared median {row['resolution_median']}"
+                f"{summary.delay_median}, p95 {summary.delay_p95}; state cleared median {row.resolution_median}"
             )
     return rows, samples
 
 
-def run_shift(options: ShiftOptions) -> dict[str, Any]:
+def run_shift(options: ShiftOptions) -> ShiftResult | None:
+    """The benchmark's result, or None when `scores_only` stopped it after saving the pools."""
     scorer = DkNN.from_bundle(options.artifacts)
     by_kind = pools(scorer, options)
     if options.save_scores is not None:
         saved = SavedPools(by_kind, scorer.calibration_alpha, scorer.calibration_label_free, DEFAULT_THRESHOLD)
         save_pools(options.save_scores, saved)
     if options.scores_only:
-        return {}
-    result: dict[str, Any] = {
-        "benchmark": "shift",
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "bundle": {"model": scorer.manifest.model.name, "version": scorer.manifest.model.version},
-        "threshold": DEFAULT_THRESHOLD,
-        "default_arl_events": DEFAULT_ARL_EVENTS,
-        "prefix": options.prefix,
-        "shift_length": options.shift_length,
-        "batch": BATCH,
-        "low_credibility_rate": {name: round(float(pool.low.mean()), 4) for name, pool in by_kind.items()},
-        "false_alarms": false_alarms(scorer, by_kind["clean"], options),
-    }
-    result["delays"], samples = delays(scorer, by_kind, options)
+        return None
+    alarms = false_alarms(scorer, by_kind["clean"], options)
+    rows, samples = delays(scorer, by_kind, options)
+    result = ShiftResult(
+        bundle=ModelVersion(scorer.manifest.model.name, scorer.manifest.model.version),
+        threshold=DEFAULT_THRESHOLD,
+        default_arl_events=DEFAULT_ARL_EVENTS,
+        prefix=options.prefix,
+        shift_length=options.shift_length,
+        batch=BATCH,
+        low_credibility_rate={name: round(float(pool.low.mean()), 4) for name, pool in by_kind.items()},
+        false_alarms=alarms,
+        delays=rows,
+    )
     _plot_delays(samples, options.out_dir / "shift-delays.png")
-    save_report(result, markdown(result), options.out_dir, f"shift-{result['bundle']['model']}")
+    save_report(result, markdown(result), options.out_dir, f"shift-{result.bundle.model}")
     return result
 
 
@@ -223,44 +268,70 @@ def _plot_delays(samples: dict[str, list[float]], path: Path) -> None:
     plt.close(fig)
 
 
-def markdown(result: dict[str, Any]) -> str:
+def markdown(result: ShiftResult) -> str:
     lines = [
-        f"# Drift signals: {result['bundle']['model']} {result['bundle']['version']}",
+        f"# Drift signals: {result.bundle.model} {result.bundle.version}",
         "",
         f"Streams drawn from scored MNIST evaluation digits and shifted inputs; the agent's DriftMonitor "
-        f"fed in batches of {result['batch']}; quarantine threshold {result['threshold']}.",
+        f"fed in batches of {result.batch}; quarantine threshold {result.threshold}.",
         "",
         "## False alarms on clean streams (change signal)",
         "",
-        "| threshold (events) | runs | mean run length | median | censored | mean ≥ threshold | "
-        "state signal turned on (clean events) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in result["false_alarms"]:
-        lines.append(
-            f"| {row['threshold']:,} | {row['runs']} | {row['mean_run_length']:,.0f} | "
-            f"{row['median_run_length']:,.0f} | {row['censored_runs']} | {row['guarantee_holds']} | "
-            f"{row['state_turned_on']} ({row['clean_events']:,}) |"
-        )
-    lines += [
+        *table(
+            [
+                "threshold (events)",
+                "runs",
+                "mean run length",
+                "median",
+                "censored",
+                "mean ≥ threshold",
+                "state signal turned on (clean events)",
+            ],
+            [
+                [
+                    f"{row.threshold:,}",
+                    row.runs,
+                    f"{row.mean_run_length:,.0f}",
+                    f"{row.median_run_length:,.0f}",
+                    row.censored_runs,
+                    row.guarantee_holds,
+                    f"{row.state_turned_on} ({row.clean_events:,})",
+                ]
+                for row in result.false_alarms
+            ],
+        ),
         "",
-        f"## Detection delay at the default threshold ({result['default_arl_events']:.3g} events), "
-        f"onset after {result['prefix']:,} clean events",
+        f"## Detection delay at the default threshold ({result.default_arl_events:.3g} events), "
+        f"onset after {result.prefix:,} clean events",
         "",
-        "| shifted input | share | detected | delay median | delay p95 | state on at shift end | "
-        "state cleared after (median events) | change alarms after the shift ended |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for row in result["delays"]:
-        lines.append(
-            f"| {row['kind']} | {row['fraction']:.0%} | {row['detected']}/{row['onsets']} | {events(row['delay_median'])} | "
-            f"{events(row['delay_p95'])} | {row['state_on_at_shift_end']}/{row['onsets']} | "
-            f"{events(row['resolution_median'])} | {row['change_alarms_after_shift_ended']}/{row['onsets']} |"
-        )
-    lines += [
+        *table(
+            [
+                "shifted input",
+                "share",
+                "detected",
+                "delay median",
+                "delay p95",
+                "state on at shift end",
+                "state cleared after (median events)",
+                "change alarms after the shift ended",
+            ],
+            [
+                [
+                    row.kind,
+                    f"{row.fraction:.0%}",
+                    f"{row.delays.detected}/{row.onsets}",
+                    events(row.delays.delay_median),
+                    events(row.delays.delay_p95),
+                    f"{row.state_on_at_shift_end}/{row.onsets}",
+                    events(row.resolution_median),
+                    f"{row.change_alarms_after_shift_ended}/{row.onsets}",
+                ]
+                for row in result.delays
+            ],
+        ),
         "",
         "Low-credibility share per kind of input: "
-        + ", ".join(f"{k} {v:.3f}" for k, v in result["low_credibility_rate"].items()),
+        + ", ".join(f"{kind} {share:.3f}" for kind, share in result.low_credibility_rate.items()),
         "",
     ]
     return "\n".join(lines)

@@ -24,16 +24,15 @@ import argparse
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from agent.engine.drift import DriftMonitor
-from dknn_lab.bench.reports import save_report
-from dknn_lab.bench.score_pools import KINDS, SavedPools, delay_summary, events, load_pools, mixed
+from dknn_lab.bench.reports import INLINE, encoded, events, now, save_report, table
+from dknn_lab.bench.score_pools import KINDS, DelaySummary, SavedPools, delay_summary, load_pools, mixed
 
 FRACTIONS = (0.2, 0.5, 1.0)
 ERTS = (1_000, 10_000)
@@ -54,6 +53,55 @@ class PeerOptions:
     window_sizes: tuple[int, ...] = (20, 100)
     n_bootstraps: int = 20_000
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class PeerFalseAlarms:
+    """One detector on clean streams at one ERT: the run length to its first alarm."""
+
+    detector: str
+    ert: int
+    runs: int
+    mean_run_length: float
+    median_run_length: float
+    censored_at: int
+    censored_runs: int
+
+
+@dataclass(frozen=True)
+class PeerDelays:
+    """One detector's delays from onset to alarm, for one kind of shifted input at one share."""
+
+    detector: str
+    ert: int
+    kind: str
+    fraction: float
+    onsets: int
+    delays: DelaySummary = field(metadata=INLINE)
+
+
+def _recorded_options(options: PeerOptions) -> dict[str, object]:
+    """The settings a reader needs to weigh the numbers (not the paths, nor the seed)."""
+    return {
+        "onsets": options.onsets,
+        "false_alarm_runs": options.false_alarm_runs,
+        "warm": options.warm,
+        "cap": options.cap,
+        "reference": options.reference,
+        "window_sizes": list(options.window_sizes),
+        "n_bootstraps": options.n_bootstraps,
+    }
+
+
+@dataclass(frozen=True)
+class PeerResult:
+    benchmark: str = field(default="shift-peer", init=False)
+    created_at: str = field(default_factory=now, init=False)
+    scores: str  # the pools' file name
+    options: PeerOptions = field(metadata=encoded(_recorded_options))
+    alibi_detect_version: str
+    false_alarms: list[PeerFalseAlarms]
+    delays: list[PeerDelays]
 
 
 # One alarm test per event: feed(events) -> index of the first alarm within them, or None.
@@ -125,7 +173,7 @@ def make_detector(name: str, ert: int, pools: SavedPools, peers: dict[tuple[str,
     return AlibiDetector(peers[(name, ert)], binary="FET" in name, seed=seed)
 
 
-def run_peer(options: PeerOptions) -> dict[str, Any]:
+def run_peer(options: PeerOptions) -> PeerResult:
     pools = load_pools(options.scores)
     rng = np.random.default_rng(options.seed)
     clean_rows = rng.permutation(len(pools.by_kind["clean"].scores))
@@ -133,7 +181,8 @@ def run_peer(options: PeerOptions) -> dict[str, Any]:
     peers = configure_peers(pools, reference_rows, options)
     clean = pools.by_kind["clean"].subset(stream_rows)  # the peers' reference never enters a stream
 
-    false_alarms, delays = [], []
+    false_alarms: list[PeerFalseAlarms] = []
+    delays: list[PeerDelays] = []
     for ert in ERTS:
         for name in DETECTORS:
             cap = 5 * ert
@@ -145,15 +194,15 @@ def run_peer(options: PeerOptions) -> dict[str, Any]:
                 lengths.append(cap if alarm is None else alarm + 1)
             mean = float(np.mean(lengths))
             false_alarms.append(
-                {
-                    "detector": name,
-                    "ert": ert,
-                    "runs": options.false_alarm_runs,
-                    "mean_run_length": round(mean, 1),
-                    "median_run_length": float(np.median(lengths)),
-                    "censored_at": cap,
-                    "censored_runs": censored,
-                }
+                PeerFalseAlarms(
+                    detector=name,
+                    ert=ert,
+                    runs=options.false_alarm_runs,
+                    mean_run_length=round(mean, 1),
+                    median_run_length=float(np.median(lengths)),
+                    censored_at=cap,
+                    censored_runs=censored,
+                )
             )
             print(f"{name} ERT {ert}: mean run length on clean streams {mean:,.0f} ({censored} censored)", flush=True)
         for name in DETECTORS:
@@ -176,37 +225,19 @@ def run_peer(options: PeerOptions) -> dict[str, Any]:
                         alarm = copy.deepcopy(prefixes[onset // PER_PREFIX])(*stream)
                         found.append(None if alarm is None else alarm + 1)
                     detected, summary = delay_summary(found)
-                    row = {
-                        "detector": name,
-                        "ert": ert,
-                        "kind": kind,
-                        "fraction": fraction,
-                        "onsets": options.onsets,
-                        **summary,
-                    }
-                    delays.append(row)
+                    delays.append(PeerDelays(name, ert, kind, fraction, options.onsets, summary))
                     print(
                         f"ERT {ert} {kind} {fraction:.0%} {name}: detected {len(detected)}/{options.onsets}, "
-                        f"median {row['delay_median']}, p95 {row['delay_p95']}",
+                        f"median {summary.delay_median}, p95 {summary.delay_p95}",
                         flush=True,
                     )
-    result = {
-        "benchmark": "shift-peer",
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "scores": options.scores.name,
-        "options": {
-            "onsets": options.onsets,
-            "false_alarm_runs": options.false_alarm_runs,
-            "warm": options.warm,
-            "cap": options.cap,
-            "reference": options.reference,
-            "window_sizes": list(options.window_sizes),
-            "n_bootstraps": options.n_bootstraps,
-        },
-        "alibi_detect_version": _alibi_version(),
-        "false_alarms": false_alarms,
-        "delays": delays,
-    }
+    result = PeerResult(
+        scores=options.scores.name,
+        options=options,
+        alibi_detect_version=_alibi_version(),
+        false_alarms=false_alarms,
+        delays=delays,
+    )
     save_report(result, markdown(result), options.out_dir, "shift-peer")
     return result
 
@@ -217,49 +248,61 @@ def _alibi_version() -> str:
     return version("alibi-detect")
 
 
-def markdown(result: dict[str, Any]) -> str:
-    o = result["options"]
+def markdown(result: PeerResult) -> str:
+    o = result.options
+    by_key = {(r.ert, r.kind, r.fraction, r.detector): r for r in result.delays}
     lines = [
         "# Drift detectors side by side: dknn-agent vs alibi-detect",
         "",
-        f"alibi-detect {result['alibi_detect_version']}. The same streams of per-input scores from "
-        f"`{result['scores']}` through three detectors calibrated to the same expected run time (ERT): "
+        f"alibi-detect {result.alibi_detect_version}. The same streams of per-input scores from "
+        f"`{result.scores}` through three detectors calibrated to the same expected run time (ERT): "
         "the agent's change signal (conformal Shiryaev–Roberts, threshold = ERT, fed in batches of 64), "
         f"`CVMDriftOnline` on the label-free score and `FETDriftOnline` on the quarantine indicator (windows "
-        f"{o['window_sizes']}, {o['n_bootstraps']:,} bootstraps, a {o['reference']:,}-event clean reference held out "
-        f"of the stream). Each onset: a detector that has seen {o['warm']} clean events (no alarm), then the mixed stream "
-        f"(cap {o['cap']:,} events).",
+        f"{list(o.window_sizes)}, {o.n_bootstraps:,} bootstraps, a {o.reference:,}-event clean reference held out "
+        f"of the stream). Each onset: a detector that has seen {o.warm} clean events (no alarm), then the mixed stream "
+        f"(cap {o.cap:,} events).",
         "",
         "## False alarms on clean streams",
         "",
-        "| ERT | detector | runs | mean run length | median | censored (at) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in result["false_alarms"]:
-        lines.append(
-            f"| {row['ert']:,} | {row['detector']} | {row['runs']} | {row['mean_run_length']:,.0f} | "
-            f"{row['median_run_length']:,.0f} | {row['censored_runs']} ({row['censored_at']:,}) |"
-        )
-    lines += [
+        *table(
+            ["ERT", "detector", "runs", "mean run length", "median", "censored (at)"],
+            [
+                [
+                    f"{row.ert:,}",
+                    row.detector,
+                    row.runs,
+                    f"{row.mean_run_length:,.0f}",
+                    f"{row.median_run_length:,.0f}",
+                    f"{row.censored_runs} ({row.censored_at:,})",
+                ]
+                for row in result.false_alarms
+            ],
+        ),
         "",
         "## Detection delay (events from onset to alarm): median / p95 (detected of onsets)",
         "",
-        "| ERT | shifted input | share | " + " | ".join(DETECTORS) + " |",
-        "|---|---|---|" + "---|" * len(DETECTORS),
+        *table(
+            ["ERT", "shifted input", "share", *DETECTORS],
+            [
+                [
+                    f"{ert:,}",
+                    kind,
+                    f"{fraction:.0%}",
+                    *(_delay_cell(by_key[(ert, kind, fraction, name)]) for name in DETECTORS),
+                ]
+                for ert in ERTS
+                for kind in KINDS
+                for fraction in FRACTIONS
+            ],
+        ),
+        "",
     ]
-    by_key = {(r["ert"], r["kind"], r["fraction"], r["detector"]): r for r in result["delays"]}
-    for ert in ERTS:
-        for kind in KINDS:
-            for fraction in FRACTIONS:
-                cells = []
-                for name in DETECTORS:
-                    r = by_key[(ert, kind, fraction, name)]
-                    cells.append(
-                        f"{events(r['delay_median'])} / {events(r['delay_p95'])} ({r['detected']}/{r['onsets']})"
-                    )
-                lines.append(f"| {ert:,} | {kind} | {fraction:.0%} | " + " | ".join(cells) + " |")
-    lines.append("")
     return "\n".join(lines)
+
+
+def _delay_cell(row: PeerDelays) -> str:
+    found = row.delays
+    return f"{events(found.delay_median)} / {events(found.delay_p95)} ({found.detected}/{row.onsets})"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,10 +20,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -37,7 +35,7 @@ from agent.runtime.telemetry import STAGES, Telemetry
 from connectors.base import Record
 from connectors.kafka import KafkaSink, KafkaSource, ensure_topics
 from dknn_lab.bench.paced_producer import publish_paced
-from dknn_lab.bench.reports import save_report
+from dknn_lab.bench.reports import MISSING, ModelVersion, now, save_report, table
 from dknn_lab.demo_traffic import load_demo_data
 
 
@@ -51,6 +49,31 @@ class StreamOptions:
     batch_size: int = 256
     partitions: int = 3
     out_dir: Path = Path("docs/results")
+
+
+LATENCY_QUANTILES = (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """Both phases of one run; rates in events/s, stage maps keyed by the agent's stage names."""
+
+    benchmark: str = field(default="stream", init=False)
+    created_at: str = field(default_factory=now, init=False)
+    bundle: ModelVersion
+    batch_size: int
+    partitions: int
+    scoring_only_events_per_s: float
+    throughput_events_per_s: float
+    throughput_share_of_scoring: float
+    throughput_events: int
+    throughput_events_scored: int  # events with a record on the scores topic
+    throughput_stage_share: dict[str, float]  # of the throughput phase's wall time
+    latency_rate_events_per_s: float
+    latency_events: int
+    latency_mean_batch: float
+    latency_stage_ms_per_batch: dict[str, float]
+    latency_ms: dict[str, float]  # LATENCY_QUANTILES by name; empty when no event's latency was measured
 
 
 def _publish(bootstrap: str, topic: str, values: list[bytes]) -> None:
@@ -80,7 +103,7 @@ def _stamps(
     return found
 
 
-def run_stream(options: StreamOptions) -> dict:
+def run_stream(options: StreamOptions) -> StreamResult:
     run_id = uuid.uuid4().hex[:8]
     topics = {kind: f"bench-{run_id}-{kind}" for kind in ("input", "quarantine", "dead-letter", "scores")}
     ensure_topics(options.bootstrap_servers, [topics["input"]], partitions=options.partitions)
@@ -177,30 +200,25 @@ def run_stream(options: StreamOptions) -> dict:
         lambda record: json.loads(record.value)["timestamp_ms"],
     )
     latencies_ms = np.array([scored[e] - sent[e] for e in scored if e in sent], dtype=float)
-    result = {
-        "benchmark": "stream",
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "bundle": {"model": scorer.manifest.model.name, "version": scorer.manifest.model.version},
-        "batch_size": options.batch_size,
-        "partitions": options.partitions,
-        "scoring_only_events_per_s": round(scoring_only, 1),
-        "throughput_events_per_s": round(throughput, 1),
-        "throughput_share_of_scoring": round(throughput / scoring_only, 3),
-        "throughput_events": options.count,
-        "throughput_events_scored": accounted,
-        "throughput_stage_share": {name: round(seconds / elapsed, 3) for name, seconds in stages.items()},
-        "latency_rate_events_per_s": round(rate, 1),
-        "latency_events": int(len(latencies_ms)),
-        "latency_mean_batch": round(latency_scored / latency_batches, 1),
-        "latency_stage_ms_per_batch": latency_stage_ms,
-        "latency_ms": {
-            q: round(float(np.percentile(latencies_ms, p)), 1)
-            for q, p in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
-        }
+    result = StreamResult(
+        bundle=ModelVersion(scorer.manifest.model.name, scorer.manifest.model.version),
+        batch_size=options.batch_size,
+        partitions=options.partitions,
+        scoring_only_events_per_s=round(scoring_only, 1),
+        throughput_events_per_s=round(throughput, 1),
+        throughput_share_of_scoring=round(throughput / scoring_only, 3),
+        throughput_events=options.count,
+        throughput_events_scored=accounted,
+        throughput_stage_share={name: round(seconds / elapsed, 3) for name, seconds in stages.items()},
+        latency_rate_events_per_s=round(rate, 1),
+        latency_events=int(len(latencies_ms)),
+        latency_mean_batch=round(latency_scored / latency_batches, 1),
+        latency_stage_ms_per_batch=latency_stage_ms,
+        latency_ms={q: round(float(np.percentile(latencies_ms, p)), 1) for q, p in LATENCY_QUANTILES}
         if len(latencies_ms)
         else {},
-    }
-    _write(result, options.out_dir)
+    )
+    save_report(result, markdown(result), options.out_dir, f"stream-{result.bundle.model}")
     return result
 
 
@@ -219,29 +237,44 @@ def _batches_scored(telemetry: Telemetry) -> int:
     return int(count or 0)
 
 
-def _write(result: dict[str, Any], out_dir: Path) -> None:
-    lat = result["latency_ms"]
-    text = (
-        f"# Stream: {result['bundle']['model']} {result['bundle']['version']}\n\n"
-        f"One agent (batch size {result['batch_size']}, {result['partitions']} input partitions), "
-        f"real Kafka broker on 127.0.0.1.\n\n"
-        f"| scoring only (inputs/s) | throughput (events/s) | share of scoring | score records / events | "
-        f"latency rate (events/s) | p50 ms | p90 ms | p99 ms | max ms |\n"
-        f"|---|---|---|---|---|---|---|---|---|\n"
-        f"| {result['scoring_only_events_per_s']:,.0f} | {result['throughput_events_per_s']:,.0f} | "
-        f"{result['throughput_share_of_scoring']:.0%} | {result['throughput_events_scored']:,} / "
-        f"{result['throughput_events']:,} | {result['latency_rate_events_per_s']:,.0f} | {lat.get('p50')} | "
-        f"{lat.get('p90')} | {lat.get('p99')} | {lat.get('max')} |\n\n"
+def markdown(result: StreamResult) -> str:
+    shares, per_batch = result.throughput_stage_share, result.latency_stage_ms_per_batch
+    lines = [
+        f"# Stream: {result.bundle.model} {result.bundle.version}",
+        "",
+        f"One agent (batch size {result.batch_size}, {result.partitions} input partitions), "
+        "real Kafka broker on 127.0.0.1.",
+        "",
+        *table(
+            [
+                "scoring only (inputs/s)",
+                "throughput (events/s)",
+                "share of scoring",
+                "score records / events",
+                "latency rate (events/s)",
+                *(f"{q} ms" for q, _ in LATENCY_QUANTILES),
+            ],
+            [
+                [
+                    f"{result.scoring_only_events_per_s:,.0f}",
+                    f"{result.throughput_events_per_s:,.0f}",
+                    f"{result.throughput_share_of_scoring:.0%}",
+                    f"{result.throughput_events_scored:,} / {result.throughput_events:,}",
+                    f"{result.latency_rate_events_per_s:,.0f}",
+                    *(result.latency_ms.get(q, MISSING) for q, _ in LATENCY_QUANTILES),
+                ]
+            ],
+        ),
+        "",
         "Where the agent's time went in the throughput phase (its own stage timers, share of the wall time; "
         "poll includes waiting for the broker; activations, knn and score run on the scoring thread beside "
-        "the other stages, so the shares add up to more than 100%):\n\n"
-        "| " + " | ".join(result["throughput_stage_share"]) + " |\n"
-        "|" + "---|" * len(result["throughput_stage_share"]) + "\n"
-        "| " + " | ".join(f"{share:.0%}" for share in result["throughput_stage_share"].values()) + " |\n\n"
-        f"In the latency phase the agent scored {result['latency_mean_batch']:g} events per batch on average; "
-        "milliseconds per batch in each stage:\n\n"
-        "| " + " | ".join(result["latency_stage_ms_per_batch"]) + " |\n"
-        "|" + "---|" * len(result["latency_stage_ms_per_batch"]) + "\n"
-        "| " + " | ".join(f"{ms:g}" for ms in result["latency_stage_ms_per_batch"].values()) + " |\n"
-    )
-    save_report(result, text, out_dir, f"stream-{result['bundle']['model']}")
+        "the other stages, so the shares add up to more than 100%):",
+        "",
+        *table(list(shares), [[f"{share:.0%}" for share in shares.values()]]),
+        "",
+        f"In the latency phase the agent scored {result.latency_mean_batch:g} events per batch on average; "
+        "milliseconds per batch in each stage:",
+        "",
+        *table(list(per_batch), [[f"{ms:g}" for ms in per_batch.values()]]),
+    ]
+    return "\n".join(lines) + "\n"

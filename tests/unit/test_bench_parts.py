@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from agent.engine.manifest import NonconformitySpec, ResidualSpec
 from agent.evaluation.metrics import fpr_at_95_tpr
 from agent.evaluation.plots import credibility_histograms, reliability_diagram
 from dknn_lab.bench.perturbations import EvalSet, blurred, gaussian_noise, inverted, through_resolution
-from dknn_lab.bench.quality import auroc, recall_per_layer, write_results
+from dknn_lab.bench.quality import (
+    BackendQuality,
+    BundleInfo,
+    Labelled,
+    QualityResult,
+    SetMetrics,
+    auroc,
+    markdown,
+    recall_per_layer,
+    write_results,
+)
+from dknn_lab.bench.reports import table
 
 
 def test_fpr_at_95_tpr_and_auroc() -> None:
@@ -68,24 +82,57 @@ def test_figures_are_written_as_png(tmp_path: Path) -> None:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def _quality(version: str, spec: NonconformitySpec, extended: bool = True) -> QualityResult:
+    clean = SetMetrics(n=4, mean_credibility=0.5, labelled=Labelled(0.75, 1.0, mean_credibility_correct=None))
+    body = BackendQuality(
+        sets={"clean": clean, "noise": SetMetrics(n=4, mean_credibility=0.01, labelled=None)},
+        auroc_credibility={"noise": 0.99},
+        auroc_softmax={"noise": 0.6},
+        auroc_credibility_model_wrong={},
+        auroc_softmax_model_wrong={},
+        validity={"0.05": 0.04, "0.1": 0.09, "0.2": 0.2},
+        right_vs_wrong={},
+    )
+    bundle = BundleInfo("b", "m", version, 3, {"a": "none"}, 1, {"a": 6}, 5, spec)
+    return QualityResult(bundle, 0.25, {"annoy": body}, recall_at_k=None, extended=extended, detectors=None)
+
+
 def test_results_keep_a_dotted_version_in_their_file_names(tmp_path: Path) -> None:
     """A version like "…-T0.1-relu1" must not lose its tail to a file-suffix replacement."""
-    result = {
-        "bundle": {
-            "model": "m",
-            "version": "seed0-snnl1-T0.1-relu1",
-            "k": 3,
-            "layers": {"a": "none"},
-            "n_trees": 1,
-            "search_k": -1,
-            "calibration_size": 5,
-        },
-        "epsilon": 0.25,
-        "extended": True,
-        "backends": {},
-    }
-    write_results(result, tmp_path)
+    write_results(_quality("seed0-snnl1-T0.1-relu1", NonconformitySpec()), tmp_path)
     assert sorted(path.name for path in tmp_path.iterdir()) == [
         "quality-m-seed0-snnl1-T0.1-relu1-extended.json",
         "quality-m-seed0-snnl1-T0.1-relu1-extended.md",
     ]
+
+
+def test_quality_json_keeps_the_shape_readers_know(tmp_path: Path) -> None:
+    """Typed results are written as the dicts were: a set without labels has no accuracy keys, a
+    measured None stays null, what was not measured (recall@k with one backend) has no key at all."""
+    spec = NonconformitySpec(
+        kind="labels+distance", distance_weight=600, distance_reference_size=50, residual=ResidualSpec(layer="r")
+    )
+    result = _quality("v", spec, extended=False)
+    write_results(result, tmp_path)
+    assert result.stem == "quality-m-distance-w600-residual-r"
+    document = json.loads((tmp_path / "quality-m-distance-w600-residual-r.json").read_text())
+    assert list(document) == ["benchmark", "created_at", "bundle", "epsilon", "backends", "extended"]
+    assert document["bundle"]["nonconformity"] == spec.model_dump(mode="json")
+    sets = document["backends"]["annoy"]["sets"]
+    assert sets["noise"] == {"n": 4, "mean_credibility": 0.01}
+    assert sets["clean"] == {
+        "n": 4,
+        "mean_credibility": 0.5,
+        "dknn_accuracy": 0.75,
+        "model_accuracy": 1.0,
+        "mean_credibility_correct": None,
+    }
+    text = markdown(result)
+    assert "| annoy | noise | 4 | – | – | 0.010 | – | 0.990 | 0.600 | – | – |" in text
+    assert "| annoy | 0.040 | 0.090 | 0.200 |" in text and "recall@" not in text
+
+
+def test_tables_have_one_cell_per_header() -> None:
+    assert table(["a", "b"], [[1, "x"]]) == ["| a | b |", "|---|---|", "| 1 | x |"]
+    with pytest.raises(ValueError, match="2 headers"):
+        table(["a", "b"], [[1]])

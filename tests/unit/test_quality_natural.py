@@ -7,7 +7,7 @@ import numpy as np
 from agent.evaluation.metrics import energy, softmax_max, tpr_at_fpr
 from agent.evaluation.scoring import SetScores
 from dknn_lab.bench.perturbations import EvalSet
-from dknn_lab.bench.quality import right_vs_wrong
+from dknn_lab.bench.quality import RightVsWrong, right_vs_wrong
 
 
 def test_tpr_at_fpr_flags_at_most_the_budget_of_clean_traffic() -> None:
@@ -35,7 +35,7 @@ def test_right_vs_wrong_ranks_right_answers_first() -> None:
         neighbor_ids=np.zeros((4, 1, 1), dtype=np.int64),
     )
     result = right_vs_wrong(EvalSet("digits", np.zeros((4, 1, 28, 28), np.float32), y), scores)
-    assert result == {"credibility": 1.0, "model_answer_p": 0.75, "softmax": 0.5}
+    assert result == RightVsWrong(credibility=1.0, model_answer_p=0.75, softmax=0.5)
 
 
 def test_energy_keeps_the_logit_scale_that_the_softmax_maximum_forgets() -> None:

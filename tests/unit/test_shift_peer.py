@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.engine.dknn import DkNN
-from dknn_lab.bench.score_pools import Pool, SavedPools, delay_summary, load_pools, mixed, save_pools
+from dknn_lab.bench.score_pools import DelaySummary, Pool, SavedPools, delay_summary, load_pools, mixed, save_pools
 from dknn_lab.bench.shift_peer import AgentDetector
 
 
@@ -63,5 +63,5 @@ def test_mixed_streams_take_the_shifted_pool_at_the_given_share() -> None:
 def test_delay_summary_counts_only_detections() -> None:
     detected, summary = delay_summary([10, None, 30, 20, None])
     np.testing.assert_array_equal(detected, [10, 30, 20])
-    assert summary == {"detected": 3, "delay_median": 20.0, "delay_p95": 29.0}
-    assert delay_summary([None])[1] == {"detected": 0, "delay_median": None, "delay_p95": None}
+    assert summary == DelaySummary(detected=3, delay_median=20.0, delay_p95=29.0)
+    assert delay_summary([None])[1] == DelaySummary(detected=0, delay_median=None, delay_p95=None)

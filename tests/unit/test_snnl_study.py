@@ -11,45 +11,52 @@ import pytest
 from agent.errors import ConfigError
 from dknn_lab.bench import snnl_study
 from dknn_lab.bench.quality import QualityOptions, run_quality
+from dknn_lab.bench.reports import to_json
 from dknn_lab.bench.snnl_study import (
     ADOPTED_FIT,
     PAPER_FIT,
+    CovariateSummary,
+    RunSummary,
+    SetSummary,
     StudyOptions,
+    StudyResult,
     compare,
     condition_fit,
     condition_options,
     markdown,
 )
 from dknn_lab.reference import REFERENCE_TRAINING, reference_version
+from dknn_lab.training import TrainOptions
 
 
-def run(auroc: float, accuracy: float) -> dict:
-    return {
-        "model_accuracy": accuracy,
-        "dknn_accuracy": accuracy - 0.001,
-        "mean_credibility_correct": 0.6,
-        "validity": {"0.05": 0.04, "0.1": 0.09, "0.2": 0.19},
-        "sets": {
-            "fgsm": {
-                "auroc_credibility": auroc,
-                "fpr95_credibility": 1 - auroc,
-                "tpr1_credibility": auroc / 2,
-                "auroc_softmax": 0.9,
-                "auroc_deep_knn": 0.95,
-                "mean_credibility": 0.1,
-                "model_accuracy": 0.2,
-            }
+def run(auroc: float, accuracy: float) -> RunSummary:
+    return RunSummary(
+        model_accuracy=accuracy,
+        dknn_accuracy=accuracy - 0.001,
+        mean_credibility_correct=0.6,
+        validity={"0.05": 0.04, "0.1": 0.09, "0.2": 0.19},
+        sets={
+            "fgsm": SetSummary(
+                auroc_credibility=auroc,
+                fpr95_credibility=1 - auroc,
+                tpr1_credibility=auroc / 2,
+                auroc_softmax=0.9,
+                auroc_deep_knn=0.95,
+                mean_credibility=0.1,
+                model_accuracy=0.2,
+            )
         },
-        "covariate": {
-            "sklearn_digits": {
-                "model_accuracy": 0.94,
-                "dknn_accuracy": accuracy - 0.05,
-                "right_vs_wrong_credibility": auroc - 0.05,
-                "right_vs_wrong_softmax": 0.9,
-            }
+        covariate={
+            "sklearn_digits": CovariateSummary(
+                model_accuracy=0.94,
+                dknn_accuracy=accuracy - 0.05,
+                right_vs_wrong_credibility=auroc - 0.05,
+                right_vs_wrong_softmax=0.9,
+            )
         },
-        "snnl": {"relu1": 0.5, "relu2": 0.4},
-    }
+        bundle_version="v",
+        snnl={"relu1": 0.5, "relu2": 0.4},
+    )
 
 
 def test_compare_pairs_seeds_and_counts_wins() -> None:
@@ -58,34 +65,27 @@ def test_compare_pairs_seeds_and_counts_wins() -> None:
         "snnl": {"0": run(0.95, 0.98), "1": run(0.91, 0.985)},
     }
     comparison = compare(runs, (0, 1))
-    fgsm = comparison["sets"]["fgsm"]
-    assert fgsm["auroc_credibility"]["difference"] == pytest.approx(((0.95 - 0.90) + (0.91 - 0.92)) / 2)
-    assert fgsm["auroc_credibility"]["snnl_better_seeds"] == 1
-    assert fgsm["fpr95_credibility"]["snnl_better_seeds"] == 1  # lower FPR is better
-    assert comparison["model_accuracy"]["snnl_better_seeds"] == 0
-    assert comparison["model_accuracy"]["baseline_sd"] == pytest.approx(0.0)
-    result = {
-        "seeds": [0, 1],
-        "limit": 500,
-        "runs": runs,
-        "comparison": comparison,
-        "training": {
-            "epochs": 10,
-            "shift_px": 2,
-            "snnl_weight": 1.0,
-            "snnl_layers": ["relu1", "relu2"],
-            "snnl_distance": "cosine",
-            "snnl_temperature": 0.1,
-            "snnl_learn_temperature": False,
-        },
-    }
+    fgsm = comparison.sets["fgsm"]
+    assert fgsm.auroc_credibility.difference == pytest.approx(((0.95 - 0.90) + (0.91 - 0.92)) / 2)
+    assert fgsm.auroc_credibility.snnl_better_seeds == 1
+    assert fgsm.fpr95_credibility.snnl_better_seeds == 1  # lower FPR is better
+    assert comparison.model_accuracy.snnl_better_seeds == 0
+    assert comparison.model_accuracy.baseline_sd == pytest.approx(0.0)
+    training = TrainOptions(shift_px=2, snnl_weight=1.0, snnl_layers=("relu1", "relu2"), snnl_distance="cosine")
+    training = replace(training, snnl_temperature=0.1)
+    result = StudyResult(adopted=False, seeds=(0, 1), limit=500, training=training, runs=runs, comparison=comparison)
     text = markdown(result)
     assert "| fgsm | AUROC credibility | 0.910 ± 0.014 | 0.930 ± 0.028 | +0.020 | 1/2 |" in text
     assert "| SNNL | 1 | 0.040 | 0.090 | 0.190 | 0.500 | 0.400 |" in text
     assert "| sklearn_digits | right vs wrong: credibility | 0.860 ± 0.014 | 0.880 ± 0.028 | +0.020 | 1/2 |" in text
     assert "| fgsm | TPR@1%FPR credibility | 0.455 ± 0.007 | 0.465 ± 0.014 | +0.010 | 1/2 |" in text
-    adopted = markdown(result | {"adopted": True, "training": result["training"] | {"blur_sigma": 1.5}})
+    adopted = markdown(replace(result, adopted=True, training=replace(result.training, blur_sigma=1.5)))
     assert adopted.startswith("# The adopted reference configuration") and "| metric | previous | adopted |" in adopted
+    document = to_json(result)  # what docs/results/*-study.json hold
+    assert list(document) == ["benchmark", "adopted", "created_at", "seeds", "limit", "training", "runs", "comparison"]
+    assert "seed" not in document["training"] and document["training"]["snnl_layers"] == ["relu1", "relu2"]
+    assert document["runs"]["snnl"]["1"]["sets"]["fgsm"]["auroc_credibility"] == 0.91
+    assert document["comparison"]["sets"]["fgsm"]["auroc_credibility"]["snnl_better_seeds"] == 1
 
 
 def test_conditions_differ_only_in_the_snnl_weight() -> None:
