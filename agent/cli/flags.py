@@ -44,7 +44,6 @@ class Arg:
     repeat: bool = False  # append every occurrence to a list
     negatable: bool = False  # --x and --no-x
     group: str | None = None  # the help section the flag is listed in
-    cli: bool = True  # False: set by code only (another command composing this one), never a flag
 
 
 @dataclass(frozen=True)
@@ -135,8 +134,6 @@ def add_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
     groups: dict[str, argparse._ArgumentGroup] = {}
     for name, info in _own_fields_first(model):
         arg = _arg(info)
-        if not arg.cli:
-            continue
         target: Any = parser
         if arg.group is not None:
             target = groups.get(arg.group) or groups.setdefault(arg.group, parser.add_argument_group(arg.group))
