@@ -45,4 +45,6 @@ def test_bench_stream(mnist_bundle: Path, kafka_broker: str, tmp_path: Path) -> 
     # The latency phase's breakdown covers every stage the agent times, and its batches held events.
     latency_stages = report["latency_stage_ms_per_batch"]
     assert set(latency_stages) == set(report["throughput_stage_share"]) and latency_stages["activations"] > 0
-    assert 1 <= report["latency_mean_batch"] <= 100
+    # No upper bound: on a busy machine the phase's first batch also drains what the throughput phase
+    # left in flight (a mean of 120 was seen once), which is timing, not correctness.
+    assert report["latency_mean_batch"] >= 1
