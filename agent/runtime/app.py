@@ -21,7 +21,7 @@ from agent.engine.taps import native_bfloat16
 from agent.runtime.http_server import EndpointSecurity, MetricsServer
 from agent.runtime.pipeline import Pipeline, PipelineOptions, PipelineStats
 from agent.runtime.routing import Topics
-from agent.runtime.settings import AgentSettings, masked_dump
+from agent.runtime.settings import AgentSettings, MetricsSettings, masked_dump
 from agent.runtime.telemetry import Telemetry
 from connectors.registry import create_topics, open_sink, open_source
 
@@ -44,9 +44,9 @@ def run_agent(settings: AgentSettings, summary_every_s: float | None = None) -> 
         telemetry = Telemetry()
         telemetry.set_bundle(scorer.manifest)
         server = opened.enter_context(
-            MetricsServer(telemetry, settings.metrics_host, settings.metrics_port, _endpoint_security(settings))
+            MetricsServer(telemetry, settings.metrics.host, settings.metrics.port, _endpoint_security(settings.metrics))
         )
-        log.info("metrics on %s://%s:%d/metrics", server.scheme, settings.metrics_host, server.port)
+        log.info("metrics on %s://%s:%d/metrics", server.scheme, settings.metrics.host, server.port)
         security = settings.kafka_security
         if settings.create_topics:
             outputs = [settings.quarantine_topic, settings.dead_letter_topic, settings.scores_topic]
@@ -93,15 +93,15 @@ def run_agent(settings: AgentSettings, summary_every_s: float | None = None) -> 
     return 0
 
 
-def _endpoint_security(settings: AgentSettings) -> EndpointSecurity:
-    password = settings.metrics_basic_auth_password
+def _endpoint_security(metrics: MetricsSettings) -> EndpointSecurity:
+    password = metrics.basic_auth_password
     return EndpointSecurity(
-        certfile=settings.metrics_tls_certfile,
-        keyfile=settings.metrics_tls_keyfile,
-        username=settings.metrics_basic_auth_username,
+        certfile=metrics.tls_certfile,
+        keyfile=metrics.tls_keyfile,
+        username=metrics.basic_auth_username,
         password=password.get_secret_value() if password else None,
-        max_connections=settings.metrics_max_connections,
-        timeout_s=settings.metrics_timeout_s,
+        max_connections=metrics.max_connections,
+        timeout_s=metrics.timeout_s,
     )
 
 

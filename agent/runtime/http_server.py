@@ -12,7 +12,7 @@ The endpoint faces a network, so it is bounded (docs/security.md):
 - optional TLS (`certfile`, `keyfile`; the handshake runs in the request's thread, under the same
   timeout) and optional HTTP basic auth on /metrics (the probes stay open: a kubelet cannot log in).
 
-It binds `metrics_host`, 0.0.0.0 by default because Prometheus scrapes a pod from outside it; bind
+It binds `metrics.host`, 0.0.0.0 by default because Prometheus scrapes a pod from outside it; bind
 127.0.0.1 where only a local scraper or sidecar needs it.
 """
 

@@ -9,15 +9,22 @@ Sources and precedence (highest first):
 
 1. `overrides`: the CLI's parsed flags. `None` means "flag not given" and is dropped, so an
    absent flag never masks the environment or the file.
-2. environment: `DKNN_<FIELD>`, nested with `__`: `DKNN_KAFKA_SECURITY__SASL_MECHANISM=PLAIN`.
-   Empty variables count as unset (Helm charts like to render `value: ""`).
-3. the YAML file given with `--config`: a mapping of field names; `-` is accepted for `_`
-   (`bootstrap-servers:` like the flag). Unknown keys are errors, not silently ignored.
+2. environment: `DKNN_<FIELD>`, a section's fields nested with `__`: `DKNN_METRICS__PORT=9108`,
+   `DKNN_KAFKA_SECURITY__SASL_MECHANISM=PLAIN`. Empty variables count as unset (Helm charts like
+   to render `value: ""`).
+3. the YAML file given with `--config`: a mapping of field names, a section as a mapping of its
+   own (`metrics: {port: 9108}`); `-` is accepted for `_` (`bootstrap-servers:` like the flag).
+   Unknown keys are errors, not silently ignored.
 4. the defaults below.
 
-Nested values merge key by key across sources (a YAML `kafka_security.security_protocol` and an
+Sections merge key by key across sources (a YAML `kafka_security.security_protocol` and an
 environment `..._SASL_MECHANISM` combine). Secrets are `SecretStr`: they print as `**********`
 and `masked_dump` is what gets logged.
+
+The `metrics` settings were flat before they became a section (`metrics_port`, DKNN_METRICS_PORT).
+Those names are still read, onto the section, each with a one-line warning, so that no deployment
+breaks on an upgrade: a flat variable ranks below the section's own (DKNN_METRICS__PORT), above
+the file; a flat YAML key beside the same key in `metrics:` is refused as ambiguous.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -60,6 +67,54 @@ class _YamlLayer(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         return dict(_yaml_layer.get() or {})
+
+
+class MetricsSettings(BaseModel):
+    """The HTTP endpoint: /metrics for Prometheus, /healthz and /readyz for the kubelet (docs/security.md)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = Field("0.0.0.0", description="address /metrics, /healthz and /readyz bind to")
+    port: int = Field(9108, ge=0, le=65535, description="port of /metrics, /healthz, /readyz; 0 = any free port")
+    tls_certfile: Path | None = Field(None, description="serve /metrics over TLS with this certificate (PEM)")
+    tls_keyfile: Path | None = Field(None, description="private key of metrics.tls_certfile (PEM)")
+    basic_auth_username: str | None = Field(
+        None, min_length=1, max_length=256, description="require HTTP basic auth on /metrics (probes stay open)"
+    )
+    basic_auth_password: SecretStr | None = Field(None, description="password for metrics.basic_auth_username")
+    max_connections: int = Field(16, ge=1, le=1024, description="requests served at once; more are closed")
+    timeout_s: float = Field(5.0, gt=0.0, le=300.0, description="a connection's time to send and receive")
+
+    @model_validator(mode="after")
+    def _pairs(self) -> MetricsSettings:
+        if (self.basic_auth_username is None) != (self.basic_auth_password is None):
+            raise ValueError("basic_auth_username and basic_auth_password go together")
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("tls_certfile and tls_keyfile go together")
+        return self
+
+
+# The flat names these settings had before their section (`metrics_port`, DKNN_METRICS_PORT), read
+# onto it with a warning so that a deployment written for them still starts: flat name -> field.
+MOVED_TO_METRICS = {f"metrics_{name}": name for name in MetricsSettings.model_fields}
+
+
+class _MovedVariables(PydanticBaseSettingsSource):
+    """DKNN_METRICS_PORT and the other flat variables of `MOVED_TO_METRICS`, onto `metrics`; below the
+    environment proper, so DKNN_METRICS__PORT wins where both are set."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ reads the environment whole
+
+    def __call__(self) -> dict[str, Any]:
+        moved: dict[str, Any] = {}
+        for variable, value in os.environ.items():
+            name = variable.upper().removeprefix("DKNN_").lower()
+            if variable.upper().startswith("DKNN_") and name in MOVED_TO_METRICS and value:
+                field = MOVED_TO_METRICS[name]
+                log.warning("%s is deprecated: set DKNN_METRICS__%s instead", variable, field.upper())
+                moved[field] = value
+        return {"metrics": moved} if moved else {}
 
 
 class AgentSettings(BaseSettings):
@@ -130,18 +185,7 @@ class AgentSettings(BaseSettings):
         description="where a consumer group without committed offsets starts: earliest = the oldest "
         "retained event (the backlog is scored), latest = only events produced after it joins",
     )
-    metrics_host: str = Field("0.0.0.0", description="address /metrics, /healthz and /readyz bind to")
-    metrics_port: int = Field(
-        9108, ge=0, le=65535, description="port of /metrics, /healthz, /readyz; 0 = any free port"
-    )
-    metrics_tls_certfile: Path | None = Field(None, description="serve /metrics over TLS with this certificate (PEM)")
-    metrics_tls_keyfile: Path | None = Field(None, description="private key of metrics_tls_certfile (PEM)")
-    metrics_basic_auth_username: str | None = Field(
-        None, min_length=1, max_length=256, description="require HTTP basic auth on /metrics (probes stay open)"
-    )
-    metrics_basic_auth_password: SecretStr | None = Field(None, description="password for metrics_basic_auth_username")
-    metrics_max_connections: int = Field(16, ge=1, le=1024, description="requests served at once; more are closed")
-    metrics_timeout_s: float = Field(5.0, gt=0.0, le=300.0, description="a connection's time to send and receive")
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="the HTTP endpoint")
     threshold: float = Field(
         DEFAULT_THRESHOLD,
         gt=0.0,
@@ -241,10 +285,6 @@ class AgentSettings(BaseSettings):
                     f"source {self.source} is the sink's own {source.name}: the agent would read "
                     "its own outputs for ever"
                 )
-        if (self.metrics_basic_auth_username is None) != (self.metrics_basic_auth_password is None):
-            raise ValueError("metrics_basic_auth_username and metrics_basic_auth_password go together")
-        if (self.metrics_tls_certfile is None) != (self.metrics_tls_keyfile is None):
-            raise ValueError("metrics_tls_certfile and metrics_tls_keyfile go together")
         return self
 
     @property
@@ -266,7 +306,8 @@ class AgentSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _YamlLayer(settings_cls))  # no .env, no secrets dir
+        # no .env, no secrets dir
+        return (init_settings, env_settings, _MovedVariables(settings_cls), _YamlLayer(settings_cls))
 
 
 def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
@@ -279,6 +320,12 @@ def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _section(field: FieldInfo) -> type[BaseModel] | None:
+    """The model of a settings section (`kafka_security`, `metrics`); None for a plain setting."""
+    annotation = field.annotation
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
 def _check_keys(data: dict[str, Any], model: type[BaseModel], where: str, prefix: str = "") -> dict[str, Any]:
     """Normalises `-` to `_` and refuses unknown keys, naming the file and the key."""
     out: dict[str, Any] = {}
@@ -287,9 +334,33 @@ def _check_keys(data: dict[str, Any], model: type[BaseModel], where: str, prefix
         field = model.model_fields.get(name)
         if field is None:
             raise ConfigError(f"{where}: unknown setting {prefix}{key!s}")
-        if name == "kafka_security" and isinstance(value, dict):
-            value = _check_keys(value, KafkaSecurity, where, prefix=f"{name}.")
+        section = _section(field)
+        if section is not None and isinstance(value, dict):
+            value = _check_keys(value, section, where, prefix=f"{prefix}{name}.")
         out[name] = value
+    return out
+
+
+def _move_flat_keys(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """`metrics_port: 9108` becomes `metrics: {port: 9108}`, with a warning (`MOVED_TO_METRICS`)."""
+    out: dict[str, Any] = {}
+    moved: dict[str, Any] = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in MOVED_TO_METRICS:
+            out[key] = value
+            continue
+        field = MOVED_TO_METRICS[name]
+        log.warning("%s: %s is deprecated: write it as metrics: {%s: ...}", where, key, field)
+        moved[field] = value
+    if moved:
+        section = out.setdefault("metrics", {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"{where}: metrics must be a mapping of settings")
+        both = sorted(set(moved) & {str(key).replace("-", "_") for key in section})
+        if both:
+            raise ConfigError(f"{where}: metrics_{both[0]} and metrics.{both[0]} both given; keep metrics.{both[0]}")
+        out["metrics"] = {**section, **moved}
     return out
 
 
@@ -308,7 +379,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
-    return _check_keys(data, AgentSettings, str(path))
+    return _check_keys(_move_flat_keys(data, str(path)), AgentSettings, str(path))
 
 
 def _one_line(exc: ValidationError) -> str:
@@ -347,16 +418,17 @@ def setting_variables(model: type[BaseModel] = AgentSettings, prefix: str = "DKN
     """Every environment variable the settings read: `DKNN_FIELD`, nested `DKNN_FIELD__INNER`."""
     names = set()
     for name, info in model.model_fields.items():
-        annotation = info.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            names |= setting_variables(annotation, f"{prefix}{name.upper()}__")
+        section = _section(info)
+        if section is not None:
+            names |= setting_variables(section, f"{prefix}{name.upper()}__")
         else:
             names.add(f"{prefix}{name.upper()}")
     return names
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
-    known = setting_variables() | NON_SETTING_VARIABLES
+    moved = {f"DKNN_{name.upper()}" for name in MOVED_TO_METRICS}
+    known = setting_variables() | moved | NON_SETTING_VARIABLES
     return sorted(name for name in environ if name.upper().startswith("DKNN_") and name.upper() not in known)
 
 

@@ -23,7 +23,7 @@
 #   DEMO_WAIT_S (120)          seconds to wait, once the producer is done, for the agent to handle every event
 #   DEMO_HOLD_S (unset)        exit this many seconds after the stream is handled instead of waiting for Ctrl-C
 #   DEMO_TOPIC (inference-events)  the topic the producer publishes to (the agent reads inference-events)
-#   DKNN_METRICS_PORT (9108)   the agent's /metrics, /healthz and /readyz port
+#   DKNN_METRICS__PORT (9108)  the agent's /metrics, /healthz and /readyz port (DKNN_METRICS_PORT: its old name)
 #   DEMO_PROMETHEUS_PORT (9090), DEMO_ALERTMANAGER_PORT (9093)
 #   DEMO_ALERTING (1)          0: do not start Prometheus and Alertmanager even where installed
 #   DKNN_DEMO_KAFKA_DATA       the broker's data dir (default: $TMPDIR/dknn-demo-kafka, kept between runs)
@@ -38,7 +38,7 @@ count="${DEMO_COUNT:-4000}"
 rate="${DEMO_RATE:-150}"
 wait_s="${DEMO_WAIT_S:-120}"
 topic="${DEMO_TOPIC:-inference-events}"
-port="${DKNN_METRICS_PORT:-9108}"
+port="${DKNN_METRICS__PORT:-${DKNN_METRICS_PORT:-9108}}"
 case "$count$wait_s" in *[!0-9]*) echo "demo.sh: DEMO_COUNT and DEMO_WAIT_S must be whole numbers" >&2; exit 2 ;; esac
 [ "$count" -ge 8 ] || { echo "demo.sh: DEMO_COUNT must be at least 8 (three phases)" >&2; exit 2; }
 clean_mix="clean=0.95,malformed=0.05"

@@ -17,7 +17,7 @@ from types import ModuleType
 import pytest
 import yaml
 
-from agent.runtime.settings import AgentSettings, load_settings, unknown_variables
+from agent.runtime.settings import AgentSettings, MetricsSettings, load_settings, unknown_variables
 from tests.deploy.conftest import CHART, MINIMAL, PLATFORM_VALUES, PRODUCTION_VALUES, ROOT, Tools, by_kind, one
 
 RULES = ROOT / "dashboards" / "prometheus" / "rules.yml"
@@ -31,20 +31,9 @@ EVERYTHING = [
     "serviceMonitor.enabled=true,prometheusRule.enabled=true,grafanaDashboards.enabled=true",
 ]
 # Settings the chart fills in itself (paths, ports, brokers, secrets); the rest are values.config.
-CHART_MANAGED = {
-    "artifacts",
-    "bundle_digest",
-    "bootstrap_servers",
-    "metrics_host",
-    "metrics_port",
-    "metrics_tls_certfile",
-    "metrics_tls_keyfile",
-    "metrics_basic_auth_username",
-    "metrics_basic_auth_password",
-    "source",
-    "sink",
-    "kafka_security",
-}
+CHART_MANAGED = {"artifacts", "bundle_digest", "bootstrap_servers", "source", "sink", "kafka_security"}
+# The metrics section's: the chart sets them from its `metrics` values; config.metrics has the rest.
+CHART_MANAGED_METRICS = {"host", "port", "tls_certfile", "tls_keyfile", "basic_auth_username", "basic_auth_password"}
 
 
 def agent_config(docs: list[dict]) -> dict:
@@ -74,6 +63,9 @@ def test_lint_strict_passes_with_default_and_production_values(tools: Tools) -> 
         ([*MINIMAL, "--set", "config.auto_offset_reset=none"], "auto_offset_reset"),
         ([*MINIMAL, "--set", "config.unknown_model=drop"], "unknown_model"),
         ([*MINIMAL, "--set", "config.max_inputs_per_event=0"], "max_inputs_per_event"),
+        ([*MINIMAL, "--set", "config.metrics.port=9000"], "port"),  # the chart's own: metrics.port
+        ([*MINIMAL, "--set", "config.metrics.timeout_s=0"], "timeout_s"),
+        ([*MINIMAL, "--set", "config.metrics_timeout_s=5"], "metrics_timeout_s"),  # the flat name of before
         ([*MINIMAL, "--set", "nameOverride=Fraud_Agent"], "nameOverride"),
         ([*MINIMAL, "--set", "fullnameOverrides=fraud"], "fullnameOverrides"),
         ([*MINIMAL, "--set", "commonLabel.team=ml"], "commonLabel"),
@@ -118,6 +110,9 @@ def test_schema_covers_exactly_the_settings_the_chart_does_not_set() -> None:
     config = schema["properties"]["config"]
     assert config["additionalProperties"] is False
     assert set(config["properties"]) | CHART_MANAGED == set(AgentSettings.model_fields)
+    metrics = config["properties"]["metrics"]
+    assert metrics["additionalProperties"] is False
+    assert set(metrics["properties"]) | CHART_MANAGED_METRICS == set(MetricsSettings.model_fields)
     assert not set(config["properties"]) & CHART_MANAGED
 
 
@@ -213,10 +208,10 @@ def test_the_agent_accepts_the_config_and_environment_the_chart_gives_it(
     assert settings.artifacts == Path("/bundle")
     mounts = {mount["mountPath"] for mount in container["volumeMounts"]}
     assert {"/bundle", "/etc/dknn/config.yaml", "/tmp"} <= mounts
-    assert settings.metrics_port == container["ports"][0]["containerPort"]
+    assert settings.metrics.port == container["ports"][0]["containerPort"]
     security = settings.kafka_security
     files = (security.ssl_cafile, security.ssl_certfile, security.ssl_keyfile)
-    for path in (*files, settings.metrics_tls_certfile, settings.metrics_tls_keyfile):
+    for path in (*files, settings.metrics.tls_certfile, settings.metrics.tls_keyfile):
         assert path is None or any(str(path).startswith(mount + "/") for mount in mounts), path
     if args == PRODUCTION:
         assert security.security_protocol == "SASL_SSL" and security.sasl_plain_password is not None
@@ -224,7 +219,7 @@ def test_the_agent_accepts_the_config_and_environment_the_chart_gives_it(
         assert settings.auto_offset_reset == "earliest"  # the agent's default: the chart does not set it
     if args == PLATFORM:
         assert security.security_protocol == "SSL" and None not in files
-        assert settings.metrics_tls_certfile is not None and settings.metrics_basic_auth_password is not None
+        assert settings.metrics.tls_certfile is not None and settings.metrics.basic_auth_password is not None
         assert settings.auto_offset_reset == "latest" and settings.model_names == ("fraud-detector",)
         assert settings.trusted_factories == ("fraud_models",)  # from extraEnv
 
@@ -517,7 +512,7 @@ def test_metrics_tls_and_basic_auth_reach_the_agent_the_probes_and_the_service_m
     config = agent_config(docs)
     spec = one(docs, "Deployment")["spec"]["template"]["spec"]
     agent = spec["containers"][0]
-    assert (config["metrics_tls_certfile"], config["metrics_tls_keyfile"]) == (
+    assert (config["metrics"]["tls_certfile"], config["metrics"]["tls_keyfile"]) == (
         "/etc/dknn/metrics-tls/tls.crt",
         "/etc/dknn/metrics-tls/tls.key",
     )
@@ -531,8 +526,8 @@ def test_metrics_tls_and_basic_auth_reach_the_agent_the_probes_and_the_service_m
     }
     env = {item["name"]: item for item in agent["env"]}
     for name, key in (
-        ("DKNN_METRICS_BASIC_AUTH_USERNAME", "username"),
-        ("DKNN_METRICS_BASIC_AUTH_PASSWORD", "password"),
+        ("DKNN_METRICS__BASIC_AUTH_USERNAME", "username"),
+        ("DKNN_METRICS__BASIC_AUTH_PASSWORD", "password"),
     ):
         assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "fraud-dknn-metrics-auth", "key": key}
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
@@ -594,7 +589,7 @@ def test_metrics_tls_and_auth_mistakes_fail_rendering(tools: Tools, sets: str, c
 def test_without_metrics_tls_or_auth_the_endpoint_stays_plain(tools: Tools) -> None:
     docs = tools.render(*EVERYTHING)
     config = agent_config(docs)
-    assert not {key for key in config if key.startswith("metrics_tls") or key.startswith("metrics_basic")}
+    assert config["metrics"] == {"host": "0.0.0.0", "port": 9108}
     agent = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert "scheme" not in agent["readinessProbe"]["httpGet"]
     assert not any(item["name"].startswith("DKNN_METRICS") for item in agent["env"])
@@ -602,6 +597,11 @@ def test_without_metrics_tls_or_auth_the_endpoint_stays_plain(tools: Tools) -> N
     assert not {"scheme", "tlsConfig", "basicAuth"} & set(endpoint)
     # TLS without a ServiceMonitor needs no CA for Prometheus.
     tools.render(*MINIMAL, "--set", "metrics.tls.enabled=true,metrics.tls.existingSecret=agent-tls")
+
+
+def test_the_endpoints_limits_from_values_config_join_what_the_chart_sets(tools: Tools) -> None:
+    config = agent_config(tools.render(*MINIMAL, "--set", "config.metrics.max_connections=4,metrics.port=9200"))
+    assert config["metrics"] == {"host": "0.0.0.0", "port": 9200, "max_connections": 4}
 
 
 # -- Kafka TLS from one Secret or from Strimzi's separate ones ----------------------------------

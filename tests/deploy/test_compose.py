@@ -53,7 +53,7 @@ def test_the_agents_compose_config_is_a_valid_settings_file(monkeypatch: pytest.
 
     monkeypatch.setenv("DKNN_BOOTSTRAP_SERVERS", "kafka:19092")
     settings = load_settings(ROOT / "deploy" / "compose" / "agent-config.yaml", strict=True)
-    assert settings.artifacts == Path("/bundle") and settings.metrics_port == 9108
+    assert settings.artifacts == Path("/bundle") and settings.metrics.port == 9108
 
 
 def test_compose_config_rejects_a_broken_file(tools: Tools, tmp_path: Path) -> None:

@@ -168,7 +168,7 @@ def container(
         "--memory",
         "1536m",
         "-e",
-        "DKNN_METRICS_HOST=127.0.0.1",  # host network: keep /metrics on loopback
+        "DKNN_METRICS__HOST=127.0.0.1",  # host network: keep /metrics on loopback
         "-v",
         f"{bundle}:/bundle:ro",
         "-v",

@@ -47,7 +47,7 @@ def run_demo(bundle: Path, data_dir: Path, env: Mapping[str, str], timeout: floa
         {
             "DKNN_BIN": str(Path(sys.executable).parent),
             "DKNN_DEMO_KAFKA_DATA": str(data_dir),
-            "DKNN_METRICS_PORT": str(port),
+            "DKNN_METRICS__PORT": str(port),
             **env,
         }
     )

@@ -67,7 +67,7 @@ class AgentProcess:
 
     def start(self, wait_ready_s: float = 90) -> AgentProcess:
         log = self.log_path.open("ab")
-        env = {**os.environ, "DKNN_METRICS_HOST": "127.0.0.1", **self.extra_env}
+        env = {**os.environ, "DKNN_METRICS__HOST": "127.0.0.1", **self.extra_env}
         self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + wait_ready_s
         while time.monotonic() < deadline:

@@ -11,7 +11,7 @@ from agent.cli import build_parser
 from agent.cli.flags import options_from
 from agent.cli.run import RunCommand
 from agent.runtime.app import run_agent
-from agent.runtime.settings import AgentSettings, load_settings
+from agent.runtime.settings import AgentSettings, MetricsSettings, load_settings
 from connectors.kafka_security import KafkaSecurity
 
 
@@ -27,16 +27,16 @@ def run_parser() -> argparse.ArgumentParser:
 
 def test_every_setting_has_a_flag_naming_its_environment_variable() -> None:
     flags = {opt: action for action in run_parser()._actions for opt in action.option_strings}
-    secret = {name for name, info in AgentSettings.model_fields.items() if "SecretStr" in str(info.annotation)}
-    assert secret == {"metrics_basic_auth_password"}
-    expected = [
-        (name, f"DKNN_{name.upper()}") for name in AgentSettings.model_fields if name not in {"kafka_security", *secret}
-    ]
-    expected += [
-        (f"kafka_security_{name}", f"DKNN_KAFKA_SECURITY__{name.upper()}")
-        for name in KafkaSecurity.model_fields
-        if name != "sasl_plain_password"
-    ]
+    sections = {"kafka_security": KafkaSecurity, "metrics": MetricsSettings}
+    expected = [(name, f"DKNN_{name.upper()}") for name in AgentSettings.model_fields if name not in sections]
+    for section, model in sections.items():
+        secret = {name for name, info in model.model_fields.items() if "SecretStr" in str(info.annotation)}
+        assert len(secret) == 1
+        expected += [
+            (f"{section}_{name}", f"DKNN_{section.upper()}__{name.upper()}")
+            for name in model.model_fields
+            if name not in secret
+        ]
     for name, env in expected:
         flag = "--" + name.replace("_", "-")
         assert flag in flags, f"setting {name} has no flag {flag}"
@@ -62,10 +62,13 @@ def test_flags_become_nested_settings_and_win_over_the_environment(monkeypatch: 
             "SASL_SSL",
             "--kafka-security-sasl-mechanism",
             "PLAIN",
+            "--metrics-port",
+            "9200",
         ]
     )
     settings = load_settings(None, setting_overrides(args))
     assert (settings.drift_arl_events, settings.retry_budget_s) == (1000.0, 5.0)
+    assert settings.metrics.port == 9200  # the section's flags keep their names: --metrics-port
     security = settings.kafka_security
     assert (security.security_protocol, security.sasl_mechanism) == ("SASL_SSL", "PLAIN")
     assert security.sasl_plain_password is not None and security.sasl_plain_password.get_secret_value() == "from-env"

@@ -34,7 +34,8 @@ def test_defaults() -> None:
         "inference-quarantine",
         "inference-dead-letter",
     )
-    assert (s.scores_topic, s.group_id, s.metrics_port, s.threshold) == (None, "dknn-agent", 9108, 0.1)
+    assert (s.scores_topic, s.group_id, s.metrics.port, s.threshold) == (None, "dknn-agent", 9108, 0.1)
+    assert (s.metrics.host, s.metrics.max_connections, s.metrics.timeout_s) == ("0.0.0.0", 16, 5.0)
     assert (s.batch_size, s.max_batch_wait_s, s.max_event_bytes) == (256, 0.2, 1_048_576)
     assert (s.index, s.search_k, s.drift_arl_events, s.source, s.sink) == ("annoy", None, 8.64e7, None, None)
     assert s.kafka_security.security_protocol == "PLAINTEXT"
@@ -88,6 +89,8 @@ def test_plain_environment_without_a_file(monkeypatch: pytest.MonkeyPatch) -> No
     [
         ("artifacts: b\nbootstrap_servers: k\nthreshhold: 0.2\n", {}, "unknown setting threshhold"),
         ("artifacts: b\nkafka_security:\n  sasl_mech: PLAIN\n", {}, "unknown setting kafka_security.sasl_mech"),
+        ("artifacts: b\nmetrics:\n  prot: 1\n", {}, "unknown setting metrics.prot"),
+        ("artifacts: b\nmetrics_port: 1\nmetrics: {port: 2}\n", {}, "metrics_port and metrics.port both given"),
         ("artifacts: [unclosed\n", {}, "invalid YAML at line"),
         ("- just\n- a list\n", {}, "expected a mapping"),
         ("artifacts: b\nbootstrap_servers: k\nthreshold: 1.5\n", {}, "threshold"),
@@ -177,8 +180,11 @@ def test_the_project_scripts_variables_are_not_settings_and_not_refused(monkeypa
         ({"source": "file:/out/inference-dead-letter.jsonl", "sink": "file:/out"}, "the sink's own"),
         ({"drift_arl_events": float("inf")}, "drift_arl_events"),
         ({"drift_window_events": 5}, "drift_window_events"),
-        ({"metrics_basic_auth_username": "prometheus"}, "go together"),
-        ({"metrics_tls_certfile": "/cert.pem"}, "go together"),
+        ({"metrics": {"basic_auth_username": "prometheus"}}, "invalid setting metrics: .* go together"),
+        ({"metrics": {"tls_certfile": "/cert.pem"}}, "invalid setting metrics: .* go together"),
+        ({"metrics": {"port": 65536}}, "metrics.port"),
+        ({"metrics": {"max_connections": 0}}, "metrics.max_connections"),
+        ({"metrics": {"timeout_s": 0}}, "metrics.timeout_s"),
         ({"bundle_digest": "sha256:abc"}, "bundle_digest"),
         ({"trusted_factories": "mypkg.models,not a module"}, "is not a module name"),
     ],
@@ -199,3 +205,37 @@ def test_auto_offset_reset_from_the_file_or_the_environment(tmp_path: Path, monk
     assert load_settings(config).auto_offset_reset == "latest"
     monkeypatch.setenv("DKNN_AUTO_OFFSET_RESET", "earliest")
     assert load_settings(config).auto_offset_reset == "earliest"
+
+
+def test_the_metrics_section_from_the_environment_and_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = write(tmp_path, "artifacts: b\nbootstrap_servers: k\nmetrics:\n  port: 9200\n  max-connections: 4\n")
+    monkeypatch.setenv("DKNN_METRICS__BASIC_AUTH_USERNAME", "prometheus")
+    monkeypatch.setenv("DKNN_METRICS__BASIC_AUTH_PASSWORD", "hunter2")
+    s = load_settings(config, {"metrics": {"host": "127.0.0.1"}})
+    assert (s.metrics.host, s.metrics.port, s.metrics.max_connections) == ("127.0.0.1", 9200, 4)
+    assert s.metrics.basic_auth_password is not None and s.metrics.basic_auth_password.get_secret_value() == "hunter2"
+    assert masked_dump(s)["metrics"]["basic_auth_password"] == "**********"
+
+
+def test_the_flat_metrics_names_of_before_still_work_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A deployment written for `metrics_port` / DKNN_METRICS_PORT keeps starting (strict check included)."""
+    config = write(tmp_path, "artifacts: b\nbootstrap_servers: k\nmetrics_port: 9200\nmetrics-timeout-s: 2\n")
+    monkeypatch.setenv("DKNN_METRICS_HOST", "127.0.0.1")
+    monkeypatch.setenv("DKNN_METRICS_BASIC_AUTH_USERNAME", "prometheus")
+    monkeypatch.setenv("DKNN_METRICS_BASIC_AUTH_PASSWORD", "hunter2")
+    monkeypatch.setenv("DKNN_METRICS_MAX_CONNECTIONS", "8")
+    monkeypatch.setenv("DKNN_METRICS__MAX_CONNECTIONS", "32")  # the section's own variable wins
+    with caplog.at_level("WARNING", logger="agent.runtime.settings"):
+        s = load_settings(config, {}, strict=True)
+    metrics = s.metrics
+    assert (metrics.host, metrics.port, metrics.timeout_s, metrics.max_connections) == ("127.0.0.1", 9200, 2.0, 32)
+    assert metrics.basic_auth_username == "prometheus" and metrics.basic_auth_password is not None
+    warnings = [record.getMessage() for record in caplog.records]
+    assert "DKNN_METRICS_HOST is deprecated: set DKNN_METRICS__HOST instead" in warnings
+    assert f"{config}: metrics_port is deprecated: write it as metrics: {{port: ...}}" in warnings
+    assert len(warnings) == 6 and all("\n" not in w and "hunter2" not in w for w in warnings)
+    monkeypatch.setenv("DKNN_METRICS_PORT", "9300")  # a flat variable still beats the file, a flag beats both
+    assert load_settings(config, {}).metrics.port == 9300
+    assert load_settings(config, {"metrics": {"port": 9400}}).metrics.port == 9400

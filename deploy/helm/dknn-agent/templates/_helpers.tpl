@@ -184,8 +184,6 @@ retry_budget_s, the agent's defaults when unset) plus shutdownMarginSeconds.
 {{- define "dknn-agent.configFile" -}}
 {{- $config := deepCopy .Values.config -}}
 {{- $_ := set $config "artifacts" "/bundle" -}}
-{{- $_ := set $config "metrics_host" "0.0.0.0" -}}
-{{- $_ := set $config "metrics_port" (int .Values.metrics.port) -}}
 {{- $_ := set $config "bootstrap_servers" .Values.kafka.bootstrapServers -}}
 {{- if .Values.bundle.digest -}}{{- $_ := set $config "bundle_digest" .Values.bundle.digest -}}{{- end -}}
 {{- $security := dict "security_protocol" .Values.kafka.securityProtocol -}}
@@ -197,9 +195,13 @@ retry_budget_s, the agent's defaults when unset) plus shutdownMarginSeconds.
 {{- $_ := set $security (get $setting .path) (printf "/etc/dknn/kafka-tls/%s" .path) -}}
 {{- end -}}
 {{- $_ := set $config "kafka_security" $security -}}
+{{- $metrics := default (dict) $config.metrics -}}
+{{- $_ := set $metrics "host" "0.0.0.0" -}}
+{{- $_ := set $metrics "port" (int .Values.metrics.port) -}}
 {{- if .Values.metrics.tls.enabled -}}
-{{- $_ := set $config "metrics_tls_certfile" "/etc/dknn/metrics-tls/tls.crt" -}}
-{{- $_ := set $config "metrics_tls_keyfile" "/etc/dknn/metrics-tls/tls.key" -}}
+{{- $_ := set $metrics "tls_certfile" "/etc/dknn/metrics-tls/tls.crt" -}}
+{{- $_ := set $metrics "tls_keyfile" "/etc/dknn/metrics-tls/tls.key" -}}
 {{- end -}}
+{{- $_ := set $config "metrics" $metrics -}}
 {{- toYaml $config -}}
 {{- end -}}
