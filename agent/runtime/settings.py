@@ -21,6 +21,13 @@ Sections merge key by key across sources (a YAML `kafka_security.security_protoc
 environment `..._SASL_MECHANISM` combine). Secrets are `SecretStr`: they print as `**********`
 and `masked_dump` is what gets logged.
 
+The agent knows only its own variables: every `DKNN_*` variable that is not one of its settings is
+refused (`strict`, the default) or logged and ignored, because a misspelt one (`DKNN_TRESHOLD`)
+would otherwise do nothing. The project's scripts and tests have knobs of the same prefix (where
+MNIST is, which broker the tests use, the local broker's heap); keeping them from the agent is the
+job of whatever starts it with them set, which leaves them out of its environment (`env -u` in
+deploy/local/demo.sh, `tests/support/environment.py`), so the product lists none of them.
+
 The `metrics` settings were flat before they became a section (`metrics_port`, DKNN_METRICS_PORT).
 Those names are still read, onto the section, each with a one-line warning, so that no deployment
 breaks on an upgrade: a flat variable ranks below the section's own (DKNN_METRICS__PORT), above
@@ -390,30 +397,6 @@ def _one_line(exc: ValidationError) -> str:
     return f"invalid setting {field}: {first['msg']}{more}"
 
 
-# DKNN_* variables that configure the project's scripts and tests (deploy/local, tests/), not the agent.
-NON_SETTING_VARIABLES = frozenset(
-    {
-        "DKNN_MNIST_DIR",
-        "DKNN_TEST_ALERT_TIMESCALE",
-        "DKNN_GRAFANA_SCHEMA_CACHE",
-        "DKNN_TEST_KAFKA",
-        "DKNN_BIN",
-        "DKNN_DEMO_KAFKA_DATA",
-        "DKNN_KAFKA_VERSION",
-        "DKNN_LOG4J_VERSION",
-        "DKNN_KAFKA_HOME",
-        "DKNN_KAFKA_DATA",
-        "DKNN_KAFKA_HEAP",
-        "DKNN_KAFKA_JVM_OPTS",
-        "DKNN_KAFKA_START_TIMEOUT_S",
-        "DKNN_KAFKA_STOP_TIMEOUT_S",
-        "DKNN_KAFKA_AUTO_CREATE",
-        "DKNN_DEPLOY_TOOLS",
-        "DKNN_IMAGE_CACHE",
-    }
-)
-
-
 def setting_variables(model: type[BaseModel] = AgentSettings, prefix: str = "DKNN_") -> set[str]:
     """Every environment variable the settings read: `DKNN_FIELD`, nested `DKNN_FIELD__INNER`."""
     names = set()
@@ -428,7 +411,7 @@ def setting_variables(model: type[BaseModel] = AgentSettings, prefix: str = "DKN
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     moved = {f"DKNN_{name.upper()}" for name in MOVED_TO_METRICS}
-    known = setting_variables() | moved | NON_SETTING_VARIABLES
+    known = setting_variables() | moved
     return sorted(name for name in environ if name.upper().startswith("DKNN_") and name.upper() not in known)
 
 

@@ -28,7 +28,9 @@
 #   DEMO_ALERTING (1)          0: do not start Prometheus and Alertmanager even where installed
 #   DKNN_DEMO_KAFKA_DATA       the broker's data dir (default: $TMPDIR/dknn-demo-kafka, kept between runs)
 #   DKNN_BIN (.venv/bin)       where dknn-agent and python are
-# Other DKNN_* variables reach the agent as settings (README: "Running the agent").
+#   DKNN_MNIST_DIR, and kafka.sh's DKNN_KAFKA_* and DKNN_LOG4J_VERSION, for the producer and the broker
+# These are the scripts' own and do not reach the agent, which refuses DKNN_* variables that are not
+# its settings; every other DKNN_* variable reaches it as a setting (README: "Running the agent").
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 bundle="${1:?usage: demo.sh BUNDLE_DIR}"
@@ -85,7 +87,14 @@ mkfifo "$work/agent.stderr"
   grep --line-buffered -E '^\[dknn-agent\]|ERROR|error' | tee -a "$work/summary.log" >&2
 ) <"$work/agent.stderr" &
 filter_pid=$!
-"$bin/dknn-agent" run --artifacts "$bundle" --bootstrap-servers "$bootstrap" \
+script_variables=(-u DKNN_BIN -u DKNN_DEMO_KAFKA_DATA -u DKNN_MNIST_DIR -u DKNN_LOG4J_VERSION)
+for name in $(compgen -e); do
+  case "$name" in
+    DKNN_KAFKA_SECURITY__*) ;;  # the agent's own
+    DKNN_KAFKA_*) script_variables+=(-u "$name") ;;  # kafka.sh's
+  esac
+done
+env "${script_variables[@]}" "$bin/dknn-agent" run --artifacts "$bundle" --bootstrap-servers "$bootstrap" \
   --scores-topic inference-scores --group-id dknn-demo --metrics-port "$port" --summary-every 2 \
   2>"$work/agent.stderr" &
 agent_pid=$!

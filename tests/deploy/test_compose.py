@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from tests.deploy.conftest import ROOT, Tools
+from tests.support.environment import clear_agent_environment
 
 COMPOSE = ROOT / "deploy" / "compose" / "compose.yaml"
 
@@ -51,6 +52,7 @@ def test_compose_config_accepts_the_stack(tools: Tools) -> None:
 def test_the_agents_compose_config_is_a_valid_settings_file(monkeypatch: pytest.MonkeyPatch) -> None:
     from agent.runtime.settings import load_settings
 
+    clear_agent_environment(monkeypatch)
     monkeypatch.setenv("DKNN_BOOTSTRAP_SERVERS", "kafka:19092")
     settings = load_settings(ROOT / "deploy" / "compose" / "agent-config.yaml", strict=True)
     assert settings.artifacts == Path("/bundle") and settings.metrics.port == 9108

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.support.environment import agent_environment
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 # The console script `pip install` made next to this interpreter: the entry point itself is under test.
@@ -62,11 +64,13 @@ def cli_command() -> list[str]:
 def run_cli(
     *args: str | Path, timeout: float = 300, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """`dknn-agent ARGS...` from the repository root, as a user runs it."""
+    """`dknn-agent ARGS...` from the repository root, as a user runs it. `run` gets no DKNN_*
+    variable of this process (tests/support/environment.py); the other commands keep the knobs of
+    PASS_THROUGH."""
     return subprocess.run(
         [*cli_command(), *map(str, args)],
         cwd=ROOT,
-        env=clean_env(env),
+        env=agent_environment(env) if args and args[0] == "run" else clean_env(env),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from tests.e2e.conftest import ROOT, clean_env, free_port
+from tests.support.environment import agent_environment
 
 SECTION = "## Use it on your own model"
 
@@ -68,7 +69,11 @@ def test_every_walkthrough_command_runs(tmp_path: Path) -> None:
             if command.endswith("&"):
                 log = (tmp_path / "agent.log").open("w")
                 agent = subprocess.Popen(
-                    ["bash", "-c", f"exec {command[:-1]}"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+                    ["bash", "-c", f"exec {command[:-1]}"],
+                    cwd=ROOT,
+                    env=agent_environment(environ=env),  # the agent: without the scripts' DKNN_* knobs
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
                 )
                 continue
             if command.startswith("kill %1"):

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import TinyProblem
-from tests.e2e.conftest import ROOT, clean_env, cli_command, explain, free_port, run_cli
+from tests.e2e.conftest import ROOT, cli_command, explain, free_port, run_cli
+from tests.support.environment import agent_environment
 
 
 def assert_one_line(result: subprocess.CompletedProcess[str], fragment: str, code: int = 3) -> None:
@@ -151,7 +152,7 @@ def test_sigterm_during_start_up_is_a_clean_stop(tiny_bundle: Path, delay_s: flo
             "0",
         ],
         cwd=ROOT,
-        env=clean_env(),
+        env=agent_environment(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from connectors.base import Record
 from connectors.kafka import KafkaSource
+from tests.support.environment import agent_environment
 
 
 def free_port() -> int:
@@ -67,7 +67,7 @@ class AgentProcess:
 
     def start(self, wait_ready_s: float = 90) -> AgentProcess:
         log = self.log_path.open("ab")
-        env = {**os.environ, "DKNN_METRICS__HOST": "127.0.0.1", **self.extra_env}
+        env = agent_environment({"DKNN_METRICS__HOST": "127.0.0.1", **self.extra_env})
         self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + wait_ready_s
         while time.monotonic() < deadline:

@@ -1,1 +1,1 @@
-"""Fakes the tests share and the product never ships (the wheel packages agent*, connectors*, dknn_events*)."""
+"""Fakes and helpers the tests share, which the product never ships (the wheel packages agent*, connectors*, dknn_events*)."""

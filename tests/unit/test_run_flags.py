@@ -13,6 +13,12 @@ from agent.cli.run import RunCommand
 from agent.runtime.app import run_agent
 from agent.runtime.settings import AgentSettings, MetricsSettings, load_settings
 from connectors.kafka_security import KafkaSecurity
+from tests.support.environment import clear_agent_environment
+
+
+@pytest.fixture(autouse=True)
+def without_dknn_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    clear_agent_environment(monkeypatch)  # the settings come from these tests alone
 
 
 def setting_overrides(namespace: argparse.Namespace) -> dict[str, object]:

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from agent.errors import ConfigError
 from agent.runtime.settings import AgentSettings, load_settings, masked_dump
+from tests.support.environment import agent_environment
 
 
 @pytest.fixture(autouse=True)
@@ -67,7 +68,6 @@ def test_nested_env_merges_with_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyP
     )
     monkeypatch.setenv("DKNN_KAFKA_SECURITY__SASL_MECHANISM", "SCRAM-SHA-512")
     monkeypatch.setenv("DKNN_KAFKA_SECURITY__SASL_PLAIN_PASSWORD", "hunter2")
-    monkeypatch.setenv("DKNN_TEST_KAFKA", "localhost:1")  # not a setting: ignored
     monkeypatch.setenv("DKNN_SCORES_TOPIC", "")  # empty = unset
     s = load_settings(config, {})
     sec = s.kafka_security
@@ -166,10 +166,13 @@ def test_a_misspelt_variable_is_refused_with_a_suggestion(monkeypatch: pytest.Mo
         load_settings(None, {"artifacts": "b", "bootstrap_servers": "k"})
 
 
-def test_the_project_scripts_variables_are_not_settings_and_not_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("DKNN_MNIST_DIR", "DKNN_TEST_KAFKA", "DKNN_KAFKA_HOME", "DKNN_DEMO_KAFKA_DATA"):
-        monkeypatch.setenv(name, "x")
-    assert load_settings(None, {"artifacts": "b", "bootstrap_servers": "k"}).threshold == 0.1
+def test_the_agent_knows_only_its_own_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A script's knob is refused like any unknown variable: whoever starts the agent leaves it out."""
+    monkeypatch.setenv("DKNN_TEST_KAFKA", "localhost:1")
+    with pytest.raises(ConfigError, match="unknown setting variable DKNN_TEST_KAFKA"):
+        load_settings(None, {"artifacts": "b", "bootstrap_servers": "k"})
+    shell = {"DKNN_TEST_KAFKA": "localhost:1", "DKNN_THRESHOLD": "0.9", "PATH": "/bin"}
+    assert agent_environment({"DKNN_BATCH_SIZE": "8"}, environ=shell) == {"PATH": "/bin", "DKNN_BATCH_SIZE": "8"}
 
 
 @pytest.mark.parametrize(
