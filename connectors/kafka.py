@@ -13,8 +13,8 @@ Why the settings are what they are:
 - Security settings are passed through untouched so SASL/TLS clusters need no code change.
 - `extra_config` passes further client settings (tuning: timeouts, fetch sizes, linger), never a
   key the guarantees above rest on nor one an agent setting already gives (servers, group, offset
-  reset, batch size, security): a `ConfigError` names the key and why (`_CONSUMER_KEYS`,
-  `_PRODUCER_KEYS`), before anything connects.
+  reset, batch size, security): a `ConfigError` names the key and why (connectors/kafka_tuning.py,
+  which the settings check when they load), before anything connects.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from kafka.structs import TopicPartition as KafkaTopicPartition
 from agent.errors import CommitRejectedError, ConfigError, ConnectorError, DeliveryRefusedError
 from connectors.base import Headers, OffsetReset, Offsets, Record, Sink, Source, TopicPartition
 from connectors.kafka_security import KafkaSecurity
+from connectors.kafka_tuning import CONSUMER_FIXED, PRODUCER_FIXED, refuse_fixed
 
 log = logging.getLogger(__name__)
 
@@ -50,36 +51,12 @@ def _wrap(exc: BaseException, what: str) -> ConnectorError:
     return ConnectorError(f"{what}: {exc}", retriable=_is_retriable(exc))
 
 
-# Client settings `extra_config` may not set, with why: first what delivery rests on, then what an
-# agent setting gives (one value, one place). `retries` and `isolation_level` may be set: fewer
-# retries only turn more failures into re-sends of the batch, read_committed only skips aborted records.
-_CONSUMER_KEYS = {
-    "enable_auto_commit": "the agent commits offsets itself, only once every output for them is confirmed",
-    "key_deserializer": "records reach the decoder as the broker's bytes",
-    "value_deserializer": "records reach the decoder as the broker's bytes",
-    "bootstrap_servers": "it is the source's address (bootstrap_servers or the source URI)",
-    "group_id": "it is the group_id setting",
-    "auto_offset_reset": "it is the auto_offset_reset setting",
-    "max_poll_records": "it follows the batch_size setting",
-}
-_PRODUCER_KEYS = {
-    "acks": "flush confirms a record only once all in-sync replicas have it (acks=all)",
-    "enable_idempotence": "one record refused for good would fail every pending record of an idempotent producer",
-    "transactional_id": "the sink runs no transactions; a transactional producer refuses sends outside one",
-    "max_in_flight_requests_per_connection": "one request in flight keeps each partition in order across retries",
-    "key_serializer": "the sink sends the bytes it is given",
-    "value_serializer": "the sink sends the bytes it is given",
-    "bootstrap_servers": "it is the sink's address (bootstrap_servers or the sink URI)",
-}
-_SECURITY_KEYS = dict.fromkeys(KafkaSecurity.model_fields, "it is a kafka_security setting")
-
-
 def _with_extra(config: dict[str, Any], extra: Mapping[str, Any] | None, fixed: Mapping[str, str]) -> dict[str, Any]:
     """`config` updated with `extra`; ConfigError for the first key of `fixed` or security it tries to set."""
-    for key in extra or {}:
-        why = fixed.get(key) or _SECURITY_KEYS.get(key)
-        if why:
-            raise ConfigError(f"Kafka client setting {key!r} cannot be set through extra config: {why}")
+    try:
+        refuse_fixed(extra, fixed)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return {**config, **(extra or {})}
 
 
@@ -151,7 +128,7 @@ class KafkaSource(Source):
             allow_auto_create_topics=False,
             **(security or KafkaSecurity()).client_config(),
         )
-        config = _with_extra(config, extra_config, _CONSUMER_KEYS)
+        config = _with_extra(config, extra_config, CONSUMER_FIXED)
         topics, self._group_id = list(topics), group_id
         self._next_offsets: dict[TopicPartition, int] = {}
         what = f"cannot join consumer group {group_id!r} at {bootstrap_servers}"
@@ -292,7 +269,7 @@ class KafkaSink(Sink):
             allow_auto_create_topics=False,
             **(security or KafkaSecurity()).client_config(),
         )
-        config = _with_extra(config, extra_config, _PRODUCER_KEYS)
+        config = _with_extra(config, extra_config, PRODUCER_FIXED)
         try:
             self._producer = KafkaProducer(**config)
         except kafka_errors.KafkaError as exc:

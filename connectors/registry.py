@@ -9,7 +9,9 @@ validate settings never load the client.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from agent.errors import ConfigError
 from connectors.base import OffsetReset, Sink, Source
@@ -35,11 +37,13 @@ def open_source(
     max_record_bytes: int = 1 << 20,
     security: KafkaSecurity | None = None,
     auto_offset_reset: OffsetReset = "earliest",
+    extra_config: Mapping[str, Any] | None = None,
 ) -> Source:
     """The source behind `uri`; a file source reads `uri`'s JSONL file as partition 0 of `topic`,
     cutting lines longer than `max_record_bytes` (they are dead-lettered as too large anyway).
     `auto_offset_reset` is where a Kafka consumer group without committed offsets starts (a file
-    source always reads from the start)."""
+    source always reads from the start). `extra_config`: further Kafka consumer settings
+    (connectors/kafka_tuning.py)."""
     scheme, target = split_uri(uri)
     if scheme == "file":
         from connectors.file import FileSource
@@ -54,11 +58,15 @@ def open_source(
         max_poll_records=max_poll_records,
         auto_offset_reset=auto_offset_reset,
         security=security,
+        extra_config=extra_config,
     )
 
 
-def open_sink(uri: str, *, security: KafkaSecurity | None = None) -> Sink:
-    """The sink behind `uri`; a file sink writes `<dir>/<topic>.jsonl`."""
+def open_sink(
+    uri: str, *, security: KafkaSecurity | None = None, extra_config: Mapping[str, Any] | None = None
+) -> Sink:
+    """The sink behind `uri`; a file sink writes `<dir>/<topic>.jsonl`. `extra_config`: further Kafka
+    producer settings (connectors/kafka_tuning.py)."""
     scheme, target = split_uri(uri)
     if scheme == "file":
         from connectors.file import FileSink
@@ -66,7 +74,7 @@ def open_sink(uri: str, *, security: KafkaSecurity | None = None) -> Sink:
         return FileSink(Path(target))
     from connectors.kafka import KafkaSink
 
-    return KafkaSink(target, security=security)
+    return KafkaSink(target, security=security, extra_config=extra_config)
 
 
 def create_topics(uri: str, names: list[str], partitions: int, *, security: KafkaSecurity | None = None) -> None:

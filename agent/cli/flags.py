@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -240,7 +241,7 @@ def _add_setting_flags(
         full = (*path[1:], name)
         env = env_prefix + "__".join(full).upper()
         help_text = f"{info.description or name} (env {env})"
-        if not info.is_required() and info.default is not None:
+        if not info.is_required() and info.default not in (None, {}):
             help_text = f"{help_text}; default: {info.default}"
         kwargs: dict[str, Any] = {
             "dest": ".".join((path[0], *full)),
@@ -252,9 +253,23 @@ def _add_setting_flags(
             kwargs["choices"] = choices
         else:
             kwargs["metavar"] = name.upper()
-        if typing.get_origin(_unwrap_optional(info.annotation)) in (tuple, list):
+        origin = typing.get_origin(_unwrap_optional(info.annotation))
+        if origin in (tuple, list):
             kwargs["help"] += " (comma-separated)"
+        if origin is dict:
+            kwargs.update(type=_json_object, metavar="JSON")
         group.add_argument("--" + "-".join(full).replace("_", "-"), **kwargs)
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """A JSON object flag (`--kafka-tuning-consumer '{"fetch_max_bytes": 1048576}'`); else a usage error."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
 
 
 def options_from(namespace: argparse.Namespace, command: type[Command]) -> Command:

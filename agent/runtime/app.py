@@ -61,9 +61,12 @@ def run_agent(settings: AgentSettings, summary_every_s: float | None = None) -> 
                 max_record_bytes=settings.max_event_bytes,
                 security=security,
                 auto_offset_reset=settings.auto_offset_reset,
+                extra_config=settings.kafka_tuning.consumer,
             )
         )
-        sink = opened.enter_context(open_sink(settings.sink_uri, security=security))
+        sink = opened.enter_context(
+            open_sink(settings.sink_uri, security=security, extra_config=settings.kafka_tuning.producer)
+        )
         pipeline = Pipeline(
             scorer,
             source,

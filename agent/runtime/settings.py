@@ -58,6 +58,7 @@ from agent.runtime.events import DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_ROWS
 from agent.runtime.routing import DEFAULT_THRESHOLD
 from connectors.base import OffsetReset
 from connectors.kafka_security import KafkaSecurity
+from connectors.kafka_tuning import KafkaTuning
 from connectors.registry import split_uri
 
 log = logging.getLogger(__name__)
@@ -241,6 +242,9 @@ class AgentSettings(BaseSettings):
         None, description="output connector URI: file:DIR (one JSONL file per topic) or kafka://HOST:PORT"
     )
     kafka_security: KafkaSecurity = Field(default_factory=KafkaSecurity, description="TLS / SASL for Kafka")
+    kafka_tuning: KafkaTuning = Field(
+        default_factory=KafkaTuning, description="further Kafka client settings; none that delivery rests on"
+    )
 
     @field_validator("trusted_factories", "model_names", mode="before")
     @classmethod

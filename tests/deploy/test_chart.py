@@ -222,6 +222,7 @@ def test_the_agent_accepts_the_config_and_environment_the_chart_gives_it(
         assert settings.metrics.tls_certfile is not None and settings.metrics.basic_auth_password is not None
         assert settings.auto_offset_reset == "latest" and settings.model_names == ("fraud-detector",)
         assert settings.trusted_factories == ("fraud_models",)  # from extraEnv
+        assert settings.kafka_tuning.producer == {"client_id": "fraud-dknn", "compression_type": "gzip"}
 
 
 def test_pods_run_locked_down_and_probe_the_agents_endpoints(tools: Tools) -> None:

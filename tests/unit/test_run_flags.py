@@ -10,9 +10,11 @@ import pytest
 from agent.cli import build_parser
 from agent.cli.flags import options_from
 from agent.cli.run import RunCommand
+from agent.errors import ConfigError
 from agent.runtime.app import run_agent
 from agent.runtime.settings import AgentSettings, MetricsSettings, load_settings
 from connectors.kafka_security import KafkaSecurity
+from connectors.kafka_tuning import KafkaTuning
 from tests.support.environment import clear_agent_environment
 
 
@@ -33,11 +35,10 @@ def run_parser() -> argparse.ArgumentParser:
 
 def test_every_setting_has_a_flag_naming_its_environment_variable() -> None:
     flags = {opt: action for action in run_parser()._actions for opt in action.option_strings}
-    sections = {"kafka_security": KafkaSecurity, "metrics": MetricsSettings}
+    sections = {"kafka_security": KafkaSecurity, "metrics": MetricsSettings, "kafka_tuning": KafkaTuning}
     expected = [(name, f"DKNN_{name.upper()}") for name in AgentSettings.model_fields if name not in sections]
     for section, model in sections.items():
         secret = {name for name, info in model.model_fields.items() if "SecretStr" in str(info.annotation)}
-        assert len(secret) == 1
         expected += [
             (f"{section}_{name}", f"DKNN_{section.upper()}__{name.upper()}")
             for name in model.model_fields
@@ -112,3 +113,28 @@ def test_the_auto_offset_reset_flag_reaches_the_agents_kafka_consumer(
         "k:9092",
         "dknn-agent",
     )
+
+
+def test_kafka_tuning_reaches_the_consumer_and_a_guarantee_key_is_refused_when_settings_load(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import connectors.kafka
+
+    seen: dict[str, object] = {}
+
+    def consumer(**config: object) -> None:
+        seen.update(config)
+        raise _ConsumerCreatedError
+
+    monkeypatch.setattr(connectors.kafka, "KafkaConsumer", consumer)
+    flags = ["--artifacts", str(tiny_bundle), "--bootstrap-servers", "k:9092", "--metrics-host", "127.0.0.1"]
+    tuning = '{"fetch_max_wait_ms": 250, "client_id": "team-a"}'
+    args = run_parser().parse_args([*flags, "--metrics-port", "0", "--kafka-tuning-consumer", tuning])
+    with pytest.raises(_ConsumerCreatedError):
+        run_agent(load_settings(None, setting_overrides(args)))
+    assert (seen["fetch_max_wait_ms"], seen["client_id"], seen["enable_auto_commit"]) == (250, "team-a", False)
+    monkeypatch.setenv("DKNN_KAFKA_TUNING__PRODUCER", '{"acks": 1}')
+    with pytest.raises(ConfigError, match=r"kafka_tuning\.producer.*'acks' cannot be set .*all in-sync replicas"):
+        load_settings(None, {"artifacts": str(tiny_bundle), "bootstrap_servers": "k:9092"})
+    with pytest.raises(SystemExit):
+        run_parser().parse_args([*flags, "--kafka-tuning-consumer", "[1, 2]"])
