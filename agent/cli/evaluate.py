@@ -11,6 +11,7 @@ from pydantic import Field, field_validator
 
 from agent.cli.flags import Arg, Command
 from agent.cli.options import TrustOptions
+from agent.engine.index import BACKENDS, IndexBackend
 
 
 class EvaluateCommand(TrustOptions, Command):
@@ -44,7 +45,7 @@ class EvaluateCommand(TrustOptions, Command):
         0.1, gt=0, lt=1, description="the agent's quarantine threshold (default: 0.1, the agent's)"
     )
     batch_size: int = Field(256, ge=1, description="inputs per forward pass (default: 256)")
-    index: Literal["annoy", "exact", "both"] = Field(
+    index: IndexBackend | Literal["both"] = Field(
         "both", description="neighbour backends to measure (default: both; exact is slow on large bundles)"
     )
     bootstrap: int = Field(2000, ge=100, description="bootstrap resamples (default: 2000)")
@@ -74,7 +75,7 @@ class EvaluateCommand(TrustOptions, Command):
             name=self.name,
             threshold=self.threshold,
             batch_size=self.batch_size,
-            backends=("annoy", "exact") if self.index == "both" else (self.index,),
+            backends=BACKENDS if self.index == "both" else (self.index,),
             trust=self.bundle_trust(),
             bootstrap=self.bootstrap,
             command="dknn-agent " + " ".join(shlex.quote(arg) for arg in sys.argv[1:]),

@@ -214,8 +214,14 @@ def _unwrap_optional(annotation: Any) -> Any:
 
 
 def _literal_choices(annotation: Any) -> list[str] | None:
+    """The values of a `Literal`, or of a union of them (`IndexBackend | Literal["both"]`)."""
     annotation = _unwrap_optional(annotation)
-    return [str(v) for v in typing.get_args(annotation)] if typing.get_origin(annotation) is typing.Literal else None
+    if typing.get_origin(annotation) is typing.Literal:
+        return [str(value) for value in typing.get_args(annotation)]
+    members = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+    if members and all(typing.get_origin(member) is typing.Literal for member in members):
+        return [str(value) for member in members for value in typing.get_args(member)]
+    return None
 
 
 def _nested_model(info: FieldInfo) -> type[BaseModel] | None:

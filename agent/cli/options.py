@@ -16,6 +16,7 @@ import pydantic
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from agent.cli.flags import Arg
+from agent.engine.conformal import DistanceStatistic
 from agent.engine.fit import FitOptions
 from agent.engine.manifest import ComputeDtype, NonconformitySpec, ResidualSpec
 from agent.engine.preprocess import parse_spec
@@ -221,7 +222,7 @@ class IndexOptions(OptionSet):
     distance_reference: Annotated[int | None, Fitting] = Field(
         None, ge=1, description="labels+distance: training points sampled for the distance reference (default: 5000)"
     )
-    distance_statistic: Annotated[Literal["mean", "kth"] | None, Fitting] = Field(
+    distance_statistic: Annotated[DistanceStatistic | None, Fitting] = Field(
         None,
         description="labels+distance: a layer's distance is the mean of the nearest --distance-neighbors' or the "
         "farthest of them (default: mean)",

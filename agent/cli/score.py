@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar
 
 from pydantic import Field
 
 from agent.cli.flags import Arg, Command
 from agent.cli.options import TrustOptions
+from agent.engine.index import IndexBackend
 from agent.errors import DataError
 
 
@@ -25,9 +26,7 @@ class ScoreCommand(TrustOptions, Command):
     artifacts: Path = Field(description="bundle directory")
     input: Annotated[str, Arg(metavar="DATA")] = Field(description="the inputs (labels, if any, are ignored)")
     output: Path | None = Field(None, description="JSONL file to write (default: stdout)")
-    index: Literal["annoy", "exact"] = Field(
-        "annoy", description="neighbour backend (default: annoy; exact = brute force)"
-    )
+    index: IndexBackend = Field("annoy", description="neighbour backend (default: annoy; exact = brute force)")
     batch_size: int = Field(256, ge=1, description="inputs per forward pass (default: 256)")
     search_k: int | None = Field(None, description="override the bundle's Annoy search_k")
 
