@@ -29,7 +29,7 @@ class InfoCommand(Command):
         bundle.close()
         manifest = bundle.manifest
         if self.json_output:
-            print(json.dumps(manifest.model_dump(mode="json"), indent=2))
+            print(json.dumps(manifest.document(), indent=2))
             return 0
         if manifest.model.program is not None:
             trusted = "none needed: the program is read as data"

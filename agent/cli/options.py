@@ -18,7 +18,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from agent.cli.flags import Arg
 from agent.engine.conformal import DistanceStatistic
 from agent.engine.fit import FitOptions
-from agent.engine.manifest import ComputeDtype, NonconformitySpec, ResidualSpec
+from agent.engine.manifest import ComputeDtype, ExemplarKind, NonconformitySpec, ResidualSpec
 from agent.engine.preprocess import parse_spec
 from agent.engine.tuning import RecallTarget
 from agent.errors import ConfigError, DataError
@@ -278,6 +278,12 @@ class IndexOptions(OptionSet):
         "(torch.autocast) is about twice as fast on CPUs with native bfloat16 (AVX512-BF16, AMX) and slower "
         "elsewhere; measure quality before adopting it (default: float32)",
     )
+    exemplars: Annotated[ExemplarKind, Fitting] = Field(
+        "none",
+        description="keep the training rows in the bundle, so a reviewer sees the examples behind a quarantined "
+        "input's neighbour ids: inputs (every input as stored), thumbnails (image inputs, float (C, H, W) with C 1 or "
+        "3, as uint8 of at most 32x32) or none; at most 2 GiB (default: none)",
+    )
     force: Annotated[bool, Fitting] = Field(False, description="replace an existing bundle directory")
     quiet: Annotated[bool, Fitting] = Field(False, description="no progress bars")
 
@@ -302,6 +308,7 @@ class IndexOptions(OptionSet):
             progress=not self.quiet,
             nonconformity=self.nonconformity_spec(preset),
             compute_dtype=self.compute_dtype,
+            exemplars=self.exemplars,
         )
 
     def nonconformity_spec(self, preset: NonconformitySpec) -> NonconformitySpec:

@@ -15,7 +15,8 @@ A bundle is data that names code (its model factory), so opening one is a trust 
    is read as data (agent.engine.program), so the MNIST reference bundle trusts no Python module.
 4. Every file is opened once, without following symlinks, and verified *as opened*: small files
    are read into memory, hashed and parsed from those same bytes; an Annoy file is hashed through
-   its open descriptor, which stays open and is what Annoy maps (`/proc/self/fd/N`). Swapping a
+   its open descriptor, which stays open and is what Annoy maps (`/proc/self/fd/N`); an exemplar
+   file is hashed the same way and memory-mapped from that descriptor. Swapping a
    file after verification therefore changes nothing. Truncating a mapped file in place still
    kills the process (SIGBUS): replace a bundle by writing a new directory and switching to it,
    never by editing files in place.
@@ -42,6 +43,7 @@ import pydantic
 import torch
 from torch import nn
 
+from agent.engine.exemplars import Exemplars, map_exemplar_file
 from agent.engine.manifest import (
     CALIBRATION_FILE,
     MANIFEST_FILE,
@@ -88,7 +90,8 @@ class VerifiedBundle:
     """A bundle whose every file passed every check, with the parsed contents scoring needs.
 
     Only `verify_bundle` builds one, once everything is checked: there is no half-read bundle to
-    hand on. Index files stay open (see `index_path`) until `close`; everything else is in memory.
+    hand on. Index files stay open (see `index_path`) until `close`; exemplar files are mapped
+    read-only (the mapping outlives `close`); everything else is in memory.
     """
 
     root: Path
@@ -101,6 +104,7 @@ class VerifiedBundle:
     preprocessors: dict[str, Preprocessor]
     distance_reference: np.ndarray | None  # (m, distance layers), each column sorted; None without distances
     residual: ResidualTerm | None  # the nonconformity's residual term, when it has one
+    exemplars: Exemplars | None  # the training rows behind neighbour ids, memory-mapped; None: not kept
     _index_fds: dict[str, int] = field(repr=False)  # layer name -> the verified file's descriptor
 
     def index_path(self, layer_name: str) -> str:
@@ -190,18 +194,32 @@ def verify_bundle(root: str | Path, trust: BundleTrust | None = None, *, importi
     residual_spec = manifest.nonconformity.residual
     if residual_spec is not None:
         required.add(residual_spec.params_file)
+    exemplar_files = {one.file: one for one in manifest.exemplars.files} if manifest.exemplars else {}
+    shared = sorted(required & exemplar_files.keys())
+    if shared:
+        raise BundleError(f"{root / shared[0]}: named as an exemplar file and as another bundle file")
+    required |= set(exemplar_files)
     unlisted = sorted(required - manifest.files.keys())
     if unlisted:
         raise BundleError(f"{root / unlisted[0]}: not listed in {MANIFEST_FILE} with a sha256")
 
     contents: dict[str, bytes] = {}
     fds: dict[str, int] = {}
+    exemplar_arrays: dict[str, np.ndarray] = {}
     try:
         for relative, expected in manifest.files.items():
             if relative in index_files:
                 fd = _open_in_bundle(root, relative)
                 fds[index_files[relative]] = fd
                 actual = _hash_fd(fd)
+            elif relative in exemplar_files:  # up to 2 GiB: hashed and mapped, never read into memory
+                one, fd = exemplar_files[relative], _open_in_bundle(root, relative)
+                try:
+                    actual = _hash_fd(fd)
+                    if actual == expected:
+                        exemplar_arrays[one.input] = map_exemplar_file(fd, root / relative, one, manifest.train.size)
+                finally:
+                    os.close(fd)
             else:
                 data = _read_bounded(root, relative, None)
                 actual = hashlib.sha256(data).hexdigest()
@@ -233,6 +251,7 @@ def verify_bundle(root: str | Path, trust: BundleTrust | None = None, *, importi
         preprocessors=preprocessors,
         distance_reference=distance_reference,
         residual=residual,
+        exemplars=Exemplars(manifest.exemplars, exemplar_arrays) if manifest.exemplars else None,
         _index_fds=fds,
     )
 

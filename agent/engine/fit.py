@@ -31,6 +31,7 @@ from agent.engine.bundle import BundleTrust, sha256_file, verify_bundle
 from agent.engine.conformal import distance_statistic
 from agent.engine.data_files import Dataset
 from agent.engine.dknn import NonconformityScorer, open_index
+from agent.engine.exemplars import plan_exemplars, write_exemplars
 from agent.engine.index import AnnoyBuilder
 from agent.engine.manifest import (
     CALIBRATION_FILE,
@@ -39,6 +40,8 @@ from agent.engine.manifest import (
     MAX_INDEX_DIM,
     TRAIN_LABELS_FILE,
     ComputeDtype,
+    ExemplarKind,
+    ExemplarSpec,
     IndexSpec,
     InputSpec,
     LayerSpec,
@@ -74,6 +77,7 @@ class FitOptions:
     progress: bool = True
     nonconformity: NonconformitySpec = NonconformitySpec()
     compute_dtype: ComputeDtype = "float32"  # "bfloat16": the forward passes under torch.autocast (`ActivationTap`)
+    exemplars: ExemplarKind = "none"  # training rows kept for a reviewer (agent.engine.exemplars)
 
 
 def fit_bundle(
@@ -103,6 +107,7 @@ def fit_bundle(
     if inputs is None:
         inputs = input_specs(model, train, calibration, value_range, input_ranges)
     _check_labels(train, calibration, model_spec.num_classes, options.k)
+    exemplars = plan_exemplars(options.exemplars, inputs, train.arrays_for([spec.name for spec in inputs]))
     model_spec = model_spec.model_copy(update={"compute_dtype": options.compute_dtype})
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
@@ -110,7 +115,7 @@ def fit_bundle(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        manifest = _fit_into(staging, model, model_spec, inputs, layers, train, calibration, options)
+        manifest = _fit_into(staging, model, model_spec, inputs, layers, train, calibration, options, exemplars)
         _readable_by_all(staging)
         if out.exists():
             shutil.rmtree(out)
@@ -252,6 +257,7 @@ def _fit_into(
     train: Dataset,
     calibration: Dataset,
     options: FitOptions,
+    exemplars: ExemplarSpec | None,
 ) -> Manifest:
     (root / "layers").mkdir()
     nonconformity = _sized(options.nonconformity, len(train))
@@ -307,6 +313,8 @@ def _fit_into(
         torch.save(model.state_dict(), root / model_spec.weights)
     assert train.y is not None and calibration.y is not None  # _check_labels
     np.save(root / TRAIN_LABELS_FILE, train.y.astype(np.int64))
+    if exemplars is not None:  # in index order: the indexes hold training row i as item i
+        write_exemplars(root, exemplars, list(train_x.values()))
 
     draft = Manifest(
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -324,6 +332,7 @@ def _fit_into(
         libraries=_library_versions(),
         files={},
         nonconformity=nonconformity,
+        exemplars=exemplars,
     )
     tap.close()
     arrays = _calibrate(root, draft, model, preprocessors, residual, train, calibration, options)
@@ -331,7 +340,7 @@ def _fit_into(
 
     files = {str(path.relative_to(root)): sha256_file(path) for path in sorted(root.rglob("*")) if path.is_file()}
     manifest = draft.model_copy(update={"files": files})
-    (root / MANIFEST_FILE).write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
+    (root / MANIFEST_FILE).write_text(json.dumps(manifest.document(), indent=2) + "\n")
     return manifest
 
 

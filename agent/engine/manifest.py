@@ -46,6 +46,15 @@ COMPUTE_DTYPES: tuple[ComputeDtype, ...] = get_args(ComputeDtype)
 InputDtype = Literal["float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"]
 INPUT_DTYPES: tuple[InputDtype, ...] = get_args(InputDtype)
 FLOAT_DTYPES = ("float16", "float32", "float64")
+# Bytes per value of each input dtype (numpy's itemsize, without importing numpy here).
+_ITEM_BYTES = {"float16": 2, "float32": 4, "float64": 8, "int8": 1, "int16": 2, "int32": 4, "int64": 8, "uint8": 1}
+# What a bundle keeps of its training rows for a reviewer (`ExemplarSpec`): nothing, the inputs as
+# stored, or small uint8 images.
+ExemplarKind = Literal["none", "inputs", "thumbnails"]
+EXEMPLAR_KINDS: tuple[ExemplarKind, ...] = get_args(ExemplarKind)
+MAX_EXEMPLAR_BYTES = 2 * 1024**3  # all exemplar files together: a bundle is copied to every replica
+THUMBNAIL_SIDE = 32  # a thumbnail's height and width are at most this
+THUMBNAIL_CHANNELS = (1, 3)  # grey or RGB: what a reviewer's screen can show
 # Factory arguments are plain JSON scalars: a nested object could only smuggle structure in.
 FactoryArgument = Annotated[str, StringConstraints(max_length=256)] | bool | int | float | None
 
@@ -142,6 +151,47 @@ class InputSpec(_Frozen):
     @property
     def size(self) -> int:
         return math.prod(self.shape)
+
+
+class ExemplarFile(_Frozen):
+    """One input's exemplars: a `.npy` of shape `(train.size, *shape)`, row i the training row that
+    the indexes hold as item i."""
+
+    input: str = Field(pattern=r"^[A-Za-z_][\w.-]{0,63}$", description="the model input it shows")
+    file: RelativePath
+    shape: tuple[Annotated[int, Field(ge=1, le=MAX_INPUT_VALUES)], ...] = Field(
+        max_length=8, description="one row, without the row dimension"
+    )
+    dtype: InputDtype
+    value_range: tuple[float, float] | None = Field(
+        None, description="thumbnails: the training data's range, mapped onto 0..255; inputs: None"
+    )
+
+    @property
+    def row_bytes(self) -> int:
+        return math.prod(self.shape) * _ITEM_BYTES.get(self.dtype, 1)  # bool: 1
+
+
+class ExemplarSpec(_Frozen):
+    """The training rows a reviewer is shown beside a quarantined input (absent: the bundle has none).
+
+    `inputs`: every model input exactly as it was indexed; `thumbnails`: image inputs as uint8
+    `(C, h, w)`, C in 1 or 3, h and w at most 32, scaled from the training data's own range. Bounded
+    to `MAX_EXEMPLAR_BYTES` in all (`Manifest`), since every replica maps them."""
+
+    kind: Literal["inputs", "thumbnails"]
+    files: tuple[ExemplarFile, ...] = Field(min_length=1, max_length=MAX_INPUTS)
+
+    @model_validator(mode="after")
+    def _thumbnails_are_small_images(self) -> ExemplarSpec:
+        if self.kind != "thumbnails":
+            return self
+        for one in self.files:
+            shape = one.shape
+            small = len(shape) == 3 and shape[0] in THUMBNAIL_CHANNELS and max(shape[1:]) <= THUMBNAIL_SIDE
+            if not small or one.dtype != "uint8":
+                raise ValueError(f"the thumbnails of {one.input!r} are not uint8 images of at most 32x32")
+        return self
 
 
 class MeasuredRecall(_Frozen):
@@ -256,6 +306,7 @@ class Manifest(_Frozen):
     ] = Field(max_length=32)
     files: dict[RelativePath, Sha256] = Field(max_length=1024, description="relative path -> sha256 hex digest")
     nonconformity: NonconformitySpec = NonconformitySpec()  # absent in bundles made before it: the paper's
+    exemplars: ExemplarSpec | None = None  # absent (older bundles, `fit --exemplars none`): no exemplars
 
     @model_validator(mode="before")
     @classmethod
@@ -295,6 +346,27 @@ class Manifest(_Frozen):
             raise ValueError(f"distance_neighbors {self.nonconformity.distance_neighbors} exceeds k = {self.k}")
         return self
 
+    @model_validator(mode="after")
+    def _exemplars_fit_the_inputs(self) -> Manifest:
+        """One exemplar file per input, in the inputs' order; `inputs` keeps each as it is; all of them
+        within `MAX_EXEMPLAR_BYTES` (a manifest cannot make the agent map more)."""
+        if self.exemplars is None:
+            return self
+        files = self.exemplars.files
+        if [one.input for one in files] != [spec.name for spec in self.inputs]:
+            raise ValueError("exemplars need one file per model input, in the inputs' order")
+        if len({one.file for one in files}) != len(files):
+            raise ValueError("exemplar files must be distinct")
+        if self.exemplars.kind == "inputs":
+            for one, spec in zip(files, self.inputs, strict=True):
+                if (one.shape, one.dtype) != (spec.shape, spec.dtype):
+                    raise ValueError(f"the exemplars of input {spec.name!r} are not its rows as stored")
+        if self.exemplar_bytes > MAX_EXEMPLAR_BYTES:
+            raise ValueError(
+                f"exemplars of {self.exemplar_bytes} bytes exceed the {MAX_EXEMPLAR_BYTES} a bundle may hold"
+            )
+        return self
+
     @property
     def input(self) -> InputSpec:
         """The model's only input (most classifiers have one); a ValueError for a model with several."""
@@ -323,6 +395,20 @@ class Manifest(_Frozen):
             return ()
         chosen = self.nonconformity.distance_layers
         return tuple(name for name in self.layer_names if chosen is None or name in chosen)
+
+    @property
+    def exemplar_bytes(self) -> int:
+        """What the exemplar files hold, headers aside (0 without exemplars)."""
+        files = self.exemplars.files if self.exemplars is not None else ()
+        return self.train.size * sum(one.row_bytes for one in files)
+
+    def document(self) -> dict[str, Any]:
+        """The manifest as JSON, as `manifest.json` holds it. A bundle without exemplars leaves the key
+        out, so agents from before the field (strict: `extra="forbid"`) still read it."""
+        document = self.model_dump(mode="json")
+        if document["exemplars"] is None:
+            del document["exemplars"]
+        return document
 
     def layer(self, name: str) -> LayerSpec:
         return next(spec for spec in self.layers if spec.name == name)
@@ -371,6 +457,12 @@ class Manifest(_Frozen):
                     f"principal directions than the reference's {term.tail:g} quantile (reference of "
                     f"{term.reference_size} training points)",
                 )
+            )
+        if self.exemplars is not None:
+            shown = ", ".join(f"{one.input} {one.dtype} {list(one.shape)}" for one in self.exemplars.files)
+            size = f"{self.exemplar_bytes / 1e6:.1f} MB"
+            lines.append(
+                ("exemplars", f"{self.exemplars.kind} of the {self.train.size} training rows: {shown}, {size}")
             )
         for layer in self.layers:
             recall = (

@@ -44,6 +44,7 @@ class Verdict(StrEnum):
 # Conformal validity: on clean traffic about this share of events is quarantined (docs/design.md §2).
 DEFAULT_THRESHOLD = 0.1
 NEIGHBOURS_SHOWN = 5
+LABELS_COUNTED = 10  # a layer's label histogram keeps its most frequent labels: bounded for 10,000 classes
 UNDELIVERABLE = "undeliverable"  # the dead-letter reason of a valid event whose output was refused
 Output = Literal["scores", "quarantine", "dead_letter"]  # what a message is: a bounded metric label
 OUTPUTS: tuple[Output, ...] = get_args(Output)
@@ -149,6 +150,16 @@ def score_record(outcome: Outcome) -> bytes:
     return orjson.dumps(body)
 
 
+def label_counts(labels: np.ndarray, limit: int = LABELS_COUNTED) -> dict[str, int]:
+    """How many of a layer's k neighbours carry each label, the `limit` most frequent first (ties: the
+    lower label first); "-1" counts missing neighbours, which vote against every label. The five ids
+    shown say who the nearest are; this says how the whole vote went, in at most `limit` entries
+    whatever the number of classes."""
+    values, counts = np.unique(labels, return_counts=True)
+    order = np.lexsort((values, -counts))[:limit]
+    return {str(int(values[j])): int(counts[j]) for j in order}
+
+
 def quarantine_record(outcome: Outcome, threshold: float, layer_names: tuple[str, ...], max_bytes: int) -> bytes:
     """The original event plus a `dknn` block explaining why it is held for review.
 
@@ -161,6 +172,7 @@ def quarantine_record(outcome: Outcome, threshold: float, layer_names: tuple[str
         name: {
             "ids": [int(v) for v in s.neighbor_ids[i, layer, :NEIGHBOURS_SHOWN]],
             "labels": [int(v) for v in s.neighbor_labels[i, layer, :NEIGHBOURS_SHOWN]],
+            "label_counts": label_counts(s.neighbor_labels[i, layer]),
         }
         for layer, name in enumerate(layer_names)
     }

@@ -9,8 +9,8 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field
 
 from agent.cli.flags import Arg, Command
-from agent.cli.options import IndexOptions, LayersOption, parse_layers
-from agent.engine.manifest import NonconformitySpec
+from agent.cli.options import FITTING, IndexOptions, LayersOption, parse_layers
+from agent.engine.manifest import ExemplarKind, NonconformitySpec
 from agent.errors import ConfigError
 from dknn_lab.commands.common import DataDir, SnnlOptions
 from dknn_lab.training import TrainOptions
@@ -84,6 +84,12 @@ class TrainReferenceCommand(SnnlOptions, IndexOptions, Command):
         ge=1,
         description="index N points: the training images plus seeded rotated, scaled and shifted copies of them "
         "(the scale benchmark's 1,000,000-point reference; default: the training images only)",
+    )
+
+    exemplars: Annotated[ExemplarKind, Arg(group=FITTING)] = Field(
+        "thumbnails",
+        description="keep the indexed digits in the bundle for a reviewer: thumbnails (uint8 28x28, 784 bytes a "
+        "point, 47 MB for all 60,000), inputs (float32, four times that) or none (default: thumbnails)",
     )
 
     def training(self) -> TrainOptions:

@@ -41,6 +41,20 @@ def test_train_reference_writes_a_bundle(mnist_smoke: SmokeBundle) -> None:
         assert (path / name).is_file(), name
 
 
+def test_the_bundle_keeps_the_indexed_digits_as_thumbnails(mnist_bundle: Path) -> None:
+    """train-reference keeps thumbnails by default, row i the digit the indexes hold as item i: here the
+    --train-size subset's, in its order, the MNIST pixels themselves (28x28 needs no downsampling)."""
+    from agent.engine.bundle import verify_bundle
+    from dknn_lab.datasets import load_mnist
+
+    bundle = verify_bundle(mnist_bundle)
+    bundle.close()
+    assert bundle.exemplars is not None and bundle.exemplars.kind == "thumbnails"
+    rows = np.sort(np.random.default_rng(0).choice(60_000, 1000, replace=False))  # train_reference_mnist's draw
+    pixels = np.rint(load_mnist().x_train[rows] * 255).astype(np.uint8)
+    np.testing.assert_array_equal(bundle.exemplars.rows(np.arange(1000))["x"], pixels)
+
+
 def test_info_verifies_and_describes_the_bundle(mnist_bundle: Path) -> None:
     result = run_cli("info", mnist_bundle, timeout=120)
     assert result.returncode == 0, explain(result)
@@ -56,6 +70,7 @@ def test_info_verifies_and_describes_the_bundle(mnist_bundle: Path) -> None:
     assert "neighbours k=75, annoy n_trees=10 per layer" in result.stdout
     assert "train      1000 points" in result.stdout and "calibrate  750 points" in result.stdout
     assert "residual   + up to 600 for a relu2 activation further off its 64 principal directions" in result.stdout
+    assert "exemplars  thumbnails of the 1000 training rows: x uint8 [1, 28, 28], 0.8 MB" in result.stdout
     layer_lines = [line.split() for line in lines if line.startswith("layer ")]
     assert [fields[1] for fields in layer_lines] == LAYERS, explain(result)
     assert layer_lines[0][2:6] == ["128", "->", "32", "l2+pca:32"], explain(result)

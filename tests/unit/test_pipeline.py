@@ -66,6 +66,8 @@ def test_every_offset_is_accounted_for(tiny_bundle: Path, tiny_problem: TinyProb
     held = [json.loads(value) for value, _, _ in sink.topics["q"]]
     assert {q["event"]["event_id"] for q in held} == quarantined
     assert all(len(q["dknn"]["neighbors"]["relu1"]["ids"]) == 5 and q["dknn"]["reason"] for q in held)
+    histograms = [layer["label_counts"] for q in held for layer in q["dknn"]["neighbors"].values()]
+    assert histograms and all(sum(counts.values()) == 10 for counts in histograms)  # all k = 10 neighbours
     assert pipeline.stats.dead_lettered == len(bad) and pipeline.stats.scored == len(values) - len(bad)
 
 
