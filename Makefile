@@ -10,7 +10,7 @@ GRAFANA := dashboards/grafana
 export PATH := $(or $(DKNN_TOOLS_CACHE),$(HOME)/.cache/dknn-agent)/bin:$(PATH)
 
 .PHONY: setup tools test lint test-unit test-e2e observability-check dashboards demo demo-table bench-quality bench-snnl bench-adopted \
-	bench-stream bench-perf bench-perf-bf16 bench-scale bench-shift bench-shift-peer examples clean
+	bench-stream bench-perf bench-perf-bf16 bench-scale bench-shift bench-shift-peer bench-extend examples clean
 .PHONY: deploy-check chart-check image-check
 
 setup: $(STAMP)
@@ -153,6 +153,11 @@ $(SCALE_BUNDLE)/manifest.json: $(BUNDLE)/manifest.json
 
 bench-scale: setup $(SCALE_BUNDLE)/manifest.json
 	$(BIN)/dknn-agent bench perf --artifacts $(SCALE_BUNDLE) --count 1024 --exact-count 128 --out docs/results/perf-1m
+
+# Reviews of rotated digits the reference quarantines, `dknn-agent extend`'s code, and both bundles on
+# held-out rotated and clean digits (about a minute on 2 cores; the reference bundle is only read).
+bench-extend: setup $(BUNDLE)/manifest.json
+	$(BIN)/dknn-agent bench extend --artifacts $(BUNDLE) --out docs/results
 
 bench-stream: setup $(BUNDLE)/manifest.json
 	bash deploy/local/kafka.sh fetch >/dev/null

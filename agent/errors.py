@@ -8,7 +8,8 @@
     ├── FitError              fitting a bundle failed on data that was readable (e.g. a layer too
     │                         small for the requested PCA)
     ├── InputError            an input array does not fit the bundle's model (dtype, shape, NaN)
-    │   └── EventError        one inference event cannot be scored; `reason` is a bounded label
+    │   ├── EventError        one inference event cannot be scored; `reason` is a bounded label
+    │   └── ReviewError       one review record cannot be used (`dknn-agent extend`); `reason` likewise
     └── ConnectorError        a source or sink failed (broker unreachable, delivery not confirmed,
         │                     disk full); nothing has been committed for the failed work
         ├── CommitRejectedError    the consumer group moved on (a rebalance) before a commit: the batch
@@ -36,6 +37,17 @@ EventErrorReason = Literal[
     "out_of_range",
 ]
 EVENT_ERROR_REASONS: tuple[EventErrorReason, ...] = get_args(EventErrorReason)
+# Why a review record was left out of an extension: counted per reason in its report, so closed too.
+ReviewErrorReason = Literal[
+    "too_large",
+    "bad_json",
+    "schema",
+    "unknown_model",
+    "no_input",
+    "input",
+    "model_answer",
+]
+REVIEW_ERROR_REASONS: tuple[ReviewErrorReason, ...] = get_args(ReviewErrorReason)
 
 
 class DknnError(Exception):
@@ -76,6 +88,17 @@ class EventError(InputError):
 
     def __reduce__(self) -> tuple[type[EventError], tuple[EventErrorReason, str]]:  # survives pickling
         return (type(self), (self.reason, str(self)))
+
+
+class ReviewError(InputError):
+    """A review record that cannot be used; `reason` is one of `REVIEW_ERROR_REASONS`. Reviews come
+    from a topic or a file like events do, so one bad record is skipped and counted, never a crash."""
+
+    def __init__(self, reason: ReviewErrorReason, message: str) -> None:
+        if reason not in REVIEW_ERROR_REASONS:
+            raise ValueError(f"unknown review error reason {reason!r}")
+        super().__init__(" ".join(str(message).split())[:300])
+        self.reason = reason
 
 
 class ConnectorError(DknnError):

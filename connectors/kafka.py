@@ -234,6 +234,60 @@ class KafkaSource(Source):
         self._consumer.close(autocommit=False)
 
 
+def read_topic(
+    bootstrap_servers: str | list[str],
+    topic: str,
+    *,
+    max_records: int,
+    timeout_s: float = 60.0,
+    security: KafkaSecurity | None = None,
+) -> list[Record]:
+    """Every record of `topic` from the start up to its end when called, every partition, without a
+    consumer group (nothing is committed, no group is joined): for tools that read a small topic whole,
+    such as the reviews `dknn-agent extend` reads. More than `max_records` is a ConfigError, and a
+    topic not read to its end within `timeout_s` a retriable ConnectorError."""
+    what = f"cannot read topic {topic!r} at {bootstrap_servers}"
+    try:
+        consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap_servers,
+            group_id=None,
+            client_id="dknn-agent-reader",
+            enable_auto_commit=False,
+            allow_auto_create_topics=False,
+            **(security or KafkaSecurity()).client_config(),
+        )
+    except kafka_errors.KafkaError as exc:
+        raise _wrap(exc, what) from exc
+    try:
+        ids = consumer.partitions_for_topic(topic)
+        if not ids:
+            raise ConnectorError(f"topic {topic!r} does not exist (or is not visible) at {bootstrap_servers}")
+        partitions = [KafkaTopicPartition(topic, partition) for partition in sorted(ids)]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        end = consumer.end_offsets(partitions)
+        records: list[Record] = []
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < end[tp] for tp in partitions):
+            if time.monotonic() > deadline:
+                raise ConnectorError(f"{what}: not read to its end within {timeout_s:g}s", retriable=True)
+            for tp, messages in consumer.poll(timeout_ms=500, max_records=500).items():
+                for m in messages:
+                    if m.offset >= end[tp]:
+                        continue
+                    records.append(
+                        Record(tp.topic, tp.partition, m.offset, m.key, m.value if m.value is not None else b"",
+                               [(k, v if v is not None else b"") for k, v in (m.headers or [])], m.timestamp)
+                    )  # fmt: skip
+            if len(records) > max_records:
+                raise ConfigError(f"topic {topic!r} holds more than {max_records} records: more than is read whole")
+        return records
+    except kafka_errors.KafkaError as exc:
+        raise _wrap(exc, what) from exc
+    finally:
+        consumer.close(autocommit=False)
+
+
 class KafkaSink(Sink):
     """An acks=all producer that remembers what it sent until `flush` settles it (see module docstring)."""
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ConfigError
-from connectors.base import OffsetReset, Sink, Source
+from connectors.base import OffsetReset, Record, Sink, Source
 from connectors.kafka_security import KafkaSecurity
 
 SCHEMES = ("kafka://", "file:")
@@ -86,3 +86,40 @@ def create_topics(uri: str, names: list[str], partitions: int, *, security: Kafk
         from connectors.kafka import ensure_topics
 
         ensure_topics(target, names, partitions=partitions, security=security)
+
+
+def read_whole(
+    uri: str,
+    *,
+    max_records: int,
+    max_record_bytes: int,
+    timeout_s: float = 60.0,
+    security: KafkaSecurity | None = None,
+) -> list[Record]:
+    """Every record at `uri`, read once from the start, nothing committed: `kafka://HOST:PORT[,...]/TOPIC`
+    (every partition up to its end when called) or `file:PATH` (a JSONL file, one record value per
+    line, partition 0 and the 0-based line as offset; a line over `max_record_bytes` comes cut to one
+    byte more). More than `max_records` is a ConfigError: for small inputs read whole, such as reviews."""
+    scheme, target = split_uri(uri)
+    if scheme == "file":
+        import tempfile
+
+        from connectors.file import FileSource
+
+        records: list[Record] = []
+        with tempfile.TemporaryDirectory() as nowhere:  # never committed: no offset file to resume from
+            source = FileSource(
+                Path(target), topic="file", offset_path=Path(nowhere) / "offset", max_line_bytes=max_record_bytes
+            )
+            with source:
+                while not source.exhausted:
+                    records += source.poll(max_records=1000, timeout_s=0)
+                    if len(records) > max_records:
+                        raise ConfigError(f"{target} holds more than {max_records} records: more than is read whole")
+        return records
+    servers, slash, topic = target.partition("/")
+    if not slash or not servers or not topic:
+        raise ConfigError(f"{uri!r}: name the topic to read, kafka://HOST:PORT[,HOST:PORT]/TOPIC")
+    from connectors.kafka import read_topic
+
+    return read_topic(servers, topic, max_records=max_records, timeout_s=timeout_s, security=security)

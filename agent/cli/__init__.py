@@ -43,6 +43,7 @@ examples:
   dknn-agent fit --model model.pt2 --train train.npz --calibration calibration.npz --out bundle/
   dknn-agent info bundle/
   dknn-agent score --artifacts bundle/ --input x.npy --output scores.jsonl
+  dknn-agent extend --artifacts bundle/ --reviews reviews.jsonl --calibration calibration.npz --clean test.npz --out bundle-2/
 """
 
 
@@ -110,13 +111,14 @@ def parse_command(arguments: Sequence[str], parser: argparse.ArgumentParser | No
 
 def product_commands() -> list[type[Command]]:
     from agent.cli.evaluate import EvaluateCommand
+    from agent.cli.extend import ExtendCommand
     from agent.cli.fit import FitCommand
     from agent.cli.info import InfoCommand
     from agent.cli.layers import LayersCommand
     from agent.cli.run import RunCommand
     from agent.cli.score import ScoreCommand
 
-    return [RunCommand, LayersCommand, FitCommand, ScoreCommand, InfoCommand, EvaluateCommand]
+    return [RunCommand, LayersCommand, FitCommand, ScoreCommand, InfoCommand, EvaluateCommand, ExtendCommand]
 
 
 def plugin_commands() -> list[Registrable]:

@@ -478,19 +478,24 @@ def _calibrate(
     distance_reference = np.sort(arrays["distance_reference"], axis=0) if draft.distance_layers else None
     scorer = NonconformityScorer(draft, model, preprocessors, indexes, train_labels, distance_reference, residual)
     try:
-        alpha = np.concatenate(
-            [
-                scorer.alpha(
-                    [np.ascontiguousarray(array[start : start + options.batch_size]) for array in calibration_x]
-                )
-                for start in range(0, len(calibration), options.batch_size)
-            ]
-        )
+        arrays |= calibration_scores(scorer, calibration_x, calibration.y, options.batch_size)
     finally:
         scorer.tap.close()
-    arrays["alpha"] = np.sort(alpha[np.arange(len(alpha)), calibration.y])
-    arrays["label_free"] = np.sort(alpha.min(axis=1))
     return arrays
+
+
+def calibration_scores(
+    scorer: NonconformityScorer, calibration_x: list[np.ndarray], labels: np.ndarray, batch_size: int
+) -> dict[str, np.ndarray]:
+    """`alpha` (α of the true labels) and `label_free` (s(x)) of a calibration set, each sorted, measured
+    through `scorer`'s indexes: fit's just built, or the extended ones of `dknn-agent extend`."""
+    alpha = np.concatenate(
+        [
+            scorer.alpha([np.ascontiguousarray(array[start : start + batch_size]) for array in calibration_x])
+            for start in range(0, len(labels), batch_size)
+        ]
+    )
+    return {"alpha": np.sort(alpha[np.arange(len(alpha)), labels]), "label_free": np.sort(alpha.min(axis=1))}
 
 
 def _distance_reference(

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from agent.engine.conformal import DistanceStatistic
+from agent.engine.provenance import ReviewSpec
 
 SCHEMA_VERSION = 2  # 2: named inputs of any numeric dtype, models as serialized programs
 READABLE_SCHEMA_VERSIONS = (1, 2)  # version 1 manifests are read as version 2 (`Manifest._upgrade`)
@@ -307,6 +308,7 @@ class Manifest(_Frozen):
     files: dict[RelativePath, Sha256] = Field(max_length=1024, description="relative path -> sha256 hex digest")
     nonconformity: NonconformitySpec = NonconformitySpec()  # absent in bundles made before it: the paper's
     exemplars: ExemplarSpec | None = None  # absent (older bundles, `fit --exemplars none`): no exemplars
+    reviews: ReviewSpec | None = None  # absent: as fitted; else the reviewed points `extend` added (provenance.py)
 
     @model_validator(mode="before")
     @classmethod
@@ -367,6 +369,18 @@ class Manifest(_Frozen):
             )
         return self
 
+    @model_validator(mode="after")
+    def _reviewed_points_follow_the_training_set(self) -> Manifest:
+        """An extended bundle's indexes hold its base's training points, then one item per reviewed point."""
+        if self.reviews is not None and self.train.size != self.reviews.base.train_size + len(self.reviews.points):
+            raise ValueError(
+                f"train.size {self.train.size} is not the base's {self.reviews.base.train_size} training points plus "
+                f"{len(self.reviews.points)} reviewed ones"
+            )
+        if self.reviews is not None and any(point.label >= self.model.num_classes for point in self.reviews.points):
+            raise ValueError(f"a reviewed point's label is not one of the model's {self.model.num_classes} classes")
+        return self
+
     @property
     def input(self) -> InputSpec:
         """The model's only input (most classifiers have one); a ValueError for a model with several."""
@@ -403,11 +417,12 @@ class Manifest(_Frozen):
         return self.train.size * sum(one.row_bytes for one in files)
 
     def document(self) -> dict[str, Any]:
-        """The manifest as JSON, as `manifest.json` holds it. A bundle without exemplars leaves the key
-        out, so agents from before the field (strict: `extra="forbid"`) still read it."""
+        """The manifest as JSON, as `manifest.json` holds it. A bundle without exemplars or reviews leaves
+        those keys out, so agents from before the fields (strict: `extra="forbid"`) still read it."""
         document = self.model_dump(mode="json")
-        if document["exemplars"] is None:
-            del document["exemplars"]
+        for optional in ("exemplars", "reviews"):  # absent rather than null: older agents refuse the key
+            if document[optional] is None:
+                del document[optional]
         return document
 
     def layer(self, name: str) -> LayerSpec:
@@ -463,6 +478,20 @@ class Manifest(_Frozen):
             size = f"{self.exemplar_bytes / 1e6:.1f} MB"
             lines.append(
                 ("exemplars", f"{self.exemplars.kind} of the {self.train.size} training rows: {shown}, {size}")
+            )
+        if self.reviews is not None:
+            reviews = self.reviews
+            verdicts = ", ".join(
+                f"{sum(point.verdict == verdict for point in reviews.points)} {verdict}"
+                for verdict in ("model_right", "model_wrong")
+            )
+            lines.append(
+                (
+                    "reviews",
+                    f"{len(reviews.points)} reviewed inputs in the indexes after the {reviews.base.train_size} training "
+                    f"points ({verdicts}), {len(reviews.out_of_scope)} out of scope; base {reviews.base.version} "
+                    f"{reviews.base.digest}",
+                )
             )
         for layer in self.layers:
             recall = (

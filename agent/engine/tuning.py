@@ -74,3 +74,17 @@ def tune_layer(
         if complete and recall["heldout"] >= target.heldout and recall["shifted"] >= target.shifted:
             break
     return TunedLayer(search_k=search_k, recall=measured)
+
+
+def measure_recall(
+    index_path: Path, dim: int, heldout: np.ndarray, shifted: np.ndarray, k: int, search_k: int
+) -> MeasuredRecall:
+    """Recall@k of both probes at a given `search_k`: what `dknn-agent extend` records for the search_k
+    it keeps, measured on the extended index's own trees."""
+    annoy = AnnoyBackend(index_path, dim, search_k=search_k)
+    exact = ExactBackend(annoy.item_vectors())
+    recall = {
+        name: recall_at_k(annoy.search(vectors, k)[1], exact.search(vectors, k)[1])
+        for name, vectors in (("heldout", heldout), ("shifted", shifted))
+    }
+    return MeasuredRecall(heldout=round(recall["heldout"], 4), shifted=round(recall["shifted"], 4))

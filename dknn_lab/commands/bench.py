@@ -221,10 +221,38 @@ class BenchSharpness(Command):
         return 0
 
 
+class BenchExtend(Command):
+    """Do reviews teach a bundle? Rotated evaluation digits (90°) that the bundle quarantines are reviewed with
+    their true labels (dknn.review.v1 records in a JSONL file), `dknn-agent extend`'s own code builds B2 from
+    them, and both bundles are measured on data no review saw: the share of other rotated digits quarantined,
+    and clean digits' accuracy and p-value validity. Prints the numbers; saves OUT/extend-MODEL.{json,md}.
+    """
+
+    command_name: ClassVar[str] = "extend"
+    summary: ClassVar[str] = "reviewed rotated digits added to the reference bundle: held-out quarantine rate, validity"
+
+    artifacts: Path = Field(description="MNIST reference bundle (read only)")
+    data_dir: DataDir = Field(None, description=MNIST_DATA)
+    out_dir: Out = Field(RESULTS, description=WHERE)
+    reviews: int = Field(500, ge=1, description="quarantined rotated digits reviewed (default: 500)")
+    held_out: int = Field(2000, ge=1, description="rotated digits no review saw (default: 2000)")
+    clean: int = Field(3000, ge=1, description="clean evaluation digits for accuracy and validity (default: 3000)")
+    threshold: float = Field(0.1, gt=0, lt=1, description="the quarantine threshold (default: 0.1)")
+    seed: int = Field(0, description="seed for splitting the evaluation digits (default: 0)")
+    batch_size: int = Field(512, ge=1)
+    work_dir: Path | None = Field(None, description="where B2 is built (default: a temporary directory)")
+
+    def run(self) -> int:
+        from dknn_lab.bench.extend import ExtendBenchOptions, run_extend_bench
+
+        run_extend_bench(options_for(self, ExtendBenchOptions))
+        return 0
+
+
 BENCH = CommandGroup(
     name="bench",
     summary="quality and performance benchmarks",
     description="Benchmarks print their numbers and save them as JSON and Markdown.",
     metavar="BENCHMARK",
-    commands=(BenchQuality, BenchSnnl, BenchShift, BenchStream, BenchPerf, BenchSharpness),
+    commands=(BenchQuality, BenchSnnl, BenchShift, BenchStream, BenchPerf, BenchSharpness, BenchExtend),
 )

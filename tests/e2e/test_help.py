@@ -18,7 +18,7 @@ from tests.e2e.conftest import CONSOLE_SCRIPT, explain, run_cli
 
 # Every command and the options the README, the Makefile or deploy/local/demo.sh rely on.
 COMMANDS: dict[tuple[str, ...], tuple[str, ...]] = {
-    (): ("run", "produce-demo", "train-reference", "fit", "score", "info", "demo", "bench", "--version"),
+    (): ("run", "produce-demo", "train-reference", "fit", "score", "info", "extend", "demo", "bench", "--version"),
     ("run",): (
         "--config",
         "--artifacts",
@@ -70,13 +70,15 @@ COMMANDS: dict[tuple[str, ...], tuple[str, ...]] = {
     ),
     ("score",): ("--artifacts", "--input", "--output", "--index", "{annoy,exact}", "--batch-size", "--search-k"),
     ("info",): ("artifacts", "--json"),
+    ("extend",): ("--artifacts", "--reviews", "--calibration", "--clean", "--ood", "--out", "--report", "--force"),
     ("demo",): ("--artifacts", "--count", "--threshold", "--data"),
-    ("bench",): ("quality", "snnl", "stream", "perf", "sharpness"),
+    ("bench",): ("quality", "snnl", "stream", "perf", "sharpness", "extend"),
     ("bench", "quality"): ("--artifacts", "--out", "--limit", "--extended"),
     ("bench", "snnl"): ("--seeds", "--out", "--snnl-weight", "--limit", "--name", "--epochs"),
     ("bench", "stream"): ("--artifacts", "--bootstrap-servers", "--out", "--count", "--latency-count"),
     ("bench", "perf"): ("--artifacts", "--out", "--count", "--exact-count", "--batch-size"),
     ("bench", "sharpness"): ("--artifacts", "--count", "--out"),
+    ("bench", "extend"): ("--artifacts", "--reviews", "--held-out", "--clean", "--out"),
 }
 
 

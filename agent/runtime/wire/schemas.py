@@ -1,4 +1,5 @@
-"""JSON Schemas of the forms the agent reads, generated from its own models into docs/schemas/.
+"""JSON Schemas of the forms the agent reads, generated from its own models into docs/schemas/: the
+input topic's forms, and the review record `dknn-agent extend` reads.
 
     python -m agent.runtime.wire.schemas           # writes docs/schemas/*.schema.json
     python -m agent.runtime.wire.schemas --check   # exit 1, naming each file that differs
@@ -30,6 +31,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from agent.runtime.wire import cloudevents, kserve_v1, oip_v2, v1
+from agent.runtime.wire import review as review_model
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 OUT = Path(__file__).resolve().parents[3] / "docs" / "schemas"
@@ -190,6 +192,34 @@ def cloudevent_headers() -> dict[str, Any]:
     }
 
 
+def review() -> dict[str, Any]:
+    """The review record `dknn-agent extend` reads (not an input-topic form: a console writes it)."""
+    schema = review_model.Review.model_json_schema(by_alias=True, mode="validation")
+    schema.pop("description", None)
+    schema["allOf"] = [
+        {
+            "if": {"properties": {"verdict": {"const": "model_wrong"}}, "required": ["verdict"]},
+            "then": {"required": ["label"], "properties": {"label": {"type": "integer"}}},
+            "else": {"properties": {"label": {"type": "null"}}},
+        }
+    ]
+    return {
+        "$schema": DRAFT,
+        **schema,
+        "title": "dknn.review.v1 review record",
+        "description": "A person's verdict on one quarantined event, keyed by its event id: model_right (the "
+        "quarantine was a false alarm), model_wrong with the true `label` (not the model's answer), or "
+        "out_of_scope; `event` is the event as the quarantine record carried it and `dknn` that record's "
+        "prediction and model_prediction, so a review is self-contained. The latest `reviewed_at` per event wins, "
+        f"then the later position. At most {review_model.MAX_REVIEW_BYTES} bytes. dknn-agent reads it with "
+        "`dknn-agent extend` (agent.runtime.reviews), from a JSONL file or a whole topic, and adds the input to a "
+        "new bundle version's indexes under the reviewed label. "
+        + BUNDLE
+        + " "
+        + GENERATED.format(source=("agent.runtime.wire.review.Review")),
+    }
+
+
 SCHEMAS: dict[str, Callable[[], dict[str, Any]]] = {
     "dknn.inference.v1.schema.json": inference_event,
     "oip-v2-request.schema.json": oip_v2_request,
@@ -197,6 +227,7 @@ SCHEMAS: dict[str, Callable[[], dict[str, Any]]] = {
     "kserve-v1-request.schema.json": kserve_v1_request,
     "kserve-v1-response.schema.json": kserve_v1_response,
     "kserve-cloudevent-headers.schema.json": cloudevent_headers,
+    "dknn.review.v1.schema.json": review,
 }
 
 
