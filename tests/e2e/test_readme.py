@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import build_parser
+from agent.cli import build_parser, parse_command
+from agent.errors import ConfigError
 from tests.e2e.conftest import ROOT
 
 README = ROOT / "README.md"
@@ -78,14 +79,17 @@ def variants(command: str) -> list[str]:
 
 
 def parse_error(argv: list[str]) -> str | None:
-    """None when `dknn-agent ARGV` parses, else what argparse said."""
+    """None when `dknn-agent ARGV` parses into a command's options, else what argparse or the
+    options model said."""
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
         try:
-            args = build_parser().parse_args(argv)
+            parse_command(argv)
         except SystemExit as exc:
             return f"exit {exc.code}: {stderr.getvalue().strip()}"
-    return None if callable(getattr(args, "handler", None)) else "parsed, but no command handler was chosen"
+        except ConfigError as exc:
+            return f"refused: {exc}"
+    return None
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
