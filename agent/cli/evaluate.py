@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from agent.cli.flags import Arg, Command
-from agent.cli.options import TrustOptions
+from agent.cli.options import OodSets, TrustOptions, load_ood
 from agent.engine.index import BACKENDS, IndexBackend
 
 
@@ -36,9 +36,7 @@ class EvaluateCommand(TrustOptions, Command):
 
     artifacts: Path = Field(description="bundle directory")
     clean: Annotated[str, Arg(metavar="DATA")] = Field(description="labelled held-out inputs (not used by fit)")
-    ood: Annotated[list[str], Arg(repeat=True, metavar="NAME=DATA")] = Field(
-        [], description="an out-of-distribution set to separate from the clean one (repeatable)"
-    )
+    ood: OodSets = Field([], description="an out-of-distribution set to separate from the clean one (repeatable)")
     out: Path = Field(description="directory for the report")
     name: str | None = Field(None, description="file name stem of the report (default: evaluation-<model>)")
     threshold: float = Field(
@@ -51,22 +49,11 @@ class EvaluateCommand(TrustOptions, Command):
     bootstrap: int = Field(2000, ge=100, description="bootstrap resamples (default: 2000)")
     quiet: bool = Field(False, description="no progress bars")
 
-    @field_validator("ood")
-    @classmethod
-    def _named_sets(cls, items: list[str]) -> list[str]:
-        names: set[str] = set()
-        for item in items:
-            name, sep, data = item.partition("=")
-            if not sep or not name or not data or name == "clean" or name in names:
-                raise ValueError(f"{item!r}: use NAME=DATA with a new name other than clean")
-            names.add(name)
-        return items
-
     def run(self) -> int:
         from agent.engine.data_files import load_dataset
         from agent.evaluation.report import EvaluationOptions, run_evaluation
 
-        ood = {name: load_dataset(data, labelled=False) for name, _, data in (i.partition("=") for i in self.ood)}
+        ood = load_ood(self.ood)
         options = EvaluationOptions(
             artifacts=self.artifacts,
             clean=load_dataset(self.clean, labelled=True),

@@ -10,7 +10,7 @@ from typing import Annotated, ClassVar
 from pydantic import Field, field_validator
 
 from agent.cli.flags import Arg, Command
-from agent.cli.options import TrustOptions
+from agent.cli.options import OodSets, TrustOptions, load_ood
 
 
 class ExtendCommand(TrustOptions, Command):
@@ -49,9 +49,7 @@ class ExtendCommand(TrustOptions, Command):
         description="the labelled set the bundle was calibrated on"
     )
     clean: Annotated[str, Arg(metavar="DATA")] = Field(description="labelled held-out inputs for the report")
-    ood: Annotated[list[str], Arg(repeat=True, metavar="NAME=DATA")] = Field(
-        [], description="an out-of-distribution set for the report (repeatable)"
-    )
+    ood: OodSets = Field([], description="an out-of-distribution set for the report (repeatable)")
     out: Path = Field(description="directory of the new bundle")
     report: Path | None = Field(None, description="directory for the report (default: beside --out)")
     model_version: str | None = Field(
@@ -61,19 +59,6 @@ class ExtendCommand(TrustOptions, Command):
     batch_size: int = Field(256, ge=1, description="inputs per forward pass (default: 256)")
     force: bool = Field(False, description="replace an existing --out directory")
     quiet: bool = Field(False, description="no progress bars")
-
-    @field_validator("ood")
-    @classmethod
-    def _named_sets(cls, items: list[str]) -> list[str]:
-        names: set[str] = set()
-        for item in items:
-            name, sep, data = item.partition("=")
-            if not sep or not name or not data or name == "clean" or name.startswith("reviewed") or name in names:
-                raise ValueError(
-                    f"{item!r}: use NAME=DATA with a new name, other than clean and not starting with reviewed"
-                )
-            names.add(name)
-        return items
 
     @field_validator("reviews")
     @classmethod
@@ -93,7 +78,7 @@ class ExtendCommand(TrustOptions, Command):
             calibration=load_dataset(self.calibration, labelled=True),
             out=self.out,
             clean=load_dataset(self.clean, labelled=True),
-            ood={name: load_dataset(data, labelled=False) for name, _, data in (i.partition("=") for i in self.ood)},
+            ood=load_ood(self.ood),
             report_dir=self.report,
             threshold=self.threshold,
             batch_size=self.batch_size,

@@ -60,6 +60,29 @@ def _check_layers(text: str | None) -> str | None:
 LayersOption = Annotated[str | None, AfterValidator(_check_layers)]
 
 
+def _named_sets(items: list[str]) -> list[str]:
+    names: set[str] = set()
+    for item in items:
+        name, sep, data = item.partition("=")
+        if not sep or not name or not data or name == "clean" or name.startswith("reviewed") or name in names:
+            raise ValueError(
+                f"{item!r}: use NAME=DATA with a new name, other than clean and not starting with reviewed"
+            )
+        names.add(name)
+    return items
+
+
+# --ood NAME=DATA, repeatable: out-of-distribution sets for a report (`clean` and `reviewed*` name its own sets).
+OodSets = Annotated[list[str], AfterValidator(_named_sets), Arg(repeat=True, metavar="NAME=DATA")]
+
+
+def load_ood(items: list[str]) -> dict[str, Any]:
+    """The --ood sets by name, memory-mapped (agent.engine.data_files)."""
+    from agent.engine.data_files import load_dataset
+
+    return {name: load_dataset(data, labelled=False) for name, _, data in (item.partition("=") for item in items)}
+
+
 def parse_json_object(text: str, option: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
