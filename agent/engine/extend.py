@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,7 +46,7 @@ from agent.engine.bundle import BundleTrust, VerifiedBundle, sha256_file, verify
 from agent.engine.data_files import Dataset
 from agent.engine.dknn import NonconformityScorer, open_index
 from agent.engine.exemplars import thumbnails
-from agent.engine.fit import _library_versions, _noisy, _readable_by_all, calibration_scores
+from agent.engine.fit import calibration_scores, library_versions, noisy_inputs, refuse_to_replace, write_staged
 from agent.engine.index import AnnoyBackend, AnnoyBuilder
 from agent.engine.manifest import CALIBRATION_FILE, MANIFEST_FILE, TRAIN_LABELS_FILE, LayerSpec, Manifest, SplitSpec
 from agent.engine.provenance import MAX_SOURCES, BaseBundle, ReviewedEvent, ReviewedPoint, ReviewSpec
@@ -104,8 +103,7 @@ def extend_bundle(
     returns what it holds. ConfigError without a point to add; DataError for a calibration set that
     is not B's."""
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise ConfigError(f"{out}: exists and is not empty (pass --force to replace it)")
+    refuse_to_replace(out, force)
     bundle = verify_bundle(base, trust)
     try:
         model = bundle.build_model()
@@ -114,17 +112,10 @@ def extend_bundle(
         assert calibration.y is not None  # _calibration_inputs
         _check_calibration(bundle, model, calibration_x, calibration.y, batch_size)
         plan = _merge(bundle, reviews, model, batch_size)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
-            manifest = _write(staging, bundle, model, plan, calibration_x, calibration.y, model_version, batch_size)
-            _readable_by_all(staging)
-            if out.exists():
-                shutil.rmtree(out)
-            staging.rename(out)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging)
+        labels = calibration.y
+        manifest = write_staged(
+            out, lambda staging: _write(staging, bundle, model, plan, calibration_x, labels, model_version, batch_size)
+        )
     finally:
         bundle.close()
     verify_bundle(out, trust).close()
@@ -383,7 +374,7 @@ def _write(
             ),
             "layers": layers,
             "train": SplitSpec(size=size, source=manifest.train.source, source_indices=manifest.train.source_indices),
-            "libraries": _library_versions(),
+            "libraries": library_versions(),
             "files": {},
             "reviews": plan.spec,
         }
@@ -448,7 +439,9 @@ def _remeasured(
     if all(layer.recall is None for layer in manifest.layers):
         return manifest.layers
     held_out = [np.ascontiguousarray(array[:PROBE_SIZE]) for array in calibration_x]
-    noisy = [_noisy(array, spec, manifest.index.seed) for array, spec in zip(held_out, manifest.inputs, strict=True)]
+    noisy = [
+        noisy_inputs(array, spec, manifest.index.seed) for array, spec in zip(held_out, manifest.inputs, strict=True)
+    ]
     tap = ActivationTap(model, manifest.tapped_layers, manifest.model.compute_dtype, manifest.model.output)
     try:
         clean, shifted = tap(held_out), tap(noisy)

@@ -15,6 +15,7 @@ import json
 import platform
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -110,29 +111,40 @@ def fit_bundle(
     exemplars = plan_exemplars(options.exemplars, inputs, train.arrays_for([spec.name for spec in inputs]))
     model_spec = model_spec.model_copy(update={"compute_dtype": options.compute_dtype})
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise ConfigError(f"{out}: exists and is not empty (pass --force to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        manifest = _fit_into(staging, model, model_spec, inputs, layers, train, calibration, options, exemplars)
-        _readable_by_all(staging)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+    refuse_to_replace(out, force)
+    manifest = write_staged(
+        out,
+        lambda staging: _fit_into(staging, model, model_spec, inputs, layers, train, calibration, options, exemplars),
+    )
     # The operator named this factory on the command line: it is trusted for this check.
     factory_modules = (model_spec.factory.partition(":")[0],) if model_spec.factory else ()
     verify_bundle(out, BundleTrust(factory_modules=factory_modules)).close()
     return manifest
 
 
-def _readable_by_all(root: Path) -> None:
-    root.chmod(0o755)
-    for path in root.rglob("*"):
-        path.chmod(0o755 if path.is_dir() else 0o644)
+def refuse_to_replace(out: Path, force: bool) -> None:
+    if out.exists() and any(out.iterdir()) and not force:
+        raise ConfigError(f"{out}: exists and is not empty (pass --force to replace it)")
+
+
+def write_staged(out: Path, write: Callable[[Path], Manifest]) -> Manifest:
+    """`write` fills a fresh directory beside `out`, which then replaces `out` in one rename: a bundle
+    directory is never seen half-written, and a failed write leaves `out` as it was. Files are made
+    readable by all (the agent's container runs as another user than the one who fits)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        manifest = write(staging)
+        staging.chmod(0o755)
+        for path in staging.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return manifest
 
 
 def input_specs(
@@ -329,7 +341,7 @@ def _fit_into(
         calibration=SplitSpec(
             size=len(calibration), source=calibration.source, source_indices=calibration.source_indices
         ),
-        libraries=_library_versions(),
+        libraries=library_versions(),
         files={},
         nonconformity=nonconformity,
         exemplars=exemplars,
@@ -368,7 +380,7 @@ def _tune_search_k(
     """Per layer, the cheapest search_k reaching the recall target (none when --search-k fixes it)."""
     if options.search_k is not None:
         return {}
-    noisy = [_noisy(array, spec, options.seed) for array, spec in zip(held_out, inputs, strict=True)]
+    noisy = [noisy_inputs(array, spec, options.seed) for array, spec in zip(held_out, inputs, strict=True)]
     heldout, shifted = tap(held_out), tap(noisy)
     tuned = {}
     for name, pre in _progress(preprocessors.items(), len(preprocessors), options, "search_k", "layer"):
@@ -383,7 +395,7 @@ def _tune_search_k(
     return tuned
 
 
-def _noisy(array: np.ndarray, spec: InputSpec, seed: int) -> np.ndarray:
+def noisy_inputs(array: np.ndarray, spec: InputSpec, seed: int) -> np.ndarray:
     """The shifted probe of one input: noise on numbers (rounded for integers), booleans as they are."""
     if spec.dtype == "bool":
         return array
@@ -533,7 +545,7 @@ def _progress(iterable: Any, steps: int, options: FitOptions, what: str, unit: s
     return tqdm(iterable, total=steps, desc=what, unit=unit, disable=not options.progress)
 
 
-def _library_versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
     return {
         "dknn_agent": agent.__version__,
         "python": platform.python_version(),
