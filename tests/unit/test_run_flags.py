@@ -92,9 +92,9 @@ class _ConsumerCreatedError(Exception):
     """Raised by the stand-in KafkaConsumer once it has recorded its configuration."""
 
 
-def test_the_auto_offset_reset_flag_reaches_the_agents_kafka_consumer(
-    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def consumer_config(bundle: Path, monkeypatch: pytest.MonkeyPatch, *flags: str) -> dict[str, object]:
+    """What `dknn-agent run --artifacts BUNDLE ... FLAGS` hands the KafkaConsumer (a stand-in that
+    records its configuration and stops the agent there)."""
     import connectors.kafka
 
     seen: dict[str, object] = {}
@@ -104,10 +104,17 @@ def test_the_auto_offset_reset_flag_reaches_the_agents_kafka_consumer(
         raise _ConsumerCreatedError
 
     monkeypatch.setattr(connectors.kafka, "KafkaConsumer", consumer)
-    flags = ["--artifacts", str(tiny_bundle), "--bootstrap-servers", "k:9092", "--metrics-host", "127.0.0.1"]
-    args = run_parser().parse_args([*flags, "--metrics-port", "0", "--auto-offset-reset", "latest"])
+    base = ["--artifacts", str(bundle), "--bootstrap-servers", "k:9092", "--metrics-host", "127.0.0.1"]
+    args = run_parser().parse_args([*base, "--metrics-port", "0", *flags])
     with pytest.raises(_ConsumerCreatedError):
         run_agent(load_settings(None, setting_overrides(args)))
+    return seen
+
+
+def test_the_auto_offset_reset_flag_reaches_the_agents_kafka_consumer(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = consumer_config(tiny_bundle, monkeypatch, "--auto-offset-reset", "latest")
     assert (seen["auto_offset_reset"], seen["bootstrap_servers"], seen["group_id"]) == (
         "latest",
         "k:9092",
@@ -118,23 +125,11 @@ def test_the_auto_offset_reset_flag_reaches_the_agents_kafka_consumer(
 def test_kafka_tuning_reaches_the_consumer_and_a_guarantee_key_is_refused_when_settings_load(
     tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import connectors.kafka
-
-    seen: dict[str, object] = {}
-
-    def consumer(**config: object) -> None:
-        seen.update(config)
-        raise _ConsumerCreatedError
-
-    monkeypatch.setattr(connectors.kafka, "KafkaConsumer", consumer)
-    flags = ["--artifacts", str(tiny_bundle), "--bootstrap-servers", "k:9092", "--metrics-host", "127.0.0.1"]
     tuning = '{"fetch_max_wait_ms": 250, "client_id": "team-a"}'
-    args = run_parser().parse_args([*flags, "--metrics-port", "0", "--kafka-tuning-consumer", tuning])
-    with pytest.raises(_ConsumerCreatedError):
-        run_agent(load_settings(None, setting_overrides(args)))
+    seen = consumer_config(tiny_bundle, monkeypatch, "--kafka-tuning-consumer", tuning)
     assert (seen["fetch_max_wait_ms"], seen["client_id"], seen["enable_auto_commit"]) == (250, "team-a", False)
     monkeypatch.setenv("DKNN_KAFKA_TUNING__PRODUCER", '{"acks": 1}')
     with pytest.raises(ConfigError, match=r"kafka_tuning\.producer.*'acks' cannot be set .*all in-sync replicas"):
         load_settings(None, {"artifacts": str(tiny_bundle), "bootstrap_servers": "k:9092"})
     with pytest.raises(SystemExit):
-        run_parser().parse_args([*flags, "--kafka-tuning-consumer", "[1, 2]"])
+        run_parser().parse_args(["--artifacts", "b", "--kafka-tuning-consumer", "[1, 2]"])
