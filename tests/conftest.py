@@ -181,6 +181,6 @@ def resnet_example(tmp_path_factory: pytest.TempPathFactory) -> Example:
 @pytest.fixture(scope="session")
 def text_example(tmp_path_factory: pytest.TempPathFactory) -> Example:
     """A quick GRU on token ids (400 sequences per language, five epochs)."""
-    return train_example(
-        "text", tmp_path_factory.mktemp("text"), "--per-language", "400", "--epochs", "5", fit=("--output", "logits")
-    )
+    work = tmp_path_factory.mktemp("text")
+    fit = ("--output", "logits", "--vocabulary", str(work / "vocabulary.txt"))  # the example writes its vocabulary
+    return train_example("text", work, "--per-language", "400", "--epochs", "5", fit=fit)

@@ -52,6 +52,12 @@ class FitCommand(ModelSource, IndexOptions, Command):
         description="the values an integer input accepts (token ids up to the vocabulary size); events outside are "
         "dead-lettered (default: the range seen in the data)",
     )
+    vocabulary: Annotated[Path | None, Arg(metavar="FILE")] = Field(
+        None,
+        description="a text model's token table, kept in the bundle so a reviewer reads tokens, not ids: one token "
+        "per line (line i is token id i, like BERT's vocab.txt) or, for a .json name, a JSON array of strings; at "
+        "most 1,000,000 tokens of at most 256 characters, UTF-8; needs an integer input (default: none)",
+    )
     model_name: str = Field("model", description="name recorded in the manifest and matched against events")
     model_version: str = Field("1", description="version recorded in the manifest")
     seed: int = Field(0, description="seed for PCA sampling and Annoy (default: 0)")
@@ -68,7 +74,9 @@ class FitCommand(ModelSource, IndexOptions, Command):
         from agent.engine.manifest import PROGRAM_FILE, ModelSpec, NonconformitySpec
         from agent.engine.program import Program
         from agent.engine.recommend import recommended_nonconformity, suggest
+        from agent.engine.vocabulary import read as read_vocabulary
 
+        vocabulary = read_vocabulary(self.vocabulary) if self.vocabulary is not None else None  # before any work
         model = self.load_model()
         train = load_dataset(self.train, labelled=True)
         calibration = load_dataset(self.calibration, labelled=True)
@@ -99,6 +107,7 @@ class FitCommand(ModelSource, IndexOptions, Command):
             out=self.out,
             options=self.fit_options(preset),
             inputs=inputs,
+            vocabulary=vocabulary,
             force=self.force,
         )
         residual = manifest.nonconformity.residual
@@ -107,6 +116,7 @@ class FitCommand(ModelSource, IndexOptions, Command):
             + ", ".join(f"{layer.name}={layer.preprocessing}" for layer in manifest.layers)
             + f"; {manifest.nonconformity.kind}"
             + (f", residual term at {residual.layer}" if residual else "")
+            + (f"; vocabulary of {manifest.vocabulary.size} tokens" if manifest.vocabulary else "")
         )
         return 0
 

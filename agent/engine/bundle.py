@@ -58,6 +58,7 @@ from agent.engine.preprocess import Preprocessor
 from agent.engine.program import load_program
 from agent.engine.residual import ResidualTerm
 from agent.engine.taps import ModuleModel, TappableModel
+from agent.engine.vocabulary import MAX_VOCABULARY_BYTES, parse_stored
 from agent.errors import BundleError, first_line
 
 _ANNOY_EUCLIDEAN_NODE_OVERHEAD = 16  # n_descendants, bias, two children: 4 bytes each
@@ -105,6 +106,7 @@ class VerifiedBundle:
     distance_reference: np.ndarray | None  # (m, distance layers), each column sorted; None without distances
     residual: ResidualTerm | None  # the nonconformity's residual term, when it has one
     exemplars: Exemplars | None  # the training rows behind neighbour ids, memory-mapped; None: not kept
+    vocabulary: tuple[str, ...] | None  # token id -> token for a text model (fit --vocabulary); None: not kept
     _index_fds: dict[str, int] = field(repr=False)  # layer name -> the verified file's descriptor
 
     def index_path(self, layer_name: str) -> str:
@@ -199,6 +201,11 @@ def verify_bundle(root: str | Path, trust: BundleTrust | None = None, *, importi
     if shared:
         raise BundleError(f"{root / shared[0]}: named as an exemplar file and as another bundle file")
     required |= set(exemplar_files)
+    vocabulary_file = manifest.vocabulary.file if manifest.vocabulary is not None else None
+    if vocabulary_file is not None:
+        if vocabulary_file in required:
+            raise BundleError(f"{root / vocabulary_file}: named as the vocabulary and as another bundle file")
+        required.add(vocabulary_file)
     unlisted = sorted(required - manifest.files.keys())
     if unlisted:
         raise BundleError(f"{root / unlisted[0]}: not listed in {MANIFEST_FILE} with a sha256")
@@ -221,7 +228,7 @@ def verify_bundle(root: str | Path, trust: BundleTrust | None = None, *, importi
                 finally:
                     os.close(fd)
             else:
-                data = _read_bounded(root, relative, None)
+                data = _read_bounded(root, relative, MAX_VOCABULARY_BYTES if relative == vocabulary_file else None)
                 actual = hashlib.sha256(data).hexdigest()
                 if relative in required:
                     contents[relative] = data
@@ -231,6 +238,9 @@ def verify_bundle(root: str | Path, trust: BundleTrust | None = None, *, importi
         calibration = _load_npz(contents[CALIBRATION_FILE], root / CALIBRATION_FILE)
         alpha, label_free, distance_reference = _calibration(calibration, root / CALIBRATION_FILE, manifest)
         residual = _residual(residual_spec, contents, calibration, root) if residual_spec is not None else None
+        vocabulary = None
+        if manifest.vocabulary is not None and vocabulary_file is not None:
+            vocabulary = parse_stored(contents[vocabulary_file], root / vocabulary_file, manifest.vocabulary.size)
         preprocessors = {}
         for layer in manifest.layers:
             _check_index_size(fds[layer.name], root / layer.index_file, layer.dim, manifest.train.size)
@@ -252,6 +262,7 @@ def verify_bundle(root: str | Path, trust: BundleTrust | None = None, *, importi
         distance_reference=distance_reference,
         residual=residual,
         exemplars=Exemplars(manifest.exemplars, exemplar_arrays) if manifest.exemplars else None,
+        vocabulary=vocabulary,
         _index_fds=fds,
     )
 

@@ -51,6 +51,7 @@ from agent.engine.manifest import (
     NonconformitySpec,
     ResidualSpec,
     SplitSpec,
+    VocabularySpec,
     file_stem,
     tapped_layers,
 )
@@ -59,6 +60,7 @@ from agent.engine.program import Program
 from agent.engine.residual import ResidualTerm
 from agent.engine.taps import PROBE_BATCH, ActivationTap
 from agent.engine.tuning import PROBE_SIZE, RecallTarget, TunedLayer, noisy_probe, tune_layer
+from agent.engine.vocabulary import VOCABULARY_FILE, encode
 from agent.errors import ConfigError, DataError, FitError
 
 __all__ = ["Dataset", "FitOptions", "fit_bundle", "input_specs"]
@@ -93,6 +95,7 @@ def fit_bundle(
     value_range: tuple[float, float] | None = None,
     input_ranges: dict[str, tuple[float, float]] | None = None,
     inputs: tuple[InputSpec, ...] | None = None,
+    vocabulary: tuple[str, ...] | None = None,
     force: bool = False,
 ) -> Manifest:
     """Writes a complete, verified bundle to `out`; `layers` maps layer name -> preprocessing.
@@ -101,20 +104,25 @@ def fit_bundle(
     program (`model_spec.program`: its archive is copied). `value_range` is recorded for float
     inputs; integer inputs accept `input_ranges[name]`, else the range of the data. `inputs` is what
     `input_specs` gave a caller that checked the data already (the CLI does, before its probe pass):
-    checking means reading every training row, which is not worth doing twice.
+    checking means reading every training row, which is not worth doing twice. `vocabulary` (token id
+    i -> token, agent.engine.vocabulary.read) is kept as `vocabulary.json` for a model with token ids.
     """
     if (model_spec.program is not None) != isinstance(model, Program):
         raise ConfigError("a program model needs a ModelSpec with `program`, a module one with `factory`")
     if inputs is None:
         inputs = input_specs(model, train, calibration, value_range, input_ranges)
     _check_labels(train, calibration, model_spec.num_classes, options.k)
+    if vocabulary is not None and not any(spec.is_integer for spec in inputs):
+        raise ConfigError("--vocabulary: the model takes no integer input (token ids), so a vocabulary means nothing")
     exemplars = plan_exemplars(options.exemplars, inputs, train.arrays_for([spec.name for spec in inputs]))
     model_spec = model_spec.model_copy(update={"compute_dtype": options.compute_dtype})
     out = Path(out)
     refuse_to_replace(out, force)
     manifest = write_staged(
         out,
-        lambda staging: _fit_into(staging, model, model_spec, inputs, layers, train, calibration, options, exemplars),
+        lambda staging: _fit_into(
+            staging, model, model_spec, inputs, layers, train, calibration, options, exemplars, vocabulary
+        ),
     )
     # The operator named this factory on the command line: it is trusted for this check.
     factory_modules = (model_spec.factory.partition(":")[0],) if model_spec.factory else ()
@@ -270,6 +278,7 @@ def _fit_into(
     calibration: Dataset,
     options: FitOptions,
     exemplars: ExemplarSpec | None,
+    vocabulary: tuple[str, ...] | None = None,
 ) -> Manifest:
     (root / "layers").mkdir()
     nonconformity = _sized(options.nonconformity, len(train))
@@ -327,6 +336,8 @@ def _fit_into(
     np.save(root / TRAIN_LABELS_FILE, train.y.astype(np.int64))
     if exemplars is not None:  # in index order: the indexes hold training row i as item i
         write_exemplars(root, exemplars, list(train_x.values()))
+    if vocabulary is not None:
+        (root / VOCABULARY_FILE).write_bytes(encode(vocabulary))
 
     draft = Manifest(
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -345,6 +356,7 @@ def _fit_into(
         files={},
         nonconformity=nonconformity,
         exemplars=exemplars,
+        vocabulary=VocabularySpec(file=VOCABULARY_FILE, size=len(vocabulary)) if vocabulary is not None else None,
     )
     tap.close()
     arrays = _calibrate(root, draft, model, preprocessors, residual, train, calibration, options)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from agent.engine.conformal import DistanceStatistic
 from agent.engine.provenance import ReviewSpec
+from agent.engine.vocabulary import MAX_TOKENS
 
 SCHEMA_VERSION = 2  # 2: named inputs of any numeric dtype, models as serialized programs
 READABLE_SCHEMA_VERSIONS = (1, 2)  # version 1 manifests are read as version 2 (`Manifest._upgrade`)
@@ -292,6 +293,14 @@ class NonconformitySpec(_Frozen):
         return self
 
 
+class VocabularySpec(_Frozen):
+    """The token table of a text model (`fit --vocabulary`): `file` holds a JSON array of `size`
+    strings, token id i at index i (agent.engine.vocabulary), so a reviewer reads tokens, not ids."""
+
+    file: RelativePath
+    size: int = Field(ge=1, le=MAX_TOKENS, description="tokens in the file")
+
+
 class Manifest(_Frozen):
     schema_version: int = Field(SCHEMA_VERSION, ge=1, le=1_000)
     created_at: str = Field(max_length=64)
@@ -309,6 +318,7 @@ class Manifest(_Frozen):
     nonconformity: NonconformitySpec = NonconformitySpec()  # absent in bundles made before it: the paper's
     exemplars: ExemplarSpec | None = None  # absent (older bundles, `fit --exemplars none`): no exemplars
     reviews: ReviewSpec | None = None  # absent: as fitted; else the reviewed points `extend` added (provenance.py)
+    vocabulary: VocabularySpec | None = None  # absent: no token table (float models, `fit` without --vocabulary)
 
     @model_validator(mode="before")
     @classmethod
@@ -370,6 +380,13 @@ class Manifest(_Frozen):
         return self
 
     @model_validator(mode="after")
+    def _vocabulary_needs_token_ids(self) -> Manifest:
+        """A token table only means something to a model that takes integer inputs (token ids)."""
+        if self.vocabulary is not None and not any(spec.is_integer for spec in self.inputs):
+            raise ValueError("a vocabulary needs a model with an integer input (token ids); this one has none")
+        return self
+
+    @model_validator(mode="after")
     def _reviewed_points_follow_the_training_set(self) -> Manifest:
         """An extended bundle's indexes hold its base's training points, then one item per reviewed point."""
         if self.reviews is not None and self.train.size != self.reviews.base.train_size + len(self.reviews.points):
@@ -417,10 +434,11 @@ class Manifest(_Frozen):
         return self.train.size * sum(one.row_bytes for one in files)
 
     def document(self) -> dict[str, Any]:
-        """The manifest as JSON, as `manifest.json` holds it. A bundle without exemplars or reviews leaves
-        those keys out, so agents from before the fields (strict: `extra="forbid"`) still read it."""
+        """The manifest as JSON, as `manifest.json` holds it. A bundle without exemplars, reviews or a
+        vocabulary leaves those keys out, so agents from before the fields (strict: `extra="forbid"`) still
+        read it and its digest stays what it was."""
         document = self.model_dump(mode="json")
-        for optional in ("exemplars", "reviews"):  # absent rather than null: older agents refuse the key
+        for optional in ("exemplars", "reviews", "vocabulary"):  # absent rather than null: older agents refuse the key
             if document[optional] is None:
                 del document[optional]
         return document
@@ -479,6 +497,8 @@ class Manifest(_Frozen):
             lines.append(
                 ("exemplars", f"{self.exemplars.kind} of the {self.train.size} training rows: {shown}, {size}")
             )
+        if self.vocabulary is not None:
+            lines.append(("vocabulary", f"{self.vocabulary.size} tokens ({self.vocabulary.file})"))
         if self.reviews is not None:
             reviews = self.reviews
             verdicts = ", ".join(

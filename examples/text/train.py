@@ -13,8 +13,12 @@ Writes to --out:
     test.npz                  held out from both, for evaluate
     ood/random-tokens.npz     uniformly random tokens: no language at all
     ood/unseen-language.npz   a fifth chain the model never saw
+    vocabulary.txt            the tokens, one per line (line i is token id i), as a tokenizer's vocab.txt
 
     python examples/text/train.py --out work/text
+    dknn-agent fit --model work/text/model.pt2 --train work/text/train.npz \
+        --calibration work/text/calibration.npz --output logits --vocabulary work/text/vocabulary.txt \
+        --out work/text/bundle
 """
 
 from __future__ import annotations
@@ -69,6 +73,13 @@ def sentences(transitions: np.ndarray | None, count: int, rng: np.random.Generat
     return ids, mask
 
 
+def vocabulary() -> list[str]:
+    """A made-up word per id (two syllables: ka, ko, ..., zu), so that a sequence reads as text; id 0 pads."""
+    syllables = [consonant + vowel for consonant in "kmnprstz" for vowel in "aeiou"]
+    n = len(syllables)
+    return ["[PAD]"] + [syllables[i % n] + syllables[(3 * i + 17 * (i // n)) % n] for i in range(1, VOCABULARY)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
@@ -112,6 +123,7 @@ def main() -> None:
     for name, transitions in (("random-tokens", None), ("unseen-language", languages[LANGUAGES])):
         ood_ids, ood_mask = sentences(transitions, 600, rng)
         np.savez(args.out / "ood" / f"{name}.npz", input_ids=ood_ids, attention_mask=ood_mask)
+    (args.out / "vocabulary.txt").write_text("".join(token + "\n" for token in vocabulary()), encoding="utf-8")
     print(f"wrote {args.out}")
 
 

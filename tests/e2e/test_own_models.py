@@ -86,6 +86,7 @@ def test_token_ids_in_two_named_inputs_and_a_dict_output(text_example: Example, 
     assert "input      input_ids: int64 [24] range (" in info.stdout, explain(info)
     assert "input      attention_mask: int64 [24] range (0.0, 1.0)" in info.stdout, explain(info)
     assert "logits at logits" in info.stdout, explain(info)
+    assert "vocabulary 60 tokens (vocabulary.json)" in info.stdout, explain(info)
     report = evaluate(text_example, tmp_path / "report", "random-tokens.npz", "unseen-language.npz")
     assert report["backends"]["annoy"]["clean"]["model_accuracy"] >= 0.6  # chance: 0.25
     with np.load(text_example.work / "test.npz") as test:
