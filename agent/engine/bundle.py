@@ -43,6 +43,7 @@ import pydantic
 import torch
 from torch import nn
 
+from agent.engine.conformal import REVIEWED_DISTANCE_REFERENCE, ReviewedDistances
 from agent.engine.exemplars import Exemplars, map_exemplar_file
 from agent.engine.manifest import (
     CALIBRATION_FILE,
@@ -105,6 +106,7 @@ class VerifiedBundle:
     preprocessors: dict[str, Preprocessor]
     distance_reference: np.ndarray | None  # (m, distance layers), each column sorted; None without distances
     residual: ResidualTerm | None  # the nonconformity's residual term, when it has one
+    reviewed_distances: ReviewedDistances | None  # an extended bundle's reviewed points (§3.3); None: not extended
     exemplars: Exemplars | None  # the training rows behind neighbour ids, memory-mapped; None: not kept
     vocabulary: tuple[str, ...] | None  # token id -> token for a text model (fit --vocabulary); None: not kept
     _index_fds: dict[str, int] = field(repr=False)  # layer name -> the verified file's descriptor
@@ -237,6 +239,7 @@ def verify_bundle(root: str | Path, trust: BundleTrust | None = None, *, importi
         train_labels = _train_labels(contents[TRAIN_LABELS_FILE], root / TRAIN_LABELS_FILE, manifest)
         calibration = _load_npz(contents[CALIBRATION_FILE], root / CALIBRATION_FILE)
         alpha, label_free, distance_reference = _calibration(calibration, root / CALIBRATION_FILE, manifest)
+        reviewed_distances = _reviewed_distances(calibration, root / CALIBRATION_FILE, manifest)
         residual = _residual(residual_spec, contents, calibration, root) if residual_spec is not None else None
         vocabulary = None
         if manifest.vocabulary is not None and vocabulary_file is not None:
@@ -261,6 +264,7 @@ def verify_bundle(root: str | Path, trust: BundleTrust | None = None, *, importi
         preprocessors=preprocessors,
         distance_reference=distance_reference,
         residual=residual,
+        reviewed_distances=reviewed_distances,
         exemplars=Exemplars(manifest.exemplars, exemplar_arrays) if manifest.exemplars else None,
         vocabulary=vocabulary,
         _index_fds=fds,
@@ -391,6 +395,24 @@ def _distance_reference(arrays: dict[str, np.ndarray], path: Path, manifest: Man
     if np.isnan(reference).any() or (reference < 0).any():  # +inf: a reference point short of k neighbours
         raise BundleError(f"{path}: 'distance_reference' holds negative or NaN distances")
     return np.sort(reference.astype(np.float64), axis=0)
+
+
+def _reviewed_distances(arrays: dict[str, np.ndarray], path: Path, manifest: Manifest) -> ReviewedDistances | None:
+    """An extended bundle's reviewed points' own distances (§3.3): one row per reviewed point, which
+    a bundle with reviews and a distance term must carry and no other may."""
+    reference = arrays.get(REVIEWED_DISTANCE_REFERENCE)
+    if manifest.reviews is None or not manifest.distance_layers:
+        if reference is not None:
+            raise BundleError(f"{path}: '{REVIEWED_DISTANCE_REFERENCE}' in a bundle without reviewed points")
+        return None
+    expected = (len(manifest.reviews.points), len(manifest.distance_layers))
+    if reference is None or reference.shape != expected or not np.issubdtype(reference.dtype, np.floating):
+        shape = None if reference is None else reference.shape
+        raise BundleError(f"{path}: '{REVIEWED_DISTANCE_REFERENCE}' has shape {shape}, expected {expected} floats")
+    if np.isnan(reference).any() or (reference < 0).any():
+        raise BundleError(f"{path}: '{REVIEWED_DISTANCE_REFERENCE}' holds negative or NaN distances")
+    first = manifest.train.size - len(manifest.reviews.points)
+    return ReviewedDistances(first_item=first, reference_sorted=np.sort(reference.astype(np.float64), axis=0))
 
 
 def _residual(

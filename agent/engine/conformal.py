@@ -4,7 +4,8 @@ Conventions, used everywhere (fit, score, tests):
 
 - nonconformity  α(x, j) = Σ_l |{ i ∈ kNN_l(x) : y_i ≠ j }| over the voting layers; a missing
   neighbour (-1) disagrees with every label, so α ranges over 0 … L·k; the distance-aware kind
-  adds Σ_l floor(w · r_l(x)) over the distance layers (`distance_penalty`), the same for every j;
+  adds Σ_l floor(w · r_l(x)) over the distance layers (`distance_penalty`), the same for every j
+  (an extended bundle ranks some inputs among its reviewed points instead: `vouched_penalty`);
 - p-value        p_j(x) = |{ a ∈ A : a ≥ α(x, j) }| / |A| — ties count as "at least as strange",
   no +1 smoothing (the DkNN paper's form); A holds calibration α of the true labels;
 - prediction     argmin_j α(x, j), which is always an argmax of p (p is non-increasing in α) and
@@ -52,19 +53,62 @@ def distance_statistic(
 
 
 def distance_penalty(distance: np.ndarray, reference_sorted: np.ndarray, weight: int, tail: float = 0.0) -> np.ndarray:
-    """Σ_l floor(weight · t(r_l)) as `(n,)` int64, where r_l is the fraction of the layer's reference
-    distances (`(m, L)`, each column ascending) strictly below x's and t(r) = max(0, r − tail) /
-    (1 − tail): 0 for an input no farther than the reference's `tail` quantile, `weight` per layer
-    for one farther than all of it (a missing neighbour, +inf, is farther than all)."""
+    """Σ_l floor(weight · t(r_l)) as `(n,)` int64: `layer_penalties` summed over the layers."""
+    return layer_penalties(distance, reference_sorted, weight, tail).sum(axis=1)
+
+
+def layer_penalties(distance: np.ndarray, reference_sorted: np.ndarray, weight: int, tail: float = 0.0) -> np.ndarray:
+    """floor(weight · t(r_l)) per input and layer as `(n, L)` int64, where r_l is the fraction of the
+    layer's reference distances (`(m, L)`, each column ascending) strictly below x's and t(r) =
+    max(0, r − tail) / (1 − tail): 0 for an input no farther than the reference's `tail` quantile,
+    `weight` for one farther than all of it (a missing neighbour, +inf, is farther than all)."""
     m, num_layers = reference_sorted.shape
     below = np.stack(
         [np.searchsorted(reference_sorted[:, layer], distance[:, layer], side="left") for layer in range(num_layers)],
         axis=1,
-    )
+    ).reshape(len(distance), num_layers)
     if tail == 0.0:
-        return ((weight * below) // m).sum(axis=1).astype(np.int64)  # exact integer arithmetic
+        return ((weight * below) // m).astype(np.int64)  # exact integer arithmetic
     share = np.clip((below / m - tail) / (1.0 - tail), 0.0, 1.0)
-    return np.floor(weight * share).sum(axis=1).astype(np.int64)
+    return np.floor(weight * share).astype(np.int64)
+
+
+REVIEWED_DISTANCE_REFERENCE = "reviewed_distance_reference"  # its array in an extended bundle's calibration.npz
+
+
+@dataclass(frozen=True)
+class ReviewedDistances:
+    """An extended bundle's reviewed points as the distance term sees them (§3.3): the index items
+    from `first_item` on are reviewed inputs; `reference_sorted` `(m, L)` holds each one's own
+    distance statistic per distance layer (itself left out), each column ascending."""
+
+    first_item: int
+    reference_sorted: np.ndarray
+
+    def vouched(self, nearest_ids: np.ndarray, nearest_labels: np.ndarray, model_prediction: np.ndarray) -> np.ndarray:
+        """`(n, L)` bool: whether each layer's nearest neighbour is a reviewed point whose label is the
+        model's answer for the input. A reviewer vouched for that answer on inputs like it, and only
+        for that: an input the model answers otherwise keeps the training points' reference."""
+        return (nearest_ids >= self.first_item) & (nearest_labels == model_prediction[:, None])
+
+
+def vouched_penalty(
+    distance: np.ndarray,
+    vouched: np.ndarray,
+    reference_sorted: np.ndarray,
+    reviewed_sorted: np.ndarray,
+    weight: int,
+    tail: float = 0.0,
+) -> np.ndarray:
+    """The distance penalty of an extended bundle (§3.3), `(n,)` int64: at each layer, an input the
+    layer's nearest reviewed point vouches for (`vouched`, `(n, L)` bool) is ranked among the reviewed
+    points' own distances, every other input among the training points'. Both references are fixed
+    before calibration, so α stays one function of x and the p-values stay conformal."""
+    trained = layer_penalties(distance, reference_sorted, weight, tail)
+    if not vouched.any():
+        return trained.sum(axis=1)
+    reviewed = layer_penalties(distance, reviewed_sorted, weight, tail)
+    return np.where(vouched, reviewed, trained).sum(axis=1)
 
 
 def p_values(alpha: np.ndarray, calibration_sorted: np.ndarray) -> np.ndarray:

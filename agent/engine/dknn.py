@@ -75,9 +75,12 @@ class NonconformityScorer:
         train_labels: np.ndarray,
         distance_reference: np.ndarray | None,
         residual: ResidualTerm | None,
+        reviewed_distances: conformal.ReviewedDistances | None = None,
     ) -> None:
         if bool(manifest.distance_layers) != (distance_reference is not None):
             raise BundleError("the manifest's nonconformity and the distance reference disagree")
+        if reviewed_distances is not None and distance_reference is None:
+            raise BundleError("a reviewed points' distance reference without a distance term")
         if (manifest.nonconformity.residual is None) != (residual is None):
             raise BundleError("the manifest's nonconformity and the residual term disagree")
         self.manifest = manifest
@@ -90,6 +93,7 @@ class NonconformityScorer:
         self.k = manifest.k
         self.num_classes = manifest.model.num_classes
         self.distance_reference = distance_reference
+        self.reviewed_distances = reviewed_distances
         self.residual = residual
         names = manifest.layer_names
         self._label_rows = [names.index(name) for name in manifest.label_layers]
@@ -180,18 +184,34 @@ class NonconformityScorer:
         return self._blas.limit(limits=1, user_api="blas")
 
     def nonconformity(
-        self, neighbor_labels: np.ndarray, neighbor_distances: np.ndarray, activations: Activations
+        self, neighbor_ids: np.ndarray, neighbor_distances: np.ndarray, activations: Activations
     ) -> np.ndarray:
-        """α(x, j) for every candidate label, `(n, C)` int64, as the manifest's nonconformity says."""
+        """α(x, j) for every candidate label, `(n, C)` int64, as the manifest's nonconformity says,
+        from `(n, L, k)` neighbour ids and distances."""
+        neighbor_labels = self.label_neighbors(neighbor_ids)
         alpha = conformal.nonconformity(neighbor_labels[:, self._label_rows], self.num_classes)
         if self.distance_reference is not None:
             spec = self.manifest.nonconformity
+            rows = self._distance_rows
             distance = conformal.distance_statistic(
-                neighbor_distances[:, self._distance_rows], spec.distance_statistic, spec.distance_neighbors
+                neighbor_distances[:, rows], spec.distance_statistic, spec.distance_neighbors
             )
-            penalty = conformal.distance_penalty(
-                distance, self.distance_reference, spec.distance_weight, spec.distance_tail
-            )
+            if self.reviewed_distances is None:
+                penalty = conformal.distance_penalty(
+                    distance, self.distance_reference, spec.distance_weight, spec.distance_tail
+                )
+            else:
+                vouched = self.reviewed_distances.vouched(
+                    neighbor_ids[:, rows, 0], neighbor_labels[:, rows, 0], activations.model_prediction
+                )
+                penalty = conformal.vouched_penalty(
+                    distance,
+                    vouched,
+                    self.distance_reference,
+                    self.reviewed_distances.reference_sorted,
+                    spec.distance_weight,
+                    spec.distance_tail,
+                )
             alpha = alpha + penalty[:, None]
         if self.residual is not None:
             with self.single_threaded_blas():  # one small product per batch; see `neighbors` on BLAS threads
@@ -216,7 +236,7 @@ class NonconformityScorer:
     def alpha(self, x: Inputs) -> np.ndarray:
         """α(x, j) of one batch (validated first), `(n, C)`: what calibration ranks, and `DkNN` turns into p-values."""
         activations, distances, ids = self.search(self.check_input(x))
-        return self.nonconformity(self.label_neighbors(ids), distances, activations)
+        return self.nonconformity(ids, distances, activations)
 
 
 def _check_backend(backend: str) -> None:
@@ -263,6 +283,7 @@ class DkNN(NonconformityScorer):
             bundle.train_labels,
             bundle.distance_reference,
             bundle.residual,
+            bundle.reviewed_distances,
         )
         self.calibration_alpha = bundle.calibration_alpha  # both sorted by verify_bundle
         self.calibration_label_free = bundle.calibration_label_free
@@ -293,7 +314,7 @@ class DkNN(NonconformityScorer):
         activations, distances, ids = self.search(self.check_input(x), stage)
         with stage("score"):
             labels = self.label_neighbors(ids)
-            alpha = self.nonconformity(labels, distances, activations)
+            alpha = self.nonconformity(ids, distances, activations)
             p = conformal.p_values(alpha, self.calibration_alpha)
             verdicts = conformal.summarise(alpha, p)
         return ScoreBatch(

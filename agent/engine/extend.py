@@ -43,10 +43,18 @@ from pathlib import Path
 import numpy as np
 
 from agent.engine.bundle import BundleTrust, VerifiedBundle, sha256_file, verify_bundle
+from agent.engine.conformal import REVIEWED_DISTANCE_REFERENCE, ReviewedDistances
 from agent.engine.data_files import Dataset
 from agent.engine.dknn import NonconformityScorer, open_index
 from agent.engine.exemplars import thumbnails
-from agent.engine.fit import calibration_scores, library_versions, noisy_inputs, refuse_to_replace, write_staged
+from agent.engine.fit import (
+    calibration_scores,
+    library_versions,
+    noisy_inputs,
+    own_distances,
+    refuse_to_replace,
+    write_staged,
+)
 from agent.engine.index import AnnoyBackend, AnnoyBuilder
 from agent.engine.manifest import CALIBRATION_FILE, MANIFEST_FILE, TRAIN_LABELS_FILE, LayerSpec, Manifest, SplitSpec
 from agent.engine.provenance import MAX_SOURCES, BaseBundle, ReviewedEvent, ReviewedPoint, ReviewSpec
@@ -169,6 +177,7 @@ def _check_calibration(
         bundle.train_labels,
         bundle.distance_reference,
         bundle.residual,
+        bundle.reviewed_distances,
     )
     try:
         scores = calibration_scores(scorer, calibration_x, labels, batch_size)
@@ -355,8 +364,11 @@ def _write(
         if relative not in regenerated:
             _copy_verified(bundle.root, root, relative, digest)
     size = len(plan.labels)
+    first_reviewed = plan.spec.base.train_size
+    reviewed_vectors = {}  # layer -> the reviewed points' vectors (items first_reviewed … size − 1)
     for layer in manifest.layers:
         old = AnnoyBackend(Path(bundle.index_path(layer.name)), layer.dim).item_vectors()[plan.base_items]
+        reviewed_vectors[layer.name] = np.concatenate([old[first_reviewed:], plan.vectors[layer.name]])
         builder = AnnoyBuilder(layer.dim, manifest.index.seed)
         builder.add(old)
         builder.add(plan.vectors[layer.name])
@@ -383,15 +395,21 @@ def _write(
         layer.name: open_index(str(root / layer.index_file), layer.dim, size, "annoy", draft.search_k(layer.name))
         for layer in draft.layers
     }
+    reviewed: ReviewedDistances | None = None
+    if bundle.distance_reference is not None:
+        items = np.arange(first_reviewed, size)
+        reference = own_distances(indexes, draft, reviewed_vectors, items)
+        reviewed = ReviewedDistances(first_item=first_reviewed, reference_sorted=np.sort(reference, axis=0))
     scorer = NonconformityScorer(
-        draft, model, bundle.preprocessors, indexes, plan.labels, bundle.distance_reference, bundle.residual
+        draft, model, bundle.preprocessors, indexes, plan.labels, bundle.distance_reference, bundle.residual, reviewed
     )
     try:
         arrays = calibration_scores(scorer, calibration_x, calibration_y, batch_size)
     finally:
         scorer.tap.close()
-    if bundle.distance_reference is not None:  # as in B: the training points' own distances
-        arrays["distance_reference"] = bundle.distance_reference
+    if bundle.distance_reference is not None and reviewed is not None:
+        arrays["distance_reference"] = bundle.distance_reference  # as in B: the training points' own distances
+        arrays[REVIEWED_DISTANCE_REFERENCE] = reviewed.reference_sorted
     if bundle.residual is not None:
         arrays["residual_reference"] = bundle.residual.reference_sorted
     np.savez(root / CALIBRATION_FILE, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds badly

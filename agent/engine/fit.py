@@ -15,7 +15,7 @@ import json
 import platform
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +33,7 @@ from agent.engine.conformal import distance_statistic
 from agent.engine.data_files import Dataset
 from agent.engine.dknn import NonconformityScorer, open_index
 from agent.engine.exemplars import plan_exemplars, write_exemplars
-from agent.engine.index import AnnoyBuilder
+from agent.engine.index import AnnoyBuilder, NeighborIndex
 from agent.engine.manifest import (
     CALIBRATION_FILE,
     INPUT_DTYPES,
@@ -525,10 +525,10 @@ def calibration_scores(
 def _distance_reference(
     scorer: NonconformityScorer, draft: Manifest, train_x: list[np.ndarray], options: FitOptions
 ) -> np.ndarray:
-    """The k-NN distance statistic (mean or farthest of the nearest m) per distance layer of a seeded sample of training points, each queried
-    for k + 1 neighbours with itself dropped — so the reference, like a new input, is measured
-    against the other training points, and is fixed before calibration (which keeps α a fixed
-    function of x and j, and the p-values conformal)."""
+    """The k-NN distance statistic (mean or farthest of the nearest m) per distance layer of a seeded
+    sample of training points, each measured against the other training points (`own_distances`) —
+    so the reference, like a new input, is measured against the other training points, and is fixed
+    before calibration (which keeps α a fixed function of x and j, and the p-values conformal)."""
     rng = np.random.default_rng([options.seed, 1])
     size = draft.nonconformity.distance_reference_size
     rows = np.sort(rng.choice(len(train_x[0]), size=size, replace=False))
@@ -536,21 +536,29 @@ def _distance_reference(
     for start in range(0, size, options.batch_size):
         batch_rows = rows[start : start + options.batch_size]
         activations = scorer.tap([np.ascontiguousarray(array[batch_rows]) for array in train_x])
-        per_layer = []
-        for name in draft.distance_layers:
-            vectors = scorer.preprocessors[name].transform(activations.layers[name])
-            distances, ids = scorer.indexes[name].search(vectors, draft.k + 1)
-            itself = ids == batch_rows[:, None]
-            # Drop the point itself where it was found, else the farthest of the k + 1.
-            drop = np.where(itself.any(axis=1), itself.argmax(axis=1), draft.k)
-            keep = np.ones_like(itself)
-            keep[np.arange(len(keep)), drop] = False
-            per_layer.append(distances[keep].reshape(len(keep), 1, draft.k))
-        spec = draft.nonconformity
-        per_batch.append(
-            distance_statistic(np.concatenate(per_layer, axis=1), spec.distance_statistic, spec.distance_neighbors)
-        )
+        vectors = {
+            name: scorer.preprocessors[name].transform(activations.layers[name]) for name in draft.distance_layers
+        }
+        per_batch.append(own_distances(scorer.indexes, draft, vectors, batch_rows))
     return np.concatenate(per_batch)
+
+
+def own_distances(
+    indexes: Mapping[str, NeighborIndex], manifest: Manifest, vectors: Mapping[str, np.ndarray], items: np.ndarray
+) -> np.ndarray:
+    """`(n, distance layers)`: the distance statistic of indexed items (`items`, with their index
+    `vectors` per distance layer), each queried for k + 1 neighbours with itself dropped (where the
+    search found it, else the farthest of the k + 1)."""
+    per_layer = []
+    for name in manifest.distance_layers:
+        distances, ids = indexes[name].search(vectors[name], manifest.k + 1)
+        itself = ids == items[:, None]
+        drop = np.where(itself.any(axis=1), itself.argmax(axis=1), manifest.k)
+        keep = np.ones_like(itself)
+        keep[np.arange(len(keep)), drop] = False
+        per_layer.append(distances[keep].reshape(len(keep), 1, manifest.k))
+    spec = manifest.nonconformity
+    return distance_statistic(np.concatenate(per_layer, axis=1), spec.distance_statistic, spec.distance_neighbors)
 
 
 def _progress(iterable: Any, steps: int, options: FitOptions, what: str, unit: str = "batch") -> Any:

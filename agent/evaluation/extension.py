@@ -200,8 +200,13 @@ def _measures(data: Dataset, scores: SetScores, clean: SetScores, threshold: flo
         "mean_credibility": float(scores.credibility.mean()),
     }
     if data.y is not None:
-        out["model_accuracy"] = float((scores.model_prediction == data.y).mean())
+        right = scores.model_prediction == data.y
+        held = scores.credibility < threshold
+        out["model_accuracy"] = float(right.mean())
         out["dknn_accuracy"] = float((scores.prediction == data.y).mean())
+        # What an operator weighs: alarms on answers that were right, and wrong answers caught.
+        out["quarantined_model_right"] = float(held[right].mean()) if right.any() else None
+        out["quarantined_model_wrong"] = float(held[~right].mean()) if (~right).any() else None
     if is_clean:
         assert data.y is not None
         out["validity"] = validity(scores.p_of(data.y))
@@ -220,7 +225,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"{_code(after['path'])} ({after['digest']}, {after['train_size']:,}): {reviews['added']} reviewed inputs "
         f"added, {reviews['kept']} kept from B, {reviews['replaced']} replaced by later reviews, "
         f"{reviews['out_of_scope']} out of scope (kept out of the indexes). The same {before['calibration_size']} "
-        "calibration points, scored against B2's indexes; the distance and residual references are B's.",
+        "calibration points, scored against B2's indexes; B's distance reference and residual term, and the reviewed "
+        "points' own distances for the inputs they vouch for.",
         "",
         f"Reviews: {reviews['records']} record(s) from {_code(reviews['source'])}; skipped: "
         + (", ".join(f"{count} {_md(reason)}" for reason, count in reviews["skipped"].items()) or "none")
@@ -262,6 +268,22 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{_pct(b2.get('dknn_accuracy'))} |"
             )
         lines.append("")
+        labelled = [name for name in others if sets[name]["before"].get("quarantined_model_right") is not None]
+        if labelled:
+            lines += [
+                "Quarantined at τ where the model's answer is right (false alarms) and where it is wrong (caught):",
+                "",
+                "| set | model accuracy | false alarms B | B2 | caught B | B2 |",
+                "|---|---|---|---|---|---|",
+            ]
+            for name in labelled:
+                b, b2 = sets[name]["before"], sets[name]["after"]
+                lines.append(
+                    f"| {_md(name)} | {_pct(b['model_accuracy'])} | {_pct(b['quarantined_model_right'])} | "
+                    f"{_pct(b2['quarantined_model_right'])} | {_pct(b.get('quarantined_model_wrong'))} | "
+                    f"{_pct(b2.get('quarantined_model_wrong'))} |"
+                )
+            lines.append("")
     if reviews["first_skip"]:
         lines += ["Skipped reviews, the first of each reason:", ""]
         lines += [f"- {_md(reason)}: {_md(message)}" for reason, message in reviews["first_skip"].items()]

@@ -1,16 +1,18 @@
 """Do reviews teach a bundle? (`dknn-agent bench extend`, issue #24.)
 
-The MNIST reference bundle B quarantines digits turned 90° (they are strokes, but not the digits it
-was trained on). Here a reviewer labels some of them: the rotated versions of half of the
-evaluation split form the review pool, and of those B quarantines, `reviews` become
-`dknn.review.v1` records with their true labels (model_right where the model's answer is the
-true label, else model_wrong), written to a JSONL file and read back by `dknn-agent extend`'s own
-code (agent.evaluation.extension), which builds B2. Then, on data no review saw:
+Digits turned 30° are still digits to the model (it answers about 89% of them right), but the
+MNIST reference bundle B quarantines about half of them: they lie farther from the training digits
+than training digits lie from one another. That is the false alarm a reviewer clears. Here the
+turned versions of half of the evaluation split form the review pool, and of those B quarantines,
+`reviews` become `dknn.review.v1` records with their true labels (model_right where the model's
+answer is the true label, else model_wrong), written to a JSONL file and read back by `dknn-agent
+extend`'s own code (agent.evaluation.extension), which builds B2. Then, on data no review saw:
 
-- rotated digits from the other half of the evaluation split: the share quarantined by B and B2
-  (does B2 generalise from the reviewed rotated digits to other ones?) and DkNN's accuracy on them;
-- the clean (unrotated) digits of that half: accuracy and the validity of the p-values for both
-  (are ordinary digits still scored as before, and B2's p-values still conformal?).
+- turned digits from the other half of the evaluation split: the share quarantined by B and B2,
+  split into false alarms (the model's answer right) and caught errors (wrong): B2 should raise
+  fewer alarms on the reviewed pattern and still catch the model's mistakes on it;
+- the clean digits of that half: accuracy and the validity of the p-values for both (are ordinary
+  digits still scored as before, and B2's p-values still conformal?).
 
 The reviewed events themselves are in B2's indexes, so their numbers are in-sample; they are in the
 report, not in the verdict.
@@ -35,12 +37,12 @@ from agent.evaluation.extension import ExtendOptions, run_extension
 from agent.evaluation.scoring import score_set
 from agent.runtime.events import encode_event
 from agent.runtime.wire.review import ReviewVerdict, review_record
-from dknn_lab.bench.perturbations import EvalSet, rotated
+from dknn_lab.bench.perturbations import EvalSet, turned
 from dknn_lab.bench.reports import ModelVersion, now, num, pct, save_report, table
 from dknn_lab.datasets import load_mnist
 from dknn_lab.reference import calibration_split
 
-HELD_OUT = "rotated (held out)"
+HELD_OUT = "turned (held out)"
 REVIEWED_AT = "2026-01-01T00:00:00Z"  # one review per event: the time orders nothing here
 
 
@@ -49,8 +51,9 @@ class ExtendBenchOptions:
     artifacts: Path
     data_dir: Path | None = None
     out_dir: Path = Path("docs/results")
-    reviews: int = 500  # quarantined rotated digits reviewed
-    held_out: int = 2000  # rotated digits no review saw
+    reviews: int = 500  # quarantined turned digits reviewed
+    held_out: int = 2000  # turned digits no review saw
+    degrees: float = 30.0  # the turn: readable to the model, unusual to B
     clean: int = 3000  # clean digits for accuracy and validity
     threshold: float = 0.1
     seed: int = 0
@@ -60,7 +63,7 @@ class ExtendBenchOptions:
     def command(self) -> str:
         return (
             f"dknn-agent bench extend --artifacts {self.artifacts} --reviews {self.reviews} --held-out "
-            f"{self.held_out} --clean {self.clean} --seed {self.seed} --out {self.out_dir}"
+            f"{self.held_out} --clean {self.clean} --degrees {self.degrees:g} --seed {self.seed} --out {self.out_dir}"
         )
 
 
@@ -70,8 +73,10 @@ class Side:
 
     version: str
     indexed_points: int
-    heldout_rotated_quarantined: float
-    heldout_rotated_dknn_accuracy: float
+    heldout_quarantined: float
+    heldout_false_alarms: float  # quarantined where the model's answer is right
+    heldout_caught: float  # quarantined where it is wrong
+    heldout_dknn_accuracy: float
     clean_model_accuracy: float
     clean_dknn_accuracy: float
     clean_validity: dict[str, float]  # τ -> share of true labels with p ≤ τ
@@ -89,7 +94,9 @@ class ExtendResult:
     reviews: dict[str, int]  # offered, model_right, model_wrong, added
     held_out: int
     clean: int
-    pool_quarantined_by_b: float  # share of the review pool's rotated digits B quarantined
+    degrees: float
+    heldout_model_accuracy: float
+    pool_quarantined_by_b: float  # share of the review pool's turned digits B quarantined
     extend_seconds: float
     before: Side
     after: Side
@@ -107,9 +114,9 @@ def run_extend_bench(options: ExtendBenchOptions) -> ExtendResult:
     pool_rows, heldout_rows = rows[: len(rows) // 2], rows[len(rows) // 2 :]
     if options.held_out > len(heldout_rows) or options.clean > len(heldout_rows):
         raise ConfigError(f"--held-out and --clean may be at most {len(heldout_rows)} (half the evaluation split)")
-    pool = rotated(EvalSet("pool", mnist.x_test[pool_rows], mnist.y_test[pool_rows]))
+    pool = turned(EvalSet("pool", mnist.x_test[pool_rows], mnist.y_test[pool_rows]), options.degrees)
     held = heldout_rows[: options.held_out]
-    heldout = rotated(EvalSet(HELD_OUT, mnist.x_test[held], mnist.y_test[held]))
+    heldout = turned(EvalSet(HELD_OUT, mnist.x_test[held], mnist.y_test[held]), options.degrees)
     clean_rows = heldout_rows[: options.clean]
     clean = Dataset(mnist.x_test[clean_rows], mnist.y_test[clean_rows], source="mnist:t10k evaluation")
 
@@ -117,7 +124,7 @@ def run_extend_bench(options: ExtendBenchOptions) -> ExtendResult:
     pool_scores = score_set(base, pool.x, options.batch_size, "pool", progress=False)
     quarantined = np.flatnonzero(pool_scores.credibility < options.threshold)
     if len(quarantined) < options.reviews:
-        raise ConfigError(f"B quarantines {len(quarantined)} rotated digits of the pool, fewer than --reviews")
+        raise ConfigError(f"B quarantines {len(quarantined)} turned digits of the pool, fewer than --reviews")
     chosen = quarantined[: options.reviews]
     assert pool.y is not None and heldout.y is not None
     with tempfile.TemporaryDirectory(dir=options.work_dir) as work:
@@ -153,6 +160,8 @@ def run_extend_bench(options: ExtendBenchOptions) -> ExtendResult:
         },
         held_out=options.held_out,
         clean=options.clean,
+        degrees=options.degrees,
+        heldout_model_accuracy=report["sets"][HELD_OUT]["before"]["model_accuracy"],
         pool_quarantined_by_b=float(len(quarantined) / len(pool.x)),
         extend_seconds=round(seconds, 1),
         before=_side(report, "before"),
@@ -169,7 +178,7 @@ def _write_reviews(path: Path, model: str, version: str, pool: EvalSet, scores: 
     right = 0
     with path.open("wb") as sink:
         for index in chosen:
-            event = orjson.loads(encode_event(f"rotated-{index}", pool.x[index], model, version))
+            event = orjson.loads(encode_event(f"turned-{index}", pool.x[index], model, version))
             answer, truth = int(scores.model_prediction[index]), int(pool.y[index])
             quarantine = {
                 "event": event,
@@ -200,8 +209,10 @@ def _side(report: dict[str, Any], side: str) -> Side:
     return Side(
         version=report[side]["version"],
         indexed_points=report[side]["train_size"],
-        heldout_rotated_quarantined=heldout["quarantined"],
-        heldout_rotated_dknn_accuracy=heldout["dknn_accuracy"],
+        heldout_quarantined=heldout["quarantined"],
+        heldout_false_alarms=heldout["quarantined_model_right"],
+        heldout_caught=heldout["quarantined_model_wrong"],
+        heldout_dknn_accuracy=heldout["dknn_accuracy"],
         clean_model_accuracy=clean["model_accuracy"],
         clean_dknn_accuracy=clean["dknn_accuracy"],
         clean_validity=clean["validity"],
@@ -214,8 +225,10 @@ def markdown(result: ExtendResult) -> str:
     b, b2 = result.before, result.after
     reviews = result.reviews
     rows = [
-        ["rotated digits held out: quarantined at τ", pct(b.heldout_rotated_quarantined), pct(b2.heldout_rotated_quarantined)],
-        ["rotated digits held out: DkNN accuracy", pct(b.heldout_rotated_dknn_accuracy), pct(b2.heldout_rotated_dknn_accuracy)],
+        ["turned digits held out: quarantined at τ", pct(b.heldout_quarantined), pct(b2.heldout_quarantined)],
+        ["↳ where the model is right (false alarms)", pct(b.heldout_false_alarms), pct(b2.heldout_false_alarms)],
+        ["↳ where the model is wrong (caught)", pct(b.heldout_caught), pct(b2.heldout_caught)],
+        ["turned digits held out: DkNN accuracy", pct(b.heldout_dknn_accuracy), pct(b2.heldout_dknn_accuracy)],
         ["clean digits: model accuracy", pct(b.clean_model_accuracy), pct(b2.clean_model_accuracy)],
         ["clean digits: DkNN accuracy", pct(b.clean_dknn_accuracy), pct(b2.clean_dknn_accuracy)],
         *(
@@ -227,20 +240,22 @@ def markdown(result: ExtendResult) -> str:
         ["indexed points", f"{b.indexed_points:,}", f"{b2.indexed_points:,}"],
     ]  # fmt: skip
     lines = [
-        f"# Extending {result.bundle.model} with reviewed rotated digits",
+        f"# Extending {result.bundle.model} with reviewed digits turned {result.degrees:g}°",
         "",
         f"Regenerate: `{result.command}`. B is `{result.bundle.version}`; B2 is `{b2.version}`, built by "
-        f"`dknn-agent extend`'s code from {reviews['offered']} reviews of rotated evaluation digits B quarantined "
+        f"`dknn-agent extend`'s code from {reviews['offered']} reviews of turned evaluation digits B quarantined "
         f"({reviews['model_right']} model_right, {reviews['model_wrong']} model_wrong with the true label; B "
         f"quarantined {pct(result.pool_quarantined_by_b)} of the review pool), in {result.extend_seconds:g} s with "
-        f"both bundles' scoring. Held out: {result.held_out:,} rotated and {result.clean:,} clean digits from the "
-        f"other half of the evaluation split; τ = {result.threshold}.",
+        f"both bundles' scoring. Held out: {result.held_out:,} turned digits (the model answers "
+        f"{pct(result.heldout_model_accuracy)} of them right) and {result.clean:,} clean digits from the other half "
+        f"of the evaluation split; τ = {result.threshold}.",
         "",
         *table(["", "B", "B2"], rows),
         "",
-        "B2's calibration points are B's, scored against B2's indexes; its distance and residual references are "
-        "B's (they describe the training data). The residual term does not depend on the indexes, so a reviewed "
-        "input moves credibility only through the neighbours' labels and distances.",
+        "B2's calibration points are B's, scored against B2's indexes. At each distance layer, an input whose "
+        "nearest neighbour is a reviewed point labelled with the model's answer for it is ranked among the reviewed "
+        "points' own neighbour distances, every other input among the training points' (docs/design.md §3.3); the "
+        "residual term is B's.",
         "",
     ]
     return "\n".join(lines)

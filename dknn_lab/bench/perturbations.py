@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from torch import nn
+from torch.nn import functional
 
 from dknn_lab.attacks import fgsm, pgd
 from dknn_lab.evalset import EvalSet as EvalSet
@@ -17,6 +19,18 @@ def uniform_noise(n: int, shape: tuple[int, ...], seed: int) -> EvalSet:
 def rotated(clean: EvalSet) -> EvalSet:
     """Digits turned 90° counter-clockwise: still strokes, no longer the digits the model knows."""
     return EvalSet("rotated", np.ascontiguousarray(np.rot90(clean.x, k=1, axes=(-2, -1))), clean.y)
+
+
+def turned(clean: EvalSet, degrees: float) -> EvalSet:
+    """Images `(n, c, h, w)` turned `degrees` counter-clockwise about their centre (bilinear, zeros
+    outside): a small turn keeps a digit readable to the model, a large one does not."""
+    angle = np.deg2rad(degrees)
+    cos, sin = float(np.cos(angle)), float(np.sin(angle))
+    images = torch.from_numpy(np.ascontiguousarray(clean.x, dtype=np.float32))
+    theta = torch.tensor([[cos, sin, 0.0], [-sin, cos, 0.0]]).expand(len(images), 2, 3)
+    grid = functional.affine_grid(theta, list(images.shape), align_corners=False)
+    x = functional.grid_sample(images, grid, align_corners=False).numpy()
+    return EvalSet(f"turned {degrees:g}°", np.ascontiguousarray(x), clean.y)
 
 
 def fgsm_set(model: nn.Module, clean: EvalSet, epsilon: float) -> EvalSet:

@@ -222,20 +222,23 @@ class BenchSharpness(Command):
 
 
 class BenchExtend(Command):
-    """Do reviews teach a bundle? Rotated evaluation digits (90°) that the bundle quarantines are reviewed with
-    their true labels (dknn.review.v1 records in a JSONL file), `dknn-agent extend`'s own code builds B2 from
-    them, and both bundles are measured on data no review saw: the share of other rotated digits quarantined,
-    and clean digits' accuracy and p-value validity. Prints the numbers; saves OUT/extend-MODEL.{json,md}.
+    """Do reviews teach a bundle? Evaluation digits turned --degrees (30°: the model still reads most of them)
+    that the bundle quarantines are reviewed with their true labels (dknn.review.v1 records in a JSONL file),
+    `dknn-agent extend`'s own code builds B2 from them, and both bundles are measured on data no review saw: the
+    share of other turned digits quarantined — false alarms (the model right) and caught errors (the model
+    wrong) — and clean digits' accuracy and p-value validity. Prints the numbers; saves
+    OUT/extend-MODEL.{json,md}.
     """
 
     command_name: ClassVar[str] = "extend"
-    summary: ClassVar[str] = "reviewed rotated digits added to the reference bundle: held-out quarantine rate, validity"
+    summary: ClassVar[str] = "reviewed turned digits added to the reference bundle: held-out quarantine rate, validity"
 
     artifacts: Path = Field(description="MNIST reference bundle (read only)")
     data_dir: DataDir = Field(None, description=MNIST_DATA)
     out_dir: Out = Field(RESULTS, description=WHERE)
-    reviews: int = Field(500, ge=1, description="quarantined rotated digits reviewed (default: 500)")
-    held_out: int = Field(2000, ge=1, description="rotated digits no review saw (default: 2000)")
+    reviews: int = Field(500, ge=1, description="quarantined turned digits reviewed (default: 500)")
+    held_out: int = Field(2000, ge=1, description="turned digits no review saw (default: 2000)")
+    degrees: float = Field(30.0, gt=-360, lt=360, description="how far the digits are turned (default: 30)")
     clean: int = Field(3000, ge=1, description="clean evaluation digits for accuracy and validity (default: 3000)")
     threshold: float = Field(0.1, gt=0, lt=1, description="the quarantine threshold (default: 0.1)")
     seed: int = Field(0, description="seed for splitting the evaluation digits (default: 0)")

@@ -101,4 +101,4 @@ def test_bench_extend(mnist_bundle: Path, tmp_path: Path) -> None:
     assert report["after"]["indexed_points"] == report["before"]["indexed_points"] + 40
     assert report["before"]["clean_model_accuracy"] == report["after"]["clean_model_accuracy"]
     assert set(report["after"]["clean_validity"]) == {"0.05", "0.1", "0.2"}
-    assert "rotated digits held out: quarantined at τ" in result.stdout
+    assert "turned digits held out: quarantined at τ" in result.stdout and "(false alarms)" in result.stdout

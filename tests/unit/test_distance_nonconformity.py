@@ -132,3 +132,24 @@ def test_unknown_layers_in_the_nonconformity_are_refused(tiny_bundle: Path) -> N
     document["nonconformity"] = {"kind": "labels", "label_layers": ["nope"]}
     with pytest.raises(ValueError, match="not tapped"):
         Manifest.model_validate(document)
+
+
+def test_an_input_a_reviewed_point_vouches_for_is_ranked_among_the_reviewed_points() -> None:
+    reviewed = conformal.ReviewedDistances(first_item=100, reference_sorted=np.array([[5.0, 50.0], [6.0, 60.0]]))
+    # nearest ids per layer: row 0 finds reviewed points at both layers, row 1 at the first only,
+    # row 2 finds one at both but the model answers otherwise, row 3 finds training points.
+    nearest = np.array([[100, 101], [101, 7], [100, 100], [3, 4]])
+    labels = np.array([[2, 2], [1, 1], [0, 0], [1, 1]])
+    answers = np.array([2, 1, 1, 1])
+    vouched = reviewed.vouched(nearest, labels, answers)
+    np.testing.assert_array_equal(vouched, [[True, True], [True, False], [False, False], [False, False]])
+    training = np.sort(np.array([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0], [4.0, 40.0]]), axis=0)
+    distance = np.array([[5.5, 55.0]] * 4)  # beyond every training distance, between the reviewed ones
+    penalty = conformal.vouched_penalty(distance, vouched, training, reviewed.reference_sorted, weight=10)
+    # vouched layers: 1 of 2 reviewed distances below -> 5; the others: all 4 training ones -> 10
+    np.testing.assert_array_equal(penalty, [10, 15, 20, 20])
+    nobody = np.zeros_like(vouched)
+    np.testing.assert_array_equal(
+        conformal.vouched_penalty(distance, nobody, training, reviewed.reference_sorted, weight=10),
+        conformal.distance_penalty(distance, training, weight=10),
+    )

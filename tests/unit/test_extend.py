@@ -14,11 +14,12 @@ import numpy as np
 import orjson
 import pytest
 
-from agent.engine.bundle import BundleError, parse_manifest, verify_bundle
+from agent.engine.bundle import BundleError, parse_manifest, sha256_file, verify_bundle
 from agent.engine.data_files import Dataset
 from agent.engine.dknn import DkNN
 from agent.engine.extend import extend_bundle, version_of
 from agent.engine.index import AnnoyBackend
+from agent.engine.manifest import NonconformitySpec
 from agent.engine.taps import ActivationTap
 from agent.errors import ConfigError, ConnectorError, DataError
 from agent.evaluation.extension import ExtendOptions, run_extension
@@ -389,3 +390,34 @@ def test_review_sources_and_their_bounds(tiny_bundle: Path, tmp_path: Path) -> N
         read_whole(f"file:{source}", max_records=2, max_record_bytes=MAX_REVIEW_BYTES)
     with pytest.raises(ConnectorError, match="cannot read"):
         read_reviews(str(tmp_path / "missing.jsonl"), manifest)
+
+
+def test_a_distance_aware_bundle_ranks_what_reviews_vouch_for_among_the_reviewed_points(
+    tiny_problem: TinyProblem, tmp_path: Path
+) -> None:
+    spec = NonconformitySpec(kind="labels+distance", distance_weight=10, distance_reference_size=200)
+    base = fit_tiny(tiny_problem, tmp_path / "b", nonconformity=spec)
+    x = far_inputs(40, seed=11)  # a cloud far from every blob: B finds it far at every layer
+    source = write(tmp_path / "reviews.jsonl", reviews_of(base, x[:30], ["model_right"] * 30))
+    read = read_reviews(str(source), verify_bundle(base).manifest)
+    extend_bundle(base=base, reviews=read.engine_reviews(), calibration=tiny_problem.calibration, out=tmp_path / "b2")
+    bundle = verify_bundle(tmp_path / "b2")
+    assert bundle.reviewed_distances is not None
+    assert bundle.reviewed_distances.first_item == 600
+    assert bundle.reviewed_distances.reference_sorted.shape == (30, len(bundle.manifest.distance_layers))
+    before, after = DkNN.from_bundle(base).score(x[30:]), DkNN.from_bundle(tmp_path / "b2").score(x[30:])
+    # The held-out rest of the cloud: the model's answers unchanged, judged far by B, near enough by B2.
+    assert (before.model_prediction == after.model_prediction).all()
+    assert after.credibility.mean() > before.credibility.mean() + 0.2
+    assert_held_out_p_values_valid(
+        DkNN.from_bundle(tmp_path / "b2").score(tiny_problem.test.x).p_values, tiny_problem.test.y
+    )
+    # The reference is part of the bundle: without it, the bundle does not load.
+    arrays = dict(np.load(tmp_path / "b2" / "calibration.npz"))
+    del arrays["reviewed_distance_reference"]
+    np.savez(tmp_path / "b2" / "calibration.npz", **arrays)
+    document = json.loads((tmp_path / "b2" / "manifest.json").read_text())
+    document["files"]["calibration.npz"] = sha256_file(tmp_path / "b2" / "calibration.npz")
+    (tmp_path / "b2" / "manifest.json").write_text(json.dumps(document))
+    with pytest.raises(BundleError, match="reviewed_distance_reference"):
+        verify_bundle(tmp_path / "b2")
