@@ -6,6 +6,7 @@ needs to run the agent next to its own model renders as documented."""
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import os
@@ -620,7 +621,7 @@ def _kafka_tls(docs: list[dict]) -> tuple[list[tuple[str, str, str]], dict]:
             files += [(source["secret"]["name"], item["key"], item["path"]) for item in source["secret"]["items"]]
         mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "kafka-tls")
         assert mount == {"name": "kafka-tls", "mountPath": "/etc/dknn/kafka-tls", "readOnly": True}
-    return files, agent_config(docs)["kafka_security"]
+    return files, agent_config(without_console(docs))["kafka_security"]
 
 
 def test_kafka_tls_from_strimzis_cluster_ca_and_kafka_user_secrets(tools: Tools) -> None:
@@ -700,3 +701,253 @@ def test_kedas_offset_reset_policy_follows_the_agents(tools: Tools) -> None:
     for args, policy in ((PRODUCTION, "earliest"), (PLATFORM, "latest")):
         trigger = one(tools.render(*args), "ScaledObject")["spec"]["triggers"][0]["metadata"]
         assert trigger["offsetResetPolicy"] == policy
+
+
+# -- the review console (console.*, `dknn-agent review`) -----------------------------------------
+
+CONSOLE = [*MINIMAL, "--set", "console.enabled=true", "--set-json", 'console.auth.users=["ana:pw1","bo:pw2"]']
+
+
+def console_objects(docs: list[dict]) -> dict[str, dict]:
+    """The console's objects by kind (the chart renders one of each)."""
+    found = [doc for doc in docs if doc["metadata"]["labels"].get("app.kubernetes.io/component") == "review-console"]
+    by = {doc["kind"]: doc for doc in found}
+    assert len(by) == len(found), [doc["kind"] for doc in found]
+    return by
+
+
+def without_console(docs: list[dict]) -> list[dict]:
+    return [doc for doc in docs if doc["metadata"]["labels"].get("app.kubernetes.io/component") != "review-console"]
+
+
+def agent_objects(docs: list[dict]) -> dict[str, dict]:
+    """The agent's objects by kind (the ConfigMaps aside, one of each)."""
+    return {doc["kind"]: doc for doc in without_console(docs)}
+
+
+def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return selector.items() <= labels.items()
+
+
+def test_the_console_is_off_by_default(tools: Tools) -> None:
+    docs = tools.render(*MINIMAL)
+    assert not console_objects(docs)
+    assert not [doc for doc in docs if "console" in doc["metadata"]["name"]]
+
+
+def test_the_console_runs_the_review_command_on_the_agents_bundle_and_image(tools: Tools) -> None:
+    docs = tools.render(*CONSOLE)
+    console, agent = console_objects(docs), agent_objects(docs)
+    assert set(console) == {"Deployment", "Service", "NetworkPolicy", "Secret"}
+    spec = console["Deployment"]["spec"]["template"]["spec"]
+    agent_spec = agent["Deployment"]["spec"]["template"]["spec"]
+    assert console["Deployment"]["spec"]["replicas"] == 1  # its SQLite file is its own
+    (container,) = spec["containers"]
+    assert container["image"] == agent_spec["containers"][0]["image"]
+    assert container["command"] == ["dknn-agent", "review"]
+    args = dict(arg.removeprefix("--").split("=", 1) for arg in container["args"])
+    assert args == {
+        "artifacts": "/bundle",
+        "bootstrap-servers": "kafka:9092",
+        "quarantine-topic": agent_config(without_console(docs))["quarantine_topic"],
+        "reviews-topic": "inference-reviews",
+        "group": "dknn-review-console",
+        "host": "0.0.0.0",
+        "port": "8080",
+        "auth-file": "/etc/dknn/console-auth/auth",
+        "database": "/var/lib/dknn-review/reviews.sqlite",
+    }
+    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+    # Locked down like the agent: the same pod and container security contexts, no API token.
+    assert container["securityContext"] == agent_spec["containers"][0]["securityContext"]
+    assert spec["securityContext"] == agent_spec["securityContext"] and spec["automountServiceAccountToken"] is False
+    volumes = {volume["name"]: volume for volume in spec["volumes"]}
+    agent_volumes = {volume["name"]: volume for volume in agent_spec["volumes"]}
+    assert volumes["bundle"] == agent_volumes["bundle"]
+    mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
+    assert mounts["/bundle"]["readOnly"] and mounts["/etc/dknn/console-auth"]["readOnly"]
+    assert volumes[mounts["/var/lib/dknn-review"]["name"]]["emptyDir"]["sizeLimit"] == "1Gi"
+    assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
+    auth = volumes[mounts["/etc/dknn/console-auth"]["name"]]["secret"]
+    assert auth["secretName"] == console["Secret"]["metadata"]["name"]
+    assert auth["items"] == [{"key": "auth", "path": "auth"}]
+    assert base64.b64decode(console["Secret"]["data"]["auth"]).decode() == "ana:pw1\nbo:pw2\n"
+    service = console["Service"]["spec"]
+    assert service["type"] == "ClusterIP" and service["ports"] == [
+        {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}
+    ]
+    assert console["Deployment"]["metadata"]["name"] == agent["Deployment"]["metadata"]["name"] + "-console"
+
+
+def test_no_selector_of_the_agent_takes_in_a_console_pod_nor_the_other_way(tools: Tools) -> None:
+    """The console's pods carry their own app.kubernetes.io/name: the agent's Deployment, Service,
+    PodDisruptionBudget, NetworkPolicy and ServiceMonitor select only agent pods (and Services), the
+    console's NetworkPolicy, Service and ServiceMonitor only the console's."""
+    docs = tools.render(*CONSOLE, "--set", "serviceMonitor.enabled=true")
+    console, agent = console_objects(docs), agent_objects(docs)
+    pods = {
+        name: objects["Deployment"]["spec"]["template"]["metadata"]["labels"]
+        for name, objects in (("console", console), ("agent", agent))
+    }
+    services = {
+        name: objects["Service"]["metadata"]["labels"] for name, objects in (("console", console), ("agent", agent))
+    }
+    for own, objects, other in (("console", console, "agent"), ("agent", agent, "console")):
+        for selector in (
+            objects["Deployment"]["spec"]["selector"]["matchLabels"],
+            objects["Service"]["spec"]["selector"],
+            objects["NetworkPolicy"]["spec"]["podSelector"]["matchLabels"],
+            *([agent["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"]] if own == "agent" else []),
+        ):
+            assert matches(selector, pods[own]) and not matches(selector, pods[other]), (own, selector)
+        monitor = objects["ServiceMonitor"]["spec"]["selector"]["matchLabels"]
+        assert matches(monitor, services[own]) and not matches(monitor, services[other]), own
+    assert console["ServiceMonitor"]["spec"]["endpoints"][0]["port"] == "http"
+
+
+def test_the_consoles_network_policy_admits_its_port_and_reaches_only_the_brokers_and_dns(tools: Tools) -> None:
+    ingress_from = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]
+    prometheus = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    brokers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kafka"}}}]
+    docs = tools.render(
+        *CONSOLE,
+        "--set-json",
+        f"console.networkPolicy.from={json.dumps(ingress_from)}",
+        "--set-json",
+        f"networkPolicy.metricsFrom={json.dumps(prometheus)}",
+        "--set-json",
+        f"networkPolicy.kafkaTo={json.dumps(brokers)}",
+    )
+    policy = console_objects(docs)["NetworkPolicy"]["spec"]
+    agent_policy = agent_objects(docs)["NetworkPolicy"]["spec"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    assert policy["ingress"] == [
+        {"ports": [{"port": "http", "protocol": "TCP"}], "from": ingress_from},
+        {"ports": [{"port": "http", "protocol": "TCP"}], "from": prometheus},  # the agent's scrapers
+    ]
+    assert policy["egress"] == agent_policy["egress"]  # DNS, and the brokers on kafka.ports only
+    assert policy["egress"][1]["to"] == brokers
+    open_policy = console_objects(tools.render(*CONSOLE))["NetworkPolicy"]["spec"]
+    assert open_policy["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}]}]  # any pod, this port only
+    assert "NetworkPolicy" not in console_objects(tools.render(*CONSOLE, "--set", "networkPolicy.enabled=false"))
+
+
+def test_the_console_takes_the_agents_kafka_security(
+    tools: Tools, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SASL_SSL with a CA (production values): the console's DKNN_KAFKA_SECURITY__* variables, read by
+    the settings' own loader, are the agent's kafka_security, and the files they name are mounted."""
+    docs = tools.render(*PRODUCTION, "--set", "console.enabled=true,console.auth.existingSecret=reviewers")
+    console = console_objects(docs)
+    assert "Secret" not in console  # an existing one
+    spec = console["Deployment"]["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    env = {item["name"]: item.get("value", "from-secret") for item in container["env"]}
+    assert unknown_variables(env) == []
+    password = next(item for item in container["env"] if item["name"] == "DKNN_KAFKA_SECURITY__SASL_PLAIN_PASSWORD")
+    assert password["valueFrom"]["secretKeyRef"] == {"name": "dknn-agent-kafka", "key": "password"}
+    for name in [name for name in os.environ if name.startswith("DKNN_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"artifacts": "/bundle", "bootstrap_servers": "k:1"}))
+    security = load_settings(config, strict=True).kafka_security
+    expected = agent_config(without_console(docs))["kafka_security"]
+    assert security.model_dump(include=set(expected), mode="json") == expected
+    assert security.sasl_plain_username == "dknn-agent" and security.sasl_plain_password is not None
+    mounts = {mount["mountPath"] for mount in container["volumeMounts"]}
+    assert str(security.ssl_cafile).startswith("/etc/dknn/kafka-tls/") and "/etc/dknn/kafka-tls" in mounts
+    (init,) = spec["initContainers"]  # the bundle copied from its image, as for the agent
+    assert init["command"][:2] == ["cp", "-R"]
+    args = [arg for arg in container["args"] if arg.startswith("--quarantine-topic=")]
+    assert args == ["--quarantine-topic=mnist-quarantine"]
+
+
+def test_console_credentials_from_an_existing_secret_or_a_token(tools: Tools) -> None:
+    docs = tools.render(
+        *MINIMAL,
+        "--set",
+        "console.enabled=true,console.auth.type=token,console.auth.existingSecret=review-token,console.auth.key=t",
+    )
+    console = console_objects(docs)
+    assert "Secret" not in console
+    spec = console["Deployment"]["spec"]["template"]["spec"]
+    assert "--token-file=/etc/dknn/console-auth/token" in spec["containers"][0]["args"]
+    assert not [arg for arg in spec["containers"][0]["args"] if arg.startswith("--auth-file")]
+    (auth,) = [volume["secret"] for volume in spec["volumes"] if volume["name"] == "auth"]
+    assert auth == {"secretName": "review-token", "defaultMode": 0o440, "items": [{"key": "t", "path": "token"}]}
+    made = console_objects(
+        tools.render(
+            *MINIMAL, "--set", "console.enabled=true,console.auth.type=token,console.auth.token=s3cret-token-0123456789"
+        )
+    )
+    assert base64.b64decode(made["Secret"]["data"]["auth"]).decode() == "s3cret-token-0123456789\n"
+
+
+@pytest.mark.parametrize(
+    ("sets", "complaint"),
+    [
+        ("console.enabled=true", "console.enabled needs credentials"),
+        ("console.enabled=true,console.auth.type=token", "console.auth.type token needs"),
+        ("console.enabled=true,console.auth.existingSecret=a,console.auth.users[0]=a:b", "set one"),
+        ("console.enabled=true,console.auth.token=0123456789abcdef", "basic auth takes console.auth.users"),
+    ],
+)
+def test_a_console_without_credentials_fails_rendering(tools: Tools, sets: str, complaint: str) -> None:
+    proc = tools.template(*MINIMAL, "--set", sets, check=False)
+    assert proc.returncode != 0 and complaint in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["--set", "console.enable=true"], "enable"),
+        (["--set", "console.reviewTopic=reviews"], "reviewTopic"),
+        (["--set", "console.auth.type=oauth"], "/console/auth/type"),
+        (["--set", "console.auth.existingsecret=a"], "existingsecret"),
+        (["--set-json", 'console.auth.users=["no-password"]'], "/console/auth/users/0"),
+        (["--set", "console.networkPolicy.form=x"], "form"),
+        (["--set", "console.database.size=1Gi"], "size"),
+        (["--set", "console.port=80"], "/console/port"),
+        (["--set", "console.auth.type=token,console.auth.token=short"], "/console/auth/token"),  # the console's minimum
+    ],
+)
+def test_the_schema_refuses_console_typos(tools: Tools, args: list[str], complaint: str) -> None:
+    proc = tools.template(*MINIMAL, *args, check=False)
+    assert proc.returncode != 0 and "values don't meet the specifications of the schema" in proc.stderr
+    assert complaint in proc.stderr, proc.stderr
+
+
+def test_the_consoles_scrape_job_is_its_own(tools: Tools) -> None:
+    """Not one DknnAgentDown (job=~"dknn-agent.*") or the dashboards' $job would take for an agent."""
+    rules = yaml.safe_load(RULES.read_text())["groups"]
+    selector = re.search(r'job=~"([^"]+)"', _alerts(rules)["DknnAgentDown"]["expr"])
+    assert selector
+    for release in ("dknn-agent", "fraud"):
+        rendered = tools.helm_run(
+            "template",
+            release,
+            str(CHART),
+            "--kube-version",
+            "1.33.0",
+            *CONSOLE,
+            "--set",
+            "serviceMonitor.enabled=true",
+        ).stdout
+        monitor = console_objects([doc for doc in yaml.safe_load_all(rendered) if doc])["ServiceMonitor"]
+        (relabel,) = monitor["spec"]["endpoints"][0]["relabelings"]
+        assert relabel["replacement"].startswith("dknn-review-console")
+        assert not re.fullmatch(selector.group(1), relabel["replacement"])
+
+
+def test_common_labels_reach_the_console_which_keeps_its_own(tools: Tools) -> None:
+    docs = tools.render(*CONSOLE, "--set", "commonLabels.team=fraud-ml,console.podLabels.tier=review")
+    for doc in console_objects(docs).values():
+        assert doc["metadata"]["labels"]["team"] == "fraud-ml"
+        assert doc["metadata"]["labels"]["app.kubernetes.io/component"] == "review-console"
+    pod = console_objects(docs)["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert pod["team"] == "fraud-ml" and pod["tier"] == "review"

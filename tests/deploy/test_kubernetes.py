@@ -36,6 +36,23 @@ RENDERINGS = {
         "metrics.tls.enabled=true,metrics.tls.existingSecret=agent-tls,serviceMonitor.enabled=true,"
         "serviceMonitor.tlsConfig.ca.configMap=trust-bundle,serviceMonitor.tlsConfig.serverName=agent.example.com",
     ],
+    # The review console beside the agent: users from values (the chart's Secret), its ServiceMonitor
+    # and a NetworkPolicy admitting one namespace; and with production's SASL_SSL, a token Secret.
+    "console": [
+        *MINIMAL,
+        "--set",
+        "console.enabled=true,serviceMonitor.enabled=true",
+        "--set-json",
+        'console.auth.users=["ana:pw"]',
+        "--set-json",
+        'console.networkPolicy.from=[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"ingress"}}}]',
+    ],
+    "console-production": [
+        "-f",
+        str(PRODUCTION_VALUES),
+        "--set",
+        "console.enabled=true,console.auth.type=token,console.auth.existingSecret=review-token",
+    ],
     "insecure-basic-auth": [
         *MINIMAL,
         "--set",

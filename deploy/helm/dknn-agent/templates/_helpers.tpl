@@ -205,3 +205,74 @@ retry_budget_s, the agent's defaults when unset) plus shutdownMarginSeconds.
 {{- $_ := set $config "metrics" $metrics -}}
 {{- toYaml $config -}}
 {{- end -}}
+
+{{/*
+The review console (console.*, `dknn-agent review`): objects <fullname>-console whose pods carry
+app.kubernetes.io/name <name>-console, never the agent's name, so that no selector of the agent's
+(Deployment, Service, PodDisruptionBudget, NetworkPolicy, ServiceMonitor, topology spread; a
+Deployment's selector cannot change on upgrade) ever takes in a console pod.
+*/}}
+{{- define "dknn-agent.console.fullname" -}}
+{{- printf "%s-console" (include "dknn-agent.fullname" . | trunc 55 | trimSuffix "-") -}}
+{{- end -}}
+
+{{- define "dknn-agent.console.selectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-console" (include "dknn-agent.name" . | trunc 55 | trimSuffix "-") }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* The console objects' metadata.labels: commonLabels, then the chart's own (which win). */}}
+{{- define "dknn-agent.console.labels" -}}
+{{- $fixed := include "dknn-agent.console.selectorLabels" . | fromYaml -}}
+{{- $_ := set $fixed "app.kubernetes.io/component" "review-console" -}}
+{{- $_ := set $fixed "app.kubernetes.io/part-of" (include "dknn-agent.name" .) -}}
+{{- $_ := set $fixed "app.kubernetes.io/version" .Chart.AppVersion -}}
+{{- $_ := set $fixed "app.kubernetes.io/managed-by" .Release.Service -}}
+{{- $_ := set $fixed "helm.sh/chart" (printf "%s-%s" .Chart.Name .Chart.Version) -}}
+{{- toYaml (mergeOverwrite (deepCopy (.Values.commonLabels | default dict)) $fixed) -}}
+{{- end -}}
+
+{{/*
+The console's scrape job: the agent's with dknn-agent replaced by dknn-review-console
+(dknn-review-console[-<release>]), so DknnAgentDown (job=~"dknn-agent.*") and the dashboards' $job
+never take the console for an agent; the dashboards' $review_job finds it.
+*/}}
+{{- define "dknn-agent.console.jobName" -}}
+{{- printf "dknn-review-console%s" (include "dknn-agent.jobName" . | trimPrefix "dknn-agent") | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The Secret holding the console's --auth-file or --token-file: an existing one or the chart's. */}}
+{{- define "dknn-agent.console.authSecret" -}}
+{{- default (printf "%s-auth" (include "dknn-agent.console.fullname" .)) .Values.console.auth.existingSecret -}}
+{{- end -}}
+
+{{/* The file the chart's own auth Secret holds: user:password lines (basic) or the token. */}}
+{{- define "dknn-agent.console.authFile" -}}
+{{- if eq .Values.console.auth.type "token" -}}
+{{- printf "%s\n" .Values.console.auth.token -}}
+{{- else -}}
+{{- range .Values.console.auth.users }}{{ . }}{{ "\n" }}{{ end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Fails rendering when the console has no credentials to check (the UI is never open to all). */}}
+{{- define "dknn-agent.console.check" -}}
+{{- $auth := .Values.console.auth -}}
+{{- if and (eq $auth.type "basic") $auth.token -}}
+{{- fail "console.auth.token is for type token; basic auth takes console.auth.users" -}}
+{{- end -}}
+{{- if and (eq $auth.type "token") $auth.users -}}
+{{- fail "console.auth.users is for type basic; token auth takes console.auth.token" -}}
+{{- end -}}
+{{- if not $auth.existingSecret -}}
+{{- if and (eq $auth.type "basic") (not $auth.users) -}}
+{{- fail "console.enabled needs credentials: console.auth.existingSecret (a Secret whose key console.auth.key holds user:password lines), or console.auth.users" -}}
+{{- end -}}
+{{- if and (eq $auth.type "token") (not $auth.token) -}}
+{{- fail "console.auth.type token needs console.auth.existingSecret (a Secret whose key console.auth.key holds the token), or console.auth.token" -}}
+{{- end -}}
+{{- end -}}
+{{- if and $auth.existingSecret (or $auth.users $auth.token) -}}
+{{- fail "console.auth: existingSecret and users/token both give the credentials; set one" -}}
+{{- end -}}
+{{- end -}}
