@@ -7,7 +7,8 @@
 Two dashboards, written next to this file and committed:
 
 - ``dknn-overview.json`` (uid ``dknn-overview``) for on-call: is the agent healthy, is traffic
-  shifted, what is being quarantined or dead-lettered;
+  shifted, what is being quarantined or dead-lettered, and what reviewers make of the quarantine
+  (the review console's metrics, a scrape job of its own chosen by ``$review_job``);
 - ``dknn-detail.json`` (uid ``dknn-detail``): the same signals per instance, topic/partition,
   stage, label and output, for the investigation that follows.
 
@@ -44,7 +45,7 @@ from grafana_foundation_sdk.models import prometheus as pm
 HERE = Path(__file__).resolve().parent
 
 #: Incremented whenever the generated dashboards change in a way that matters to a reader.
-DASHBOARD_VERSION = 2
+DASHBOARD_VERSION = 3
 
 OVERVIEW_UID = "dknn-overview"
 DETAIL_UID = "dknn-detail"
@@ -55,6 +56,9 @@ DS = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
 #: Every panel query is scoped to the selected job and instances.
 SCOPE = 'job="$job", instance=~"$instance"'
 RATE = "$__rate_interval"
+#: The review console (`dknn-agent review`) is one process and a scrape job of its own, not a replica
+#: of the agent: its queries are scoped to the job `$review_job` picks.
+REVIEW_SCOPE = 'job="$review_job"'
 
 #: The agent's alerts (deploy rules name them Dknn*). Alerts about the shift detector get their
 #: own colour; an alert with no job label (a rule that aggregated it away) still shows.
@@ -74,6 +78,11 @@ PanelBuilder = Any  # the SDK's panel builders share no typed base class beyond 
 def sel(metric: str, *matchers: str) -> str:
     """``metric{job="$job", instance=~"$instance", <matchers>}``."""
     return metric + "{" + ", ".join([*matchers, SCOPE]) + "}"
+
+
+def review_sel(metric: str, *matchers: str) -> str:
+    """``metric{job="$review_job", <matchers>}``: a series of the review console."""
+    return metric + "{" + ", ".join([*matchers, REVIEW_SCOPE]) + "}"
 
 
 def rate(metric: str, *matchers: str, window: str = RATE) -> str:
@@ -709,13 +718,109 @@ def readiness(pid: int, *, w: int = 12, h: int = 6) -> PanelBuilder:
     )
 
 
+def reviews_by_verdict(pid: int, *, w: int = 12, h: int = 8) -> PanelBuilder:
+    return ts_panel(
+        pid,
+        "Reviews per verdict",
+        "Reviews recorded per second by the review console, by verdict: model_right (the quarantine was a "
+        "false alarm), model_wrong (it caught a mistake), out_of_scope (an input the model was never meant "
+        "to judge). dknn_reviews_total of the job $review_job.",
+        [(f"sum by (verdict) (rate({review_sel('dknn_reviews_total')}[{RATE}]))", "{{verdict}}")],
+        axis_label="reviews / s",
+        stack=cm.StackingMode.NORMAL,
+        bars=True,
+        decorate=fixed_colors({"model_right": ORANGE, "model_wrong": GREEN, "out_of_scope": PURPLE}),
+        w=w,
+        h=h,
+    )
+
+
+def review_coverage(pid: int, *, w: int = 4, h: int = 8) -> PanelBuilder:
+    return stat_panel(
+        pid,
+        "Review coverage",
+        "Share of the quarantined events the console holds that someone has reviewed "
+        "(dknn_review_coverage_ratio). Low: reviewers are behind, and extend has little to learn from.",
+        [(f"max({review_sel('dknn_review_coverage_ratio')})", "reviewed")],
+        unit="percentunit",
+        steps=((None, RED), (0.2, ORANGE), (0.5, GREEN)),
+        decimals=1,
+        w=w,
+        h=h,
+    )
+
+
+def quarantine_precision(pid: int, *, w: int = 4, h: int = 8) -> PanelBuilder:
+    return stat_panel(
+        pid,
+        "Quarantine precision",
+        "Of the reviewed quarantined events, the share reviewers judged real problems rather than false alarms "
+        "(dknn_quarantine_precision_ratio). Low: the threshold quarantines mostly inputs the model got right.",
+        [(f"max({review_sel('dknn_quarantine_precision_ratio')})", "precision")],
+        unit="percentunit",
+        steps=((None, RED), (0.3, ORANGE), (0.6, GREEN)),
+        decimals=1,
+        w=w,
+        h=h,
+    )
+
+
+def console_events(pid: int, *, w: int = 4, h: int = 8) -> PanelBuilder:
+    return stat_panel(
+        pid,
+        "Quarantined events in the console",
+        "Quarantined events the review console holds, reviewed or not (dknn_review_console_events).",
+        [(f"max({review_sel('dknn_review_console_events')})", "events")],
+        steps=((None, BLUE),),
+        decimals=0,
+        w=w,
+        h=h,
+    )
+
+
+def review_latency(pid: int, *, w: int = 12, h: int = 8) -> PanelBuilder:
+    return ts_panel(
+        pid,
+        "Review latency",
+        "Time from an event's quarantine to its review, p50 and p95 of the reviews recorded in each interval "
+        "(dknn_review_latency_seconds).",
+        [
+            (
+                f"histogram_quantile({q}, sum by (le) (rate({review_sel('dknn_review_latency_seconds_bucket')}[{RATE}])))",
+                f"p{round(q * 100)}",
+            )
+            for q in (0.5, 0.95)
+        ],
+        unit="s",
+        w=w,
+        h=h,
+    )
+
+
+def review_ratios(pid: int, *, w: int = 12, h: int = 8) -> PanelBuilder:
+    return ts_panel(
+        pid,
+        "Review coverage and quarantine precision over time",
+        "The two ratios of the stat panels above, over the dashboard's time range.",
+        [
+            (f"max({review_sel('dknn_review_coverage_ratio')})", "coverage"),
+            (f"max({review_sel('dknn_quarantine_precision_ratio')})", "precision"),
+        ],
+        unit="percentunit",
+        max_=1,
+        w=w,
+        h=h,
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Dashboards
 # ---------------------------------------------------------------------------------------------
 
 
-def variables() -> list[Any]:
-    return [
+def variables(*, review: bool = False) -> list[Any]:
+    """The data source, the agent's job and its instances; with `review`, also the review console's job."""
+    chosen = [
         db.DatasourceVariable("datasource").label("Data source").type("prometheus"),
         db.QueryVariable("job")
         .label("Job")
@@ -736,6 +841,17 @@ def variables() -> list[Any]:
         .all_value(".+")
         .current(dm.VariableOption(text="All", value="$__all", selected=True)),
     ]
+    if review:
+        chosen.append(
+            db.QueryVariable("review_job")
+            .label("Review console")
+            .description("The review console (dknn-agent review): a scrape job of its own.")
+            .datasource(DS)
+            .query("label_values(dknn_review_console_events, job)")
+            .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(dm.VariableSort.ALPHABETICAL_ASC)
+        )
+    return chosen
 
 
 def alert_annotations() -> list[Any]:
@@ -770,7 +886,7 @@ def links(other_title: str) -> list[Any]:
     ]
 
 
-def base(uid: str, title: str, description: str, other: str) -> Any:
+def base(uid: str, title: str, description: str, other: str, *, review: bool = False) -> Any:
     d = (
         db.Dashboard(title)
         .uid(uid)
@@ -784,7 +900,7 @@ def base(uid: str, title: str, description: str, other: str) -> Any:
         .timezone("browser")
         .links(links(other))
     )
-    for v in variables():
+    for v in variables(review=review):
         d = d.with_variable(v)
     for a in alert_annotations():
         d = d.annotation(a)
@@ -802,6 +918,7 @@ def overview() -> Any:
         "On-call view of the DkNN monitoring agent: health, traffic, shift, quarantine. Generated by "
         "dashboards/grafana/generate.py: edit the generator, not this JSON.",
         "dknn-agent / Detail",
+        review=True,
     )
     ready_up = (
         f"(count({sel('up')} == 0) or vector(0)) + (count({sel('dknn_ready')} == 0) or vector(0))",
@@ -917,6 +1034,13 @@ def overview() -> Any:
         .with_panel(served_mismatch_share(54))
         .with_panel(outputs_refused(52, w=12, h=8))
         .with_panel(readiness(53, w=12, h=8))
+        .with_row(row(60, "Review"))
+        .with_panel(review_coverage(61))
+        .with_panel(quarantine_precision(62))
+        .with_panel(console_events(63))
+        .with_panel(reviews_by_verdict(64))
+        .with_panel(review_latency(65))
+        .with_panel(review_ratios(66))
     )
     return d
 

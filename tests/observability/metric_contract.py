@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.engine.manifest import IndexSpec, InputSpec, LayerSpec, Manifest, ModelSpec, SplitSpec
 from agent.runtime.routing import OUTPUTS, Verdict
 from agent.runtime.telemetry import DEAD_LETTER_REASONS, SKIP_REASONS, STAGES, WINDOWS, Telemetry
+from agent.runtime.wire.review import REVIEW_VERDICTS
 
 
 def _exported() -> dict[str, tuple[str, set[str]]]:
@@ -64,7 +65,20 @@ LABEL_VALUES = {
 METRIC_LABEL_VALUES = {
     ("dknn_events_dead_lettered_total", "reason"): set(DEAD_LETTER_REASONS),
     ("dknn_events_skipped_total", "reason"): set(SKIP_REASONS),
+    ("dknn_reviews_total", "verdict"): set(REVIEW_VERDICTS),  # a review's verdict, not the agent's
 }
+
+# The review console's metrics (`dknn-agent review`, issue #24): its own process and scrape job, so
+# a contract of its own, which the dashboards' Review row reads (scoped to $review_job) and the rules
+# never do. Kept here by name until the console's telemetry can be exported like the agent's above.
+REVIEW_COUNTERS: dict[str, set[str]] = {"dknn_reviews_total": {"verdict"}}
+REVIEW_GAUGES: dict[str, set[str]] = {
+    "dknn_review_coverage_ratio": set(),
+    "dknn_quarantine_precision_ratio": set(),
+    "dknn_review_console_events": set(),
+}
+REVIEW_HISTOGRAMS: dict[str, set[str]] = {"dknn_review_latency_seconds": set()}
+REVIEW_METRICS = set(REVIEW_COUNTERS) | set(REVIEW_GAUGES) | set(REVIEW_HISTOGRAMS)
 
 
 def label_values(metric: str, label: str) -> set[str] | None:

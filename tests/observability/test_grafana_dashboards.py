@@ -6,7 +6,8 @@
   unknown field or a wrong type fail, each at the path that was broken;
 - every PromQL expression reads only raw metrics of the agent's contract (docs/design.md §6 plus
   the drift and readiness gauges), no recording rules, with labels those metrics have; every query
-  goes through the $datasource variable and is scoped to $job and $instance;
+  goes through the $datasource variable and is scoped to $job and $instance (the review console's
+  metrics, a scrape job of their own, to $review_job);
 - promtool parses every query, and a real Prometheus that scrapes two replicas exporting the contract
   (fakes, with traffic flowing) answers every panel query with finite data carrying the legend's labels;
 - the panels on-call needs are there, with stable uids and panel ids.
@@ -39,7 +40,18 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
-from tests.observability.metric_contract import ALERT_NAMES, COUNTERS, GAUGES, HISTOGRAMS, LABEL_VALUES, label_values
+from tests.observability.metric_contract import (
+    ALERT_NAMES,
+    COUNTERS,
+    GAUGES,
+    HISTOGRAMS,
+    LABEL_VALUES,
+    REVIEW_COUNTERS,
+    REVIEW_GAUGES,
+    REVIEW_HISTOGRAMS,
+    REVIEW_METRICS,
+    label_values,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "dashboards" / "grafana"
@@ -54,14 +66,16 @@ PROMETHEUS_HINT = (
 
 TARGET_LABELS = {"job", "instance"}
 SCOPE = 'job="$job", instance=~"$instance"'
+REVIEW_JOB = "dknn-review-console"  # the review console's scrape job (the chart's, for release dknn-agent)
 # Series Prometheus itself writes (not recording rules): scrape health and alert state.
 PROMETHEUS_SERIES: dict[str, set[str] | None] = {"up": set(), "ALERTS": None}  # None: any label
 
 
 def contract_series() -> dict[str, set[str]]:
     """Queryable series name -> its labels (job, instance and, for buckets, le included)."""
-    series = {name: labels | TARGET_LABELS for name, labels in {**COUNTERS, **GAUGES}.items()}
-    for name, labels in HISTOGRAMS.items():
+    plain = {**COUNTERS, **GAUGES, **REVIEW_COUNTERS, **REVIEW_GAUGES}
+    series = {name: labels | TARGET_LABELS for name, labels in plain.items()}
+    for name, labels in {**HISTOGRAMS, **REVIEW_HISTOGRAMS}.items():
         series[f"{name}_bucket"] = labels | TARGET_LABELS | {"le"}
         series[f"{name}_sum"] = labels | TARGET_LABELS
         series[f"{name}_count"] = labels | TARGET_LABELS
@@ -322,7 +336,7 @@ def test_queries_use_only_contract_metrics(dashboards: dict[str, dict[str, Any]]
 def test_every_contract_metric_is_on_a_dashboard(dashboards: dict[str, dict[str, Any]]) -> None:
     used = {name for d in dashboards.values() for _, expr, _ in queries(d) for name in metric_names(expr)}
     families = {re.sub(r"_(bucket|sum|count)$", "", name) for name in used} | used
-    missing = sorted((set(COUNTERS) | set(GAUGES) | set(HISTOGRAMS)) - families)
+    missing = sorted((set(COUNTERS) | set(GAUGES) | set(HISTOGRAMS) | REVIEW_METRICS) - families)
     assert not missing, f"contract metrics on no dashboard: {missing}"
 
 
@@ -377,7 +391,7 @@ def test_every_query_goes_through_the_datasource_variable(dashboards: dict[str, 
             problems.append(f"{uid}: $datasource is not a Prometheus data source variable")
         carriers = [(f"panel {p['id']}", p) for p in panels(dashboard) if p.get("type") != "row"]
         carriers += [(f"annotation {a['name']!r}", a) for a in dashboard["annotations"]["list"]]
-        carriers += [(f"variable {n}", variables[n]) for n in ("job", "instance")]
+        carriers += [(f"variable {n}", variables[n]) for n in ("job", "instance", "review_job") if n in variables]
         for where, carrier in carriers:
             if carrier.get("datasource") != expected:
                 problems.append(f"{uid} {where}: datasource {carrier.get('datasource')} is not {expected}")
@@ -397,6 +411,11 @@ def test_every_agent_selector_is_scoped_to_job_and_instance(dashboards: dict[str
                 if metric == "ALERTS":
                     if matchers.get("job") != ("=~", "$job|"):
                         problems.append(f"{uid} {where}: ALERTS not scoped to $job")
+                elif re.sub(r"_(bucket|sum|count)$", "", metric) in REVIEW_METRICS:
+                    if matchers.get("job") != ("=", "$review_job"):
+                        problems.append(
+                            f'{uid} {where}: {metric} (the review console\'s) not scoped by job="$review_job"'
+                        )
                 elif matchers.get("job") != ("=", "$job") or matchers.get("instance") != ("=~", "$instance"):
                     problems.append(f'{uid} {where}: {metric} not scoped by job="$job", instance=~"$instance"')
     assert not problems, "\n".join(problems)
@@ -433,9 +452,12 @@ def test_panels_do_not_overlap(dashboards: dict[str, dict[str, Any]]) -> None:
 
 
 def test_job_and_instance_variables(dashboards: dict[str, dict[str, Any]]) -> None:
-    for dashboard in dashboards.values():
+    for uid, dashboard in dashboards.items():
         variables = {v["name"]: v for v in dashboard["templating"]["list"]}
-        assert list(variables) == ["datasource", "job", "instance"]
+        review = ["review_job"] if uid == "dknn-overview" else []  # the Review row is the overview's
+        assert list(variables) == ["datasource", "job", "instance", *review]
+        if review:
+            assert variables["review_job"]["query"] == "label_values(dknn_review_console_events, job)"
         assert variables["job"]["query"] == "label_values(dknn_build_info, job)"
         assert variables["instance"]["query"] == 'label_values(dknn_build_info{job="$job"}, instance)'
         assert variables["instance"]["multi"] and variables["instance"]["includeAll"]
@@ -487,6 +509,10 @@ def _exprs(dashboard: dict[str, Any], kind: str | None = None) -> list[str]:
         ),
         ("readiness", "state-timeline", r"dknn_ready"),
         ("shift at a glance", "stat", r"max\(dknn_drift_shifted"),
+        ("reviews per verdict", "timeseries", r"sum by \(verdict\) \(rate\(dknn_reviews_total"),
+        ("review coverage", "stat", r"max\(dknn_review_coverage_ratio"),
+        ("quarantine precision", "stat", r"max\(dknn_quarantine_precision_ratio"),
+        ("review latency p95", "timeseries", r"histogram_quantile\(0\.95, sum by \(le\) \(rate\(dknn_review_latency"),
     ],
 )
 def test_overview_has_the_on_call_panels(
@@ -557,6 +583,10 @@ CHECK_MISTAKES: dict[str, tuple[Callable[[dict[str, Any]], None], Callable[[dict
         ),
         test_every_query_goes_through_the_datasource_variable,
     ),
+    "review metric scoped to the agent's job": (
+        lambda d: _set_expr(d, 'dknn_reviews_total{job="$review_job"}', f"dknn_reviews_total{{{SCOPE}}}"),
+        test_every_agent_selector_is_scoped_to_job_and_instance,
+    ),
     "unscoped selector": (
         lambda d: _set_expr(d, ', instance=~"$instance"}', "}"),
         test_every_agent_selector_is_scoped_to_job_and_instance,
@@ -579,7 +609,7 @@ def test_promql_checks_catch_mistakes(name: str, dashboards: dict[str, dict[str,
 # ---------------------------------------------------------------------------------------------
 
 # What Grafana would substitute; $__rate_interval is short because the test scrapes every second.
-VARIABLES = {"job": "dknn-agent", "instance": ".+", "__rate_interval": "20s"}
+VARIABLES = {"job": "dknn-agent", "instance": ".+", "review_job": REVIEW_JOB, "__rate_interval": "20s"}
 
 
 def concrete(expr: str) -> str:
@@ -710,6 +740,53 @@ class FakeReplica:
         self.thread.join(5)
 
 
+class FakeConsole:
+    """The review console's /metrics (`dknn-agent review`), with reviews coming in."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        reg = CollectorRegistry()
+        self.reviews = Counter("reviews", "reviews", ["verdict"], namespace="dknn", registry=reg)
+        self.coverage = Gauge("review_coverage_ratio", "coverage", namespace="dknn", registry=reg)
+        self.precision = Gauge("quarantine_precision_ratio", "precision", namespace="dknn", registry=reg)
+        self.events = Gauge("review_console_events", "events", namespace="dknn", registry=reg)
+        self.latency = Histogram(
+            "review_latency_seconds",
+            "latency",
+            namespace="dknn",
+            registry=reg,
+            buckets=(60, 300, 900, 3600, 4 * 3600, 24 * 3600, 7 * 24 * 3600),
+        )
+        verdicts = label_values("dknn_reviews_total", "verdict")
+        assert verdicts
+        self.verdicts = sorted(verdicts)
+        for verdict in self.verdicts:
+            self.reviews.labels(verdict)
+        self.server, _ = start_http_server(0, addr="127.0.0.1", registry=reg)
+        self.port = self.server.server_port
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._traffic, daemon=True)
+        self.thread.start()
+
+    def tick(self) -> None:
+        rng = self.rng
+        for _ in range(5):
+            self.reviews.labels(rng.choice(self.verdicts)).inc()
+            self.latency.observe(rng.uniform(30, 48 * 3600))
+        self.coverage.set(rng.uniform(0.2, 0.8))
+        self.precision.set(rng.uniform(0.4, 0.9))
+        self.events.set(rng.randrange(100, 1000))
+
+    def _traffic(self) -> None:
+        while not self.stopped.wait(0.2):
+            self.tick()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.server.shutdown()
+        self.thread.join(5)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -718,16 +795,19 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Any]]:
-    """A real Prometheus scraping two fake replicas of job dknn-agent every second."""
+    """A real Prometheus scraping two fake replicas of job dknn-agent and a fake review console (a job of
+    its own) every second."""
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.fail(f"prometheus not found: {PROMETHEUS_HINT}")
     workdir = tmp_path_factory.mktemp("prometheus")
     replicas = [FakeReplica(seed) for seed in range(2)]
+    console = FakeConsole(7)
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "scrape_configs": [
-            {"job_name": "dknn-agent", "static_configs": [{"targets": [f"127.0.0.1:{r.port}" for r in replicas]}]}
+            {"job_name": "dknn-agent", "static_configs": [{"targets": [f"127.0.0.1:{r.port}" for r in replicas]}]},
+            {"job_name": REVIEW_JOB, "static_configs": [{"targets": [f"127.0.0.1:{console.port}"]}]},
         ],
     }
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
@@ -777,6 +857,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..
         log.close()
         for r in replicas:
             r.stop()
+        console.stop()
 
 
 RATE_WINDOW = VARIABLES["__rate_interval"]
@@ -811,3 +892,5 @@ def test_template_variables_find_the_job_and_its_replicas(
     assert prometheus("label/job/values", **{"match[]": job_match}) == ["dknn-agent"]
     instances = prometheus("label/instance/values", **{"match[]": concrete(selectors_["variable instance"])})
     assert len(instances) == 2 and variables["instance"]["allValue"] == ".+"
+    review = prometheus("label/job/values", **{"match[]": selectors_["variable review_job"]})
+    assert review == [REVIEW_JOB]
