@@ -412,3 +412,60 @@ def ensure_topics(
         raise _wrap(exc, f"creating topics {names}") from exc
     finally:
         admin.close()
+
+
+def end_offsets(
+    bootstrap_servers: str | list[str], topics: Iterable[str], *, security: KafkaSecurity | None = None
+) -> dict[TopicPartition, int]:
+    """The end offset (next offset to be written) of every partition of `topics` now, read without a
+    consumer group: what a reader that must catch up first (the review console's readiness) waits for."""
+    what = f"cannot read the end offsets of {list(topics)} at {bootstrap_servers}"
+    try:
+        consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap_servers,
+            group_id=None,
+            client_id="dknn-agent-reader",
+            enable_auto_commit=False,
+            allow_auto_create_topics=False,
+            **(security or KafkaSecurity()).client_config(),
+        )
+    except kafka_errors.KafkaError as exc:
+        raise _wrap(exc, what) from exc
+    try:
+        partitions = []
+        for topic in topics:
+            ids = consumer.partitions_for_topic(topic)
+            if not ids:
+                raise ConnectorError(f"topic {topic!r} does not exist (or is not visible) at {bootstrap_servers}")
+            partitions += [KafkaTopicPartition(topic, partition) for partition in sorted(ids)]
+        return {(tp.topic, tp.partition): int(end) for tp, end in consumer.end_offsets(partitions).items()}
+    except kafka_errors.KafkaError as exc:
+        raise _wrap(exc, what) from exc
+    finally:
+        consumer.close(autocommit=False)
+
+
+def forget_group(bootstrap_servers: str | list[str], group_id: str, *, security: KafkaSecurity | None = None) -> None:
+    """Deletes a consumer group's committed offsets (the whole group; one that does not exist is fine),
+    so its next member starts where `auto_offset_reset` says. For a reader whose own state is gone
+    (the review console with a new database): the offsets described a state that no longer exists.
+    A group with live members is refused by the broker: a ConnectorError says so."""
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap_servers,
+            client_id="dknn-agent-admin",
+            **(security or KafkaSecurity()).client_config(),
+        )
+    except kafka_errors.KafkaError as exc:
+        raise _wrap(exc, f"cannot reach {bootstrap_servers} to reset group {group_id!r}") from exc
+    try:
+        outcome = dict(admin.delete_groups([group_id])).get(group_id, "OK")
+    except kafka_errors.KafkaError as exc:
+        raise _wrap(exc, f"resetting consumer group {group_id!r}") from exc
+    finally:
+        admin.close()
+    if outcome in ("OK", "GroupIdNotFoundError"):
+        return
+    if outcome == "NonEmptyGroupError":
+        raise ConnectorError(f"consumer group {group_id!r} has live members: is another console running with it?")
+    raise ConnectorError(f"cannot reset consumer group {group_id!r}: {outcome}")

@@ -44,6 +44,7 @@ examples:
   dknn-agent info bundle/
   dknn-agent score --artifacts bundle/ --input x.npy --output scores.jsonl
   dknn-agent extend --artifacts bundle/ --reviews reviews.jsonl --calibration calibration.npz --clean test.npz --out bundle-2/
+  dknn-agent review --artifacts bundle/ --bootstrap-servers localhost:9092 --quarantine-topic inference-quarantine --reviews-topic inference-reviews
 """
 
 
@@ -95,9 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("dknn-agent: interrupted", file=sys.stderr)
         return 130
     except Terminated:
-        # Stopping the agent before it started is a clean stop (a rollout, a scale-down); any other
-        # command was cut short and says so with the conventional 128 + SIGTERM.
-        stopping_agent = bool(arguments) and arguments[0] == "run"
+        # Stopping the agent or the review console before it started is a clean stop (a rollout, a
+        # scale-down); any other command was cut short and says so with the conventional 128 + SIGTERM.
+        stopping_agent = bool(arguments) and arguments[0] in ("run", "review")
         print("dknn-agent: stopped by SIGTERM" + (" during start-up" if stopping_agent else ""), file=sys.stderr)
         return 0 if stopping_agent else 128 + signal.SIGTERM
 
@@ -115,10 +116,20 @@ def product_commands() -> list[type[Command]]:
     from agent.cli.fit import FitCommand
     from agent.cli.info import InfoCommand
     from agent.cli.layers import LayersCommand
+    from agent.cli.review import ReviewCommand
     from agent.cli.run import RunCommand
     from agent.cli.score import ScoreCommand
 
-    return [RunCommand, LayersCommand, FitCommand, ScoreCommand, InfoCommand, EvaluateCommand, ExtendCommand]
+    return [
+        RunCommand,
+        LayersCommand,
+        FitCommand,
+        ScoreCommand,
+        InfoCommand,
+        EvaluateCommand,
+        ExtendCommand,
+        ReviewCommand,
+    ]
 
 
 def plugin_commands() -> list[Registrable]:

@@ -151,6 +151,13 @@ def review_inputs(review: Review, manifest: Manifest) -> tuple[np.ndarray, ...]:
     claimed = event_id_of(event)
     if claimed is not None and claimed != review.event_id:
         raise ReviewError("schema", f"event_id {review.event_id!r} is not the event's own id {claimed[:128]!r}")
+    return event_inputs(event, manifest)
+
+
+def event_inputs(event: dict[str, Any], manifest: Manifest) -> tuple[np.ndarray, ...]:
+    """The input arrays of an event as a quarantine record quotes it (a v1 event, or one input of a
+    batch request), one per bundle input, decoded and checked by the agent's own decoders: what
+    `extend` adds and what the review console shows. ReviewError: no input, or one that does not fit."""
     try:
         if "schema" in event or "event_id" in event:  # a v1 event, as it arrived
             if "input" not in event and "inputs" not in event:

@@ -31,6 +31,7 @@ from agent.engine.manifest import Manifest
 from agent.errors import EVENT_ERROR_REASONS
 from agent.runtime.routing import OUTPUTS, UNDELIVERABLE, Output, Verdict
 from agent.runtime.served import Comparisons
+from agent.runtime.wire.review import REVIEW_VERDICTS
 
 NAMESPACE = "dknn"
 STAGES = ("poll", "decode", "activations", "knn", "score", "encode", "produce", "commit")
@@ -376,4 +377,74 @@ class Telemetry:
 
     def exposition(self) -> tuple[bytes, str]:
         """The metrics page and its content type, for the HTTP endpoint."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+REVIEW_LATENCY_BUCKETS = (60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 12 * 3600.0, 86400.0, 3 * 86400.0, 7 * 86400.0)
+CONSOLE_SKIP_TOPICS = ("quarantine", "reviews")
+
+
+class ReviewTelemetry:
+    """The review console's metrics (`dknn-agent review`, docs/design.md §5.5 and §6), on a registry of
+    its own: the console is another process with another /metrics, and none of the agent's series
+    belong on it. The console calls `reviewed`, `skipped` and `state` after each batch it stored."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        reg, ns = self.registry, NAMESPACE
+        self.reviews = Counter(
+            "reviews", "Reviews read from the reviews topic, by verdict.", ["verdict"], namespace=ns, registry=reg
+        )
+        self.coverage = Gauge(
+            "review_coverage_ratio",
+            "Quarantined events in the console's store that have a review, over all it holds.",
+            namespace=ns,
+            registry=reg,
+        )
+        self.latency = Histogram(
+            "review_latency_seconds",
+            "Quarantine record timestamp to the review's reviewed_at, per review of a held event.",
+            namespace=ns,
+            registry=reg,
+            buckets=REVIEW_LATENCY_BUCKETS,
+        )
+        self.precision = Gauge(
+            "quarantine_precision_ratio",
+            "Of the reviewed quarantined events, the share reviewed model_wrong or out_of_scope (real problems); "
+            "0 before any review.",
+            namespace=ns,
+            registry=reg,
+        )
+        self.events = Gauge(
+            "review_console_events", "Quarantined events the console's store holds.", namespace=ns, registry=reg
+        )
+        self.records_skipped = Counter(
+            "review_console_records_skipped",
+            "Records the console could not use and skipped, by topic (quarantine, reviews) and reason.",
+            ["topic", "reason"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.build_info = Info("build", "dknn-agent build.", namespace=ns, registry=reg)
+        self.build_info.info({"version": __version__, "python": platform.python_version()})
+        for verdict in REVIEW_VERDICTS:
+            self.reviews.labels(verdict=verdict)
+
+    def reviewed(self, verdict: str, latency_s: float | None) -> None:
+        """One review read off the topic; `latency_s` where its event is held (negative clamped to 0)."""
+        if verdict in REVIEW_VERDICTS:
+            self.reviews.labels(verdict=verdict).inc()
+        if latency_s is not None:
+            self.latency.observe(max(0.0, latency_s))
+
+    def skipped(self, topic: str, reason: str) -> None:
+        """`reason` must come from a bounded set (ReviewError's reasons, the console's own)."""
+        self.records_skipped.labels(topic=topic if topic in CONSOLE_SKIP_TOPICS else "other", reason=reason).inc()
+
+    def state(self, events: int, reviewed: int, problems: int) -> None:
+        self.events.set(events)
+        self.coverage.set(reviewed / events if events else 0.0)
+        self.precision.set(problems / reviewed if reviewed else 0.0)
+
+    def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
