@@ -185,7 +185,8 @@ examples: setup
 	  --ood photos=$(EXAMPLES)/resnet/ood/photos.npy --out docs/results/examples/resnet --quiet
 	$(BIN)/python examples/text/train.py --out $(EXAMPLES)/text
 	$(BIN)/dknn-agent fit --model $(EXAMPLES)/text/model.pt2 --output logits --train $(EXAMPLES)/text/train.npz \
-	  --calibration $(EXAMPLES)/text/calibration.npz --out $(EXAMPLES)/text/bundle --model-name text --force --quiet
+	  --calibration $(EXAMPLES)/text/calibration.npz --vocabulary $(EXAMPLES)/text/vocabulary.txt \
+	  --out $(EXAMPLES)/text/bundle --model-name text --force --quiet
 	$(BIN)/dknn-agent evaluate --artifacts $(EXAMPLES)/text/bundle --clean $(EXAMPLES)/text/test.npz \
 	  --ood random-tokens=$(EXAMPLES)/text/ood/random-tokens.npz \
 	  --ood unseen-language=$(EXAMPLES)/text/ood/unseen-language.npz --out docs/results/examples/text --quiet

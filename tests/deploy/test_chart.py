@@ -18,6 +18,8 @@ from types import ModuleType
 import pytest
 import yaml
 
+from agent.cli import parse_command
+from agent.cli.review import ReviewCommand, settings_from
 from agent.runtime.settings import AgentSettings, MetricsSettings, load_settings, unknown_variables
 from tests.deploy.conftest import CHART, MINIMAL, PLATFORM_VALUES, PRODUCTION_VALUES, ROOT, Tools, by_kind, one
 
@@ -856,6 +858,7 @@ def test_the_console_takes_the_agents_kafka_security(
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"artifacts": "/bundle", "bootstrap_servers": "k:1"}))
     security = load_settings(config, strict=True).kafka_security
+    assert settings_from({}).kafka_security == security  # what `dknn-agent review` reads: the same
     expected = agent_config(without_console(docs))["kafka_security"]
     assert security.model_dump(include=set(expected), mode="json") == expected
     assert security.sasl_plain_username == "dknn-agent" and security.sasl_plain_password is not None
@@ -865,6 +868,23 @@ def test_the_console_takes_the_agents_kafka_security(
     assert init["command"][:2] == ["cp", "-R"]
     args = [arg for arg in container["args"] if arg.startswith("--quarantine-topic=")]
     assert args == ["--quarantine-topic=mnist-quarantine"]
+
+
+@pytest.mark.parametrize(
+    "auth", ["console.auth.users[0]=ana:pw", "console.auth.type=token,console.auth.existingSecret=t"]
+)
+def test_the_review_command_accepts_the_arguments_the_chart_gives_it(tools: Tools, auth: str) -> None:
+    """The container's command line through the CLI's own parser and options model."""
+    docs = tools.render(*MINIMAL, "--set", f"console.enabled=true,{auth}")
+    (container,) = console_objects(docs)["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert container["command"][0] == "dknn-agent"
+    command = parse_command([*container["command"][1:], *container["args"]])
+    assert isinstance(command, ReviewCommand)
+    assert (command.host, command.port, command.insecure_no_auth) == ("0.0.0.0", 8080, False)
+    assert command.artifacts == Path("/bundle") and command.database == Path("/var/lib/dknn-review/reviews.sqlite")
+    given = command.token_file if "token" in auth else command.auth_file
+    assert given is not None and given.parent == Path("/etc/dknn/console-auth")
+    assert (command.auth_file is None) == ("token" in auth) and (command.token_file is None) != ("token" in auth)
 
 
 def test_console_credentials_from_an_existing_secret_or_a_token(tools: Tools) -> None:
