@@ -813,6 +813,27 @@ def review_ratios(pid: int, *, w: int = 12, h: int = 8) -> PanelBuilder:
     )
 
 
+def console_records_skipped(pid: int, *, w: int = 24, h: int = 7) -> PanelBuilder:
+    return ts_panel(
+        pid,
+        "Records the console skipped",
+        "Quarantine and review records the console could not use (not JSON, not the expected shape, another "
+        "model's), per interval, by topic and reason (dknn_review_console_records_skipped_total). They are "
+        "left out of the console, never a crash; steady counts mean a producer writes something else there.",
+        [
+            (
+                f"sum by (topic, reason) (increase({review_sel('dknn_review_console_records_skipped_total')}[{RATE}]))",
+                "{{topic}} {{reason}}",
+            )
+        ],
+        axis_label="per interval",
+        bars=True,
+        legend_calcs=("sum", "max"),
+        w=w,
+        h=h,
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Dashboards
 # ---------------------------------------------------------------------------------------------
@@ -1041,6 +1062,7 @@ def overview() -> Any:
         .with_panel(reviews_by_verdict(64))
         .with_panel(review_latency(65))
         .with_panel(review_ratios(66))
+        .with_panel(console_records_skipped(67))
     )
     return d
 

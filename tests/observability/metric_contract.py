@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.engine.manifest import IndexSpec, InputSpec, LayerSpec, Manifest, ModelSpec, SplitSpec
 from agent.runtime.routing import OUTPUTS, Verdict
-from agent.runtime.telemetry import DEAD_LETTER_REASONS, SKIP_REASONS, STAGES, WINDOWS, Telemetry
+from agent.runtime.telemetry import DEAD_LETTER_REASONS, SKIP_REASONS, STAGES, WINDOWS, ReviewTelemetry, Telemetry
 from agent.runtime.wire.review import REVIEW_VERDICTS
 
 
@@ -34,6 +34,21 @@ def _exported() -> dict[str, tuple[str, set[str]]]:
     )
     telemetry.set_lag("inference-events", 0, 1)
     text, _ = telemetry.exposition()
+    return _families(text)
+
+
+def _exported_by_the_console() -> dict[str, tuple[str, set[str]]]:
+    """The review console's families (`dknn-agent review`, its own process and /metrics), each with a series."""
+    telemetry = ReviewTelemetry()
+    telemetry.reviewed("model_wrong", 60.0)
+    telemetry.skipped("quarantine", "bad_json")
+    telemetry.state(events=4, reviewed=2, problems=1)
+    text, _ = telemetry.exposition()
+    return _families(text)
+
+
+def _families(text: bytes) -> dict[str, tuple[str, set[str]]]:
+    """Family name as queried (counters with _total, infos with _info) -> (type, labels but le)."""
     families: dict[str, tuple[str, set[str]]] = {}
     for family in text_string_to_metric_families(text.decode()):
         if family.name.endswith("_created"):  # client_python's creation timestamps, not metrics to query
@@ -68,17 +83,14 @@ METRIC_LABEL_VALUES = {
     ("dknn_reviews_total", "verdict"): set(REVIEW_VERDICTS),  # a review's verdict, not the agent's
 }
 
-# The review console's metrics (`dknn-agent review`, issue #24): its own process and scrape job, so
-# a contract of its own, which the dashboards' Review row reads (scoped to $review_job) and the rules
-# never do. Kept here by name until the console's telemetry can be exported like the agent's above.
-REVIEW_COUNTERS: dict[str, set[str]] = {"dknn_reviews_total": {"verdict"}}
-REVIEW_GAUGES: dict[str, set[str]] = {
-    "dknn_review_coverage_ratio": set(),
-    "dknn_quarantine_precision_ratio": set(),
-    "dknn_review_console_events": set(),
-}
-REVIEW_HISTOGRAMS: dict[str, set[str]] = {"dknn_review_latency_seconds": set()}
-REVIEW_METRICS = set(REVIEW_COUNTERS) | set(REVIEW_GAUGES) | set(REVIEW_HISTOGRAMS)
+# The review console's metrics (`dknn-agent review`, issue #24): its own process and scrape job, so a
+# contract of its own, read from its telemetry like the agent's, which the dashboards' Review row reads
+# (scoped to $review_job) and the rules never do. A family both export (dknn_build_info) is the agent's.
+_CONSOLE = {name: family for name, family in _exported_by_the_console().items() if name not in _FAMILIES}
+REVIEW_COUNTERS = {name: labels for name, (kind, labels) in _CONSOLE.items() if kind == "counter"}
+REVIEW_GAUGES = {name: labels for name, (kind, labels) in _CONSOLE.items() if kind in ("gauge", "info")}
+REVIEW_HISTOGRAMS = {name: labels for name, (kind, labels) in _CONSOLE.items() if kind == "histogram"}
+REVIEW_METRICS = set(_CONSOLE)
 
 
 def label_values(metric: str, label: str) -> set[str] | None:

@@ -750,6 +750,10 @@ class FakeConsole:
         self.coverage = Gauge("review_coverage_ratio", "coverage", namespace="dknn", registry=reg)
         self.precision = Gauge("quarantine_precision_ratio", "precision", namespace="dknn", registry=reg)
         self.events = Gauge("review_console_events", "events", namespace="dknn", registry=reg)
+        skipped = Counter(
+            "review_console_records_skipped", "skipped", ["topic", "reason"], namespace="dknn", registry=reg
+        )
+        skipped.labels("quarantine", "bad_json")  # a series at zero, as one skipped record leaves it
         self.latency = Histogram(
             "review_latency_seconds",
             "latency",
