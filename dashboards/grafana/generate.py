@@ -59,6 +59,9 @@ RATE = "$__rate_interval"
 #: The review console (`dknn-agent review`) is one process and a scrape job of its own, not a replica
 #: of the agent: its queries are scoped to the job `$review_job` picks.
 REVIEW_SCOPE = 'job="$review_job"'
+#: What finds the agent's jobs and replicas: a gauge every agent exports from its start and the review
+#: console does not (both export dknn_build_info), so $job never offers the console's job.
+AGENT_SERIES = "dknn_ready"
 
 #: The agent's alerts (deploy rules name them Dknn*). Alerts about the shift detector get their
 #: own colour; an alert with no job label (a rule that aggregated it away) still shows.
@@ -847,14 +850,14 @@ def variables(*, review: bool = False) -> list[Any]:
         .label("Job")
         .description("The agent deployment (its replicas share one consumer group).")
         .datasource(DS)
-        .query("label_values(dknn_build_info, job)")
+        .query(f"label_values({AGENT_SERIES}, job)")
         .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(dm.VariableSort.ALPHABETICAL_ASC),
         db.QueryVariable("instance")
         .label("Instance")
         .description("Replicas of the job.")
         .datasource(DS)
-        .query('label_values(dknn_build_info{job="$job"}, instance)')
+        .query(f'label_values({AGENT_SERIES}{{job="$job"}}, instance)')
         .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(dm.VariableSort.ALPHABETICAL_ASC)
         .multi(True)

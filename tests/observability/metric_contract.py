@@ -91,6 +91,7 @@ REVIEW_COUNTERS = {name: labels for name, (kind, labels) in _CONSOLE.items() if 
 REVIEW_GAUGES = {name: labels for name, (kind, labels) in _CONSOLE.items() if kind in ("gauge", "info")}
 REVIEW_HISTOGRAMS = {name: labels for name, (kind, labels) in _CONSOLE.items() if kind == "histogram"}
 REVIEW_METRICS = set(_CONSOLE)
+CONSOLE_FAMILIES = set(_exported_by_the_console())  # the shared ones included
 
 
 def label_values(metric: str, label: str) -> set[str] | None:

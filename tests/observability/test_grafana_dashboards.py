@@ -42,6 +42,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from tests.observability.metric_contract import (
     ALERT_NAMES,
+    CONSOLE_FAMILIES,
     COUNTERS,
     GAUGES,
     HISTOGRAMS,
@@ -458,9 +459,20 @@ def test_job_and_instance_variables(dashboards: dict[str, dict[str, Any]]) -> No
         assert list(variables) == ["datasource", "job", "instance", *review]
         if review:
             assert variables["review_job"]["query"] == "label_values(dknn_review_console_events, job)"
-        assert variables["job"]["query"] == "label_values(dknn_build_info, job)"
-        assert variables["instance"]["query"] == 'label_values(dknn_build_info{job="$job"}, instance)'
+        assert variables["job"]["query"] == "label_values(dknn_ready, job)"
+        assert variables["instance"]["query"] == 'label_values(dknn_ready{job="$job"}, instance)'
         assert variables["instance"]["multi"] and variables["instance"]["includeAll"]
+
+
+def test_the_agents_jobs_are_found_by_a_series_the_console_does_not_export(
+    dashboards: dict[str, dict[str, Any]],
+) -> None:
+    """Both export dknn_build_info; $job and $instance read dknn_ready, the agent's alone."""
+    for dashboard in dashboards.values():
+        for where, selector in variable_queries(dashboard):
+            if where in ("variable job", "variable instance"):
+                (metric,) = metric_names(selector)
+                assert metric in GAUGES and metric not in CONSOLE_FAMILIES, (where, metric)
 
 
 def test_alert_annotations(dashboards: dict[str, dict[str, Any]]) -> None:
@@ -750,6 +762,7 @@ class FakeConsole:
         self.coverage = Gauge("review_coverage_ratio", "coverage", namespace="dknn", registry=reg)
         self.precision = Gauge("quarantine_precision_ratio", "precision", namespace="dknn", registry=reg)
         self.events = Gauge("review_console_events", "events", namespace="dknn", registry=reg)
+        Info("build", "build", namespace="dknn", registry=reg).info({"version": "0.1.0", "python": "3.11.2"})
         skipped = Counter(
             "review_console_records_skipped", "skipped", ["topic", "reason"], namespace="dknn", registry=reg
         )
@@ -893,7 +906,9 @@ def test_template_variables_find_the_job_and_its_replicas(
     variables = {v["name"]: v for v in dashboards["dknn-overview"]["templating"]["list"]}
     selectors_ = dict(variable_queries(dashboards["dknn-overview"]))
     job_match = selectors_["variable job"]
+    # The console is scraped too, and exports dknn_build_info like the agent: $job still offers the agent only.
     assert prometheus("label/job/values", **{"match[]": job_match}) == ["dknn-agent"]
+    assert prometheus("label/job/values", **{"match[]": "dknn_build_info"}) == ["dknn-agent", REVIEW_JOB]
     instances = prometheus("label/instance/values", **{"match[]": concrete(selectors_["variable instance"])})
     assert len(instances) == 2 and variables["instance"]["allValue"] == ".+"
     review = prometheus("label/job/values", **{"match[]": selectors_["variable review_job"]})
