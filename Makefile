@@ -10,7 +10,7 @@ GRAFANA := dashboards/grafana
 export PATH := $(or $(DKNN_TOOLS_CACHE),$(HOME)/.cache/dknn-agent)/bin:$(PATH)
 
 .PHONY: setup tools test lint test-unit test-e2e observability-check dashboards demo demo-table bench-quality bench-snnl bench-adopted \
-	bench-stream bench-perf bench-perf-bf16 bench-scale bench-shift bench-shift-peer bench-extend examples clean
+	bench-stream bench-perf bench-perf-bf16 bench-scale bench-shift bench-shift-peer bench-extend bench-console examples clean
 .PHONY: deploy-check chart-check image-check
 
 setup: $(STAMP)
@@ -164,6 +164,14 @@ bench-stream: setup $(BUNDLE)/manifest.json
 	bootstrap=$$(bash deploy/local/kafka.sh start --data-dir /tmp/dknn-bench-kafka | sed -n 's/^BOOTSTRAP=//p'); \
 	  $(BIN)/dknn-agent bench stream --artifacts $(BUNDLE) --bootstrap-servers $$bootstrap --out docs/results; \
 	  status=$$?; bash deploy/local/kafka.sh stop --data-dir /tmp/dknn-bench-kafka --purge >/dev/null; exit $$status
+
+# The review console over 100,000 quarantined events on a local broker: ingest time, and p50/p95/max of
+# the first, a filtered, a deep and an event page over HTTP, 200 requests each (under a minute on 2 cores).
+bench-console: setup $(BUNDLE)/manifest.json
+	bash deploy/local/kafka.sh fetch >/dev/null
+	bootstrap=$$(bash deploy/local/kafka.sh start --data-dir /tmp/dknn-bench-console-kafka | sed -n 's/^BOOTSTRAP=//p'); \
+	  $(BIN)/dknn-agent bench console --artifacts $(BUNDLE) --bootstrap-servers $$bootstrap --out docs/results; \
+	  status=$$?; bash deploy/local/kafka.sh stop --data-dir /tmp/dknn-bench-console-kafka --purge >/dev/null; exit $$status
 
 # Three model families beyond MNIST, onboarded as README "Use it on your own model" shows: each
 # example trains a model with plain torch and exports it (examples/<family>/train.py), `fit` makes

@@ -445,7 +445,9 @@ def end_offsets(
         consumer.close(autocommit=False)
 
 
-def forget_group(bootstrap_servers: str | list[str], group_id: str, *, security: KafkaSecurity | None = None) -> None:
+def forget_group(
+    bootstrap_servers: str | list[str], group_id: str, *, security: KafkaSecurity | None = None, timeout_s: float = 30.0
+) -> None:
     """Deletes a consumer group's committed offsets (the whole group; one that does not exist is fine),
     so its next member starts where `auto_offset_reset` says. For a reader whose own state is gone
     (the review console with a new database): the offsets described a state that no longer exists.
@@ -458,8 +460,17 @@ def forget_group(bootstrap_servers: str | list[str], group_id: str, *, security:
         )
     except kafka_errors.KafkaError as exc:
         raise _wrap(exc, f"cannot reach {bootstrap_servers} to reset group {group_id!r}") from exc
+    deadline = time.monotonic() + timeout_s
     try:
-        outcome = dict(admin.delete_groups([group_id])).get(group_id, "OK")
+        while True:
+            try:
+                outcome = dict(admin.delete_groups([group_id])).get(group_id, "OK")
+                break
+            except kafka_errors.CoordinatorNotAvailableError as exc:
+                # a fresh cluster creates its offsets topic on the first coordinator lookup: ask again
+                if time.monotonic() > deadline:
+                    raise _wrap(exc, f"resetting consumer group {group_id!r}") from exc
+                time.sleep(0.5)
     except kafka_errors.KafkaError as exc:
         raise _wrap(exc, f"resetting consumer group {group_id!r}") from exc
     finally:

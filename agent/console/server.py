@@ -24,6 +24,7 @@ import signal
 import socket
 import tempfile
 import threading
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,10 @@ def bind(host: str, port: int) -> socket.socket:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted connections inherit this. uvicorn's own binding sets it, a socket handed to it does not:
+        # without it every response after the first on a keep-alive connection waited 40 ms (Nagle
+        # holding the body until the client's delayed ACK of the headers).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, port))
         sock.listen(128)
     except (OSError, OverflowError) as exc:
@@ -72,8 +77,11 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_console(options: ConsoleOptions, stop: threading.Event | None = None) -> int:
-    """Serves until SIGTERM/SIGINT (or `stop`); see the module docstring."""
+def run_console(
+    options: ConsoleOptions, stop: threading.Event | None = None, on_start: Callable[[str], None] | None = None
+) -> int:
+    """Serves until SIGTERM/SIGINT (or `stop`, for a caller running it in a thread of its own; signals
+    are only handled in the main thread); `on_start` is given the URL once the socket listens."""
     from connectors.kafka import KafkaSink, KafkaSource, end_offsets, forget_group
 
     stop = stop or threading.Event()
@@ -116,8 +124,9 @@ def run_console(options: ConsoleOptions, stop: threading.Event | None = None) ->
                 server_header=False,
             )
         )
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.set())
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: stop.set())
         consumer = threading.Thread(target=ingest.run, args=(stop,), name="review-ingest", daemon=True)
         web = threading.Thread(
             target=lambda: asyncio.run(server.serve(sockets=[sock])), name="review-http", daemon=True
@@ -126,7 +135,10 @@ def run_console(options: ConsoleOptions, stop: threading.Event | None = None) ->
         web.start()
         port = sock.getsockname()[1]
         shown = f"[{options.host}]" if ":" in options.host else options.host
-        print(f"review console: http://{shown}:{port}/", flush=True)
+        url = f"http://{shown}:{port}/"
+        print(f"review console: {url}", flush=True)
+        if on_start is not None:
+            on_start(url)
         while not stop.wait(0.5):
             if not web.is_alive():
                 raise ConfigError(f"the HTTP server on {options.host}:{port} stopped; see the log above")

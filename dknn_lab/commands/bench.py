@@ -252,10 +252,35 @@ class BenchExtend(Command):
         return 0
 
 
+class BenchConsole(Command):
+    """Produce --count quarantine records shaped as the agent writes them for the bundle's model (and reviews
+    of one in twenty) to fresh topics, start the review console (`dknn-agent review`'s code) on them, and time
+    its ingest (start to /readyz) and its pages over HTTP: the first page, a filtered page (model prediction 3,
+    credibility below 0.05), a page 20 pages deep and an event page, --requests times each (p50, p95, max).
+    Saves OUT/console-MODEL.{json,md}.
+    """
+
+    command_name: ClassVar[str] = "console"
+    summary: ClassVar[str] = "the review console's ingest time and page latency over 100,000 quarantined events"
+
+    artifacts: Path = Field(description="bundle the records are for (its inputs, classes, layers)")
+    bootstrap_servers: str = Field(description="Kafka broker (deploy/local/kafka.sh start prints one)")
+    count: int = Field(100_000, ge=1, description="quarantine records (default: 100000)")
+    requests: int = Field(200, ge=1, description="requests per page (default: 200)")
+    seed: int = Field(0, description="seed for the records' predictions and credibilities (default: 0)")
+    out_dir: Out = Field(RESULTS, description=WHERE)
+
+    def run(self) -> int:
+        from dknn_lab.bench.console import ConsoleBenchOptions, run_console_bench
+
+        run_console_bench(options_for(self, ConsoleBenchOptions))
+        return 0
+
+
 BENCH = CommandGroup(
     name="bench",
     summary="quality and performance benchmarks",
     description="Benchmarks print their numbers and save them as JSON and Markdown.",
     metavar="BENCHMARK",
-    commands=(BenchQuality, BenchSnnl, BenchShift, BenchStream, BenchPerf, BenchSharpness, BenchExtend),
+    commands=(BenchQuality, BenchSnnl, BenchShift, BenchStream, BenchPerf, BenchSharpness, BenchExtend, BenchConsole),
 )
