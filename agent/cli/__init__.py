@@ -27,7 +27,7 @@ EXIT_CONFIG = 3  # a setting, the bundle or a data file is wrong (ConfigError, B
 EXIT_BROKER = 4  # the source or sink cannot be reached or refuses: Kafka, a file connector's path (ConnectorError)
 EXIT_CODES = f"""\
 exit codes:
-  0    done (run: stopped by SIGTERM or SIGINT after finishing its batch)
+  0    done (run, review: stopped by SIGTERM or SIGINT after finishing their work in hand)
   {EXIT_CRASH}    a bug: the traceback is printed
   {EXIT_USAGE}    bad usage: the command line is wrong
   {EXIT_CONFIG}    bad configuration, bundle or data: one line says which setting or file
