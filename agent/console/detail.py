@@ -142,7 +142,7 @@ def _inputs(
 def _shown(
     arrays: tuple[np.ndarray, ...] | list[np.ndarray], bundle: VerifiedBundle, *, thumbnails: bool
 ) -> tuple[Shown, ...]:
-    vocabulary = getattr(bundle, "vocabulary", None)
+    vocabulary = bundle.vocabulary
     specs = bundle.manifest.inputs
     out = []
     for spec, array in zip(specs, arrays, strict=False):

@@ -9,8 +9,10 @@ not JSON, not the expected shape — it is counted by reason in
 as data (bounded, never interpreted).
 
 Ready (`/readyz`) once the consumer holds its partitions and the store has caught up with the end
-offsets the topics had when the console started (or a poll came back empty with nothing left to
-read), so a console behind a load balancer takes traffic when its list is complete.
+offsets the topics had when the console started, so a console behind a load balancer takes traffic
+when its list is complete. Offsets can stop short of an end for good (a partition whose records
+retention deleted, a transaction marker), so polls that come back empty with no lag left, or
+`IDLE_POLLS` empty polls in a row, count as caught up too.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ MAX_REASON_CHARS: Final = 300
 MAX_HEADER_CHARS: Final = 128
 POLL_RECORDS: Final = 500
 RETRY_S: Final = 2.0
+IDLE_POLLS: Final = 3
 
 
 class SkipError(Exception):
@@ -135,6 +138,7 @@ class Ingest:
         self.ends = dict(ends)
         self.ready = threading.Event()
         self.failed = threading.Event()  # the store could not be written: /healthz turns 503
+        self._idle = 0  # empty polls in a row since the partitions were assigned
         telemetry.state(store.summary.events, store.summary.reviewed, store.summary.problems)
 
     def step(self, timeout_s: float = 1.0) -> int:
@@ -173,10 +177,11 @@ class Ingest:
     def _check_ready(self, *, idle: bool) -> None:
         if self.ready.is_set() or not self.source.assignment():
             return
+        self._idle = self._idle + 1 if idle else 0
         held = self.store.offsets()
         caught_up = all(held.get(tp, 0) >= end for tp, end in self.ends.items())
         lag = self.source.lag() if idle else {}
-        if caught_up or (lag and not any(lag.values())):
+        if caught_up or (lag and not any(lag.values())) or self._idle >= IDLE_POLLS:
             log.info("review console ready: %d quarantined events", self.store.summary.events)
             self.ready.set()
 

@@ -86,6 +86,26 @@ def test_review_serves_stores_a_verdict_and_stops_on_sigterm(
         if process.poll() is None:
             process.kill()
             process.wait()
+    # The group has committed both topics to their end; a new database must still read them from the start.
+    command[-1] = str(tmp_path / "fresh.db")
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=agent_environment()
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().strip().removeprefix("review console: ")
+        deadline = time.monotonic() + 60
+        while get(url + "readyz")[0] != 200:
+            assert time.monotonic() < deadline, "the console never caught up"
+            time.sleep(0.2)
+        status, listing, _ = get(url + "?review=out_of_scope")
+        assert status == 200 and re.findall(r'href="/events/([^"]+)"', listing) == [event_id]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def test_the_console_benchmark_runs_on_a_few_records(kafka_bootstrap: str, tiny_bundle: Path, tmp_path: Path) -> None:
