@@ -9,7 +9,8 @@
 # events — clean, then shifted (noise, rotated and FGSM digits), then clean again, each with 5%
 # malformed events — waits until the agent has handled (scored or dead-lettered) every one of them,
 # prints what the drift signals and alerts did, and keeps everything running so /metrics and the
-# alerts can be explored. Ctrl-C (or DEMO_HOLD_S seconds after the stream is drained) stops it all
+# alerts can be explored, with the review console (`dknn-agent review`, :8080 on 127.0.0.1) showing
+# the quarantined events. Ctrl-C (or DEMO_HOLD_S seconds after the stream is drained) stops it all
 # and exits 0.
 #
 # It says "All N events handled" only when /metrics counts N scored plus dead-lettered events, and
@@ -25,6 +26,7 @@
 #   DEMO_TOPIC (inference-events)  the topic the producer publishes to (the agent reads inference-events)
 #   DKNN_METRICS__PORT (9108)  the agent's /metrics, /healthz and /readyz port (DKNN_METRICS_PORT: its old name)
 #   DEMO_PROMETHEUS_PORT (9090), DEMO_ALERTMANAGER_PORT (9093)
+#   DEMO_CONSOLE_PORT (8080)   the review console's port (loopback only, so no credentials are needed)
 #   DEMO_ALERTING (1)          0: do not start Prometheus and Alertmanager even where installed
 #   DKNN_DEMO_KAFKA_DATA       the broker's data dir (default: $TMPDIR/dknn-demo-kafka, kept between runs)
 #   DKNN_BIN (.venv/bin)       where dknn-agent and python are
@@ -54,7 +56,12 @@ bootstrap="$(bash "$here/kafka.sh" start --data-dir "$data_dir" --exit-with $$ |
 work="$(mktemp -d "${TMPDIR:-/tmp}/dknn-demo.XXXXXX")"
 agent_pid=""
 filter_pid=""
+console_pid=""
 cleanup() {
+  if [ -n "$console_pid" ]; then
+    kill -TERM "$console_pid" 2>/dev/null || true
+    wait "$console_pid" 2>/dev/null || true
+  fi
   if [ -n "$agent_pid" ]; then
     kill -TERM "$agent_pid" 2>/dev/null || true
     wait "$agent_pid" 2>/dev/null || true
@@ -76,7 +83,7 @@ echo "Kafka at $bootstrap"
 import sys
 from connectors.kafka import ensure_topics
 ensure_topics(sys.argv[1], ["inference-events", sys.argv[2]], partitions=3)
-ensure_topics(sys.argv[1], ["inference-quarantine", "inference-dead-letter", "inference-scores"])
+ensure_topics(sys.argv[1], ["inference-quarantine", "inference-dead-letter", "inference-scores", "inference-reviews"])
 PY
 
 # The agent's stderr, filtered down to its live summary and errors, goes to ours and to a file the
@@ -110,6 +117,26 @@ if [ -z "$ready" ]; then
   exit 1
 fi
 echo "agent ready: http://127.0.0.1:$port/metrics  (/healthz, /readyz)"
+
+# The review console reads the quarantine topic with its own consumer group; its verdicts go to
+# inference-reviews, which `dknn-agent extend --reviews kafka://$bootstrap/inference-reviews` reads.
+console_port="${DEMO_CONSOLE_PORT:-8080}"
+env "${script_variables[@]}" "$bin/dknn-agent" review --artifacts "$bundle" --bootstrap-servers "$bootstrap" \
+  --quarantine-topic inference-quarantine --reviews-topic inference-reviews --group dknn-demo-review \
+  --database "$work/review.sqlite" --port "$console_port" >"$work/console.log" 2>&1 &
+console_pid=$!
+console_ready=""
+for _ in $(seq 1 120); do
+  if curl -fs "http://127.0.0.1:$console_port/healthz" >/dev/null 2>&1; then console_ready=1; break; fi
+  kill -0 "$console_pid" 2>/dev/null || break
+  sleep 0.5
+done
+if [ -n "$console_ready" ]; then
+  echo "Review console: http://127.0.0.1:$console_port/  (quarantined events, their neighbours, verdicts)"
+else
+  echo "(the review console did not start: $(tail -n 1 "$work/console.log"))"
+  console_pid=""
+fi
 
 prometheus_url=""
 if [ "${DEMO_ALERTING:-1}" != 0 ]; then
@@ -164,6 +191,7 @@ done
 echo
 echo "All $count events handled. Quarantined and dead-lettered events are in the topics"
 echo "inference-quarantine and inference-dead-letter; metrics stay on http://127.0.0.1:$port/metrics."
+[ -z "$console_pid" ] || echo "Review them in the console: http://127.0.0.1:$console_port/"
 changes="$(metric_sum dknn_drift_change_total)"
 if [ "$(metric_sum dknn_drift_shifted)" -ge 1 ]; then state="still on"; else state="off again"; fi
 echo "Drift: the change signal fired $changes time(s); the shifted-state signal is $state."

@@ -90,13 +90,14 @@ def port_answers(port: int) -> bool:
 
 
 def test_make_demo(kafka_jars: None, mnist_bundle: Path, tmp_path: Path) -> None:
-    prometheus, alertmanager = free_port(), free_port()
+    prometheus, alertmanager, console = free_port(), free_port(), free_port()
     env = {
         "DEMO_HOLD_S": "1",
         "DEMO_COUNT": "300",
         "DEMO_RATE": "300",
         "DEMO_PROMETHEUS_PORT": str(prometheus),
         "DEMO_ALERTMANAGER_PORT": str(alertmanager),
+        "DEMO_CONSOLE_PORT": str(console),
     }
     run = run_demo(mnist_bundle, tmp_path / "kafka", env, timeout=400)
     assert run.returncode == 0, run.explain()
@@ -105,12 +106,15 @@ def test_make_demo(kafka_jars: None, mnist_bundle: Path, tmp_path: Path) -> None
     assert f"agent ready: http://127.0.0.1:{run.port}/metrics  (/healthz, /readyz)" in output, run.explain()
     assert f"Prometheus with the shipped rules: http://127.0.0.1:{prometheus}/alerts" in output, run.explain()
     assert f"Alertmanager: http://127.0.0.1:{alertmanager}" in output, run.explain()
+    assert f"Review console: http://127.0.0.1:{console}/  (quarantined events" in output, run.explain()
+    assert f"Review them in the console: http://127.0.0.1:{console}/" in output, run.explain()
     phases = re.findall(r"^\[produce-demo\] phase (\d) of 3: (\d+) events \((.+)\)$", output, re.M)
     assert [(n, int(count)) for n, count, _ in phases] == [("1", 112), ("2", 75), ("3", 113)], run.explain()
     assert "noise" not in phases[0][2] and "noise 15%" in phases[1][2], run.explain()
     assert re.search(r"^Drift: the change signal fired \d+ time\(s\); the shifted-state signal is ", output, re.M)
     assert re.search(rf"^Prometheus alerts: .+; http://127.0.0.1:{prometheus}/alerts$", output, re.M), run.explain()
     assert not port_answers(prometheus) and not port_answers(alertmanager), "demo.sh left Prometheus running"
+    assert not port_answers(console), "demo.sh left the review console running"
     kinds = published(output)
     assert sum(kinds.values()) == 300 and set(kinds) <= {"clean", "noise", "rotated", "fgsm", "malformed"}, kinds
     assert "All 300 events handled. Quarantined and dead-lettered events are in the topics" in output, run.explain()
