@@ -199,5 +199,10 @@ examples: setup
 	  --ood random-tokens=$(EXAMPLES)/text/ood/random-tokens.npz \
 	  --ood unseen-language=$(EXAMPLES)/text/ood/unseen-language.npz --out docs/results/examples/text --quiet
 
+# The README's picture of the review console: the browser test's own screenshot of an event page
+# (tests/e2e/test_review_console.py, on the MNIST smoke bundle and a real broker).
+screenshots: setup tools
+	DKNN_SCREENSHOT_DIR=docs/images $(BIN)/python -m pytest -q tests/e2e/test_review_console.py -k demo_stream
+
 clean:
 	rm -rf $(VENV) $(PEER_VENV) artifacts build agent/engine/*.so .pytest_cache .hypothesis .mypy_cache .ruff_cache .import_linter_cache

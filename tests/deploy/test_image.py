@@ -417,7 +417,7 @@ def test_the_image_holds_the_product_only_and_its_help_lists_what_runs_there(ima
     assert found.stdout.strip() == "[]", found.stdout
     help_text = _docker("run", "--rm", "--entrypoint", "dknn-agent", image["IMAGE"], "--help").stdout
     listed = re.findall(r"^    ([a-z-]+)", help_text, re.M)
-    assert listed == ["run", "layers", "fit", "score", "info", "evaluate", "extend"], help_text
+    assert listed == ["run", "layers", "fit", "score", "info", "evaluate", "extend", "review"], help_text
     for command in listed:
         assert _docker("run", "--rm", "--entrypoint", "dknn-agent", image["IMAGE"], command, "--help").returncode == 0
     bench = _docker("run", "--rm", "--entrypoint", "dknn-agent", image["IMAGE"], "bench", "quality", check=False)
