@@ -247,17 +247,7 @@ def read_topic(
     such as the reviews `dknn-agent extend` reads. More than `max_records` is a ConfigError, and a
     topic not read to its end within `timeout_s` a retriable ConnectorError."""
     what = f"cannot read topic {topic!r} at {bootstrap_servers}"
-    try:
-        consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap_servers,
-            group_id=None,
-            client_id="dknn-agent-reader",
-            enable_auto_commit=False,
-            allow_auto_create_topics=False,
-            **(security or KafkaSecurity()).client_config(),
-        )
-    except kafka_errors.KafkaError as exc:
-        raise _wrap(exc, what) from exc
+    consumer = _group_free_reader(bootstrap_servers, security, what)
     try:
         ids = consumer.partitions_for_topic(topic)
         if not ids:
@@ -414,14 +404,10 @@ def ensure_topics(
         admin.close()
 
 
-def end_offsets(
-    bootstrap_servers: str | list[str], topics: Iterable[str], *, security: KafkaSecurity | None = None
-) -> dict[TopicPartition, int]:
-    """The end offset (next offset to be written) of every partition of `topics` now, read without a
-    consumer group: what a reader that must catch up first (the review console's readiness) waits for."""
-    what = f"cannot read the end offsets of {list(topics)} at {bootstrap_servers}"
+def _group_free_reader(bootstrap_servers: str | list[str], security: KafkaSecurity | None, what: str) -> KafkaConsumer:
+    """A consumer outside any group that commits nothing: for reading positions and whole topics."""
     try:
-        consumer = KafkaConsumer(
+        return KafkaConsumer(
             bootstrap_servers=bootstrap_servers,
             group_id=None,
             client_id="dknn-agent-reader",
@@ -431,6 +417,15 @@ def end_offsets(
         )
     except kafka_errors.KafkaError as exc:
         raise _wrap(exc, what) from exc
+
+
+def end_offsets(
+    bootstrap_servers: str | list[str], topics: Iterable[str], *, security: KafkaSecurity | None = None
+) -> dict[TopicPartition, int]:
+    """The end offset (next offset to be written) of every partition of `topics` now, read without a
+    consumer group: what a reader that must catch up first (the review console's readiness) waits for."""
+    what = f"cannot read the end offsets of {list(topics)} at {bootstrap_servers}"
+    consumer = _group_free_reader(bootstrap_servers, security, what)
     try:
         partitions = []
         for topic in topics:
