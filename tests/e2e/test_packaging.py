@@ -48,6 +48,9 @@ def test_the_wheel_holds_the_product_and_no_lab_module(product_wheel: zipfile.Zi
     assert lab == [], f"lab or test modules in the wheel: {lab}"
     for module in ("agent/cli/fit.py", "agent/engine/dknn.py", "agent/engine/drift.py", "connectors/kafka.py"):
         assert module in names, f"{module} missing from the wheel"
+    templates = {Path(name).name for name in names if name.startswith("agent/console/templates/")}
+    shipped = {path.name for path in (ROOT / "agent" / "console" / "templates").glob("*.html")}
+    assert shipped and templates == shipped, "the review console's templates are package data"
     entry_points = next(name for name in names if name.endswith(".dist-info/entry_points.txt"))
     text = product_wheel.read(entry_points).decode()
     assert "dknn-agent = agent.cli:main" in text and "dknn_agent.commands" not in text
