@@ -422,3 +422,67 @@ def test_the_image_holds_the_product_only_and_its_help_lists_what_runs_there(ima
         assert _docker("run", "--rm", "--entrypoint", "dknn-agent", image["IMAGE"], command, "--help").returncode == 0
     bench = _docker("run", "--rm", "--entrypoint", "dknn-agent", image["IMAGE"], "bench", "quality", check=False)
     assert bench.returncode == 2 and "pip install ./lab" in bench.stderr, bench.stderr
+
+
+def test_the_review_console_runs_in_the_image_as_the_chart_runs_it(
+    container: tuple[str, int, str], kafka_bootstrap: str, bundle: Path, tools: Tools, tmp_path: Path
+) -> None:
+    """`dknn-agent review` from the image, with the chart's own command line, mounts and lock-down,
+    over what the agent in the image quarantined: ready, a page that lists the events, exit 0."""
+    name, agent_port, tag = container
+    deadline = time.monotonic() + 240
+    values: dict[str, float] = {}
+    while not _ready(agent_port) or _handled(values := _metrics(agent_port)) < EVENTS:
+        assert time.monotonic() < deadline, f"the agent in the image did not handle the stream: {values}"
+        time.sleep(1)
+    assert values['dknn_events_scored_total{verdict="quarantined"}'] > 0  # the uniform noise, at least
+    reviews, port, token = f"{name}-reviews", free_port(), "a-console-token-for-the-image-test"
+    ensure_topics(kafka_bootstrap, [reviews])
+    rendered = tools.render(
+        "--set",
+        f"kafka.bootstrapServers={kafka_bootstrap},config.quarantine_topic={name}-quarantine,console.enabled=true,"
+        f"console.reviewsTopic={reviews},console.port={port},console.auth.type=token,console.auth.token={token}",
+    )
+    (deployment,) = [
+        doc for doc in rendered if doc["kind"] == "Deployment" and doc["metadata"]["name"].endswith("-console")
+    ]
+    spec = deployment["spec"]["template"]["spec"]["containers"][0]
+    auth = tmp_path / "console-auth"
+    auth.mkdir()
+    (auth / "token").write_text(token)
+    for path in (tmp_path, auth, auth / "token"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    mounts = {mount["name"]: mount["mountPath"] for mount in spec["volumeMounts"]}
+    console = f"{name}-console"
+    _docker(
+        "run", "--detach", "--name", console, "--network=host", "--read-only", "--user", "10001:10001",
+        "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+        "--tmpfs", f"{mounts['tmp']}:rw,size=64m", "--tmpfs", f"{mounts['database']}:rw,size=256m,uid=10001",
+        "-v", f"{bundle}:{mounts['bundle']}:ro", "-v", f"{auth}:{mounts['auth']}:ro",
+        *(arg for env in spec["env"] for arg in ("-e", f"{env['name']}={env['value']}")),
+        "--entrypoint", spec["command"][0], tag, *spec["command"][1:], *spec["args"],
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not _ready(port):
+            state = json.loads(_docker("inspect", console).stdout)[0]["State"]
+            assert state["Running"], _docker("logs", console, check=False).stderr[-3000:]
+            assert time.monotonic() < deadline, "the console in the image never became ready"
+            time.sleep(1)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            page = response.read().decode()
+        assert response.status == 200 and 'href="/events/' in page, page[:2000]
+        _docker("stop", "--time", "30", console, timeout=60)
+        stopped = json.loads(_docker("inspect", console).stdout)[0]["State"]
+        assert stopped["ExitCode"] == 0, _docker("logs", console, check=False).stderr[-3000:]
+    finally:
+        _docker("rm", "-f", console, check=False)
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
