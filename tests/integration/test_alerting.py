@@ -438,7 +438,13 @@ def dashboard_exprs() -> list[tuple[str, str, str]]:
 
 
 def substitute(expr: str) -> str:
-    for var, value in (("job", "dknn-agent"), ("instance", ".*"), ("__rate_interval", "5s"), ("__interval", "5s")):
+    for var, value in (
+        ("job", "dknn-agent"),
+        ("review_job", "dknn-review-console"),  # no console in this stack: its panels stay empty
+        ("instance", ".*"),
+        ("__rate_interval", "5s"),
+        ("__interval", "5s"),
+    ):
         expr = expr.replace(f"${{{var}}}", value)
         expr = re.sub(rf"\${var}\b", value, expr)
     return expr
