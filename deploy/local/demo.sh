@@ -106,13 +106,15 @@ env "${script_variables[@]}" "$bin/dknn-agent" run --artifacts "$bundle" --boots
   2>"$work/agent.stderr" &
 agent_pid=$!
 
-ready=""
-for _ in $(seq 1 120); do
-  if curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; then ready=1; break; fi
-  kill -0 "$agent_pid" 2>/dev/null || break
-  sleep 0.5
-done
-if [ -z "$ready" ]; then
+answers() {  # $1 URL, $2 pid: succeeds once the URL answers; fails if the process ends or after 60 s
+  for _ in $(seq 1 120); do
+    curl -fs "$1" >/dev/null 2>&1 && return 0
+    kill -0 "$2" 2>/dev/null || return 1
+    sleep 0.5
+  done
+  return 1
+}
+if ! answers "http://127.0.0.1:$port/readyz" "$agent_pid"; then
   echo "demo.sh: the agent did not become ready on :$port (its errors are above); stopping" >&2
   exit 1
 fi
@@ -125,13 +127,7 @@ env "${script_variables[@]}" "$bin/dknn-agent" review --artifacts "$bundle" --bo
   --quarantine-topic inference-quarantine --reviews-topic inference-reviews --group dknn-demo-review \
   --database "$work/review.sqlite" --port "$console_port" >"$work/console.log" 2>&1 &
 console_pid=$!
-console_ready=""
-for _ in $(seq 1 120); do
-  if curl -fs "http://127.0.0.1:$console_port/healthz" >/dev/null 2>&1; then console_ready=1; break; fi
-  kill -0 "$console_pid" 2>/dev/null || break
-  sleep 0.5
-done
-if [ -n "$console_ready" ]; then
+if answers "http://127.0.0.1:$console_port/healthz" "$console_pid"; then
   echo "Review console: http://127.0.0.1:$console_port/  (quarantined events, their neighbours, verdicts)"
 else
   echo "(the review console did not start: $(tail -n 1 "$work/console.log"))"
