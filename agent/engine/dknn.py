@@ -184,11 +184,14 @@ class NonconformityScorer:
         return self._blas.limit(limits=1, user_api="blas")
 
     def nonconformity(
-        self, neighbor_ids: np.ndarray, neighbor_distances: np.ndarray, activations: Activations
+        self,
+        neighbor_ids: np.ndarray,
+        neighbor_labels: np.ndarray,
+        neighbor_distances: np.ndarray,
+        activations: Activations,
     ) -> np.ndarray:
         """α(x, j) for every candidate label, `(n, C)` int64, as the manifest's nonconformity says,
-        from `(n, L, k)` neighbour ids and distances."""
-        neighbor_labels = self.label_neighbors(neighbor_ids)
+        from `(n, L, k)` neighbour ids, their labels (`label_neighbors`) and distances."""
         alpha = conformal.nonconformity(neighbor_labels[:, self._label_rows], self.num_classes)
         if self.distance_reference is not None:
             spec = self.manifest.nonconformity
@@ -236,7 +239,7 @@ class NonconformityScorer:
     def alpha(self, x: Inputs) -> np.ndarray:
         """α(x, j) of one batch (validated first), `(n, C)`: what calibration ranks, and `DkNN` turns into p-values."""
         activations, distances, ids = self.search(self.check_input(x))
-        return self.nonconformity(ids, distances, activations)
+        return self.nonconformity(ids, self.label_neighbors(ids), distances, activations)
 
 
 def _check_backend(backend: str) -> None:
@@ -314,7 +317,7 @@ class DkNN(NonconformityScorer):
         activations, distances, ids = self.search(self.check_input(x), stage)
         with stage("score"):
             labels = self.label_neighbors(ids)
-            alpha = self.nonconformity(ids, distances, activations)
+            alpha = self.nonconformity(ids, labels, distances, activations)
             p = conformal.p_values(alpha, self.calibration_alpha)
             verdicts = conformal.summarise(alpha, p)
         return ScoreBatch(

@@ -168,7 +168,7 @@ def stage_rates(scorer: DkNN, clean: np.ndarray, batch_size: int) -> dict[str, f
 
     def conformal_step() -> None:
         for (distances, ids), batch_activations in zip(found, activations, strict=True):
-            alpha = scorer.nonconformity(ids, distances, batch_activations)
+            alpha = scorer.nonconformity(ids, scorer.label_neighbors(ids), distances, batch_activations)
             conformal.summarise(alpha, conformal.p_values(alpha, scorer.calibration_alpha))
 
     rates["conformal" if scorer.residual is None else "conformal, residual included"] = _rate(
