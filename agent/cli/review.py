@@ -16,9 +16,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agent.cli.flags import Arg, Command, SettingFlags
+from agent.runtime.settings import TOPIC_PATTERN
 from connectors.kafka_security import KafkaSecurity
-
-TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,249}$"
 
 
 class ConsoleKafka(BaseSettings):
@@ -93,18 +92,18 @@ class ReviewCommand(Command):
 
     @model_validator(mode="after")
     def _exposed_needs_credentials(self) -> ReviewCommand:
-        from agent.console.auth import Credentials, check_exposure
+        """Checked on the command line, before any file is read: `load_credentials` then refuses a
+        given file that holds no credential, so what passes here is never served without them."""
+        from agent.console.auth import check_exposure
 
-        given = Credentials(token="given") if self.auth_file or self.token_file else Credentials()
-        check_exposure(self.host, given, self.insecure_no_auth)
+        check_exposure(self.host, self.auth_file is not None or self.token_file is not None, self.insecure_no_auth)
         return self
 
     def run(self) -> int:
-        from agent.console.auth import check_exposure, load_credentials
+        from agent.console.auth import load_credentials
         from agent.console.server import ConsoleOptions, run_console
 
         credentials = load_credentials(self.auth_file, self.token_file)
-        check_exposure(self.host, credentials, self.insecure_no_auth)
         security = settings_from(self.kafka).kafka_security
         return run_console(
             ConsoleOptions(

@@ -96,9 +96,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_exposure(host: str, credentials: Credentials, insecure_no_auth: bool) -> None:
+def check_exposure(host: str, credentials_given: bool, insecure_no_auth: bool) -> None:
     """Refuses to serve a non-loopback address to anyone at all, unless told so in as many words."""
-    if not credentials.required and not is_loopback(host) and not insecure_no_auth:
+    if not credentials_given and not is_loopback(host) and not insecure_no_auth:
         raise ConfigError(
             f"--host {host} is reachable from other machines and neither --auth-file nor --token-file is given: "
             "give one, bind 127.0.0.1, or pass --insecure-no-auth"

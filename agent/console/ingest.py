@@ -29,7 +29,7 @@ import orjson
 from agent.console.store import QuarantinedEvent, Store, StoredReview
 from agent.errors import CommitRejectedError, ConnectorError, ReviewError
 from agent.runtime.telemetry import ReviewTelemetry
-from agent.runtime.wire.review import MAX_REVIEW_BYTES, event_id_of, parse_review
+from agent.runtime.wire.review import event_id_of, parse_review
 from connectors.base import Record, Source, TopicPartition, next_offsets
 
 log = logging.getLogger("dknn.console")
@@ -83,9 +83,8 @@ def parse_quarantine(record: Record, now_ms: Callable[[], int] = lambda: int(tim
 
 
 def parse_stored_review(record: Record) -> StoredReview:
-    """A dknn.review.v1 record as a store row; raises only `SkipError` (with ReviewError's reasons)."""
-    if len(record.value) > MAX_REVIEW_BYTES:
-        raise SkipError("too_large", f"{len(record.value)} bytes, limit {MAX_REVIEW_BYTES}")
+    """A dknn.review.v1 record as a store row; raises only `SkipError` (with ReviewError's reasons,
+    `too_large` first: `parse_review` checks the size before anything else)."""
     try:
         review = parse_review(record.value)
     except ReviewError as exc:
