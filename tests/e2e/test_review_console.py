@@ -31,11 +31,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import NoAlertPresentException, WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 import dknn_events
@@ -187,10 +186,19 @@ def give_verdict(browser: WebDriver, verdict: str, label: str | None = None, not
 
 
 def submit(browser: WebDriver, button: WebElement) -> None:
-    """Clicks a form's button and waits for the page the POST redirects to (click returns before it loads)."""
+    """Clicks a form's button and waits for the page the POST redirects to (click returns before it loads).
+
+    The old page is marked and the wait is for a loaded document without the mark. Waiting for the
+    button to go stale instead raced the navigation: asked about an element whose document was being
+    replaced, Chromium 156's driver answers neither "stale" nor "present" but "Node with given id
+    does not belong to the document". While the page changes, a question may fail outright, so the
+    wait asks again on any driver error.
+    """
+    browser.execute_script("window.__dknnLeft = true")
     button.click()
-    WebDriverWait(browser, 30).until(staleness_of(button))
-    WebDriverWait(browser, 30).until(lambda b: b.execute_script("return document.readyState") == "complete")
+    WebDriverWait(browser, 30, ignored_exceptions=(WebDriverException,)).until(
+        lambda b: b.execute_script("return window.__dknnLeft === undefined && document.readyState === 'complete'")
+    )
 
 
 def nothing_ran(browser: WebDriver) -> None:
