@@ -131,12 +131,12 @@ class Auth:
             return None
         expected = self.credentials.users.get(user)
         # compare even for an unknown user, so the time taken does not say which users exist
-        ok = hmac.compare_digest(password.encode(), (expected or secrets.token_hex(16)).encode())
+        ok = _same(password, expected or secrets.token_hex(16))
         return user if ok and expected is not None else None
 
     def token_ok(self, given: str) -> bool:
         token = self.credentials.token
-        return token is not None and hmac.compare_digest(given.encode(), token.encode())
+        return token is not None and _same(given, token)
 
     def session(self, name: str, now: float | None = None) -> str:
         """A session cookie's value: the name and expiry, signed."""
@@ -146,7 +146,7 @@ class Auth:
 
     def _session_name(self, cookie: str, now: float | None = None) -> str | None:
         body, _, signature = cookie.rpartition(".")
-        if not body or not hmac.compare_digest(signature, self._sign(b"session", body.encode())):
+        if not body or not _same(signature, self._sign(b"session", body.encode())):
             return None
         encoded, _, expiry = body.partition(".")
         if not expiry.isdigit() or int(expiry) < (now or time.time()):
@@ -167,8 +167,15 @@ class Auth:
     def csrf_ok(self, nonce: str | None, principal: str, given: str | None) -> bool:
         if not nonce or not given:
             return False
-        return hmac.compare_digest(given, self.csrf_token(nonce, principal))
+        return _same(given, self.csrf_token(nonce, principal))
 
     def _sign(self, purpose: bytes, message: bytes) -> str:
         digest = hmac.new(self._secret, purpose + b"\0" + message, sha256).digest()
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def _same(given: str, expected: str) -> bool:
+    """A constant-time comparison of a secret with what a request sent. As bytes: `compare_digest`
+    raises TypeError on a str with non-ASCII characters, which a forged form field or cookie holds
+    as easily as any other."""
+    return hmac.compare_digest(given.encode(), expected.encode())

@@ -251,7 +251,7 @@ def test_a_verdict_the_review_record_refuses_is_shown_not_sent(events: Harness) 
     assert not events.sink.topics[R]
 
 
-@pytest.mark.parametrize("token", [None, "", "forged"])
+@pytest.mark.parametrize("token", [None, "", "forged", "forgé"])  # non-ASCII: still a 403, not a crash
 def test_a_post_without_its_csrf_token_is_refused(events: Harness, token: str | None) -> None:
     events.csrf("/events/ev-001")  # a page was seen: the nonce cookie is set
     form = {"verdict": "model_right"} | ({"csrf": token} if token is not None else {})
@@ -329,6 +329,7 @@ def test_a_tampered_session_cookie_is_refused() -> None:
     assert auth.principal(None, forged) is None
     assert auth.principal(None, Auth(Credentials(token="t0ken-of-sixteen-chars")).session("bob")) is None
     assert auth._session_name(cookie, now=float(expiry) + 1) is None  # expired
+    assert auth.principal(None, name + "." + expiry + ".sïgnature") is None  # non-ASCII: refused, not a crash
 
 
 def test_credential_files_are_checked(tmp_path: Path) -> None:
