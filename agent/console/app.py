@@ -37,7 +37,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agent.console.auth import NONCE_COOKIE, SESSION_COOKIE, Auth
+from agent.console.auth import MAX_NAME_CHARS, NONCE_COOKIE, SESSION_COOKIE, Auth
 from agent.console.detail import event_view
 from agent.console.ingest import Ingest
 from agent.console.store import REVIEW_STATES, Cursor, Filters, Store, StoredReview
@@ -52,6 +52,8 @@ log = logging.getLogger("dknn.console")
 MAX_BODY_BYTES: Final = 16 * 1024
 MAX_FIELDS: Final = 16
 FLUSH_TIMEOUT_S: Final = 15.0
+NO_EVENT: Final = "No quarantined event with this id in the console's store."
+FORGED: Final = "The form's CSRF token is missing or wrong: reload the page."
 SECURITY_HEADERS: Final = [
     (b"content-security-policy", b"default-src 'none'; img-src data:; style-src 'unsafe-inline'; form-action 'self'; "
      b"frame-ancestors 'none'; base-uri 'none'"),
@@ -136,6 +138,17 @@ def create_app(console: Console) -> ASGIApp:
             return RedirectResponse("/login", status_code=303)
         return message(request, 401, "Log in to review quarantined events.")
 
+    async def posted(request: Request, principal: str | None) -> dict[str, str] | Response:
+        """The POSTed form, or the answer refusing it: 413 past MAX_BODY_BYTES (the rest unread), 403
+        without the CSRF token of this browser's nonce and `principal` ("" before logging in)."""
+        try:
+            form = await _form(request)
+        except TooLargeError:
+            return message(request, 413, f"The form is larger than {MAX_BODY_BYTES} bytes.", principal)
+        if not console.auth.csrf_ok(request.cookies.get(NONCE_COOKIE), principal or "", form.get("csrf")):
+            return message(request, 403, FORGED, principal)
+        return form
+
     async def healthz(request: Request) -> Response:
         failed = console.ingest.failed.is_set()
         return Response(b"failed\n" if failed else b"ok\n", 503 if failed else 200, media_type="text/plain")
@@ -185,7 +198,7 @@ def create_app(console: Console) -> ASGIApp:
     async def show_event(request: Request, principal: str, event_id: str, error: str | None = None) -> Response:
         found = await run_in_threadpool(console.store.event, event_id)
         if found is None:
-            return message(request, 404, "No quarantined event with this id in the console's store.", principal)
+            return message(request, 404, NO_EVENT, principal)
         view = await run_in_threadpool(event_view, found[0], found[1], console.bundle)
         return page(
             request, "event.html", 400 if error else 200, principal=principal, view=view, error=error,
@@ -194,15 +207,12 @@ def create_app(console: Console) -> ASGIApp:
 
     async def verdict(request: Request, principal: str) -> Response:
         event_id = request.path_params["event_id"]
-        try:
-            form = await _form(request)
-        except TooLargeError:
-            return message(request, 413, f"The form is larger than {MAX_BODY_BYTES} bytes.", principal)
-        if not console.auth.csrf_ok(request.cookies.get(NONCE_COOKIE), principal, form.get("csrf")):
-            return message(request, 403, "The form's CSRF token is missing or wrong: reload the page.", principal)
+        form = await posted(request, principal)
+        if isinstance(form, Response):
+            return form
         found = await run_in_threadpool(console.store.event, event_id)
         if found is None:
-            return message(request, 404, "No quarantined event with this id in the console's store.", principal)
+            return message(request, 404, NO_EVENT, principal)
         stored = found[0]
         choice = form.get("verdict", "")
         label_text = form.get("label", "")
@@ -247,14 +257,11 @@ def create_app(console: Console) -> ASGIApp:
             return message(request, 404, "Log-in by token is not configured: this console uses basic auth.")
         if request.method == "GET":
             return page(request, "login.html", principal=None, error=None)
-        try:
-            form = await _form(request)
-        except TooLargeError:
-            return message(request, 413, f"The form is larger than {MAX_BODY_BYTES} bytes.")
-        if not console.auth.csrf_ok(request.cookies.get(NONCE_COOKIE), "", form.get("csrf")):
-            return message(request, 403, "The form's CSRF token is missing or wrong: reload the page.")
+        form = await posted(request, None)
+        if isinstance(form, Response):
+            return form
         name = form.get("name", "").strip()
-        if not console.auth.token_ok(form.get("token", "")) or not 0 < len(name) <= 128:
+        if not console.auth.token_ok(form.get("token", "")) or not 0 < len(name) <= MAX_NAME_CHARS:
             return page(request, "login.html", 401, principal=None, error="Wrong token, or no name given.")
         response = RedirectResponse("/", status_code=303)
         _cookie(response, SESSION_COOKIE, console.auth.session(name), console.secure_cookies)
@@ -262,14 +269,11 @@ def create_app(console: Console) -> ASGIApp:
 
     async def logout(request: Request) -> Response:
         principal = who(request)
-        try:
-            form = await _form(request)
-        except TooLargeError:
-            return message(request, 413, f"The form is larger than {MAX_BODY_BYTES} bytes.")
-        if principal is None or not console.auth.csrf_ok(
-            request.cookies.get(NONCE_COOKIE), principal, form.get("csrf")
-        ):
-            return message(request, 403, "The form's CSRF token is missing or wrong: reload the page.")
+        form = await posted(request, principal)
+        if isinstance(form, Response):
+            return form
+        if principal is None:  # nobody to log out: refused like a forged form
+            return message(request, 403, FORGED)
         response = RedirectResponse("/login" if console.auth.credentials.token else "/", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
         return response

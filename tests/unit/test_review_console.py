@@ -320,6 +320,20 @@ def test_a_bearer_token_or_its_login_session_is_accepted(exemplar_bundle: Path, 
     assert parse_review(h.sink.topics[R][0][0]).reviewer == "bob"
 
 
+def test_logging_out_needs_the_forms_token_and_ends_the_session(exemplar_bundle: Path, tmp_path: Path) -> None:
+    topics = Topics()
+    topics.add(Q, quarantine("ev-1"), T0)
+    secret = "t0ken-of-sixteen-chars"
+    h = harness(exemplar_bundle, topics, tmp_path, Credentials(token=secret))
+    h.client.post("/login", data={"csrf": h.csrf("/login"), "token": secret, "name": "bob"})
+    assert h.client.post("/logout", data={"csrf": "forged"}).status_code == 403
+    assert "ev-1" in h.client.get("/").text  # still logged in
+    done = h.client.post("/logout", data={"csrf": h.csrf("/")}, follow_redirects=False)
+    assert done.status_code == 303 and done.headers["location"] == "/login"
+    assert h.client.get("/", follow_redirects=False).headers["location"] == "/login"
+    assert h.client.post("/logout", data={"csrf": h.csrf("/login")}).status_code == 403  # nobody to log out
+
+
 def test_a_tampered_session_cookie_is_refused() -> None:
     auth = Auth(Credentials(token="t0ken-of-sixteen-chars"))
     cookie = auth.session("bob")
