@@ -241,15 +241,7 @@ def create_app(console: Console) -> ASGIApp:
             return message(
                 request, 503, "The review could not be published to the reviews topic; try again.", principal
             )
-        review = parse_review(payload)
-        moment = review.reviewed_time
-        await run_in_threadpool(
-            console.store.put_review,
-            StoredReview(
-                review.event_id, review.verdict, review.label, review.note, review.reviewer, review.reviewed_at,
-                int(moment.timestamp() * 1_000_000), -1, -1,
-            ),
-        )  # fmt: skip
+        await run_in_threadpool(console.store.put_review, StoredReview.of(parse_review(payload)))
         return RedirectResponse("/events/" + quote(event_id, safe=""), status_code=303)
 
     async def login(request: Request) -> Response:

@@ -89,18 +89,7 @@ def parse_stored_review(record: Record) -> StoredReview:
         review = parse_review(record.value)
     except ReviewError as exc:
         raise SkipError(exc.reason, str(exc)) from None
-    moment = review.reviewed_time
-    return StoredReview(
-        event_id=review.event_id,
-        verdict=review.verdict,
-        label=review.label,
-        note=review.note,
-        reviewer=review.reviewer,
-        reviewed_at=review.reviewed_at,
-        reviewed_us=int(moment.timestamp() * 1_000_000),
-        part=record.partition,
-        pos=record.offset,
-    )
+    return StoredReview.of(review, record.partition, record.offset)
 
 
 def _label(value: Any) -> int | None:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
+from agent.runtime.wire.review import Review
 from connectors.base import TopicPartition
 
 PAGE_SIZE = 50
@@ -101,6 +102,15 @@ class StoredReview:
     reviewed_us: int
     part: int
     pos: int
+
+    @classmethod
+    def of(cls, review: Review, part: int = -1, pos: int = -1) -> StoredReview:
+        """A parsed review as a row, read at `part`/`pos` (the defaults: posted here)."""
+        reviewed_us = int(review.reviewed_time.timestamp() * 1_000_000)
+        return cls(
+            review.event_id, review.verdict, review.label, review.note, review.reviewer, review.reviewed_at,
+            reviewed_us, part, pos,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
