@@ -59,11 +59,13 @@ def parse_quarantine(record: Record, now_ms: Callable[[], int] = lambda: int(tim
         document = orjson.loads(record.value)
     except orjson.JSONDecodeError as exc:
         raise SkipError("bad_json", f"not valid JSON: {exc}") from None
-    if not isinstance(document, dict) or not isinstance(document.get("event"), dict):
+    if not (
+        isinstance(document, dict)
+        and isinstance(document.get("event"), dict)
+        and isinstance(document.get("dknn"), dict)
+    ):
         raise SkipError("schema", "not a quarantine record: an object with `event` and `dknn`")
-    block = document.get("dknn")
-    if not isinstance(block, dict):
-        raise SkipError("schema", "not a quarantine record: an object with `event` and `dknn`")
+    block = document["dknn"]
     event_id = event_id_of(document["event"])
     if not event_id or len(event_id) > MAX_EVENT_ID_CHARS:
         raise SkipError("no_event_id", "the record's event names no usable id")
@@ -127,7 +129,7 @@ class Ingest:
         self.ready = threading.Event()
         self.failed = threading.Event()  # the store could not be written: /healthz turns 503
         self._idle = 0  # empty polls in a row since the partitions were assigned
-        telemetry.state(store.summary.events, store.summary.reviewed, store.summary.problems)
+        self._report_state()
 
     def step(self, timeout_s: float = 1.0) -> int:
         """One poll stored and committed; the number of records it brought."""
@@ -153,14 +155,17 @@ class Ingest:
             quarantined = winners.get(id(one))
             latency = None if quarantined is None else one.reviewed_us / 1e6 - quarantined / 1e3
             self.telemetry.reviewed(one.verdict, latency)
-        summary = self.store.summary
-        self.telemetry.state(summary.events, summary.reviewed, summary.problems)
+        self._report_state()
         try:
             self.source.commit(offsets)
         except CommitRejectedError as exc:  # the rows are stored; the next owner replays them, harmlessly
             log.info("commit refused after a rebalance: %s", exc)
         self._check_ready(idle=False)
         return len(records)
+
+    def _report_state(self) -> None:
+        summary = self.store.summary
+        self.telemetry.state(summary.events, summary.coverage, summary.precision)
 
     def _check_ready(self, *, idle: bool) -> None:
         if self.ready.is_set() or not self.source.assignment():

@@ -441,10 +441,11 @@ class ReviewTelemetry:
         """`reason` must come from a bounded set (ReviewError's reasons, the console's own)."""
         self.records_skipped.labels(topic=topic if topic in CONSOLE_SKIP_TOPICS else "other", reason=reason).inc()
 
-    def state(self, events: int, reviewed: int, problems: int) -> None:
+    def state(self, events: int, coverage: float, precision: float | None) -> None:
+        """The store's counts as of its last write; `precision` None (nothing reviewed) reads 0."""
         self.events.set(events)
-        self.coverage.set(reviewed / events if events else 0.0)
-        self.precision.set(problems / reviewed if reviewed else 0.0)
+        self.coverage.set(coverage)
+        self.precision.set(precision or 0.0)
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

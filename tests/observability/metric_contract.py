@@ -42,7 +42,7 @@ def _exported_by_the_console() -> dict[str, tuple[str, set[str]]]:
     telemetry = ReviewTelemetry()
     telemetry.reviewed("model_wrong", 60.0)
     telemetry.skipped("quarantine", "bad_json")
-    telemetry.state(events=4, reviewed=2, problems=1)
+    telemetry.state(events=4, coverage=0.5, precision=0.5)
     text, _ = telemetry.exposition()
     return _families(text)
 
