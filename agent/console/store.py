@@ -244,8 +244,10 @@ class Store:
                 "DO UPDATE SET next = max(next, excluded.next)",
                 [(topic, part, next_offset) for (topic, part), next_offset in offsets.items()],
             )
-            self._prune(db)
             summary = self._count(db)
+            if summary.events > self.max_events:
+                self._prune(db, summary.events - self.max_events)
+                summary = self._count(db)
         self._summary = summary
         return Applied(applied)
 
@@ -273,16 +275,14 @@ class Store:
         found = db.execute("SELECT quarantined_ms FROM events WHERE event_id = ?", (one.event_id,)).fetchone()
         return True, None if found is None else int(found[0])
 
-    def _prune(self, db: sqlite3.Connection) -> None:
-        """Past `max_events`, the oldest events go (their reviews stay: they are small, and say
-        what the topic says)."""
-        excess = db.execute("SELECT COUNT(*) FROM events").fetchone()[0] - self.max_events
-        if excess > 0:
-            db.execute(
-                "DELETE FROM events WHERE event_id IN (SELECT event_id FROM events "
-                "ORDER BY quarantined_ms, event_id LIMIT ?)",
-                (excess,),
-            )
+    @staticmethod
+    def _prune(db: sqlite3.Connection, excess: int) -> None:
+        """The `excess` oldest events go, past `max_events` (their reviews stay: they are small, and
+        say what the topic says)."""
+        db.execute(
+            "DELETE FROM events WHERE event_id IN (SELECT event_id FROM events ORDER BY quarantined_ms, event_id LIMIT ?)",
+            (excess,),
+        )
 
     # -- reading -------------------------------------------------------------------------------
 
