@@ -13,7 +13,6 @@ stop agreeing with each other, or with the prediction, is what a reviewer looks 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -22,6 +21,7 @@ import orjson
 
 from agent.console.render import Bar, Rendered, p_value_bars, render_array
 from agent.console.store import QuarantinedEvent, StoredReview
+from agent.console.untrusted import as_list, as_object, integer, number, text
 from agent.engine.bundle import VerifiedBundle
 from agent.errors import InputError, ReviewError
 from agent.runtime.reviews import event_inputs
@@ -89,10 +89,10 @@ class EventView:
 
 def event_view(stored: QuarantinedEvent, review: StoredReview | None, bundle: VerifiedBundle) -> EventView:
     manifest = bundle.manifest
-    document = _object(orjson.loads(stored.record))
-    event, block = _object(document.get("event")), _object(document.get("dknn"))
+    document = as_object(orjson.loads(stored.record))
+    event, block = as_object(document.get("event")), as_object(document.get("dknn"))
     num_classes = manifest.model.num_classes
-    p_values = _list(block.get("p_values"))
+    p_values = as_list(block.get("p_values"))
     numbers = [float(p) for p in p_values] if _numbers(p_values, num_classes) else []
     inputs, problem = _inputs(document, event, bundle)
     mismatch = stored.model_name and stored.model_name != manifest.model.name
@@ -101,18 +101,18 @@ def event_view(stored: QuarantinedEvent, review: StoredReview | None, bundle: Ve
         reviewable = "the quarantine record left the input out (it was too large): a review needs the input"
     elif mismatch:
         reviewable = f"quarantined by model {stored.model_name!r}; this console serves {manifest.model.name!r}"
-    source = _object(block.get("source"))
+    source = as_object(block.get("source"))
     return EventView(
         event_id=stored.event_id,
         quarantined_ms=stored.quarantined_ms,
         model=f"{stored.model_name or '?'} {stored.model_version or '?'}",
         prediction=stored.prediction,
         model_prediction=stored.model_prediction,
-        served_label=_int(block.get("served_label")),
+        served_label=integer(block.get("served_label")),
         credibility=stored.credibility,
-        confidence=_float(block.get("confidence")),
+        confidence=number(block.get("confidence")),
         reason=stored.reason,
-        source=" ".join(f"{key} {_text(source.get(key), 256)}" for key in ("topic", "partition", "offset")),
+        source=" ".join(f"{key} {text(source.get(key), 256)}" for key in ("topic", "partition", "offset")),
         bars=p_value_bars(numbers, stored.prediction, stored.model_prediction),
         inputs=inputs,
         input_problem=problem,
@@ -120,7 +120,7 @@ def event_view(stored: QuarantinedEvent, review: StoredReview | None, bundle: Ve
         exemplars=bundle.exemplars is not None,
         reviewable=reviewable,
         attributes=tuple(
-            (_text(key, 64), _text(value, 256)) for key, value in list(_object(event.get("attributes")).items())[:32]
+            (text(key, 64), text(value, 256)) for key, value in list(as_object(event.get("attributes")).items())[:32]
         ),
         review=review,
         labels=tuple(range(num_classes)),
@@ -161,10 +161,10 @@ def _layers(neighbours: Any, prediction: int | None, bundle: VerifiedBundle) -> 
         return ()
     out = []
     for name, layer in list(neighbours.items())[:MAX_LAYERS]:
-        layer = _object(layer)
+        layer = as_object(layer)
         counts = [
-            (_text(label, 32), count)
-            for label, count in list(_object(layer.get("label_counts")).items())[:MAX_COUNTS]
+            (text(label, 32), count)
+            for label, count in list(as_object(layer.get("label_counts")).items())[:MAX_COUNTS]
             if isinstance(count, int) and not isinstance(count, bool) and count >= 0
         ]
         total = sum(count for _, count in counts) or 1
@@ -173,11 +173,11 @@ def _layers(neighbours: Any, prediction: int | None, bundle: VerifiedBundle) -> 
             LabelShare(label, count, round(100 * count / total, 1), (label, count) == top, label == str(prediction))
             for label, count in counts
         )
-        ids = [_int(v) for v in _list(layer.get("ids"))[:MAX_NEIGHBOURS]]
-        labels = [_int(v) for v in _list(layer.get("labels"))[:MAX_NEIGHBOURS]]
+        ids = [integer(v) for v in as_list(layer.get("ids"))[:MAX_NEIGHBOURS]]
+        labels = [integer(v) for v in as_list(layer.get("labels"))[:MAX_NEIGHBOURS]]
         out.append(
             Layer(
-                name=_text(name, 128),
+                name=text(name, 128),
                 shares=shares,
                 majority_percent=round(100 * top[1] / total, 1) if top else 0.0,
                 agrees=top is not None and top[0] == str(prediction),
@@ -206,30 +206,5 @@ def _neighbours(ids: list[int | None], labels: list[int | None], bundle: Verifie
     return tuple(out)
 
 
-def _object(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**53 else None
-
-
-def _float(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
 def _numbers(values: Any, limit: int) -> bool:
-    return isinstance(values, list) and 0 < len(values) <= limit and all(_float(v) is not None for v in values)
-
-
-def _text(value: Any, limit: int) -> str:
-    """Any JSON value as bounded text (data: the template escapes it)."""
-    if isinstance(value, str):
-        return value[:limit]
-    return orjson.dumps(value).decode()[:limit] if value is not None else ""
+    return isinstance(values, list) and 0 < len(values) <= limit and all(number(v) is not None for v in values)

@@ -18,15 +18,15 @@ retention deleted, a transaction marker), so polls that come back empty with no 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Final
 
 import orjson
 
 from agent.console.store import QuarantinedEvent, Store, StoredReview
+from agent.console.untrusted import integer, number
 from agent.errors import CommitRejectedError, ConnectorError, ReviewError
 from agent.runtime.telemetry import ReviewTelemetry
 from agent.runtime.wire.review import event_id_of, parse_review
@@ -74,9 +74,9 @@ def parse_quarantine(record: Record, now_ms: Callable[[], int] = lambda: int(tim
     return QuarantinedEvent(
         event_id=event_id,
         quarantined_ms=stamp if isinstance(stamp, int) and stamp >= 0 else now_ms(),
-        model_prediction=_label(block.get("model_prediction")),
-        prediction=_label(block.get("prediction")),
-        credibility=_probability(block.get("credibility")),
+        model_prediction=integer(block.get("model_prediction"), 0, 2**31),
+        prediction=integer(block.get("prediction"), 0, 2**31),
+        credibility=number(block.get("credibility"), 0.0, 1.0),
         reason=reason[:MAX_REASON_CHARS] if isinstance(reason, str) else "",
         model_name=_header(record, "dknn.bundle.model"),
         model_version=_header(record, "dknn.bundle.version"),
@@ -92,17 +92,6 @@ def parse_stored_review(record: Record) -> StoredReview:
     except ReviewError as exc:
         raise SkipError(exc.reason, str(exc)) from None
     return StoredReview.of(review, record.partition, record.offset)
-
-
-def _label(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31 else None
-
-
-def _probability(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) and 0.0 <= number <= 1.0 else None
 
 
 def _header(record: Record, name: str) -> str:
