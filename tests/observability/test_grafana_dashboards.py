@@ -40,6 +40,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
+from agent.runtime.telemetry import ReviewTelemetry
 from tests.observability.metric_contract import (
     ALERT_NAMES,
     CONSOLE_FAMILIES,
@@ -650,7 +651,30 @@ def test_promtool_parses_every_query(dashboards: dict[str, dict[str, Any]], tmp_
     assert result.returncode == 0, f"promtool refused a dashboard query:\n{result.stdout}\n{result.stderr}"
 
 
-class FakeReplica:
+class Exporter:
+    """A registry served on a free port, with `tick` putting traffic into it every 0.2 s until `stop`."""
+
+    def serve(self, registry: CollectorRegistry) -> None:
+        self.server, _ = start_http_server(0, addr="127.0.0.1", registry=registry)
+        self.port = self.server.server_port
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._traffic, daemon=True)
+        self.thread.start()
+
+    def tick(self) -> None:
+        raise NotImplementedError
+
+    def _traffic(self) -> None:
+        while not self.stopped.wait(0.2):
+            self.tick()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.server.shutdown()
+        self.thread.join(5)
+
+
+class FakeReplica(Exporter):
     """One agent replica's /metrics as the contract describes it, with traffic flowing."""
 
     def __init__(self, seed: int) -> None:
@@ -703,11 +727,7 @@ class FakeReplica:
         for output in LABEL_VALUES["output"]:
             self.refused.labels(output)
         self.partitions = [str(seed * 3 + p) for p in range(3)]  # partitions this replica owns
-        self.server, _ = start_http_server(0, addr="127.0.0.1", registry=reg)
-        self.port = self.server.server_port
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._traffic, daemon=True)
-        self.thread.start()
+        self.serve(reg)
 
     def tick(self) -> None:
         rng = self.rng
@@ -742,66 +762,23 @@ class FakeReplica:
         for partition in self.partitions:
             self.lag.labels("inference-events", partition).set(rng.randrange(0, 500))
 
-    def _traffic(self) -> None:
-        while not self.stopped.wait(0.2):
-            self.tick()
 
-    def stop(self) -> None:
-        self.stopped.set()
-        self.server.shutdown()
-        self.thread.join(5)
-
-
-class FakeConsole:
-    """The review console's /metrics (`dknn-agent review`), with reviews coming in."""
+class FakeConsole(Exporter):
+    """The review console's own metrics (`ReviewTelemetry`, its /metrics), with reviews coming in."""
 
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
-        reg = CollectorRegistry()
-        self.reviews = Counter("reviews", "reviews", ["verdict"], namespace="dknn", registry=reg)
-        self.coverage = Gauge("review_coverage_ratio", "coverage", namespace="dknn", registry=reg)
-        self.precision = Gauge("quarantine_precision_ratio", "precision", namespace="dknn", registry=reg)
-        self.events = Gauge("review_console_events", "events", namespace="dknn", registry=reg)
-        Info("build", "build", namespace="dknn", registry=reg).info({"version": "0.1.0", "python": "3.11.2"})
-        skipped = Counter(
-            "review_console_records_skipped", "skipped", ["topic", "reason"], namespace="dknn", registry=reg
-        )
-        skipped.labels("quarantine", "bad_json")  # a series at zero, as one skipped record leaves it
-        self.latency = Histogram(
-            "review_latency_seconds",
-            "latency",
-            namespace="dknn",
-            registry=reg,
-            buckets=(60, 300, 900, 3600, 4 * 3600, 24 * 3600, 7 * 24 * 3600),
-        )
-        verdicts = label_values("dknn_reviews_total", "verdict")
-        assert verdicts
-        self.verdicts = sorted(verdicts)
-        for verdict in self.verdicts:
-            self.reviews.labels(verdict)
-        self.server, _ = start_http_server(0, addr="127.0.0.1", registry=reg)
-        self.port = self.server.server_port
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._traffic, daemon=True)
-        self.thread.start()
+        self.telemetry = ReviewTelemetry()
+        self.telemetry.records_skipped.labels(topic="quarantine", reason="bad_json")  # at zero, as a skip leaves it
+        self.verdicts = sorted(label_values("dknn_reviews_total", "verdict") or ())
+        assert self.verdicts
+        self.serve(self.telemetry.registry)
 
     def tick(self) -> None:
         rng = self.rng
         for _ in range(5):
-            self.reviews.labels(rng.choice(self.verdicts)).inc()
-            self.latency.observe(rng.uniform(30, 48 * 3600))
-        self.coverage.set(rng.uniform(0.2, 0.8))
-        self.precision.set(rng.uniform(0.4, 0.9))
-        self.events.set(rng.randrange(100, 1000))
-
-    def _traffic(self) -> None:
-        while not self.stopped.wait(0.2):
-            self.tick()
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.server.shutdown()
-        self.thread.join(5)
+            self.telemetry.reviewed(rng.choice(self.verdicts), rng.uniform(30, 48 * 3600))
+        self.telemetry.state(rng.randrange(100, 1000), rng.uniform(0.2, 0.8), rng.uniform(0.4, 0.9))
 
 
 def free_port() -> int:
