@@ -132,6 +132,13 @@ class _DriftCollector(Collector):
         return [changes, *gauges]
 
 
+def build_info(registry: CollectorRegistry) -> Info:
+    """`dknn_build_info`, which the agent and the review console each export on their own registry."""
+    info = Info("build", "dknn-agent build.", namespace=NAMESPACE, registry=registry)
+    info.info({"version": __version__, "python": platform.python_version()})
+    return info
+
+
 class Telemetry:
     """All agent metrics on one private registry, plus the readiness flag /readyz reports."""
 
@@ -251,8 +258,7 @@ class Telemetry:
             registry=reg,
         )
         self.bundle_info = Info("bundle", "The artifact bundle being served.", namespace=ns, registry=reg)
-        self.build_info = Info("build", "dknn-agent build.", namespace=ns, registry=reg)
-        self.build_info.info({"version": __version__, "python": platform.python_version()})
+        self.build_info = build_info(reg)
         for verdict in Verdict:  # pre-create: a rate() over a series that appears late misses its start
             self.events_scored.labels(verdict=verdict)
         for reason in DEAD_LETTER_REASONS:
@@ -425,8 +431,7 @@ class ReviewTelemetry:
             namespace=ns,
             registry=reg,
         )
-        self.build_info = Info("build", "dknn-agent build.", namespace=ns, registry=reg)
-        self.build_info.info({"version": __version__, "python": platform.python_version()})
+        self.build_info = build_info(reg)
         for verdict in REVIEW_VERDICTS:
             self.reviews.labels(verdict=verdict)
 
