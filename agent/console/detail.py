@@ -29,6 +29,7 @@ from agent.runtime.reviews import event_inputs
 MAX_LAYERS: Final = 64
 MAX_NEIGHBOURS: Final = 16
 MAX_COUNTS: Final = 10
+OMITTED: Final = "the quarantine record left the input out (it was too large); it stays on the input topic"
 
 
 @dataclass(frozen=True)
@@ -94,10 +95,11 @@ def event_view(stored: QuarantinedEvent, review: StoredReview | None, bundle: Ve
     num_classes = manifest.model.num_classes
     p_values = as_list(block.get("p_values"))
     numbers = [float(p) for p in p_values] if _numbers(p_values, num_classes) else []
-    inputs, problem = _inputs(document, event, bundle)
+    omitted = document.get("input_omitted") is True  # the agent's mark of a record over max_output_bytes
+    inputs, problem = ((), OMITTED) if omitted else _inputs(event, bundle)
     mismatch = stored.model_name and stored.model_name != manifest.model.name
     reviewable = None
-    if document.get("input_omitted") is True:
+    if omitted:
         reviewable = "the quarantine record left the input out (it was too large): a review needs the input"
     elif mismatch:
         reviewable = f"quarantined by model {stored.model_name!r}; this console serves {manifest.model.name!r}"
@@ -127,11 +129,7 @@ def event_view(stored: QuarantinedEvent, review: StoredReview | None, bundle: Ve
     )
 
 
-def _inputs(
-    document: dict[str, Any], event: dict[str, Any], bundle: VerifiedBundle
-) -> tuple[tuple[Shown, ...], str | None]:
-    if document.get("input_omitted") is True:
-        return (), "the quarantine record left the input out (it was too large); it stays on the input topic"
+def _inputs(event: dict[str, Any], bundle: VerifiedBundle) -> tuple[tuple[Shown, ...], str | None]:
     try:
         arrays = event_inputs(event, bundle.manifest)
     except ReviewError as exc:
