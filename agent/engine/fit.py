@@ -526,9 +526,9 @@ def _distance_reference(
     scorer: NonconformityScorer, draft: Manifest, train_x: list[np.ndarray], options: FitOptions
 ) -> np.ndarray:
     """The k-NN distance statistic (mean or farthest of the nearest m) per distance layer of a seeded
-    sample of training points, each measured against the other training points (`own_distances`) —
-    so the reference, like a new input, is measured against the other training points, and is fixed
-    before calibration (which keeps α a fixed function of x and j, and the p-values conformal)."""
+    sample of training points, each measured, like a new input, against the other training points
+    (`own_distances`). It is fixed before calibration, which keeps α a fixed function of x and j and
+    the p-values conformal."""
     rng = np.random.default_rng([options.seed, 1])
     size = draft.nonconformity.distance_reference_size
     rows = np.sort(rng.choice(len(train_x[0]), size=size, replace=False))
