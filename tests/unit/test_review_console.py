@@ -25,7 +25,7 @@ from agent.errors import ConfigError
 from agent.runtime.events import encode_event
 from agent.runtime.telemetry import ReviewTelemetry
 from agent.runtime.wire.review import parse_review, review_record
-from connectors.base import Offsets, Record, Source, TopicPartition
+from connectors.base import Offsets, Record, TopicPartition
 from tests.conftest import TinyProblem, fit_tiny, pipeline_for
 from tests.support.memory_connectors import MemorySink, MemorySource
 
@@ -34,28 +34,22 @@ HEADERS = [("dknn.bundle.model", b"tiny"), ("dknn.bundle.version", b"1")]
 T0 = 1_764_000_000_000
 XSS_ID = "<script>alert(1)</script>"
 XSS_ATTR = '"><img src=x onerror=alert(1)>'
+TOKEN = "t0ken-of-sixteen-chars"  # a console's bearer token (at least 16 characters)
 
 
-class ListSource(Source):
+class ListSource(MemorySource):
     """Records of several topics, handed out in order; `commit` checks the store already holds them."""
 
     def __init__(self, records: list[Record], store: Store | None = None) -> None:
-        super().__init__()
+        super().__init__([])
         self.records = records
         self.store = store
-        self.committed: dict[TopicPartition, int] = {}
-        self._next = 0
-
-    def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Record]:
-        batch = self.records[self._next : self._next + max_records]
-        self._next += len(batch)
-        return batch
 
     def commit(self, offsets: Offsets) -> None:
         if self.store is not None:
             held = self.store.offsets()
             assert all(held.get(tp, -1) >= offset for tp, offset in offsets.items()), "committed before stored"
-        self.committed.update(offsets)
+        super().commit(offsets)
 
     def assignment(self) -> set[TopicPartition]:
         return {(Q, 0), (R, 0)}
@@ -65,9 +59,6 @@ class ListSource(Source):
         for record in self.records:
             ends[record.position] = max(ends[record.position], record.offset + 1)
         return ends
-
-    def close(self) -> None:
-        pass
 
 
 class Topics:
@@ -146,6 +137,13 @@ def harness(bundle: Path, topics: Topics, tmp_path: Path, credentials: Credentia
         store, verify_bundle(bundle, importing=False), ingest, telemetry, sink, R, Auth(credentials or Credentials())
     )
     return Harness(TestClient(create_app(console)), console, sink, source, telemetry)
+
+
+def one_event(bundle: Path, tmp_path: Path, credentials: Credentials | None = None) -> Harness:
+    """A console holding one quarantined event, ev-1."""
+    topics = Topics()
+    topics.add(Q, quarantine("ev-1"), T0)
+    return harness(bundle, topics, tmp_path, credentials)
 
 
 @pytest.fixture
@@ -280,9 +278,7 @@ def test_a_body_over_the_limit_is_413(events: Harness) -> None:
 
 
 def test_basic_auth_is_required_and_names_the_reviewer(exemplar_bundle: Path, tmp_path: Path) -> None:
-    topics = Topics()
-    topics.add(Q, quarantine("ev-1"), T0)
-    h = harness(exemplar_bundle, topics, tmp_path, Credentials(users={"alice": "s3cret pass"}))
+    h = one_event(exemplar_bundle, tmp_path, Credentials(users={"alice": "s3cret pass"}))
     for path in ("/", "/events/ev-1"):
         refused = h.client.get(path)
         assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Basic")
@@ -300,18 +296,15 @@ def test_basic_auth_is_required_and_names_the_reviewer(exemplar_bundle: Path, tm
 
 
 def test_a_bearer_token_or_its_login_session_is_accepted(exemplar_bundle: Path, tmp_path: Path) -> None:
-    topics = Topics()
-    topics.add(Q, quarantine("ev-1"), T0)
-    secret = "t0ken-of-sixteen-chars"
-    h = harness(exemplar_bundle, topics, tmp_path, Credentials(token=secret))
+    h = one_event(exemplar_bundle, tmp_path, Credentials(token=TOKEN))
     assert h.client.get("/", follow_redirects=False).headers["location"] == "/login"
     assert h.client.get("/", headers={"Authorization": "Bearer nope"}, follow_redirects=False).status_code == 303
-    assert "ev-1" in h.client.get("/", headers={"Authorization": f"Bearer {secret}"}).text
+    assert "ev-1" in h.client.get("/", headers={"Authorization": f"Bearer {TOKEN}"}).text
     form = h.csrf("/login")
     wrong = h.client.post("/login", data={"csrf": form, "token": "nope", "name": "bob"})
     assert wrong.status_code == 401
-    assert h.client.post("/login", data={"token": secret, "name": "bob"}).status_code == 403  # no CSRF token
-    done = h.client.post("/login", data={"csrf": form, "token": secret, "name": "bob"}, follow_redirects=False)
+    assert h.client.post("/login", data={"token": TOKEN, "name": "bob"}).status_code == 403  # no CSRF token
+    done = h.client.post("/login", data={"csrf": form, "token": TOKEN, "name": "bob"}, follow_redirects=False)
     cookie = done.headers["set-cookie"]
     assert "dknn_session=" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
     page = h.client.get("/")
@@ -321,11 +314,8 @@ def test_a_bearer_token_or_its_login_session_is_accepted(exemplar_bundle: Path, 
 
 
 def test_logging_out_needs_the_forms_token_and_ends_the_session(exemplar_bundle: Path, tmp_path: Path) -> None:
-    topics = Topics()
-    topics.add(Q, quarantine("ev-1"), T0)
-    secret = "t0ken-of-sixteen-chars"
-    h = harness(exemplar_bundle, topics, tmp_path, Credentials(token=secret))
-    h.client.post("/login", data={"csrf": h.csrf("/login"), "token": secret, "name": "bob"})
+    h = one_event(exemplar_bundle, tmp_path, Credentials(token=TOKEN))
+    h.client.post("/login", data={"csrf": h.csrf("/login"), "token": TOKEN, "name": "bob"})
     assert h.client.post("/logout", data={"csrf": "forged"}).status_code == 403
     assert "ev-1" in h.client.get("/").text  # still logged in
     done = h.client.post("/logout", data={"csrf": h.csrf("/")}, follow_redirects=False)
@@ -335,13 +325,13 @@ def test_logging_out_needs_the_forms_token_and_ends_the_session(exemplar_bundle:
 
 
 def test_a_tampered_session_cookie_is_refused() -> None:
-    auth = Auth(Credentials(token="t0ken-of-sixteen-chars"))
+    auth = Auth(Credentials(token=TOKEN))
     cookie = auth.session("bob")
     assert auth.principal(None, cookie) == "bob"
     name, expiry, signature = cookie.split(".")
     forged = base64.urlsafe_b64encode(b"mallory").decode() + "." + expiry + "." + signature
     assert auth.principal(None, forged) is None
-    assert auth.principal(None, Auth(Credentials(token="t0ken-of-sixteen-chars")).session("bob")) is None
+    assert auth.principal(None, Auth(Credentials(token=TOKEN)).session("bob")) is None
     assert auth._session_name(cookie, now=float(expiry) + 1) is None  # expired
     assert auth.principal(None, name + "." + expiry + ".sïgnature") is None  # non-ASCII: refused, not a crash
 
@@ -426,9 +416,7 @@ def test_the_event_page_shows_the_evidence(events: Harness) -> None:
 
 
 def test_a_bundle_without_exemplars_says_so(tiny_bundle: Path, tmp_path: Path) -> None:
-    topics = Topics()
-    topics.add(Q, quarantine("ev-1"), T0)
-    page = harness(tiny_bundle, topics, tmp_path).client.get("/events/ev-1").text
+    page = one_event(tiny_bundle, tmp_path).client.get("/events/ev-1").text
     assert "No exemplars in this bundle" in page and "row 4" in page
 
 
