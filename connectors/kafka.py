@@ -379,14 +379,7 @@ def ensure_topics(
     names = list(dict.fromkeys(names))
     if not names:
         return
-    try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap_servers,
-            client_id="dknn-agent-admin",
-            **(security or KafkaSecurity()).client_config(),
-        )
-    except kafka_errors.KafkaError as exc:
-        raise _wrap(exc, f"cannot reach {bootstrap_servers} to create topics") from exc
+    admin = _admin(bootstrap_servers, security, f"cannot reach {bootstrap_servers} to create topics")
     try:
         options: dict[str, Any] = {"num_partitions": partitions, "replication_factor": replication_factor}
         if configs:
@@ -402,6 +395,18 @@ def ensure_topics(
         raise _wrap(exc, f"creating topics {names}") from exc
     finally:
         admin.close()
+
+
+def _admin(bootstrap_servers: str | list[str], security: KafkaSecurity | None, what: str) -> KafkaAdminClient:
+    """An admin client (topics, groups); a ConnectorError saying `what` where it cannot connect."""
+    try:
+        return KafkaAdminClient(
+            bootstrap_servers=bootstrap_servers,
+            client_id="dknn-agent-admin",
+            **(security or KafkaSecurity()).client_config(),
+        )
+    except kafka_errors.KafkaError as exc:
+        raise _wrap(exc, what) from exc
 
 
 def _group_free_reader(bootstrap_servers: str | list[str], security: KafkaSecurity | None, what: str) -> KafkaConsumer:
@@ -447,14 +452,7 @@ def forget_group(
     so its next member starts where `auto_offset_reset` says. For a reader whose own state is gone
     (the review console with a new database): the offsets described a state that no longer exists.
     A group with live members is refused by the broker: a ConnectorError says so."""
-    try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap_servers,
-            client_id="dknn-agent-admin",
-            **(security or KafkaSecurity()).client_config(),
-        )
-    except kafka_errors.KafkaError as exc:
-        raise _wrap(exc, f"cannot reach {bootstrap_servers} to reset group {group_id!r}") from exc
+    admin = _admin(bootstrap_servers, security, f"cannot reach {bootstrap_servers} to reset group {group_id!r}")
     deadline = time.monotonic() + timeout_s
     try:
         while True:
