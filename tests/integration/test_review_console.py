@@ -12,6 +12,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
@@ -35,6 +37,31 @@ def get(url: str, data: dict[str, str] | None = None, cookie: str = "") -> tuple
         return exc.code, exc.read().decode(), exc.headers.get("Set-Cookie", "")
 
 
+@contextmanager
+def serving(command: list[str]) -> Iterator[str]:
+    """`dknn-agent review` run as `command`: its printed URL once it is ready; then SIGTERM, and exit 0."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=agent_environment()
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        match = re.match(r"review console: (http://127\.0\.0\.1:\d+/)$", line.strip())
+        assert match, f"no URL line: {line!r}"
+        url = match.group(1)
+        deadline = time.monotonic() + 60
+        while get(url + "readyz")[0] != 200:
+            assert time.monotonic() < deadline, "the console never caught up"
+            time.sleep(0.2)
+        yield url
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def test_review_serves_stores_a_verdict_and_stops_on_sigterm(
     kafka_bootstrap: str, tiny_bundle: Path, unique_name: str, tmp_path: Path
 ) -> None:
@@ -51,20 +78,8 @@ def test_review_serves_stores_a_verdict_and_stops_on_sigterm(
         "--bootstrap-servers", kafka_bootstrap, "--quarantine-topic", quarantine, "--reviews-topic", reviews,
         "--group", unique_name, "--port", "0", "--database", str(tmp_path / "console.db"),
     ]  # fmt: skip
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=agent_environment()
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        match = re.match(r"review console: (http://127\.0\.0\.1:\d+/)$", line.strip())
-        assert match, f"no URL line: {line!r}"
-        url = match.group(1)
+    with serving(command) as url:
         assert get(url + "healthz")[0] == 200
-        deadline = time.monotonic() + 60
-        while get(url + "readyz")[0] != 200:
-            assert time.monotonic() < deadline, "the console never caught up"
-            time.sleep(0.2)
         status, listing, cookie = get(url)
         assert status == 200 and listing.count('href="/events/') == 30
         event_id = "bench-0000007"
@@ -80,32 +95,11 @@ def test_review_serves_stores_a_verdict_and_stops_on_sigterm(
         while 'dknn_reviews_total{verdict="out_of_scope"} 1.0' not in get(url + "metrics")[1]:
             assert time.monotonic() < deadline, "the review was never read back from the topic"
             time.sleep(0.2)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     # The group has committed both topics to their end; a new database must still read them from the start.
     command[-1] = str(tmp_path / "fresh.db")
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=agent_environment()
-    )
-    try:
-        assert process.stdout is not None
-        url = process.stdout.readline().strip().removeprefix("review console: ")
-        deadline = time.monotonic() + 60
-        while get(url + "readyz")[0] != 200:
-            assert time.monotonic() < deadline, "the console never caught up"
-            time.sleep(0.2)
+    with serving(command) as url:
         status, listing, _ = get(url + "?review=out_of_scope")
         assert status == 200 and re.findall(r'href="/events/([^"]+)"', listing) == [event_id]
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def test_the_console_benchmark_runs_on_a_few_records(kafka_bootstrap: str, tiny_bundle: Path, tmp_path: Path) -> None:
